@@ -1,0 +1,1 @@
+"""Device side of schedbench: one decode step as kernels, per backend."""

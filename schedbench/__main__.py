@@ -1,0 +1,147 @@
+"""The command line: ``python -m schedbench`` sweeps batch sizes and prints what it measured."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from kernels.registry import BACKENDS, resolve
+from schedbench.engine import MODES
+from schedbench.errors import ConfigError
+from schedbench.model import PRESETS
+from schedbench.report import document, identical_line, mode_table, timeline, write_json
+from schedbench.sweep import RunResult, Sweep, SweepConfig
+from schedbench.synthetic import Synthetic
+from schedbench.workload import WorkloadConfig
+
+TITLES = {"sequential": "Sequential: schedule -> launch -> wait -> postprocess",
+          "overlapped": "Overlapped: CPU schedules N+1 and postprocesses N-1 while the device "
+                        "runs N",
+          "graphs": "Overlapped + CUDA graphs: each step replayed from a captured graph"}
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        msg = f"expected comma-separated integers, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+
+
+def _range(text: str) -> tuple[int, int]:
+    lo, _, hi = text.partition(":")
+    try:
+        return int(lo), int(hi or lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN:MAX integers, got {text!r}") from None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m schedbench", description=__doc__)
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="device backend; auto = cupy with a GPU, else cpu (default auto)")
+    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model shape")
+    p.add_argument("--batch-sizes", type=_ints, default=(1, 4, 16, 64), metavar="B,B,...")
+    p.add_argument("--modes", default=None, metavar="M,M,...",
+                   help=f"from {', '.join(MODES)}; default all the backend supports")
+    p.add_argument("--steps", type=int, default=200, help="measured steps per run (about)")
+    p.add_argument("--warmup", type=int, default=20, help="steps excluded at the start")
+    p.add_argument("--repeats", type=int, default=3, help="runs per (mode, batch size)")
+    p.add_argument("--seed", type=int, default=0, help="weights and workload seed")
+    p.add_argument("--prompt-len", type=_range, default=(4, 32), metavar="MIN:MAX")
+    p.add_argument("--output-len", type=_range, default=(16, 128), metavar="MIN:MAX")
+    p.add_argument("--kv-blocks", type=int, default=None,
+                   help="KV-cache budget in blocks (default: a full batch of longest requests)")
+    syn = p.add_argument_group("synthetic mode (busy work of a fixed length, not sleep)")
+    syn.add_argument("--scheduling-ms", type=float, default=None)
+    syn.add_argument("--compute-ms", type=float, default=None)
+    syn.add_argument("--postprocess-ms", type=float, default=None)
+    p.add_argument("--json", type=Path, default=None, metavar="PATH",
+                   help="write every figure as JSON")
+    p.add_argument("--timeline-steps", type=int, default=4, help="steps drawn per timeline")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> SweepConfig:
+    backend = resolve(args.backend)
+    if args.modes is None:
+        modes = ("sequential", "overlapped") + (("graphs",) if backend == "cupy" else ())
+    else:
+        modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    synthetic = None
+    if any(v is not None for v in (args.scheduling_ms, args.compute_ms, args.postprocess_ms)):
+        synthetic = Synthetic(args.scheduling_ms or 0.0, args.compute_ms or 0.0,
+                              args.postprocess_ms or 0.0)
+    return SweepConfig(backend=backend, preset=args.preset, batch_sizes=args.batch_sizes,
+                       modes=modes, steps=args.steps, warmup=args.warmup, repeats=args.repeats,
+                       seed=args.seed, synthetic=synthetic, kv_blocks=args.kv_blocks,
+                       workload=WorkloadConfig(args.prompt_len, args.output_len, args.seed))
+
+
+def progress_printer(total: int) -> Callable[[str], None]:
+    done = [0]
+    tty = sys.stderr.isatty()
+
+    def show(label: str) -> None:
+        done[0] += 1
+        if tty:
+            filled = 30 * done[0] // total
+            sys.stderr.write(f"\r[{'#' * filled}{' ' * (30 - filled)}] {done[0]}/{total} "
+                             f"{label:<40}")
+            if done[0] == total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+    return show
+
+
+def print_report(cfg: SweepConfig, sweep: Sweep, results: list[RunResult],
+                 timeline_steps: int) -> None:
+    device = sweep.backend.device_name
+    what = ("synthetic " + ", ".join(f"{k}={v:g}" for k, v in cfg.synthetic.__dict__.items())
+            if cfg.synthetic else f"preset {cfg.preset}")
+    print(f"\nschedbench: backend {sweep.backend_name} on {device}, {what}, "
+          f"median of {cfg.repeats} repeat(s), ~{cfg.steps} steady-state steps each")
+    for mode in cfg.modes:
+        print(f"\n{TITLES[mode]}\n{mode_table(results, mode)}")
+    print("\nOverhead % = device idle time / wall time in steady state. Ideal speedup = "
+          "(S+L+C+P) / max(C, S+L+P)\non the sequential run's phases; efficiency = ideal "
+          "step / measured step.")
+    b = min(cfg.batch_sizes)  # where the overhead is largest
+    for mode in cfg.modes:
+        run = next(r for r in results if r.mode == mode and r.batch_size == b)
+        print(f"\nTimeline, {mode}, batch {b} (measured):\n{timeline(run.records, timeline_steps)}")
+    print("\n" + identical_line(results))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        sweep = Sweep(cfg)
+    except ConfigError as exc:
+        p.error(str(exc))
+    results: list[RunResult] = []
+    complete = False
+    try:
+        show = progress_printer(len(cfg.batch_sizes) * len(cfg.modes) * cfg.repeats)
+        for result in sweep.results(show):
+            results.append(result)
+        complete = True
+        print_report(cfg, sweep, results, args.timeline_steps)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted after {len(results)} finished run(s)", file=sys.stderr)
+        return 130
+    finally:
+        if args.json is not None:
+            write_json(args.json, document(cfg, sweep.backend_name, sweep.backend.device_name,
+                                           sweep.backend.versions(), results, complete))
+        sweep.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""The loops: sequential and overlapped, built from the same four pieces.
+
+    sequential:  schedule N -> launch N -> postprocess N
+    overlapped:  schedule N -> launch N -> postprocess N-1   (the device runs N meanwhile)
+
+Tokens never make a host round trip between steps: step N+1 reads its inputs from the
+device token buffer that step N writes. The host gets each step's tokens through an async
+copy on a copy stream and waits on that copy's event only when it postprocesses.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from kernels.backend import Backend, DecodeStep, Event
+from kernels.layout import StepLayout
+from schedbench.scheduler import Batch, Scheduler
+from schedbench.synthetic import Synthetic, busy_until
+from schedbench.timing import StepRecord
+
+MODES = ("sequential", "overlapped", "graphs")
+
+
+@dataclass(eq=False)
+class RingSlot:
+    """Host and device buffers of one in-flight step, reused every ``depth`` steps."""
+
+    meta_host: np.ndarray  # pinned: this step's packed metadata
+    tokens_host: np.ndarray  # pinned: this step's sampled tokens, filled by the copy stream
+    tokens_dev: object  # device: the tokens the step writes, read by the copy
+    start: Event
+    end: Event
+    copied: Event
+
+
+class StagingRing:
+    """The ring of staging buffers. A slot is handed out only once its last copy is done."""
+
+    def __init__(self, backend: Backend, layout: StepLayout, depth: int) -> None:
+        if depth < 1:
+            raise ValueError(f"ring depth {depth}: must be at least 1")
+        self.layout = layout
+        self.slots = [RingSlot(backend.pinned(layout.size, np.int32),
+                               backend.pinned(layout.max_batch, np.int32),
+                               backend.empty(layout.max_batch, np.int32),
+                               backend.event(), backend.event(), backend.event())
+                      for _ in range(depth)]
+
+    def acquire(self, index: int) -> RingSlot:
+        slot = self.slots[index % len(self.slots)]
+        # NOTE: the copy of this slot's tokens is ordered after its step, whose first act is
+        # the upload of meta_host, so once `copied` is done neither pinned buffer is in use.
+        slot.copied.synchronize()
+        return slot
+
+
+@dataclass(eq=False)
+class InFlight:
+    """A launched step and what it needs until postprocess: its batch, buffers and record.
+
+    NOTE: the ring slot (and so the metadata the device reads) stays referenced here until
+    the step's tokens are on the host; releasing it earlier would let the next step reuse it.
+    """
+
+    batch: Batch
+    slot: RingSlot
+    record: StepRecord
+
+
+class Engine:
+    def __init__(self, backend: Backend, step: DecodeStep, ring_depth: int = 3,
+                 synthetic: Synthetic | None = None) -> None:
+        self.backend, self.step = backend, step
+        self.synthetic = synthetic or Synthetic()
+        self.compute, self.copy = backend.stream(), backend.stream()
+        self.ring = StagingRing(backend, step.layout, ring_depth)
+        self.meta_dev = backend.empty(step.layout.size, np.int32)
+        self._anchor = backend.event()
+        self._anchor_host = 0.0
+        self.scheduler: Scheduler | None = None
+        self.records: list[StepRecord] = []
+
+    def run(self, mode: str, scheduler: Scheduler) -> list[StepRecord]:
+        if mode not in ("sequential", "overlapped"):
+            raise ValueError(f"unknown mode {mode!r}")
+        self.scheduler, self.records = scheduler, []
+        self.compute.synchronize()
+        self._anchor.record(self.compute)
+        self._anchor.synchronize()
+        self._anchor_host = time.perf_counter()
+        (self._sequential if mode == "sequential" else self._overlapped)()
+        self.compute.synchronize()
+        self.copy.synchronize()
+        return self.records
+
+    def _sequential(self) -> None:
+        index = 0
+        while (f := self._schedule(index)) is not None:
+            self._launch(f)
+            self._postprocess(f)
+            index += 1
+
+    def _overlapped(self) -> None:
+        prev, index = None, 0
+        while True:
+            f = self._schedule(index)
+            if f is not None:
+                self._launch(f)
+                index += 1
+            if prev is not None:
+                self._postprocess(prev)
+            if f is None and prev is None:
+                break
+            prev = f
+
+    def _schedule(self, index: int) -> InFlight | None:
+        assert self.scheduler is not None
+        slot = self.ring.acquire(index)
+        t0 = time.perf_counter()
+        batch = self.scheduler.schedule(index, self.ring.layout.views(slot.meta_host))
+        if batch is None:
+            return None
+        if self.synthetic.schedule_ms:
+            busy_until(t0 + self.synthetic.schedule_ms / 1e3)
+        rec = StepRecord(index, batch.size, schedule_start=t0, schedule_end=time.perf_counter())
+        self.records.append(rec)
+        return InFlight(batch, slot, rec)
+
+    def _launch(self, f: InFlight) -> None:
+        slot, n = f.slot, f.batch.size
+        slot.start.record(self.compute)
+        self.backend.copy_to_device(self.meta_dev, slot.meta_host, self.compute)
+        self.step.launch(self.meta_dev, slot.tokens_dev, n, self.compute)
+        slot.end.record(self.compute)
+        self.copy.wait(slot.end)
+        self.backend.copy_to_host(slot.tokens_host[:n], slot.tokens_dev[:n], self.copy)
+        slot.copied.record(self.copy)
+        f.record.launch_end = time.perf_counter()
+
+    def _postprocess(self, f: InFlight) -> None:
+        assert self.scheduler is not None
+        rec, slot = f.record, f.slot
+        rec.post_start = time.perf_counter()
+        slot.copied.synchronize()
+        rec.device_start = self._device_time(slot.start)
+        rec.device_end = self._device_time(slot.end)
+        rec.wait_end = t0 = time.perf_counter()
+        self.scheduler.postprocess(f.batch, slot.tokens_host[:f.batch.size])
+        self.scheduler.release(f.batch.index)
+        if self.synthetic.postprocess_ms:
+            busy_until(t0 + self.synthetic.postprocess_ms / 1e3)
+        rec.useful_tokens = f.batch.useful_tokens
+        rec.post_end = time.perf_counter()
+
+    def _device_time(self, event: Event) -> float:
+        return self._anchor_host + self._anchor.elapsed_ms(event) / 1e3

@@ -1,0 +1,158 @@
+"""Tables, ASCII timelines and the JSON document of a sweep."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+import schedbench
+from schedbench.sweep import RunResult, SweepConfig
+from schedbench.timing import StepRecord, ideal_step_ms
+
+SEQ_COLUMNS = ("Batch Size", "Schedule (ms)", "Launch (ms)", "Compute (ms)",
+               "Postprocess (ms)", "Overhead %")
+OVL_COLUMNS = (*SEQ_COLUMNS, "Step (ms)", "Speedup", "Ideal speedup", "Efficiency")
+
+
+def format_table(columns: Sequence[str], rows: list[list[str]]) -> str:
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+    lines = [" | ".join(c.rjust(w) for c, w in zip(columns, widths)),
+             "-|-".join("-" * w for w in widths)]
+    lines += [" | ".join(v.rjust(w) for v, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def _phase_cells(r: RunResult) -> list[str]:
+    f = r.figures
+    return [str(r.batch_size), f"{f['schedule_ms'].median:.3f}", f"{f['launch_ms'].median:.3f}",
+            f"{f['compute_ms'].median:.3f}", f"{f['postprocess_ms'].median:.3f}",
+            f"{f['overhead_pct'].median:.1f}"]
+
+
+def ideal_speedup(seq: RunResult) -> float:
+    """What overlap could gain on the sequential run's measured phases."""
+    s, lau, c, p = (seq.figures[k].median for k in ("schedule_ms", "launch_ms", "compute_ms",
+                                                     "postprocess_ms"))
+    return ideal_step_ms(False, s, lau, c, p) / ideal_step_ms(True, s, lau, c, p)
+
+
+def mode_table(results: list[RunResult], mode: str) -> str:
+    seq = {r.batch_size: r for r in results if r.mode == "sequential"}
+    rows = []
+    for r in (r for r in results if r.mode == mode):
+        cells = _phase_cells(r)
+        if mode != "sequential":
+            base = seq.get(r.batch_size)
+            step = r.figures["step_ms"].median
+            speed = f"{base.figures['step_ms'].median / step:.2f}x" if base else "-"
+            ideal = f"{ideal_speedup(base):.2f}x" if base else "-"
+            cells += [f"{step:.3f}", speed, ideal, f"{r.figures['efficiency'].median:.2f}"]
+        rows.append(cells)
+    return format_table(SEQ_COLUMNS if mode == "sequential" else OVL_COLUMNS, rows)
+
+
+def timeline(records: list[StepRecord], steps: int = 4, width: int = 96) -> str:
+    """A CPU row and a device row over a few steady-state steps, drawn from the records.
+
+    CPU: S schedule, L launch, w wait, P postprocess. Device: the step number's last digit.
+    """
+    mid = len(records) // 2
+    chosen = records[mid:mid + steps]
+    if not chosen:
+        return "(no steps)"
+    t0 = chosen[0].schedule_start
+    t1 = max(max(r.post_end, r.device_end) for r in chosen)
+    scale = width / (t1 - t0)
+    cpu, dev = [" "] * width, ["."] * width
+
+    def paint(row: list[str], a: float, b: float, ch: str) -> None:
+        lo, hi = int((a - t0) * scale), int(np.ceil((b - t0) * scale))
+        for i in range(max(lo, 0), min(hi, width)):
+            row[i] = ch
+
+    for r in records:
+        for a, b, ch in ((r.schedule_start, r.schedule_end, "S"), (r.schedule_end, r.launch_end,
+                         "L"), (r.post_start, r.wait_end, "w"), (r.wait_end, r.post_end, "P")):
+            paint(cpu, a, b, ch)
+        paint(dev, r.device_start, r.device_end, str(r.index % 10))
+    span_ms = (t1 - t0) * 1e3
+    return (f"  CPU    |{''.join(cpu)}|\n  device |{''.join(dev)}|\n"
+            f"  {span_ms:.3f} ms across, steps {chosen[0].index}-{chosen[-1].index}")
+
+
+def tokens_identical(results: list[RunResult]) -> dict[int, bool]:
+    by_batch: dict[int, set[str]] = {}
+    for r in results:
+        by_batch.setdefault(r.batch_size, set()).add(r.tokens_sha256)
+    return {b: len(h) == 1 for b, h in by_batch.items()}
+
+
+def identical_line(results: list[RunResult]) -> str:
+    modes = sorted({r.mode for r in results})
+    same = tokens_identical(results)
+    if len(modes) < 2:
+        return f"Token streams: only one mode ran ({modes[0]}), nothing to compare."
+    if all(same.values()):
+        return (f"Token streams: identical across {', '.join(modes)} at every batch size "
+                f"(sha256 of every generated token).")
+    bad = ", ".join(str(b) for b, ok in same.items() if not ok)
+    return f"Token streams: DIFFERENT between modes at batch size {bad}."
+
+
+def git_commit(path: Path | None = None) -> str:
+    cwd = path or Path(schedbench.__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=cwd, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
+
+
+def document(cfg: SweepConfig, backend: str, device: str, versions: dict[str, str],
+             results: list[RunResult], complete: bool) -> dict:
+    runs = []
+    for r in results:
+        run = {"mode": r.mode, "batch_size": r.batch_size,
+               **{k: s.median for k, s in r.figures.items()},
+               "tokens_sha256": r.tokens_sha256, "requests": r.requests,
+               "spread": {k: {"min": s.min, "max": s.max} for k, s in r.figures.items()}}
+        runs.append(run)
+    syn = cfg.synthetic
+    return {
+        "schedbench": schedbench.__version__,
+        "backend": backend,
+        "device": device,
+        "preset": cfg.preset,
+        "commit": git_commit(),
+        "versions": {"python": platform.python_version(), **versions},
+        "config": {"batch_sizes": list(cfg.batch_sizes), "modes": list(cfg.modes),
+                   "steps": cfg.steps, "warmup": cfg.warmup, "repeats": cfg.repeats,
+                   "seed": cfg.seed, "kv_blocks": cfg.num_blocks(),
+                   "prompt_len": list(cfg.workload.prompt_len),
+                   "output_len": list(cfg.workload.output_len),
+                   "synthetic": None if syn is None else syn.__dict__},
+        "statistic": f"median over {cfg.repeats} repeats; spread is min/max",
+        "complete": complete,
+        "tokens_identical": all(tokens_identical(results).values()),
+        "runs": runs,
+    }
+
+
+def write_json(path: Path, doc: dict) -> None:
+    """Write atomically: a reader never sees a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)

@@ -1,0 +1,159 @@
+"""A sweep: every (mode, batch size) pair, repeated, through one backend and one engine."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kernels.backend import Backend, DecodeStep
+from kernels.layout import StepLayout
+from kernels.registry import make_backend, resolve
+from schedbench.engine import MODES, Engine
+from schedbench.errors import ConfigError
+from schedbench.model import ModelConfig, get_preset
+from schedbench.scheduler import Scheduler, SchedulerConfig
+from schedbench.synthetic import Synthetic
+from schedbench.timing import RunFigures, Stat, StepRecord, aggregate, summarize
+from schedbench.workload import Request, WorkloadConfig, make_requests, requests_for_steps
+
+MAX_BATCH = 4096
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    backend: str = "auto"
+    preset: str = "tiny"
+    batch_sizes: tuple[int, ...] = (1, 4, 16, 64)
+    modes: tuple[str, ...] = ("sequential", "overlapped")
+    steps: int = 200
+    warmup: int = 20
+    repeats: int = 3
+    seed: int = 0
+    synthetic: Synthetic | None = None
+    kv_blocks: int | None = None
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    ring_depth: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.batch_sizes:
+            raise ConfigError("no batch sizes given")
+        for b in self.batch_sizes:
+            if not 1 <= b <= MAX_BATCH:
+                raise ConfigError(f"batch size {b}: must be in [1, {MAX_BATCH}]")
+        for m in self.modes:
+            if m not in MODES:
+                raise ConfigError(f"unknown mode {m!r}; choose from {', '.join(MODES)}")
+        if not self.modes:
+            raise ConfigError("no modes given")
+        if self.steps < 3:
+            raise ConfigError(f"--steps {self.steps}: must be at least 3")
+        if self.warmup < 0:
+            raise ConfigError(f"--warmup {self.warmup}: must be >= 0")
+        if self.repeats < 1:
+            raise ConfigError(f"--repeats {self.repeats}: must be at least 1")
+        if self.ring_depth < 1:
+            raise ConfigError(f"ring depth {self.ring_depth}: must be at least 1")
+        get_preset(self.preset)
+
+    @property
+    def model(self) -> ModelConfig:
+        return get_preset(self.preset)
+
+    @property
+    def max_batch(self) -> int:
+        return max(self.batch_sizes)
+
+    def num_blocks(self) -> int:
+        """The KV budget: given, or room for a full batch of the longest requests."""
+        if self.kv_blocks is not None:
+            return self.kv_blocks
+        longest = self.workload.prompt_len[1] + self.workload.output_len[1]
+        return self.max_batch * -(-longest // self.model.block_size)
+
+
+@dataclass
+class RunResult:
+    mode: str
+    batch_size: int
+    figures: dict[str, Stat]
+    tokens_sha256: str
+    requests: int
+    records: list[StepRecord]  # the last repeat's, for timelines and traces
+
+
+def tokens_sha256(requests: list[Request]) -> str:
+    """SHA-256 of every request's generated tokens, in request order, length-prefixed."""
+    h = hashlib.sha256()
+    for r in sorted(requests, key=lambda r: r.rid):
+        assert r.output is not None
+        h.update(np.int32(len(r.output)).tobytes())
+        h.update(r.output.astype("<i4").tobytes())
+    return h.hexdigest()
+
+
+class Sweep:
+    """Owns the backend, the device step and the engine for one configuration."""
+
+    def __init__(self, cfg: SweepConfig) -> None:
+        self.cfg = cfg
+        self.backend_name = resolve(cfg.backend)
+        model = cfg.model
+        self.sched_cfgs = {b: SchedulerConfig(b, cfg.num_blocks(), model.block_size,
+                                              model.max_blocks_per_seq, model.eos_token_id)
+                           for b in cfg.batch_sizes}
+        self._check_budget()
+        self.backend: Backend = make_backend(cfg.backend)
+        try:
+            self.step = self._make_step()
+            self.engine = Engine(self.backend, self.step, cfg.ring_depth, cfg.synthetic)
+        except BaseException:
+            self.backend.close()
+            raise
+
+    def _check_budget(self) -> None:
+        """Fail before any device work if the KV budget cannot hold the longest request."""
+        wl, b = self.cfg.workload, self.cfg.max_batch
+        probe = Request(-1, np.zeros(wl.prompt_len[1], np.int32), wl.output_len[1])
+        Scheduler(self.sched_cfgs[b], [probe])
+
+    def _make_step(self) -> DecodeStep:
+        cfg, model = self.cfg, self.cfg.model
+        layout = StepLayout(cfg.max_batch, model.max_blocks_per_seq)
+        slots = self.sched_cfgs[cfg.max_batch].num_slots
+        if cfg.synthetic is not None:
+            return self.backend.spin_step(model.vocab_size, cfg.synthetic.compute_ms, layout,
+                                          slots)
+        return self.backend.decode_step(model, cfg.seed, cfg.num_blocks(), layout, slots)
+
+    def run_one(self, mode: str, batch_size: int) -> tuple[RunFigures, str, list[Request],
+                                                           list[StepRecord]]:
+        cfg = self.cfg
+        n = requests_for_steps(cfg.workload, batch_size, cfg.steps + cfg.warmup)
+        requests = make_requests(cfg.workload, n, cfg.model.vocab_size)
+        scheduler = Scheduler(self.sched_cfgs[batch_size], requests)
+        records = self.engine.run(mode, scheduler)
+        scheduler.check_drained()
+        figures = summarize(records, cfg.warmup, batch_size, overlapped=mode != "sequential")
+        return figures, tokens_sha256(requests), requests, records
+
+    def results(self, progress: Callable[[str], None] | None = None) -> Iterator[RunResult]:
+        cfg = self.cfg
+        for b in cfg.batch_sizes:
+            for mode in cfg.modes:
+                runs, hashes = [], set()
+                for rep in range(cfg.repeats):
+                    if progress:
+                        progress(f"{mode} batch {b} repeat {rep + 1}/{cfg.repeats}")
+                    figures, digest, requests, records = self.run_one(mode, b)
+                    runs.append(figures)
+                    hashes.add(digest)
+                if len(hashes) != 1:
+                    raise RuntimeError(f"{mode} batch {b}: token streams differ between "
+                                       f"repeats of the same run")
+                yield RunResult(mode, b, aggregate(runs), hashes.pop(), len(requests), records)
+
+    def close(self) -> None:
+        self.backend.close()

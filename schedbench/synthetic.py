@@ -1,0 +1,30 @@
+"""Synthetic mode: CPU phases as busy work of a given length (never ``time.sleep``)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from kernels.cpu_kernels import spin
+from schedbench.errors import ConfigError
+
+_CHUNK = 2000  # spin iterations between clock reads (about 2 us)
+
+
+@dataclass(frozen=True)
+class Synthetic:
+    schedule_ms: float = 0.0
+    compute_ms: float = 0.0
+    postprocess_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("schedule_ms", "compute_ms", "postprocess_ms"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 10_000.0:
+                raise ConfigError(f"--{name.replace('_', '-')} {v}: must be in [0, 10000] ms")
+
+
+def busy_until(deadline: float) -> None:
+    """Burn CPU until ``perf_counter()`` reaches ``deadline``; the spin releases the GIL."""
+    while time.perf_counter() < deadline:
+        spin(_CHUNK)

@@ -1,0 +1,134 @@
+"""Step records, the per-run figures derived from them, and statistics over repeats.
+
+Every figure comes from clocks: host phases from ``time.perf_counter``, device spans from
+events recorded on the compute stream, placed on the host clock through an anchor event.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from dataclasses import dataclass, fields
+
+
+@dataclass
+class StepRecord:
+    """One step. Host times are ``perf_counter`` seconds; device times are on that clock too."""
+
+    index: int
+    batch_size: int
+    schedule_start: float = 0.0
+    schedule_end: float = 0.0
+    launch_end: float = 0.0
+    post_start: float = 0.0  # the host starts waiting for this step's tokens
+    wait_end: float = 0.0
+    post_end: float = 0.0
+    device_start: float = 0.0
+    device_end: float = 0.0
+    useful_tokens: int = 0
+
+    @property
+    def schedule_s(self) -> float:
+        return self.schedule_end - self.schedule_start
+
+    @property
+    def launch_s(self) -> float:
+        return self.launch_end - self.schedule_end
+
+    @property
+    def wait_s(self) -> float:
+        return self.wait_end - self.post_start
+
+    @property
+    def postprocess_s(self) -> float:
+        return self.post_end - self.wait_end
+
+    @property
+    def compute_s(self) -> float:
+        return self.device_end - self.device_start
+
+
+@dataclass(frozen=True)
+class RunFigures:
+    """The steady-state figures of one run (one mode, one batch size, one repeat)."""
+
+    steps: int
+    step_ms: float
+    schedule_ms: float
+    launch_ms: float
+    compute_ms: float
+    postprocess_ms: float
+    wait_ms: float
+    overhead_pct: float
+    bubble_us: float
+    tokens_per_s: float
+    ideal_step_ms: float
+    efficiency: float
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+def steady_window(records: list[StepRecord], warmup: int, batch_size: int) -> list[StepRecord]:
+    """Steps after warm-up from the first to the last that ran a full batch."""
+    full = [i for i, r in enumerate(records) if i >= warmup and r.batch_size == batch_size]
+    if len(full) < 3:
+        raise ValueError(f"only {len(full)} full-batch steps after {warmup} warm-up steps; "
+                         f"raise --steps")
+    return records[full[0]:full[-1] + 1]
+
+
+def ideal_step_ms(overlapped: bool, s: float, lau: float, c: float, p: float) -> float:
+    """The ideal model: sequential ``S+L+C+P``; overlapped ``max(C, S+L+P)``."""
+    return max(c, s + lau + p) if overlapped else s + lau + c + p
+
+
+def summarize(records: list[StepRecord], warmup: int, batch_size: int,
+              overlapped: bool) -> RunFigures:
+    w = steady_window(records, warmup, batch_size)
+    spans = w[:-1]  # each step's interval ends where the next one starts
+
+    def med(xs: list[float]) -> float:
+        return statistics.median(xs) * 1e3
+
+    wall = w[-1].schedule_start - w[0].schedule_start
+    device_span = w[-1].device_start - w[0].device_start
+    busy = sum(r.compute_s for r in spans)
+    s, lau, p = (med([getattr(r, a) for r in w]) for a in ("schedule_s", "launch_s",
+                                                            "postprocess_s"))
+    c = med([r.compute_s for r in w])
+    step_ms = wall / len(spans) * 1e3
+    ideal = ideal_step_ms(overlapped, s, lau, c, p)
+    return RunFigures(
+        steps=len(spans),
+        step_ms=step_ms,
+        schedule_ms=s,
+        launch_ms=lau,
+        compute_ms=c,
+        postprocess_ms=p,
+        wait_ms=med([r.wait_s for r in w]),
+        overhead_pct=100.0 * max(0.0, 1.0 - busy / device_span),
+        bubble_us=1e6 * statistics.median(b.device_start - a.device_end
+                                          for a, b in itertools.pairwise(w)),
+        tokens_per_s=sum(r.useful_tokens for r in spans) / wall,
+        ideal_step_ms=ideal,
+        efficiency=ideal / step_ms,
+    )
+
+
+@dataclass(frozen=True)
+class Stat:
+    median: float
+    min: float
+    max: float
+
+    @property
+    def spread_pct(self) -> float:
+        return 100.0 * (self.max - self.min) / self.median if self.median else 0.0
+
+
+def aggregate(runs: list[RunFigures]) -> dict[str, Stat]:
+    """Median and range of every figure over repeats."""
+    return {name: Stat(statistics.median(v := [getattr(r, name) for r in runs]), min(v), max(v))
+            for name in RunFigures.names()}

@@ -1,0 +1,62 @@
+"""Request traces: seeded prompt and output lengths, prompts of random token ids."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from schedbench.errors import ConfigError
+
+
+@dataclass(eq=False)
+class Request:
+    rid: int
+    prompt: np.ndarray  # int32 token ids
+    max_new_tokens: int
+    output: np.ndarray | None = None  # the generated tokens, set when it finishes
+    # Scheduler state.
+    slot: int = -1
+    blocks: list[int] = field(default_factory=list)
+    reserved: int = 0
+    last_step: int = -1  # the last step this request was scheduled into
+    finished: bool = False
+
+    @property
+    def max_len(self) -> int:
+        """Tokens that may ever be fed: prompt + outputs, +1 for the overlap's extra step."""
+        return len(self.prompt) + self.max_new_tokens
+
+
+@dataclass(frozen=True)
+class WorkloadConfig:
+    prompt_len: tuple[int, int] = (4, 32)
+    output_len: tuple[int, int] = (16, 128)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("prompt_len", "output_len"):
+            lo, hi = getattr(self, name)
+            if not 1 <= lo <= hi:
+                raise ConfigError(f"{name} range {lo}..{hi} is invalid: need 1 <= min <= max")
+
+    @property
+    def mean_tokens(self) -> float:
+        return (sum(self.prompt_len) + sum(self.output_len)) / 2
+
+
+def make_requests(wl: WorkloadConfig, count: int, vocab_size: int) -> list[Request]:
+    """``count`` requests; request ``i`` is the same for any ``count`` (seeded per request)."""
+    reqs = []
+    for rid in range(count):
+        rng = np.random.default_rng((wl.seed, rid))
+        plen = int(rng.integers(wl.prompt_len[0], wl.prompt_len[1] + 1))
+        olen = int(rng.integers(wl.output_len[0], wl.output_len[1] + 1))
+        prompt = rng.integers(0, vocab_size, plen, dtype=np.int32)
+        reqs.append(Request(rid=rid, prompt=prompt, max_new_tokens=olen))
+    return reqs
+
+
+def requests_for_steps(wl: WorkloadConfig, batch_size: int, steps: int) -> int:
+    """How many requests keep ``batch_size`` rows busy for about ``steps`` steps."""
+    return batch_size + int(np.ceil(batch_size * steps / wl.mean_tokens))

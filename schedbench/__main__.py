@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted after {len(results)} finished run(s)", file=sys.stderr)
         return 130
+    except ConfigError as exc:
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
+        return 2
     finally:
         if args.json is not None:
             write_json(args.json, document(cfg, sweep.backend_name, sweep.backend.device_name,

@@ -10,6 +10,8 @@ import itertools
 import statistics
 from dataclasses import dataclass, fields
 
+from schedbench.errors import ConfigError
+
 
 @dataclass
 class StepRecord:
@@ -50,7 +52,11 @@ class StepRecord:
 
 @dataclass(frozen=True)
 class RunFigures:
-    """The steady-state figures of one run (one mode, one batch size, one repeat)."""
+    """The steady-state figures of one run (one mode, one batch size, one repeat).
+
+    Phases are means over the window, so that in the sequential loop
+    ``step = S + L + wait + P`` holds exactly and the ideal model compares like with like.
+    """
 
     steps: int
     step_ms: float
@@ -74,8 +80,9 @@ def steady_window(records: list[StepRecord], warmup: int, batch_size: int) -> li
     """Steps after warm-up from the first to the last that ran a full batch."""
     full = [i for i, r in enumerate(records) if i >= warmup and r.batch_size == batch_size]
     if len(full) < 3:
-        raise ValueError(f"only {len(full)} full-batch steps after {warmup} warm-up steps; "
-                         f"raise --steps")
+        raise ConfigError(f"batch size {batch_size} ran full on only {len(full)} steps after "
+                          f"{warmup} warm-up steps: raise --steps, or --kv-blocks if the KV "
+                          f"budget cannot hold {batch_size} requests")
     return records[full[0]:full[-1] + 1]
 
 
@@ -89,15 +96,14 @@ def summarize(records: list[StepRecord], warmup: int, batch_size: int,
     w = steady_window(records, warmup, batch_size)
     spans = w[:-1]  # each step's interval ends where the next one starts
 
-    def med(xs: list[float]) -> float:
-        return statistics.median(xs) * 1e3
+    def mean_ms(xs: list[float]) -> float:
+        return statistics.fmean(xs) * 1e3
 
     wall = w[-1].schedule_start - w[0].schedule_start
     device_span = w[-1].device_start - w[0].device_start
     busy = sum(r.compute_s for r in spans)
-    s, lau, p = (med([getattr(r, a) for r in w]) for a in ("schedule_s", "launch_s",
-                                                            "postprocess_s"))
-    c = med([r.compute_s for r in w])
+    s, lau, c, p = (mean_ms([getattr(r, a) for r in spans])
+                    for a in ("schedule_s", "launch_s", "compute_s", "postprocess_s"))
     step_ms = wall / len(spans) * 1e3
     ideal = ideal_step_ms(overlapped, s, lau, c, p)
     return RunFigures(
@@ -107,10 +113,10 @@ def summarize(records: list[StepRecord], warmup: int, batch_size: int,
         launch_ms=lau,
         compute_ms=c,
         postprocess_ms=p,
-        wait_ms=med([r.wait_s for r in w]),
+        wait_ms=mean_ms([r.wait_s for r in spans]),
         overhead_pct=100.0 * max(0.0, 1.0 - busy / device_span),
-        bubble_us=1e6 * statistics.median(b.device_start - a.device_end
-                                          for a, b in itertools.pairwise(w)),
+        bubble_us=1e6 * statistics.fmean(b.device_start - a.device_end
+                                         for a, b in itertools.pairwise(w)),
         tokens_per_s=sum(r.useful_tokens for r in spans) / wall,
         ideal_step_ms=ideal,
         efficiency=ideal / step_ms,

@@ -1,0 +1,77 @@
+"""The command line: bad input exits 2 with a message naming the value; JSON is complete."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kernels.registry import gpu_unavailable_reason
+from schedbench.__main__ import main
+
+FAST = ["--backend", "cpu", "--steps", "12", "--warmup", "2", "--repeats", "1",
+        "--prompt-len", "1:4", "--output-len", "4:10"]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--batch-sizes", "0"], "batch size 0"),
+    (["--batch-sizes", "4,-2"], "batch size -2"),
+    (["--batch-sizes", "x"], "comma-separated integers"),
+    (["--backend", "tpu"], "invalid choice: 'tpu'"),
+    (["--preset", "gpt5"], "invalid choice: 'gpt5'"),
+    (["--kv-blocks", "1", "--output-len", "40:50"], "KV budget of 1 blocks"),
+    (["--modes", "sequential,fast"], "unknown mode 'fast'"),
+    (["--steps", "1"], "--steps 1"),
+    (["--compute-ms", "-3"], "--compute-ms -3"),
+    (["--output-len", "9:2"], "output_len range 9..2"),
+])
+def test_bad_input_exits_2_naming_the_value(capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        main([*FAST, *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(gpu_unavailable_reason() is None, reason="a GPU is present")
+@pytest.mark.parametrize("backend", ["cupy", "numba"])
+def test_gpu_backend_without_gpu_exits_2(capsys, backend):
+    with pytest.raises(SystemExit) as exc:
+        main(["--backend", backend])
+    assert exc.value.code == 2
+    assert f"backend {backend!r} needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_report_and_json(tmp_path, capsys):
+    out = tmp_path / "r" / "sweep.json"
+    assert main([*FAST, "--batch-sizes", "1,3", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "Batch Size | Schedule (ms) | Launch (ms) | Compute (ms) | Postprocess (ms) | " \
+           "Overhead %" in text
+    assert "Ideal speedup" in text and "Timeline, overlapped" in text
+    assert "Token streams: identical" in text
+    doc = json.loads(out.read_text())
+    assert doc["backend"] == "cpu" and doc["preset"] == "tiny" and doc["complete"]
+    assert {"commit", "device", "versions"} <= doc.keys() and "numba" in doc["versions"]
+    assert doc["tokens_identical"] is True
+    assert [(r["mode"], r["batch_size"]) for r in doc["runs"]] == [
+        ("sequential", 1), ("overlapped", 1), ("sequential", 3), ("overlapped", 3)]
+    keys = {"mode", "batch_size", "step_ms", "schedule_ms", "launch_ms", "compute_ms",
+            "postprocess_ms", "overhead_pct", "bubble_us", "tokens_per_s", "ideal_step_ms",
+            "efficiency", "tokens_sha256", "spread"}
+    for run in doc["runs"]:
+        assert keys <= run.keys()
+        assert run["compute_ms"] > 0 and run["tokens_per_s"] > 0
+        assert run["spread"]["step_ms"]["min"] <= run["step_ms"] <= run["spread"]["step_ms"]["max"]
+    assert len({r["tokens_sha256"] for r in doc["runs"] if r["batch_size"] == 3}) == 1
+    assert not list(out.parent.glob(".sweep.json.*"))  # no temporary file left behind
+
+
+def test_kv_budget_below_a_full_batch_is_explained(capsys):
+    assert main([*FAST, "--batch-sizes", "4", "--kv-blocks", "2"]) == 2
+    assert "batch size 4 ran full on only 0 steps" in capsys.readouterr().err
+
+
+def test_synthetic_flags_run_the_spin_step(capsys):
+    assert main([*FAST, "--batch-sizes", "2", "--compute-ms", "1", "--scheduling-ms",
+                 "0.5"]) == 0
+    assert "synthetic schedule_ms=0.5, compute_ms=1" in capsys.readouterr().out

@@ -51,6 +51,10 @@ class DecodeStep(ABC):
 
     layout: StepLayout
     kernels_per_step: int
+    # One slot of the token buffer and one KV block beyond the scheduler's: the padding
+    # rows of a graph bucket read and write only there.
+    pad_slot: int
+    pad_block: int
 
     @abstractmethod
     def launch(self, meta: Any, out_tokens: Any, batch_size: int, stream: Stream) -> None:
@@ -64,6 +68,7 @@ class Graph(ABC):
 
 class Backend(ABC):
     name: str
+    supports_graphs = False
 
     @property
     @abstractmethod

@@ -118,14 +118,15 @@ class CpuDecodeStep(DecodeStep):
                  num_slots: int) -> None:
         self.cfg, self.layout = cfg, layout
         self.kernels_per_step = 1  # the whole step is one nogil call
+        self.pad_slot, self.pad_block = num_slots, num_blocks
         w = make_weights(cfg, seed, np.float32)
         self._weights = (w.embed, w.attn_norm, w.wqkv, w.wo, w.mlp_norm, w.w_gate_up, w.w_down,
                          w.final_norm, w.lm_head)
-        cache_shape = (cfg.num_layers, num_blocks, cfg.block_size, cfg.num_kv_heads,
+        cache_shape = (cfg.num_layers, num_blocks + 1, cfg.block_size, cfg.num_kv_heads,
                        cfg.head_dim)
         self.k_cache = np.zeros(cache_shape, np.float32)
         self.v_cache = np.zeros(cache_shape, np.float32)
-        self.token_buf = np.zeros(num_slots, np.int32)
+        self.token_buf = np.zeros(num_slots + 1, np.int32)
         b = layout.max_batch
         self._scratch = tuple(np.zeros((b, n), np.float32) for n in (
             cfg.hidden_size, cfg.hidden_size, cfg.qkv_size, cfg.q_size,
@@ -152,8 +153,9 @@ class CpuSpinStep(DecodeStep):
     def __init__(self, vocab_size: int, compute_ms: float, layout: StepLayout,
                  num_slots: int) -> None:
         self.layout, self.kernels_per_step = layout, 1
+        self.pad_slot, self.pad_block = num_slots, 0
         self._vocab, self._seconds = vocab_size, compute_ms / 1e3
-        self.token_buf = np.zeros(num_slots, np.int32)
+        self.token_buf = np.zeros(num_slots + 1, np.int32)
 
     def kernel(self, meta: np.ndarray, out_tokens: np.ndarray, batch_size: int) -> None:
         busy_until(time.perf_counter() + self._seconds)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels.backend import Backend, DecodeStep, Event
+from kernels.backend import Backend, DecodeStep, Event, Graph
 from kernels.layout import StepLayout
 from schedbench.scheduler import Batch, Scheduler
 from schedbench.synthetic import Synthetic, busy_until
@@ -28,6 +28,7 @@ MODES = ("sequential", "overlapped", "graphs")
 class RingSlot:
     """Host and device buffers of one in-flight step, reused every ``depth`` steps."""
 
+    index: int
     meta_host: np.ndarray  # pinned: this step's packed metadata
     tokens_host: np.ndarray  # pinned: this step's sampled tokens, filled by the copy stream
     tokens_dev: object  # device: the tokens the step writes, read by the copy
@@ -43,11 +44,11 @@ class StagingRing:
         if depth < 1:
             raise ValueError(f"ring depth {depth}: must be at least 1")
         self.layout = layout
-        self.slots = [RingSlot(backend.pinned(layout.size, np.int32),
+        self.slots = [RingSlot(i, backend.pinned(layout.size, np.int32),
                                backend.pinned(layout.max_batch, np.int32),
                                backend.empty(layout.max_batch, np.int32),
                                backend.event(), backend.event(), backend.event())
-                      for _ in range(depth)]
+                      for i in range(depth)]
 
     def acquire(self, index: int) -> RingSlot:
         slot = self.slots[index % len(self.slots)]
@@ -70,6 +71,12 @@ class InFlight:
     record: StepRecord
 
 
+def graph_buckets(batch_size: int) -> list[int]:
+    """Powers of two below ``batch_size``, then ``batch_size`` itself."""
+    return [1 << k for k in range((batch_size - 1).bit_length()) if 1 << k < batch_size] + \
+        [batch_size]
+
+
 class Engine:
     def __init__(self, backend: Backend, step: DecodeStep, ring_depth: int = 3,
                  synthetic: Synthetic | None = None) -> None:
@@ -82,10 +89,18 @@ class Engine:
         self._anchor_host = 0.0
         self.scheduler: Scheduler | None = None
         self.records: list[StepRecord] = []
+        self._graphs: dict[tuple[int, int], Graph] = {}  # (bucket, ring slot) -> graph
+        self._buckets: list[int] = []
 
     def run(self, mode: str, scheduler: Scheduler) -> list[StepRecord]:
-        if mode not in ("sequential", "overlapped"):
+        if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
+        self._buckets = graph_buckets(scheduler.cfg.max_batch) if mode == "graphs" else []
+        for bucket in self._buckets:
+            for slot in self.ring.slots:
+                if (bucket, slot.index) not in self._graphs:
+                    self._graphs[bucket, slot.index] = self.backend.capture(
+                        self.step, self.meta_dev, slot.tokens_dev, bucket, self.compute)
         self.scheduler, self.records = scheduler, []
         self.compute.synchronize()
         self._anchor.record(self.compute)
@@ -131,14 +146,27 @@ class Engine:
 
     def _launch(self, f: InFlight) -> None:
         slot, n = f.slot, f.batch.size
+        graph = self._pad_to_bucket(slot, n) if self._buckets else None
         slot.start.record(self.compute)
         self.backend.copy_to_device(self.meta_dev, slot.meta_host, self.compute)
-        self.step.launch(self.meta_dev, slot.tokens_dev, n, self.compute)
+        if graph is not None:
+            graph.launch(self.compute)
+        else:
+            self.step.launch(self.meta_dev, slot.tokens_dev, n, self.compute)
         slot.end.record(self.compute)
         self.copy.wait(slot.end)
         self.backend.copy_to_host(slot.tokens_host[:n], slot.tokens_dev[:n], self.copy)
         slot.copied.record(self.copy)
         f.record.launch_end = time.perf_counter()
+
+    def _pad_to_bucket(self, slot: RingSlot, n: int) -> Graph:
+        """Fill rows ``n..bucket`` with padding that touches only the step's spare slot and
+        block, and return the graph captured for that bucket and ring slot."""
+        bucket = next(b for b in self._buckets if b >= n)
+        ids, slots, positions, tables = self.ring.layout.views(slot.meta_host)
+        ids[n:bucket], slots[n:bucket], positions[n:bucket] = 0, self.step.pad_slot, 0
+        tables[n:bucket, 0] = self.step.pad_block
+        return self._graphs[bucket, slot.index]
 
     def _postprocess(self, f: InFlight) -> None:
         assert self.scheduler is not None

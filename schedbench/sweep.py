@@ -107,6 +107,9 @@ class Sweep:
         self._check_budget()
         self.backend: Backend = make_backend(cfg.backend)
         try:
+            if "graphs" in cfg.modes and not self.backend.supports_graphs:
+                raise ConfigError(f"backend {self.backend_name!r} cannot capture CUDA graphs; "
+                                  f"drop 'graphs' from --modes")
             self.step = self._make_step()
             self.engine = Engine(self.backend, self.step, cfg.ring_depth, cfg.synthetic)
         except BaseException:

@@ -82,6 +82,8 @@ class Steps:
     repeat = (1, 5, 20.0)
     warmup_time = 0.0
 
+    sweep: Sweep | None = None
+
     def setup(self, backend: str, mode: str, batch_size: int) -> None:
         if not available(backend):
             raise NotImplementedError(f"backend {backend!r} is not available here")
@@ -89,9 +91,11 @@ class Steps:
         self.sweep.run_one(mode, batch_size)  # warm-up: compile, allocate, fill caches
 
     def teardown(self, backend: str, mode: str, batch_size: int) -> None:
-        self.sweep.close()
+        if self.sweep is not None:  # asv tears down skipped benchmarks too
+            self.sweep.close()
 
     def time_workload(self, backend: str, mode: str, batch_size: int) -> None:
+        assert self.sweep is not None
         self.sweep.run_one(mode, batch_size)
 
 

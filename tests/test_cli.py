@@ -22,6 +22,7 @@ FAST = ["--backend", "cpu", "--steps", "12", "--warmup", "2", "--repeats", "1",
     (["--kv-blocks", "1", "--output-len", "40:50"], "KV budget of 1 blocks"),
     (["--modes", "sequential,fast"], "unknown mode 'fast'"),
     (["--steps", "1"], "--steps 1"),
+    (["--modes", "graphs"], "backend 'cpu' cannot capture CUDA graphs"),
     (["--compute-ms", "-3"], "--compute-ms -3"),
     (["--output-len", "9:2"], "output_len range 9..2"),
 ])

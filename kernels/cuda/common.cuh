@@ -1,0 +1,52 @@
+// Shared helpers for the decode-step kernels. fp16 storage, fp32 arithmetic.
+#pragma once
+#include <cuda_fp16.h>
+
+#define SB_DEVICE __device__ __forceinline__
+
+#ifndef INFINITY  // NVRTC has no <math.h>
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+
+SB_DEVICE float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Sum over groups of `width` consecutive lanes (width a power of two <= 32).
+template <int WIDTH>
+SB_DEVICE float group_sum(float v) {
+#pragma unroll
+    for (int o = WIDTH / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// 8 halves in one 16-byte load.
+union Half8 {
+    uint4 u;
+    __half2 h[4];
+};
+
+SB_DEVICE float dot8(const Half8& a, const Half8& b, float acc) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        float2 x = __half22float2(a.h[i]);
+        float2 y = __half22float2(b.h[i]);
+        acc = fmaf(x.x, y.x, acc);
+        acc = fmaf(x.y, y.y, acc);
+    }
+    return acc;
+}
+
+// Block-wide sum for blockDim.x a multiple of 32 (<= 1024); every thread gets the result.
+SB_DEVICE float block_sum(float v, float* scratch /* [32] */) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();  // scratch may still be read by a previous call
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    const int nwarps = blockDim.x >> 5;
+    v = lane < nwarps ? scratch[lane] : 0.f;
+    return warp_sum(v);
+}

@@ -1,0 +1,47 @@
+"""The CUDA C sources of the CuPy kernels, read from ``kernels/cuda`` next to this file.
+
+Headers are inlined here rather than found through ``-I``: CuPy's kernel cache keys on
+the source text, so an edited header must change the text it sees.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from pathlib import Path
+
+CUDA_DIR = Path(__file__).resolve().parent / "cuda"
+MODULES = ("norm", "gemm", "attention", "sample")
+GEMM_EPILOGUES = {"store_half": 0, "add_residual": 1, "store_float": 2, "silu_mul": 3}
+GEMM_TILES = (1, 2, 4, 8, 16)  # batch rows per weight pass
+
+
+@cache
+def source(module: str) -> str:
+    text = (CUDA_DIR / f"{module}.cu").read_text()
+    return re.sub(r'#include "(\w+\.cuh)"', lambda m: (CUDA_DIR / m.group(1)).read_text(), text)
+
+
+def gemm_rows(tile: int) -> int:
+    """Output features per warp: more rows reuse each activation load more often."""
+    return 4 if tile >= 8 else 2
+
+
+def gemm_name(tile: int, epilogue: str) -> str:
+    return f"skinny_gemm<{tile}, {gemm_rows(tile)}, {GEMM_EPILOGUES[epilogue]}>"
+
+
+def gemm_names() -> tuple[str, ...]:
+    return tuple(gemm_name(t, e) for t in GEMM_TILES for e in GEMM_EPILOGUES)
+
+
+def attention_names(head_dim: int, group: int) -> tuple[str, ...]:
+    return (f"paged_attention<{head_dim}, {group}>", f"combine_splits<{head_dim}>")
+
+
+def name_expressions(module: str, head_dim: int = 128, group: int = 4) -> tuple[str, ...]:
+    if module == "gemm":
+        return gemm_names()
+    if module == "attention":
+        return attention_names(head_dim, group)
+    return ()

@@ -1,0 +1,329 @@
+"""CuPy backend: the RawModule kernels of ``kernels/cuda``, streams, events, pinned host
+buffers, async copies and CUDA graphs.
+
+Kernels compile once per process (and CuPy caches the binaries on disk), never on the
+hot path. A step's launches are planned once per (batch size, output buffer): every grid,
+block and argument tuple is built ahead, so ``launch`` is nothing but the kernel calls.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cache
+
+import cupy as cp
+import numpy as np
+from cupy.cuda import runtime
+
+from kernels.backend import Backend, DecodeStep, Event, Graph, Stream
+from kernels.cuda_sources import attention_names, gemm_name, gemm_names, source
+from kernels.layout import StepLayout
+from schedbench.errors import ConfigError
+from schedbench.model import ModelConfig, Weights
+
+GEMM_WARPS = 4  # matches gemm.cu
+ATTN_THREADS = 128  # matches attention.cu (ATTN_WARPS * 32)
+MAX_SPLITS = 16  # matches attention.cu
+NORM_THREADS = 256
+ARGMAX_THREADS = 1024
+
+
+@cache
+def module(name: str, names: tuple[str, ...] = ()) -> cp.RawModule:
+    return cp.RawModule(code=source(name), options=("-std=c++17",), name_expressions=names)
+
+
+def i32(v: int) -> np.int32:
+    return np.int32(v)
+
+
+def f32(v: float) -> np.float32:
+    return np.float32(v)
+
+
+class CupyStream(Stream):
+    def __init__(self) -> None:
+        self.raw = cp.cuda.Stream(non_blocking=True)
+
+    def wait(self, event: Event) -> None:
+        assert isinstance(event, CupyEvent)
+        self.raw.wait_event(event.raw)
+
+    def synchronize(self) -> None:
+        self.raw.synchronize()
+
+
+class CupyEvent(Event):
+    def __init__(self) -> None:
+        self.raw = cp.cuda.Event()
+
+    def record(self, stream: Stream) -> None:
+        assert isinstance(stream, CupyStream)
+        self.raw.record(stream.raw)
+
+    def synchronize(self) -> None:
+        self.raw.synchronize()
+
+    def query(self) -> bool:
+        return self.raw.done
+
+    def elapsed_ms(self, later: Event) -> float:
+        assert isinstance(later, CupyEvent)
+        return cp.cuda.get_elapsed_time(self.raw, later.raw)
+
+
+class CupyGraph(Graph):
+    def __init__(self, raw: cp.cuda.graph.Graph) -> None:
+        self.raw = raw
+
+    def launch(self, stream: Stream) -> None:
+        assert isinstance(stream, CupyStream)
+        self.raw.launch(stream.raw)
+
+
+@dataclass(frozen=True)
+class DeviceWeights:
+    """fp16 weights on the device; gate/up rows interleaved (g0, u0, g1, u1, ...)."""
+
+    embed: cp.ndarray
+    attn_norm: cp.ndarray
+    wqkv: cp.ndarray
+    wo: cp.ndarray
+    mlp_norm: cp.ndarray
+    w_gate_up: cp.ndarray
+    w_down: cp.ndarray
+    final_norm: cp.ndarray
+    lm_head: cp.ndarray
+
+
+def interleave_gate_up(w: np.ndarray) -> np.ndarray:
+    """``[L, 2I, H]`` as [gate rows; up rows] -> rows (g0, u0, g1, u1, ...) for the fused
+    SiLU-mul epilogue, where one warp owns a gate row and its up row."""
+    layers, two_i, hidden = w.shape
+    half = two_i // 2
+    return np.stack([w[:, :half], w[:, half:]], axis=2).reshape(layers, two_i, hidden)
+
+
+def upload_weights(w: Weights) -> DeviceWeights:
+    arrays = {k: cp.asarray(v.astype(np.float16)) for k, v in w.__dict__.items()}
+    arrays["w_gate_up"] = cp.asarray(interleave_gate_up(w.w_gate_up).astype(np.float16))
+    return DeviceWeights(**arrays)
+
+
+def random_weights(cfg: ModelConfig, seed: int) -> DeviceWeights:
+    """Seeded weights made on the device (an 8B model in seconds, nothing downloaded),
+    scaled like ``schedbench.model.make_weights``; gate/up need no interleave (all random)."""
+    rng = cp.random.default_rng(seed)
+    h, i, n = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
+
+    def normal(shape: tuple[int, ...], scale: float, shift: float = 0.0) -> cp.ndarray:
+        out = cp.empty(shape, cp.float16)
+        for layer in range(shape[0]):  # one layer at a time bounds the fp32 temporary
+            out[layer] = (rng.standard_normal(shape[1:], cp.float32) * scale + shift)
+        return out
+
+    return DeviceWeights(
+        embed=normal((cfg.vocab_size, h), 1.0),
+        attn_norm=normal((n, h), 0.1, 1.0),
+        wqkv=normal((n, cfg.qkv_size, h), h ** -0.5),
+        wo=normal((n, h, cfg.q_size), cfg.q_size ** -0.5),
+        mlp_norm=normal((n, h), 0.1, 1.0),
+        w_gate_up=normal((n, 2 * i, h), h ** -0.5),
+        w_down=normal((n, h, i), i ** -0.5),
+        final_norm=normal((1, h), 0.1, 1.0)[0],
+        lm_head=normal((cfg.vocab_size, h), h ** -0.5),
+    )
+
+
+def gemm_tile(batch: int) -> int:
+    return min(16, 1 << (batch - 1).bit_length())
+
+
+class CupyDecodeStep(DecodeStep):
+    def __init__(self, cfg: ModelConfig, weights: DeviceWeights, num_blocks: int,
+                 layout: StepLayout, num_slots: int) -> None:
+        self.cfg, self.w, self.layout = cfg, weights, layout
+        self.kernels_per_step = 9 * cfg.num_layers + 3
+        # NOTE: one extra slot and block: padding rows of graph buckets write there.
+        self.pad_slot, self.pad_block = num_slots, num_blocks
+        shape = (cfg.num_layers, num_blocks + 1, cfg.block_size, cfg.num_kv_heads, cfg.head_dim)
+        self.k_cache = cp.zeros(shape, cp.float16)
+        self.v_cache = cp.zeros(shape, cp.float16)
+        self.token_buf = cp.zeros(num_slots + 1, cp.int32)
+        b = layout.max_batch
+        self.x = cp.zeros((b, cfg.hidden_size), cp.float32)
+        self.h = cp.zeros((b, cfg.hidden_size), cp.float16)
+        self.qkv = cp.zeros((b, cfg.qkv_size), cp.float16)
+        self.attn = cp.zeros((b, cfg.q_size), cp.float16)
+        self.act = cp.zeros((b, cfg.intermediate_size), cp.float16)
+        self.logits = cp.zeros((b, cfg.vocab_size), cp.float32)
+        self.part_o = cp.zeros((b, cfg.num_heads, MAX_SPLITS, cfg.head_dim), cp.float32)
+        self.part_ml = cp.zeros((b, cfg.num_heads, MAX_SPLITS, 2), cp.float32)
+        group = cfg.num_heads // cfg.num_kv_heads
+        norm, sample = module("norm"), module("sample")
+        gemm = module("gemm", gemm_names())
+        attn = module("attention", attention_names(cfg.head_dim, group))
+        self._embed_rmsnorm = norm.get_function("embed_rmsnorm")
+        self._rmsnorm = norm.get_function("rmsnorm")
+        self._rope = norm.get_function("rope_kv_append")
+        self._attention, self._combine = (attn.get_function(n)
+                                          for n in attention_names(cfg.head_dim, group))
+        self._argmax = sample.get_function("argmax_tokens")
+        self._gemm = gemm
+        self._plans: dict[tuple[int, int, int], list[tuple]] = {}
+
+    def _gemm_launch(self, x: cp.ndarray, w: cp.ndarray, batch: int, epilogue: str,
+                     out: cp.ndarray) -> tuple:
+        tile = gemm_tile(batch)
+        rows = 4 if tile >= 8 else 2
+        n, k = w.shape
+        fn = self._gemm.get_function(gemm_name(tile, epilogue))
+        grid = (math.ceil(batch / tile), math.ceil(n / (GEMM_WARPS * rows)))
+        return fn, grid, (GEMM_WARPS * 32,), (x, w, i32(n), i32(k), i32(batch), out)
+
+    def plan(self, meta: cp.ndarray, out_tokens: cp.ndarray, batch: int) -> list[tuple]:
+        """Every launch of one step as ``(kernel, grid, block, args)``, in stream order."""
+        cfg, w = self.cfg, self.w
+        ids, slots, positions, tables = self.layout.views(meta)
+        eps, hid = f32(cfg.rms_eps), i32(cfg.hidden_size)
+        plan: list[tuple] = [(self._embed_rmsnorm, (batch,), (NORM_THREADS,),
+                              (ids, slots, self.token_buf, w.embed, w.attn_norm[0], eps, hid,
+                               self.x, self.h))]
+        for layer in range(cfg.num_layers):
+            if layer:
+                plan.append((self._rmsnorm, (batch,), (NORM_THREADS,),
+                             (self.x, w.attn_norm[layer], eps, hid, self.h)))
+            kc, vc = self.k_cache[layer], self.v_cache[layer]
+            plan += [
+                self._gemm_launch(self.h, w.wqkv[layer], batch, "store_half", self.qkv),
+                (self._rope, (batch,), (128,),
+                 (self.qkv, positions, tables, i32(self.layout.max_blocks), i32(cfg.num_heads),
+                  i32(cfg.num_kv_heads), i32(cfg.head_dim), i32(cfg.block_size),
+                  f32(math.log2(cfg.rope_theta)), kc, vc)),
+                (self._attention, (batch, cfg.num_kv_heads, MAX_SPLITS), (ATTN_THREADS,),
+                 (self.qkv, positions, tables, i32(self.layout.max_blocks),
+                  i32(cfg.num_kv_heads), i32(cfg.block_size), f32(cfg.head_dim ** -0.5), kc, vc,
+                  self.part_o, self.part_ml)),
+                (self._combine, (batch, cfg.num_heads), (cfg.head_dim,),
+                 (positions, i32(cfg.num_heads), self.part_o, self.part_ml, self.attn)),
+                self._gemm_launch(self.attn, w.wo[layer], batch, "add_residual", self.x),
+                (self._rmsnorm, (batch,), (NORM_THREADS,),
+                 (self.x, w.mlp_norm[layer], eps, hid, self.h)),
+                self._gemm_launch(self.h, w.w_gate_up[layer], batch, "silu_mul", self.act),
+                self._gemm_launch(self.act, w.w_down[layer], batch, "add_residual", self.x),
+            ]
+        plan += [
+            (self._rmsnorm, (batch,), (NORM_THREADS,), (self.x, w.final_norm, eps, hid, self.h)),
+            self._gemm_launch(self.h, w.lm_head, batch, "store_float", self.logits),
+            (self._argmax, (batch,), (ARGMAX_THREADS,),
+             (self.logits, i32(cfg.vocab_size), slots, self.token_buf, out_tokens)),
+        ]
+        assert len(plan) == self.kernels_per_step
+        return plan
+
+    def launch(self, meta: cp.ndarray, out_tokens: cp.ndarray, batch_size: int,
+               stream: Stream) -> None:
+        assert isinstance(stream, CupyStream)
+        key = (batch_size, meta.data.ptr, out_tokens.data.ptr)
+        if (plan := self._plans.get(key)) is None:
+            plan = self._plans[key] = self.plan(meta, out_tokens, batch_size)
+        raw = stream.raw
+        for fn, grid, block, args in plan:
+            fn(grid, block, args, stream=raw)
+
+
+class CupySpinStep(DecodeStep):
+    def __init__(self, vocab_size: int, compute_ms: float, layout: StepLayout,
+                 num_slots: int) -> None:
+        self.layout, self.kernels_per_step = layout, 1
+        self.pad_slot, self.pad_block = num_slots, 0
+        self.token_buf = cp.zeros(num_slots + 1, cp.int32)
+        self._ns, self._vocab = np.int64(round(compute_ms * 1e6)), i32(vocab_size)
+        self._spin = module("sample").get_function("spin_tokens")
+
+    def launch(self, meta: cp.ndarray, out_tokens: cp.ndarray, batch_size: int,
+               stream: Stream) -> None:
+        assert isinstance(stream, CupyStream)
+        ids, slots, positions, _ = self.layout.views(meta)
+        self._spin((1,), (1,), (self._ns, ids, slots, positions, i32(batch_size), self._vocab,
+                                self.token_buf, out_tokens), stream=stream.raw)
+
+
+def device_bytes_needed(cfg: ModelConfig, num_blocks: int, max_batch: int) -> int:
+    weights = cfg.param_count * 2
+    kv = 2 * cfg.num_layers * (num_blocks + 1) * cfg.block_size * cfg.kv_size * 2
+    scratch = max_batch * (cfg.vocab_size * 4 + cfg.num_heads * MAX_SPLITS * cfg.head_dim * 4)
+    return weights + kv + scratch
+
+
+class CupyBackend(Backend):
+    name = "cupy"
+    supports_graphs = True
+
+    def __init__(self, device: int = 0) -> None:
+        self._device = cp.cuda.Device(device)
+        self._device.use()
+        self._props = runtime.getDeviceProperties(device)
+
+    @property
+    def device_name(self) -> str:
+        name = self._props["name"]
+        return name.decode() if isinstance(name, bytes) else str(name)
+
+    def stream(self) -> CupyStream:
+        return CupyStream()
+
+    def event(self) -> CupyEvent:
+        return CupyEvent()
+
+    def empty(self, size: int, dtype: np.dtype | type) -> cp.ndarray:
+        return cp.zeros(size, dtype)
+
+    def pinned(self, size: int, dtype: np.dtype | type) -> np.ndarray:
+        mem = cp.cuda.alloc_pinned_memory(size * np.dtype(dtype).itemsize)
+        return np.frombuffer(mem, dtype, size)
+
+    def copy_to_device(self, dst: cp.ndarray, src: np.ndarray, stream: Stream) -> None:
+        assert isinstance(stream, CupyStream) and src.nbytes == dst.nbytes
+        runtime.memcpyAsync(dst.data.ptr, src.ctypes.data, src.nbytes,
+                            runtime.memcpyHostToDevice, stream.raw.ptr)
+
+    def copy_to_host(self, dst: np.ndarray, src: cp.ndarray, stream: Stream) -> None:
+        assert isinstance(stream, CupyStream) and src.nbytes == dst.nbytes
+        runtime.memcpyAsync(dst.ctypes.data, src.data.ptr, dst.nbytes,
+                            runtime.memcpyDeviceToHost, stream.raw.ptr)
+
+    def decode_step(self, cfg: ModelConfig, seed: int, num_blocks: int, layout: StepLayout,
+                    num_slots: int) -> CupyDecodeStep:
+        need = device_bytes_needed(cfg, num_blocks, layout.max_batch)
+        free, total = runtime.memGetInfo()
+        if need > free:
+            raise ConfigError(f"preset {cfg.name!r} with {num_blocks} KV blocks needs "
+                              f"{need / 2**30:.1f} GiB of device memory; {self.device_name} "
+                              f"has {free / 2**30:.1f} of {total / 2**30:.1f} GiB free")
+        return CupyDecodeStep(cfg, random_weights(cfg, seed), num_blocks, layout, num_slots)
+
+    def spin_step(self, vocab_size: int, compute_ms: float, layout: StepLayout,
+                  num_slots: int) -> CupySpinStep:
+        return CupySpinStep(vocab_size, compute_ms, layout, num_slots)
+
+    def capture(self, step: DecodeStep, meta: cp.ndarray, out_tokens: cp.ndarray,
+                batch_size: int, stream: Stream) -> CupyGraph:
+        assert isinstance(stream, CupyStream)
+        stream.synchronize()
+        stream.raw.begin_capture()
+        try:
+            step.launch(meta, out_tokens, batch_size, stream)
+        finally:
+            graph = stream.raw.end_capture()
+        graph.upload(stream.raw)
+        return CupyGraph(graph)
+
+    def versions(self) -> dict[str, str]:
+        return {"cupy": cp.__version__, "cuda_runtime": str(runtime.runtimeGetVersion()),
+                "cuda_driver": str(runtime.driverGetVersion()), "numpy": np.__version__}
+
+    def close(self) -> None:
+        cp.cuda.Device().synchronize()
+        cp.get_default_memory_pool().free_all_blocks()

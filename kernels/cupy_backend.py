@@ -17,7 +17,7 @@ import numpy as np
 from cupy.cuda import runtime
 
 from kernels.backend import Backend, DecodeStep, Event, Graph, Stream
-from kernels.cuda_sources import attention_names, gemm_name, gemm_names, source
+from kernels.cuda_sources import attention_names, gemm_name, gemm_names, gemm_rows, source
 from kernels.layout import StepLayout
 from schedbench.errors import ConfigError
 from schedbench.model import ModelConfig, Weights
@@ -136,8 +136,17 @@ def random_weights(cfg: ModelConfig, seed: int) -> DeviceWeights:
     )
 
 
-def gemm_tile(batch: int) -> int:
-    return min(16, 1 << (batch - 1).bit_length())
+def gemm_launch(x: cp.ndarray, w: cp.ndarray, batch: int, epilogue: str,
+                out: cp.ndarray) -> tuple:
+    """``(kernel, grid, block, args)`` of ``out (+)= x[:batch] @ w.T`` with an epilogue."""
+    tile = min(16, 1 << (batch - 1).bit_length())
+    n, k = w.shape
+    if k % 8 or x.dtype != cp.float16 or w.dtype != cp.float16:
+        raise ValueError(f"skinny_gemm needs fp16 x and w with K % 8 == 0; got K={k}, "
+                         f"{x.dtype}, {w.dtype}")
+    fn = module("gemm", gemm_names()).get_function(gemm_name(tile, epilogue))
+    grid = (math.ceil(batch / tile), math.ceil(n / (GEMM_WARPS * gemm_rows(tile))))
+    return fn, grid, (GEMM_WARPS * 32,), (x, w, i32(n), i32(k), i32(batch), out)
 
 
 class CupyDecodeStep(DecodeStep):
@@ -162,7 +171,6 @@ class CupyDecodeStep(DecodeStep):
         self.part_ml = cp.zeros((b, cfg.num_heads, MAX_SPLITS, 2), cp.float32)
         group = cfg.num_heads // cfg.num_kv_heads
         norm, sample = module("norm"), module("sample")
-        gemm = module("gemm", gemm_names())
         attn = module("attention", attention_names(cfg.head_dim, group))
         self._embed_rmsnorm = norm.get_function("embed_rmsnorm")
         self._rmsnorm = norm.get_function("rmsnorm")
@@ -170,17 +178,7 @@ class CupyDecodeStep(DecodeStep):
         self._attention, self._combine = (attn.get_function(n)
                                           for n in attention_names(cfg.head_dim, group))
         self._argmax = sample.get_function("argmax_tokens")
-        self._gemm = gemm
         self._plans: dict[tuple[int, int, int], list[tuple]] = {}
-
-    def _gemm_launch(self, x: cp.ndarray, w: cp.ndarray, batch: int, epilogue: str,
-                     out: cp.ndarray) -> tuple:
-        tile = gemm_tile(batch)
-        rows = 4 if tile >= 8 else 2
-        n, k = w.shape
-        fn = self._gemm.get_function(gemm_name(tile, epilogue))
-        grid = (math.ceil(batch / tile), math.ceil(n / (GEMM_WARPS * rows)))
-        return fn, grid, (GEMM_WARPS * 32,), (x, w, i32(n), i32(k), i32(batch), out)
 
     def plan(self, meta: cp.ndarray, out_tokens: cp.ndarray, batch: int) -> list[tuple]:
         """Every launch of one step as ``(kernel, grid, block, args)``, in stream order."""
@@ -196,7 +194,7 @@ class CupyDecodeStep(DecodeStep):
                              (self.x, w.attn_norm[layer], eps, hid, self.h)))
             kc, vc = self.k_cache[layer], self.v_cache[layer]
             plan += [
-                self._gemm_launch(self.h, w.wqkv[layer], batch, "store_half", self.qkv),
+                gemm_launch(self.h, w.wqkv[layer], batch, "store_half", self.qkv),
                 (self._rope, (batch,), (128,),
                  (self.qkv, positions, tables, i32(self.layout.max_blocks), i32(cfg.num_heads),
                   i32(cfg.num_kv_heads), i32(cfg.head_dim), i32(cfg.block_size),
@@ -207,15 +205,15 @@ class CupyDecodeStep(DecodeStep):
                   self.part_o, self.part_ml)),
                 (self._combine, (batch, cfg.num_heads), (cfg.head_dim,),
                  (positions, i32(cfg.num_heads), self.part_o, self.part_ml, self.attn)),
-                self._gemm_launch(self.attn, w.wo[layer], batch, "add_residual", self.x),
+                gemm_launch(self.attn, w.wo[layer], batch, "add_residual", self.x),
                 (self._rmsnorm, (batch,), (NORM_THREADS,),
                  (self.x, w.mlp_norm[layer], eps, hid, self.h)),
-                self._gemm_launch(self.h, w.w_gate_up[layer], batch, "silu_mul", self.act),
-                self._gemm_launch(self.act, w.w_down[layer], batch, "add_residual", self.x),
+                gemm_launch(self.h, w.w_gate_up[layer], batch, "silu_mul", self.act),
+                gemm_launch(self.act, w.w_down[layer], batch, "add_residual", self.x),
             ]
         plan += [
             (self._rmsnorm, (batch,), (NORM_THREADS,), (self.x, w.final_norm, eps, hid, self.h)),
-            self._gemm_launch(self.h, w.lm_head, batch, "store_float", self.logits),
+            gemm_launch(self.h, w.lm_head, batch, "store_float", self.logits),
             (self._argmax, (batch,), (ARGMAX_THREADS,),
              (self.logits, i32(cfg.vocab_size), slots, self.token_buf, out_tokens)),
         ]
@@ -228,9 +226,9 @@ class CupyDecodeStep(DecodeStep):
         key = (batch_size, meta.data.ptr, out_tokens.data.ptr)
         if (plan := self._plans.get(key)) is None:
             plan = self._plans[key] = self.plan(meta, out_tokens, batch_size)
-        raw = stream.raw
-        for fn, grid, block, args in plan:
-            fn(grid, block, args, stream=raw)
+        with stream.raw:  # RawKernel launches on the current stream
+            for fn, grid, block, args in plan:
+                fn(grid, block, args)
 
 
 class CupySpinStep(DecodeStep):
@@ -246,8 +244,9 @@ class CupySpinStep(DecodeStep):
                stream: Stream) -> None:
         assert isinstance(stream, CupyStream)
         ids, slots, positions, _ = self.layout.views(meta)
-        self._spin((1,), (1,), (self._ns, ids, slots, positions, i32(batch_size), self._vocab,
-                                self.token_buf, out_tokens), stream=stream.raw)
+        with stream.raw:
+            self._spin((1,), (1,), (self._ns, ids, slots, positions, i32(batch_size),
+                                    self._vocab, self.token_buf, out_tokens))
 
 
 def device_bytes_needed(cfg: ModelConfig, num_blocks: int, max_batch: int) -> int:
@@ -312,12 +311,12 @@ class CupyBackend(Backend):
                 batch_size: int, stream: Stream) -> CupyGraph:
         assert isinstance(stream, CupyStream)
         stream.synchronize()
-        stream.raw.begin_capture()
-        try:
-            step.launch(meta, out_tokens, batch_size, stream)
-        finally:
-            graph = stream.raw.end_capture()
-        graph.upload(stream.raw)
+        with stream.raw:
+            stream.raw.begin_capture()
+            try:
+                step.launch(meta, out_tokens, batch_size, stream)
+            finally:
+                graph = stream.raw.end_capture()
         return CupyGraph(graph)
 
     def versions(self) -> dict[str, str]:

@@ -1,0 +1,72 @@
+"""Measuring CuPy kernels: copy bandwidth, event-timed graph replays, host launch costs."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import cupy as cp
+
+Launch = tuple  # (kernel, grid, block, args), as in CupyDecodeStep.plan
+
+
+def copy_bandwidth_gbs(nbytes: int = 2 << 30, reps: int = 10) -> float:
+    """Device-to-device copy, counting bytes read plus bytes written (the roofline)."""
+    src = cp.random.default_rng(0).integers(0, 255, nbytes, dtype=cp.uint8)
+    dst = cp.empty_like(src)
+    ms = time_ms(lambda s: dst.__setitem__(Ellipsis, src), reps=reps)
+    return 2 * nbytes / ms / 1e6
+
+
+def time_ms(enqueue: Callable[[cp.cuda.Stream], None], reps: int = 20,
+            warmup: int = 3) -> float:
+    """Median device time of ``enqueue``, each repeat bracketed by events on its stream."""
+    stream = cp.cuda.Stream(non_blocking=True)
+    start, end = cp.cuda.Event(), cp.cuda.Event()
+    times = []
+    with stream:
+        for i in range(warmup + reps):
+            start.record(stream)
+            enqueue(stream)
+            end.record(stream)
+            end.synchronize()
+            if i >= warmup:
+                times.append(cp.cuda.get_elapsed_time(start, end))
+    return statistics.median(times)
+
+
+def graph_of(launches: Sequence[Launch], stream: cp.cuda.Stream) -> cp.cuda.graph.Graph:
+    with stream:  # RawKernel launches on the current stream
+        stream.begin_capture()
+        try:
+            for fn, grid, block, args in launches:
+                fn(grid, block, args)
+        finally:
+            graph = stream.end_capture()
+    return graph
+
+
+def time_launches_ms(launches: Sequence[Launch], reps: int = 20) -> float:
+    """Device time of a sequence of launches, replayed from a graph so that launch gaps do
+    not count: what the kernels themselves take."""
+    stream = cp.cuda.Stream(non_blocking=True)
+    graph = graph_of(launches, stream)
+    return time_ms(lambda s: graph.launch(s), reps=reps)
+
+
+def host_us(call: Callable[[], None], n: int = 200, sync: Callable[[], None] | None = None,
+            batches: int = 5) -> float:
+    """Median host time of ``call`` in microseconds over ``batches`` runs of ``n`` calls,
+    synchronising between batches so a full launch queue never blocks the host."""
+    per_call = []
+    for _ in range(batches):
+        if sync:
+            sync()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            call()
+        per_call.append((time.perf_counter() - t0) / n * 1e6)
+    if sync:
+        sync()
+    return statistics.median(per_call)

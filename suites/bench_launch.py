@@ -1,0 +1,91 @@
+"""Host cost of launching work: a bare RawKernel launch, an event record, the enqueue of one
+decode step (and per kernel), and one CUDA graph replay of the same step.
+
+asv: ``asv run --python=same --bench bench_launch`` (skipped without a GPU).
+Directly: ``python suites/bench_launch.py [--preset llama3-8b] [--batch-size 1]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from kernels.registry import gpu_unavailable_reason
+from schedbench.model import get_preset
+from schedbench.report import format_table, write_json
+
+PRESET = "llama3-8b"
+
+
+def measure(preset: str, batch: int = 1) -> dict[str, float]:
+    """Host microseconds of each operation, medians of many, the device never the limit."""
+    import cupy as cp
+
+    from kernels import cupy_backend as cb
+    from kernels.cupy_measure import host_us
+    from kernels.layout import StepLayout
+
+    cfg = get_preset(preset)
+    backend = cb.CupyBackend()
+    stream = backend.stream()
+    empty = cb.module("sample").get_function("empty_kernel")
+    event = backend.event()
+    layout = StepLayout(max(batch, 1), cfg.max_blocks_per_seq)
+    step = backend.decode_step(cfg, 0, num_blocks=64, layout=layout, num_slots=2 * batch)
+    meta, out = cp.zeros(layout.size, cp.int32), cp.zeros(layout.max_batch, cp.int32)
+    step.launch(meta, out, batch, stream)  # plan once, as the engine's first step does
+    graph = backend.capture(step, meta, out, batch, stream)
+    sync = stream.synchronize
+    with stream.raw:  # the bare kernel launches on the current stream
+        res = {
+            "bare_launch_us": host_us(lambda: empty((1,), (1,), ()), 200, sync),
+            "event_record_us": host_us(lambda: event.record(stream), 200, sync),
+            "step_enqueue_us": host_us(lambda: step.launch(meta, out, batch, stream), 1, sync,
+                                       30),
+            "graph_replay_us": host_us(lambda: graph.launch(stream), 1, sync, 30),
+        }
+    res["kernels_per_step"] = float(step.kernels_per_step)
+    res["enqueue_per_kernel_us"] = res["step_enqueue_us"] / step.kernels_per_step
+    res["enqueue_over_bare"] = res["enqueue_per_kernel_us"] / res["bare_launch_us"]
+    backend.close()
+    return res
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--preset", default=PRESET)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
+    args = p.parse_args()
+    if why := gpu_unavailable_reason():
+        raise SystemExit(f"bench_launch needs a GPU: {why}")
+    res = measure(args.preset, args.batch_size)
+    print(f"preset {args.preset}, batch {args.batch_size}: host time, median of many")
+    print(format_table(["Operation", "Value"], [[k, f"{v:.2f}"] for k, v in res.items()]))
+    if args.json:
+        write_json(args.json, {"preset": args.preset, "batch_size": args.batch_size, **res})
+
+
+class Launch:
+    """asv: host microseconds per operation (CuPy)."""
+
+    params = [["bare_launch_us", "event_record_us", "step_enqueue_us", "enqueue_per_kernel_us",
+               "graph_replay_us"]]
+    param_names = ["operation"]
+    timeout = 600
+
+    def setup_cache(self) -> dict:
+        return {} if gpu_unavailable_reason() else measure(PRESET)
+
+    def setup(self, res: dict, operation: str) -> None:
+        if operation not in res:
+            raise NotImplementedError(f"no GPU: {gpu_unavailable_reason()}")
+
+    def track_host_us(self, res, operation) -> float:
+        return res[operation]
+
+    track_host_us.unit = "us"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""CuPy kernels against the float64 reference on fresh random inputs (needs a GPU)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from kernels import reference as ref
+from kernels.layout import StepLayout
+from schedbench.model import ModelConfig, get_preset, make_weights
+from tests.conftest import rel_err
+
+pytestmark = pytest.mark.gpu
+
+cp = pytest.importorskip("cupy")
+cb = pytest.importorskip("kernels.cupy_backend")
+from kernels.cuda_sources import attention_names  # noqa: E402
+
+FP16_TOL = 3e-3  # fp16 storage of the result, fp32 accumulation
+LLAMA8B = get_preset("llama3-8b")
+
+
+def half(rng: np.random.Generator, *shape: int, scale: float = 1.0) -> np.ndarray:
+    return (rng.standard_normal(shape) * scale).astype(np.float16)
+
+
+def launch(fn, grid, block, args) -> None:
+    fn(grid, block, args)
+    cp.cuda.Device().synchronize()
+
+
+@pytest.mark.parametrize("epilogue", ["store_half", "add_residual", "store_float", "silu_mul"])
+@pytest.mark.parametrize(("batch", "n", "k"), [(1, 6144, 4096), (3, 4096, 14336), (16, 512, 256),
+                                               (33, 1000, 768)])
+def test_gemm_matches_reference(rng, epilogue, batch, n, k):
+    x, w = half(rng, batch, k), half(rng, n, k, scale=k ** -0.5)
+    full = x.astype(np.float64) @ w.T.astype(np.float64)
+    if epilogue == "silu_mul":
+        out = cp.full((batch, n // 2), np.nan, cp.float16)
+        wd = cb.interleave_gate_up(w[None])[0]
+        expect = ref.silu_mul(full)
+    elif epilogue == "add_residual":
+        base = rng.standard_normal((batch, n)).astype(np.float32)
+        out, wd, expect = cp.asarray(base), w, base + full
+    else:
+        dtype = cp.float16 if epilogue == "store_half" else cp.float32
+        out, wd, expect = cp.full((batch, n), np.nan, dtype), w, full
+    launch(*cb.gemm_launch(cp.asarray(x), cp.asarray(wd), batch, epilogue, out))
+    got = cp.asnumpy(out)
+    assert np.isfinite(got).all(), "unwritten (poisoned) outputs"
+    assert rel_err(got, expect) < FP16_TOL
+
+
+def test_gemm_rows_do_not_depend_on_batch(rng):
+    x, w = half(rng, 37, 1024), half(rng, 2048, 1024, scale=1 / 32)
+    results = {}
+    for batch in (1, 5, 16, 37):
+        out = cp.zeros((batch, 2048), cp.float32)
+        launch(*cb.gemm_launch(cp.asarray(x[:batch]), cp.asarray(w), batch, "store_float",
+                                  out))
+        results[batch] = cp.asnumpy(out)
+    for batch, got in results.items():
+        np.testing.assert_array_equal(got[0], results[1][0], err_msg=f"batch {batch}")
+
+
+def _paged(rng, cfg: ModelConfig, lengths: list[int]):
+    bs = cfg.block_size
+    mb = max(-(-n // bs) for n in lengths) + 1
+    nblocks = len(lengths) * mb
+    tables = rng.permutation(nblocks).astype(np.int32).reshape(len(lengths), mb)
+    shape = (nblocks, bs, cfg.num_kv_heads, cfg.head_dim)
+    return tables, half(rng, *shape), half(rng, *shape)
+
+
+@pytest.mark.parametrize("cfg", [get_preset("tiny"), get_preset("llama-1b"), LLAMA8B],
+                         ids=lambda c: c.name)
+def test_paged_attention_matches_reference(rng, cfg):
+    lengths = [1, 300, 2048, 8192] if cfg.max_context >= 8192 else [1, 17, 300]
+    b = len(lengths)
+    tables, kc, vc = _paged(rng, cfg, lengths)
+    qkv = half(rng, b, cfg.qkv_size)
+    positions = np.array(lengths, np.int32) - 1
+    group = cfg.num_heads // cfg.num_kv_heads
+    mod = cb.module("attention", attention_names(cfg.head_dim, group))
+    attn, combine = (mod.get_function(n) for n in attention_names(cfg.head_dim, group))
+    part_o = cp.full((b, cfg.num_heads, cb.MAX_SPLITS, cfg.head_dim), np.nan, cp.float32)
+    part_ml = cp.full((b, cfg.num_heads, cb.MAX_SPLITS, 2), np.nan, cp.float32)
+    out = cp.full((b, cfg.q_size), np.nan, cp.float16)
+    d_pos, d_tab = cp.asarray(positions), cp.asarray(tables)
+    launch(attn, (b, cfg.num_kv_heads, cb.MAX_SPLITS), (cb.ATTN_THREADS,),
+           (cp.asarray(qkv), d_pos, d_tab, cb.i32(tables.shape[1]), cb.i32(cfg.num_kv_heads),
+            cb.i32(cfg.block_size), cb.f32(cfg.head_dim ** -0.5), cp.asarray(kc),
+            cp.asarray(vc), part_o, part_ml))
+    launch(combine, (b, cfg.num_heads), (cfg.head_dim,),
+           (d_pos, cb.i32(cfg.num_heads), part_o, part_ml, out))
+    q = qkv[:, :cfg.q_size].reshape(b, cfg.num_heads, cfg.head_dim)
+    expect = ref.paged_attention(q, kc, vc, tables, positions + 1).reshape(b, -1)
+    got = cp.asnumpy(out)
+    assert np.isfinite(got).all()
+    assert rel_err(got, expect) < FP16_TOL
+
+
+def test_norms_rope_and_kv_append(rng):
+    cfg = LLAMA8B
+    b, h = 5, cfg.hidden_size
+    norm = cb.module("norm")
+    x, w = rng.standard_normal((b, h)).astype(np.float32), half(rng, h)
+    out = cp.full((b, h), np.nan, cp.float16)
+    launch(norm.get_function("rmsnorm"), (b,), (cb.NORM_THREADS,),
+           (cp.asarray(x), cp.asarray(w), cb.f32(1e-5), cb.i32(h), out))
+    assert rel_err(cp.asnumpy(out), ref.rms_norm(x, w, 1e-5)) < FP16_TOL
+
+    table = half(rng, 100, h)
+    ids = np.array([3, -1, 50, -1, 99], np.int32)
+    slots = np.array([4, 0, 2, 1, 3], np.int32)
+    token_buf = np.array([7, 8, 9, 10, 11], np.int32)
+    xd = cp.full((b, h), np.nan, cp.float32)
+    launch(norm.get_function("embed_rmsnorm"), (b,), (cb.NORM_THREADS,),
+           (cp.asarray(ids), cp.asarray(slots), cp.asarray(token_buf), cp.asarray(table),
+            cp.asarray(w), cb.f32(1e-5), cb.i32(h), xd, out))
+    toks = np.where(ids >= 0, ids, token_buf[slots])
+    np.testing.assert_array_equal(cp.asnumpy(xd), table[toks].astype(np.float32))
+    assert rel_err(cp.asnumpy(out), ref.rms_norm(table[toks], w, 1e-5)) < FP16_TOL
+
+    positions = np.array([0, 15, 16, 4000, 8191], np.int32)
+    tables, kc, vc = _paged(rng, cfg, [8192] * b)
+    qkv = half(rng, b, cfg.qkv_size)
+    d_qkv, d_k, d_v = cp.asarray(qkv), cp.asarray(kc), cp.asarray(vc)
+    launch(norm.get_function("rope_kv_append"), (b,), (128,),
+           (d_qkv, cp.asarray(positions), cp.asarray(tables), cb.i32(tables.shape[1]),
+            cb.i32(cfg.num_heads), cb.i32(cfg.num_kv_heads), cb.i32(cfg.head_dim),
+            cb.i32(cfg.block_size), cb.f32(math.log2(cfg.rope_theta)), d_k, d_v))
+    d = cfg.head_dim
+    q_ref = ref.rope(qkv[:, :cfg.q_size].reshape(b, -1, d).astype(np.float64), positions,
+                     cfg.rope_theta)
+    k_ref = ref.rope(qkv[:, cfg.q_size:cfg.q_size + cfg.kv_size].reshape(b, -1, d)
+                     .astype(np.float64), positions, cfg.rope_theta)
+    expect_k, expect_v = kc.astype(np.float64), vc.astype(np.float64)
+    ref.kv_append(expect_k, expect_v, k_ref, qkv[:, cfg.q_size + cfg.kv_size:].reshape(b, -1, d),
+                  positions, tables)
+    assert rel_err(cp.asnumpy(d_qkv)[:, :cfg.q_size], q_ref.reshape(b, -1)) < FP16_TOL
+    assert rel_err(cp.asnumpy(d_k), expect_k) < FP16_TOL
+    np.testing.assert_array_equal(cp.asnumpy(d_v), expect_v.astype(np.float16))
+
+
+def test_argmax_first_maximum_and_slot_write(rng):
+    logits = rng.standard_normal((4, 128256)).astype(np.float32)
+    logits[2, [5, 70000]] = 50.0  # a tie: the lower id wins
+    slots = np.array([3, 0, 2, 1], np.int32)
+    token_buf, out = cp.full(4, -7, cp.int32), cp.full(4, -7, cp.int32)
+    launch(cb.module("sample").get_function("argmax_tokens"), (4,), (cb.ARGMAX_THREADS,),
+           (cp.asarray(logits), cb.i32(128256), cp.asarray(slots), token_buf, out))
+    np.testing.assert_array_equal(cp.asnumpy(out), ref.greedy(logits))
+    assert int(out[2]) == 5
+    np.testing.assert_array_equal(cp.asnumpy(token_buf)[slots], cp.asnumpy(out))
+
+
+SMALL_1B = dataclasses.replace(get_preset("llama-1b"), name="llama-1b-2l", num_layers=2,
+                               vocab_size=32000)
+
+
+@pytest.mark.parametrize("cfg", [get_preset("tiny"), SMALL_1B], ids=lambda c: c.name)
+def test_whole_step_matches_reference(rng, cfg):
+    b, seed = 6, int(rng.integers(1 << 30))
+    layout = StepLayout(8, cfg.max_blocks_per_seq)
+    lengths = [1, 40, 200, 17, 64, 300]
+    tables, kc, vc = _paged(rng, cfg, lengths)
+    weights = make_weights(cfg, seed, np.float32)
+    w16 = weights.astype(np.float16)
+    step = cb.CupyDecodeStep(cfg, cb.upload_weights(w16), len(kc), layout, 16)
+    step.k_cache[:, :len(kc)] = cp.asarray(kc)
+    step.v_cache[:, :len(vc)] = cp.asarray(vc)
+    meta = np.zeros(layout.size, np.int32)
+    ids, slots, pos, tab = layout.views(meta)
+    tokens = rng.integers(0, cfg.vocab_size, b).astype(np.int32)
+    ids[:b] = np.where(np.arange(b) % 2 == 0, tokens, -1)
+    slots[:b] = rng.permutation(16)[:b]
+    step.token_buf[cp.asarray(slots[:b])] = cp.asarray(tokens)
+    pos[:b] = np.array(lengths) - 1
+    tab[:b, :tables.shape[1]] = tables
+    out = cp.full(8, -7, cp.int32)
+    stream = cb.CupyStream()
+    step.launch(cp.asarray(meta), out, b, stream)
+    stream.synchronize()
+    k_ref = np.stack([kc.astype(np.float64)] * cfg.num_layers)
+    v_ref = np.stack([vc.astype(np.float64)] * cfg.num_layers)
+    logits = ref.decode_step(cfg, w16, tokens, pos[:b].copy(), tab[:b], k_ref, v_ref)
+    assert rel_err(cp.asnumpy(step.logits[:b]), logits) < 2e-2
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 0.05 * np.abs(top2[:, 1]).max()
+    got = cp.asnumpy(out)
+    np.testing.assert_array_equal(got[:b][clear], ref.greedy(logits)[clear])
+    np.testing.assert_array_equal(got[b:], -7)
+    assert rel_err(cp.asnumpy(step.k_cache[:, :len(kc)]), k_ref) < FP16_TOL
+
+
+def test_modes_give_identical_tokens():
+    from schedbench.sweep import Sweep, SweepConfig
+    from schedbench.workload import WorkloadConfig
+
+    cfg = SweepConfig(backend="cupy", batch_sizes=(1, 5, 16), steps=30, warmup=2, repeats=1,
+                      modes=("sequential", "overlapped", "graphs"),
+                      workload=WorkloadConfig((1, 8), (4, 24)))
+    sweep = Sweep(cfg)
+    try:
+        for b in cfg.batch_sizes:
+            hashes = {m: sweep.run_one(m, b)[1] for m in cfg.modes}
+            assert len(set(hashes.values())) == 1, (b, hashes)
+    finally:
+        sweep.close()
+
+
+def test_synthetic_spin_lasts_its_length():
+    from schedbench.sweep import Sweep, SweepConfig
+    from schedbench.synthetic import Synthetic
+    from schedbench.timing import summarize
+
+    cfg = SweepConfig(backend="cupy", batch_sizes=(4,), steps=30, warmup=3, repeats=1,
+                      modes=("overlapped",), synthetic=Synthetic(0.5, 2.0, 0.2))
+    sweep = Sweep(cfg)
+    try:
+        fig = summarize(sweep.run_one("overlapped", 4)[3], 3, 4, overlapped=True)
+    finally:
+        sweep.close()
+    assert 1.99 < fig.compute_ms < 2.1
+    assert fig.overhead_pct < 5

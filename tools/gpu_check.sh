@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# One GPU check in one call: the GPU tests, a short run of each suite, the llama3-8b sweep,
+# then a compact table. Writes logs and JSON under $OUT (default /tmp/gpu_check).
+# Usage: bash tools/gpu_check.sh          (from the repository root, on a machine with a GPU)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+out=${OUT:-/tmp/gpu_check}
+mkdir -p "$out"
+py=${PYTHON:-python3}
+step() { echo; echo "=== $1"; }
+
+step "device"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
+$py -c "import cupy, numba, numpy, sys; print('python', sys.version.split()[0], 'cupy',
+cupy.__version__, 'numba', numba.__version__, 'numpy', numpy.__version__)"
+
+step "GPU tests"
+timeout 300 $py -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$out/pytest.log" | tail -30
+
+step "bench_kernels"
+timeout 240 $py suites/bench_kernels.py --json "$out/kernels.json" 2>&1 | tee "$out/kernels.txt"
+
+step "bench_launch"
+timeout 120 $py suites/bench_launch.py --json "$out/launch.json" 2>&1 | tee "$out/launch.txt"
+
+step "sweep llama3-8b"
+start=$(date +%s)
+timeout 300 $py -m schedbench --backend cupy --preset llama3-8b ${SWEEP_ARGS:---batch-sizes 1,16,64,256 --repeats 1 --steps 100} \
+  --json "$out/sweep.json" 2>&1 | tee "$out/sweep.txt"
+echo "sweep wall time: $(( $(date +%s) - start )) s"
+
+step "summary"
+$py - "$out" <<'PY'
+import json, re, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+def load(name):
+    p = out / name
+    return json.loads(p.read_text()) if p.exists() else None
+log = (out / "pytest.log").read_text() if (out / "pytest.log").exists() else ""
+m = re.findall(r"(\d+ (?:passed|failed|skipped|error)\w*)", log)
+print("tests:", ", ".join(m[-3:]) or "no result")
+k = load("kernels.json")
+if k:
+    rows = {(r["kernel"], r["batch_size"]): r for r in k["kernels"]}
+    print(f"copy bandwidth: {rows['copy', 0]['gbs']:.0f} GB/s")
+    for (name, b), r in rows.items():
+        if name.startswith(("all_", "cublas_", "attention_")):
+            print(f"  {name:28s} b={b:<3d} {r['ms']*1e3:9.1f} us {r['pct_copy']:6.1f}% copy")
+l = load("launch.json")
+if l:
+    print(f"launch: bare {l['bare_launch_us']:.2f} us, step enqueue {l['step_enqueue_us']:.0f} us "
+          f"({l['kernels_per_step']:.0f} kernels, {l['enqueue_over_bare']:.2f}x bare), "
+          f"graph replay {l['graph_replay_us']:.1f} us, event record {l['event_record_us']:.2f} us")
+s = load("sweep.json")
+if s:
+    print(f"sweep {s['preset']} on {s['device']}: tokens identical={s['tokens_identical']}")
+    for r in s["runs"]:
+        print(f"  {r['mode']:10s} b={r['batch_size']:<3d} step {r['step_ms']:8.3f} ms  "
+              f"S+L+P {r['schedule_ms']+r['launch_ms']+r['postprocess_ms']:7.3f}  "
+              f"C {r['compute_ms']:8.3f}  overhead {r['overhead_pct']:5.1f}%  eff {r['efficiency']:.2f}")
+PY

@@ -16,17 +16,17 @@ $py -c "import cupy, numba, numpy, sys; print('python', sys.version.split()[0], 
 cupy.__version__, 'numba', numba.__version__, 'numpy', numpy.__version__)"
 
 step "GPU tests"
-timeout 300 $py -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$out/pytest.log" | tail -30
+timeout 180 $py -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$out/pytest.log" | tail -30
 
 step "bench_kernels"
-timeout 240 $py suites/bench_kernels.py --json "$out/kernels.json" 2>&1 | tee "$out/kernels.txt"
+timeout 120 $py suites/bench_kernels.py --json "$out/kernels.json" 2>&1 | tee "$out/kernels.txt"
 
 step "bench_launch"
-timeout 120 $py suites/bench_launch.py --json "$out/launch.json" 2>&1 | tee "$out/launch.txt"
+timeout 60 $py suites/bench_launch.py --json "$out/launch.json" 2>&1 | tee "$out/launch.txt"
 
 step "sweep llama3-8b"
 start=$(date +%s)
-timeout 300 $py -m schedbench --backend cupy --preset llama3-8b ${SWEEP_ARGS:---batch-sizes 1,16,64,256 --repeats 1 --steps 100} \
+timeout 150 $py -m schedbench --backend cupy --preset llama3-8b ${SWEEP_ARGS:---batch-sizes 1,16,64,256 --repeats 1 --steps 60} \
   --json "$out/sweep.json" 2>&1 | tee "$out/sweep.txt"
 echo "sweep wall time: $(( $(date +%s) - start )) s"
 

@@ -118,9 +118,11 @@ def random_weights(cfg: ModelConfig, seed: int) -> DeviceWeights:
     h, i, n = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
 
     def normal(shape: tuple[int, ...], scale: float, shift: float = 0.0) -> cp.ndarray:
+        if len(shape) < 3:
+            return (rng.standard_normal(shape, cp.float32) * scale + shift).astype(cp.float16)
         out = cp.empty(shape, cp.float16)
         for layer in range(shape[0]):  # one layer at a time bounds the fp32 temporary
-            out[layer] = (rng.standard_normal(shape[1:], cp.float32) * scale + shift)
+            out[layer] = rng.standard_normal(shape[1:], cp.float32) * scale + shift
         return out
 
     return DeviceWeights(
@@ -131,7 +133,7 @@ def random_weights(cfg: ModelConfig, seed: int) -> DeviceWeights:
         mlp_norm=normal((n, h), 0.1, 1.0),
         w_gate_up=normal((n, 2 * i, h), h ** -0.5),
         w_down=normal((n, h, i), i ** -0.5),
-        final_norm=normal((1, h), 0.1, 1.0)[0],
+        final_norm=normal((h,), 0.1, 1.0),
         lm_head=normal((cfg.vocab_size, h), h ** -0.5),
     )
 

@@ -51,6 +51,10 @@ def time_launches_ms(launches: Sequence[Launch], reps: int = 20) -> float:
     """Device time of a sequence of launches, replayed from a graph so that launch gaps do
     not count: what the kernels themselves take."""
     stream = cp.cuda.Stream(non_blocking=True)
+    with stream:  # once directly, so a faulting kernel is named before any graph runs
+        for fn, grid, block, args in launches:
+            fn(grid, block, args)
+            stream.synchronize()
     graph = graph_of(launches, stream)
     return time_ms(lambda s: graph.launch(s), reps=reps)
 

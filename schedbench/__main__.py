@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -81,8 +83,10 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
 
 
 def progress_printer(total: int) -> Callable[[str], None]:
+    """A bar on a terminal; elsewhere (logs, CI) one timestamped line per run."""
     done = [0]
     tty = sys.stderr.isatty()
+    t0 = time.perf_counter()
 
     def show(label: str) -> None:
         done[0] += 1
@@ -90,9 +94,9 @@ def progress_printer(total: int) -> Callable[[str], None]:
             filled = 30 * done[0] // total
             sys.stderr.write(f"\r[{'#' * filled}{' ' * (30 - filled)}] {done[0]}/{total} "
                              f"{label:<40}")
-            if done[0] == total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
+        else:
+            sys.stderr.write(f"[{time.perf_counter() - t0:7.1f} s] {done[0]}/{total} {label}\n")
+        sys.stderr.flush()
 
     return show
 
@@ -117,6 +121,8 @@ def print_report(cfg: SweepConfig, sweep: Sweep, results: list[RunResult],
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A `timeout` or a scheduler's SIGTERM stops the sweep like Ctrl-C: finished runs are kept.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     p = parser()
     args = p.parse_args(argv)
     try:
@@ -130,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         show = progress_printer(len(cfg.batch_sizes) * len(cfg.modes) * cfg.repeats)
         for result in sweep.results(show):
             results.append(result)
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
         complete = True
         print_report(cfg, sweep, results, args.timeline_steps)
     except KeyboardInterrupt:

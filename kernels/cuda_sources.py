@@ -13,7 +13,7 @@ from pathlib import Path
 CUDA_DIR = Path(__file__).resolve().parent / "cuda"
 MODULES = ("norm", "gemm", "attention", "sample")
 GEMM_EPILOGUES = {"store_half": 0, "add_residual": 1, "store_float": 2, "silu_mul": 3}
-GEMM_TILES = (1, 2, 4, 8, 16)  # batch rows per weight pass
+GEMM_TILES = (1, 2, 4)  # batch tiles of 8 rows per block
 
 
 @cache
@@ -22,13 +22,8 @@ def source(module: str) -> str:
     return re.sub(r'#include "(\w+\.cuh)"', lambda m: (CUDA_DIR / m.group(1)).read_text(), text)
 
 
-def gemm_rows(tile: int) -> int:
-    """Output features per warp: more rows reuse each activation load more often."""
-    return 4 if tile >= 8 else 2
-
-
-def gemm_name(tile: int, epilogue: str) -> str:
-    return f"skinny_gemm<{tile}, {gemm_rows(tile)}, {GEMM_EPILOGUES[epilogue]}>"
+def gemm_name(tiles: int, epilogue: str) -> str:
+    return f"tc_gemm<{tiles}, {GEMM_EPILOGUES[epilogue]}>"
 
 
 def gemm_names() -> tuple[str, ...]:

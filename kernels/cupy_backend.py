@@ -17,12 +17,12 @@ import numpy as np
 from cupy.cuda import runtime
 
 from kernels.backend import Backend, DecodeStep, Event, Graph, Stream
-from kernels.cuda_sources import attention_names, gemm_name, gemm_names, gemm_rows, source
+from kernels.cuda_sources import attention_names, gemm_name, gemm_names, source
 from kernels.layout import StepLayout
 from schedbench.errors import ConfigError
 from schedbench.model import ModelConfig, Weights
 
-GEMM_WARPS = 4  # matches gemm.cu
+GEMM_WARPS, GEMM_ROWS, GEMM_K_CHUNK = 8, 32, 64  # match gemm.cu
 ATTN_THREADS = 128  # matches attention.cu (ATTN_WARPS * 32)
 MAX_SPLITS = 16  # matches attention.cu
 NORM_THREADS = 256
@@ -141,13 +141,13 @@ def random_weights(cfg: ModelConfig, seed: int) -> DeviceWeights:
 def gemm_launch(x: cp.ndarray, w: cp.ndarray, batch: int, epilogue: str,
                 out: cp.ndarray) -> tuple:
     """``(kernel, grid, block, args)`` of ``out (+)= x[:batch] @ w.T`` with an epilogue."""
-    tile = min(16, 1 << (batch - 1).bit_length())
+    tiles = 1 if batch <= 8 else 2 if batch <= 16 else 4  # batch tiles of 8 per block
     n, k = w.shape
-    if k % 8 or x.dtype != cp.float16 or w.dtype != cp.float16:
-        raise ValueError(f"skinny_gemm needs fp16 x and w with K % 8 == 0; got K={k}, "
-                         f"{x.dtype}, {w.dtype}")
-    fn = module("gemm", gemm_names()).get_function(gemm_name(tile, epilogue))
-    grid = (math.ceil(batch / tile), math.ceil(n / (GEMM_WARPS * gemm_rows(tile))))
+    if k % GEMM_K_CHUNK or x.dtype != cp.float16 or w.dtype != cp.float16:
+        raise ValueError(f"tc_gemm needs fp16 x and w with K % {GEMM_K_CHUNK} == 0; got "
+                         f"K={k}, {x.dtype}, {w.dtype}")
+    fn = module("gemm", gemm_names()).get_function(gemm_name(tiles, epilogue))
+    grid = (math.ceil(batch / (8 * tiles)), math.ceil(n / GEMM_ROWS))
     return fn, grid, (GEMM_WARPS * 32,), (x, w, i32(n), i32(k), i32(batch), out)
 
 
@@ -181,6 +181,9 @@ class CupyDecodeStep(DecodeStep):
                                           for n in attention_names(cfg.head_dim, group))
         self._argmax = sample.get_function("argmax_tokens")
         self._plans: dict[tuple[int, int, int], list[tuple]] = {}
+        # NOTE: everything above was filled on the legacy default stream, which the engine's
+        # non-blocking streams do not wait for: finish it before any step can run.
+        cp.cuda.Device().synchronize()
 
     def plan(self, meta: cp.ndarray, out_tokens: cp.ndarray, batch: int) -> list[tuple]:
         """Every launch of one step as ``(kernel, grid, block, args)``, in stream order."""
@@ -241,6 +244,7 @@ class CupySpinStep(DecodeStep):
         self.token_buf = cp.zeros(num_slots + 1, cp.int32)
         self._ns, self._vocab = np.int64(round(compute_ms * 1e6)), i32(vocab_size)
         self._spin = module("sample").get_function("spin_tokens")
+        cp.cuda.Device().synchronize()  # NOTE: as in CupyDecodeStep, zeros before any step
 
     def launch(self, meta: cp.ndarray, out_tokens: cp.ndarray, batch_size: int,
                stream: Stream) -> None:
@@ -279,7 +283,9 @@ class CupyBackend(Backend):
         return CupyEvent()
 
     def empty(self, size: int, dtype: np.dtype | type) -> cp.ndarray:
-        return cp.zeros(size, dtype)
+        buf = cp.zeros(size, dtype)
+        cp.cuda.Device().synchronize()  # NOTE: the zeroing ran on the legacy default stream
+        return buf
 
     def pinned(self, size: int, dtype: np.dtype | type) -> np.ndarray:
         mem = cp.cuda.alloc_pinned_memory(size * np.dtype(dtype).itemsize)

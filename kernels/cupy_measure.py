@@ -22,6 +22,9 @@ def copy_bandwidth_gbs(nbytes: int = 2 << 30, reps: int = 10) -> float:
 def time_ms(enqueue: Callable[[cp.cuda.Stream], None], reps: int = 20,
             warmup: int = 3) -> float:
     """Median device time of ``enqueue``, each repeat bracketed by events on its stream."""
+    # NOTE: inputs are made on the legacy default stream, which a non-blocking stream does
+    # not wait for; without this the first repeats could read memory still being written.
+    cp.cuda.Device().synchronize()
     stream = cp.cuda.Stream(non_blocking=True)
     start, end = cp.cuda.Event(), cp.cuda.Event()
     times = []
@@ -50,6 +53,7 @@ def graph_of(launches: Sequence[Launch], stream: cp.cuda.Stream) -> cp.cuda.grap
 def time_launches_ms(launches: Sequence[Launch], reps: int = 20) -> float:
     """Device time of a sequence of launches, replayed from a graph so that launch gaps do
     not count: what the kernels themselves take."""
+    cp.cuda.Device().synchronize()  # NOTE: see time_ms
     stream = cp.cuda.Stream(non_blocking=True)
     with stream:  # once directly, so a faulting kernel is named before any graph runs
         for fn, grid, block, args in launches:

@@ -16,7 +16,7 @@ $py -c "import cupy, numba, numpy, sys; print('python', sys.version.split()[0], 
 cupy.__version__, 'numba', numba.__version__, 'numpy', numpy.__version__)"
 
 step "GPU tests"
-timeout 180 $py -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$out/pytest.log" | tail -30
+timeout 120 $py -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$out/pytest.log" | tail -30
 
 step "bench_kernels"
 timeout 120 $py suites/bench_kernels.py --json "$out/kernels.json" 2>&1 | tee "$out/kernels.txt"

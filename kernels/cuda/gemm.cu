@@ -1,14 +1,21 @@
-// Skinny GEMM for decode: out[b, n] = sum_k x[b, k] * w[n, k]; x, w fp16, fp32 accumulation.
+// Decode GEMM on tensor cores: out[b, n] = sum_k x[b, k] * w[n, k]; x, w fp16, fp32 accumulate.
 //
-// Decode projections are weight-streaming: the batch is small, so each weight must be read
-// from memory once per step, with 16-byte loads, while the few activation rows stay in L1.
-// One warp owns ROWS consecutive output features for a tile of MAXB batch rows; lane l reads
-// k = 8l, 8l+256, ... of each weight row, and the partial sums meet in a warp butterfly.
-// Every output element is summed in the same order whatever MAXB, ROWS or the batch size
-// (each row's sum depends only on K): a request's tokens never depend on its batch-mates.
+// Decode projections stream each weight once per step; the batch is small. On CUDA cores a
+// batch of 16 needs 16 FMAs per weight element, more than Hopper's fp32 rate can give at
+// full memory bandwidth, so the products run on mma.sync.m16n8k16 (fp16 in, fp32 out): the
+// weight rows are the MMA's M, the batch rows its N (padded to 8), and the tensor cores
+// have room to spare even when most of N is padding.
 //
-// Batch tiles are blockIdx.x, the fastest-varying index, so the tiles that share a weight
-// slice run together and all but the first read it from L2 when the batch exceeds MAXB.
+// Loads are 16 bytes wide: lane (g, t) = (lane / 4, lane % 4) reads 16 consecutive halves of
+// weight rows g and g+8 and of batch row g, at k = kb + 16t. The MMA's k order is a
+// permutation of physical k, the same for weights and activations, so the fragments come
+// straight from those registers (no shared memory, no ldmatrix).
+//
+// A block is 8 warps over 32 output features; warp i takes the 64-wide k chunks i, i+8, ...,
+// and the warps' partial sums meet in shared memory in a fixed order. Every output element is
+// summed in the same order whatever the batch size or tile: a request's tokens never depend
+// on its batch-mates. Batch tiles are blockIdx.x, the fastest-varying index, so tiles that
+// share a weight slice run together and read it from L2 after the first.
 //
 // Epilogues fuse what the next kernel would otherwise re-read from memory:
 //   EPI_STORE_HALF   out fp16                                   (QKV)
@@ -18,70 +25,119 @@
 #include "common.cuh"
 
 enum { EPI_STORE_HALF = 0, EPI_ADD_RESIDUAL = 1, EPI_STORE_FLOAT = 2, EPI_SILU_MUL = 3 };
-constexpr int GEMM_WARPS = 4;
+constexpr int GEMM_WARPS = 8;
+constexpr int GEMM_ROWS = 32;  // two m16 tiles per warp
+constexpr int GEMM_K_CHUNK = 64;
 
-template <int MAXB, int ROWS, int EPI>
+union Half16 {
+    uint4 v[2];
+    unsigned w[8];
+};
+
+SB_DEVICE void load16(Half16& dst, const __half* src, bool ok) {
+    if (ok) {
+        dst.v[0] = __ldg(reinterpret_cast<const uint4*>(src));
+        dst.v[1] = __ldg(reinterpret_cast<const uint4*>(src + 8));
+    } else {
+        dst.v[0] = dst.v[1] = make_uint4(0, 0, 0, 0);
+    }
+}
+
+SB_DEVICE void mma16816(float (&c)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                        unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// NT: batch tiles of 8 per block (a block covers 8 * NT batch rows).
+template <int NT, int EPI>
 __global__ void __launch_bounds__(GEMM_WARPS * 32)
-skinny_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows, int k_dim,
-            int batch, void* __restrict__ out) {
-    const int lane = threadIdx.x & 31;
-    const int n0 = (blockIdx.y * GEMM_WARPS + (threadIdx.x >> 5)) * ROWS;
-    const int b0 = blockIdx.x * MAXB;
-    if (n0 >= n_rows) return;
-    const int nb = min(MAXB, batch - b0);
-    float acc[ROWS][MAXB];
+tc_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows, int k_dim,
+        int batch, void* __restrict__ out) {
+    constexpr int BT = 8 * NT;
+    __shared__ float red[GEMM_WARPS][GEMM_ROWS][BT + 1];  // +1: no bank conflicts on writes
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int n0 = blockIdx.y * GEMM_ROWS, b0 = blockIdx.x * BT;
+
+    float acc[2][NT][4];
 #pragma unroll
-    for (int r = 0; r < ROWS; ++r)
+    for (int m = 0; m < 2; ++m)
 #pragma unroll
-        for (int b = 0; b < MAXB; ++b) acc[r][b] = 0.f;
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc[m][j][i] = 0.f;
 
 #pragma unroll 2
-    for (int k = lane * 8; k < k_dim; k += 256) {
-        Half8 wv[ROWS];
+    for (int kb = warp * GEMM_K_CHUNK; kb < k_dim; kb += GEMM_WARPS * GEMM_K_CHUNK) {
+        const int k = kb + 16 * t;
+        Half16 wa[2][2], xa[NT];  // [m tile][row g, row g+8]
 #pragma unroll
-        for (int r = 0; r < ROWS; ++r)
-            wv[r].u = n0 + r < n_rows
-                          ? __ldg(reinterpret_cast<const uint4*>(w + (size_t)(n0 + r) * k_dim + k))
-                          : make_uint4(0, 0, 0, 0);
+        for (int m = 0; m < 2; ++m)
 #pragma unroll
-        for (int b = 0; b < MAXB; ++b) {
-            if (b < nb) {
-                Half8 xv;
-                xv.u = __ldg(reinterpret_cast<const uint4*>(x + (size_t)(b0 + b) * k_dim + k));
-#pragma unroll
-                for (int r = 0; r < ROWS; ++r) acc[r][b] = dot8(wv[r], xv, acc[r][b]);
+            for (int h = 0; h < 2; ++h) {
+                const int row = n0 + 16 * m + g + 8 * h;
+                load16(wa[m][h], w + (size_t)row * k_dim + k, row < n_rows);
             }
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+            const int row = b0 + 8 * j + g;
+            load16(xa[j], x + (size_t)row * k_dim + k, row < batch);
         }
+#pragma unroll
+        for (int s = 0; s < 4; ++s)  // four k16 MMA steps per 64-wide chunk
+#pragma unroll
+            for (int m = 0; m < 2; ++m)
+#pragma unroll
+                for (int j = 0; j < NT; ++j)
+                    mma16816(acc[m][j], wa[m][0].w[2 * s], wa[m][1].w[2 * s],
+                             wa[m][0].w[2 * s + 1], wa[m][1].w[2 * s + 1], xa[j].w[2 * s],
+                             xa[j].w[2 * s + 1]);
     }
 #pragma unroll
-    for (int r = 0; r < ROWS; ++r)
+    for (int m = 0; m < 2; ++m)
 #pragma unroll
-        for (int b = 0; b < MAXB; ++b) acc[r][b] = warp_sum(acc[r][b]);
-    if (lane != 0) return;
-#pragma unroll
-    for (int b = 0; b < MAXB; ++b) {
-        if (b >= nb) break;
-        const size_t row = b0 + b;
+        for (int j = 0; j < NT; ++j) {
+            const int r = 16 * m + g, c = 8 * j + 2 * t;
+            red[warp][r][c] = acc[m][j][0];
+            red[warp][r][c + 1] = acc[m][j][1];
+            red[warp][r + 8][c] = acc[m][j][2];
+            red[warp][r + 8][c + 1] = acc[m][j][3];
+        }
+    __syncthreads();
+
+    constexpr int ROWS_OUT = EPI == EPI_SILU_MUL ? GEMM_ROWS / 2 : GEMM_ROWS;
+    for (int i = threadIdx.x; i < ROWS_OUT * BT; i += blockDim.x) {
+        const int r = i % ROWS_OUT, c = i / ROWS_OUT;
+        const int brow = b0 + c;
+        if (brow >= batch) continue;
         if constexpr (EPI == EPI_SILU_MUL) {
+            const int n = n0 + 2 * r;
+            if (n >= n_rows) continue;
+            float gate = 0.f, up = 0.f;
 #pragma unroll
-            for (int r = 0; r < ROWS; r += 2) {
-                if (n0 + r >= n_rows) break;
-                const float g = acc[r][b], u = acc[r + 1][b];
-                static_cast<__half*>(out)[row * (n_rows / 2) + (n0 + r) / 2] =
-                    __float2half(g / (1.f + expf(-g)) * u);
+            for (int v = 0; v < GEMM_WARPS; ++v) {
+                gate += red[v][2 * r][c];
+                up += red[v][2 * r + 1][c];
             }
+            static_cast<__half*>(out)[(size_t)brow * (n_rows / 2) + n / 2] =
+                __float2half(gate / (1.f + expf(-gate)) * up);
         } else {
+            const int n = n0 + r;
+            if (n >= n_rows) continue;
+            float s = 0.f;
 #pragma unroll
-            for (int r = 0; r < ROWS; ++r) {
-                if (n0 + r >= n_rows) break;
-                const size_t i = row * n_rows + n0 + r;
-                if constexpr (EPI == EPI_STORE_HALF)
-                    static_cast<__half*>(out)[i] = __float2half(acc[r][b]);
-                else if constexpr (EPI == EPI_ADD_RESIDUAL)
-                    static_cast<float*>(out)[i] += acc[r][b];
-                else
-                    static_cast<float*>(out)[i] = acc[r][b];
-            }
+            for (int v = 0; v < GEMM_WARPS; ++v) s += red[v][r][c];
+            const size_t o = (size_t)brow * n_rows + n;
+            if constexpr (EPI == EPI_STORE_HALF)
+                static_cast<__half*>(out)[o] = __float2half(s);
+            else if constexpr (EPI == EPI_ADD_RESIDUAL)
+                static_cast<float*>(out)[o] += s;
+            else
+                static_cast<float*>(out)[o] = s;
         }
     }
 }

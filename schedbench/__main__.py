@@ -111,7 +111,7 @@ def print_report(cfg: SweepConfig, sweep: Sweep, results: list[RunResult],
     for mode in cfg.modes:
         print(f"\n{TITLES[mode]}\n{mode_table(results, mode)}")
     print("\nOverhead % = device idle time / wall time in steady state. Ideal speedup = "
-          "(S+L+C+P) / max(C, S+L+P)\non the sequential run's phases; efficiency = ideal "
+          "(S + max(L, C) + P) / max(C, S+L+P)\non the sequential run's phases; efficiency = ideal "
           "step / measured step.")
     b = min(cfg.batch_sizes)  # where the overhead is largest
     for mode in cfg.modes:

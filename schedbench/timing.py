@@ -87,8 +87,13 @@ def steady_window(records: list[StepRecord], warmup: int, batch_size: int) -> li
 
 
 def ideal_step_ms(overlapped: bool, s: float, lau: float, c: float, p: float) -> float:
-    """The ideal model: sequential ``S+L+C+P``; overlapped ``max(C, S+L+P)``."""
-    return max(c, s + lau + p) if overlapped else s + lau + c + p
+    """The ideal model: sequential ``S + max(L, C) + P``; overlapped ``max(C, S+L+P)``.
+
+    The device starts a step's first kernel as soon as it is enqueued, so even the
+    sequential loop hides the launch behind the compute it is feeding: ``S+L+C+P`` (the
+    textbook form) overstates its cost whenever launching takes a while, as on a GPU.
+    """
+    return max(c, s + lau + p) if overlapped else s + max(lau, c) + p
 
 
 def summarize(records: list[StepRecord], warmup: int, batch_size: int,

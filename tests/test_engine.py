@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import threading
 
 import numpy as np
 import pytest
@@ -13,7 +13,7 @@ from schedbench.engine import Engine, StagingRing
 from schedbench.model import get_preset
 from schedbench.scheduler import Scheduler, SchedulerConfig
 from schedbench.sweep import Sweep, SweepConfig, tokens_sha256
-from schedbench.synthetic import Synthetic, busy_until
+from schedbench.synthetic import Synthetic
 from schedbench.timing import summarize
 from schedbench.workload import WorkloadConfig, make_requests
 
@@ -54,8 +54,8 @@ def test_every_request_finishes_once_and_every_block_returns(cpu_backend):
         assert all(0 < len(r.output) <= r.max_new_tokens for r in requests)
 
 
-class SlowRecordingStep(CpuDecodeStep):
-    """Records the metadata the device really reads, and is slow so the host runs ahead."""
+class RecordingStep(CpuDecodeStep):
+    """Records the metadata the device really reads."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -63,14 +63,26 @@ class SlowRecordingStep(CpuDecodeStep):
 
     def kernel(self, meta, out_tokens, batch_size):
         self.seen.append(meta.copy())
-        busy_until(time.perf_counter() + 0.002)
         super().kernel(meta, out_tokens, batch_size)
 
 
-def _run_recorded(cpu_backend, ring_depth: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def _run_recorded(backend, monkeypatch, ring_depth: int):
+    """An overlapped run in which the device uploads step N's metadata only once the host
+    has scheduled step N+1 (or 20 ms have passed): the worst case for the staging ring,
+    made certain rather than left to thread timing."""
+    scheduled = [threading.Event() for _ in range(1000)]
+    uploads = iter(range(1000))
+    upload = backend.copy_to_device
+
+    def late_upload(dst, src, stream):
+        nxt = scheduled[next(uploads) + 1]
+        stream.enqueue(lambda: nxt.wait(0.02))
+        upload(dst, src, stream)
+
+    monkeypatch.setattr(backend, "copy_to_device", late_upload)
     layout = StepLayout(2, CFG.max_blocks_per_seq)
-    step = SlowRecordingStep(CFG, 0, 20, layout, 4)
-    engine = Engine(cpu_backend, step, ring_depth=ring_depth)
+    step = RecordingStep(CFG, 0, 20, layout, 4)
+    engine = Engine(backend, step, ring_depth=ring_depth)
     scheduler = Scheduler(SchedulerConfig(2, 20, CFG.block_size, CFG.max_blocks_per_seq,
                                           CFG.eos_token_id), make_requests(SHORT, 6, 2048))
     intended: list[np.ndarray] = []
@@ -80,6 +92,7 @@ def _run_recorded(cpu_backend, ring_depth: int) -> tuple[list[np.ndarray], list[
         batch = schedule(index, meta)
         if batch is not None:
             intended.append(np.concatenate([m.ravel() for m in meta]))
+        scheduled[index].set()
         return batch
 
     scheduler.schedule = schedule_and_keep
@@ -87,8 +100,8 @@ def _run_recorded(cpu_backend, ring_depth: int) -> tuple[list[np.ndarray], list[
     return intended, step.seen
 
 
-def test_staging_buffer_is_not_rewritten_while_its_copy_may_run(cpu_backend):
-    intended, seen = _run_recorded(cpu_backend, ring_depth=1)
+def test_staging_buffer_is_not_rewritten_while_its_copy_may_run(cpu_backend, monkeypatch):
+    intended, seen = _run_recorded(cpu_backend, monkeypatch, ring_depth=1)
     assert len(seen) == len(intended) > 5
     for want, got in zip(intended, seen):
         np.testing.assert_array_equal(got, want)
@@ -98,7 +111,7 @@ def test_the_staging_check_catches_a_ring_without_its_guard(cpu_backend, monkeyp
     """Proves the test above can fail: skip the wait and the device reads later metadata."""
     monkeypatch.setattr(StagingRing, "acquire",
                         lambda self, index: self.slots[index % len(self.slots)])
-    intended, seen = _run_recorded(cpu_backend, ring_depth=1)
+    intended, seen = _run_recorded(cpu_backend, monkeypatch, ring_depth=1)
     assert any(not np.array_equal(a, b) for a, b in zip(intended, seen))
 
 

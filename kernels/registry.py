@@ -5,7 +5,7 @@ from __future__ import annotations
 from kernels.backend import Backend
 from schedbench.errors import ConfigError
 
-BACKENDS = ("auto", "cpu", "cupy", "numba")
+BACKENDS = ("auto", "cpu", "cupy")
 
 
 def gpu_unavailable_reason() -> str | None:
@@ -37,10 +37,6 @@ def make_backend(name: str) -> Backend:
         from kernels.cpu_backend import CpuBackend
 
         return CpuBackend()
-    if name == "cupy":
-        from kernels.cupy_backend import CupyBackend
+    from kernels.cupy_backend import CupyBackend
 
-        return CupyBackend()
-    from kernels.numba_backend import NumbaBackend
-
-    return NumbaBackend()
+    return CupyBackend()

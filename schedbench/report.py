@@ -18,7 +18,8 @@ from schedbench.timing import StepRecord, ideal_step_ms
 
 SEQ_COLUMNS = ("Batch Size", "Schedule (ms)", "Launch (ms)", "Compute (ms)",
                "Postprocess (ms)", "Overhead %")
-OVL_COLUMNS = (*SEQ_COLUMNS, "Step (ms)", "Speedup", "Ideal speedup", "Efficiency")
+STEP_COLUMNS = (*SEQ_COLUMNS, "Step (ms)", "Efficiency")
+OVL_COLUMNS = (*STEP_COLUMNS, "Speedup", "Ideal speedup")
 
 
 def format_table(columns: Sequence[str], rows: list[list[str]]) -> str:
@@ -47,15 +48,14 @@ def mode_table(results: list[RunResult], mode: str) -> str:
     seq = {r.batch_size: r for r in results if r.mode == "sequential"}
     rows = []
     for r in (r for r in results if r.mode == mode):
-        cells = _phase_cells(r)
+        step = r.figures["step_ms"].median
+        cells = [*_phase_cells(r), f"{step:.3f}", f"{r.figures['efficiency'].median:.2f}"]
         if mode != "sequential":
             base = seq.get(r.batch_size)
-            step = r.figures["step_ms"].median
-            speed = f"{base.figures['step_ms'].median / step:.2f}x" if base else "-"
-            ideal = f"{ideal_speedup(base):.2f}x" if base else "-"
-            cells += [f"{step:.3f}", speed, ideal, f"{r.figures['efficiency'].median:.2f}"]
+            cells += [f"{base.figures['step_ms'].median / step:.2f}x" if base else "-",
+                      f"{ideal_speedup(base):.2f}x" if base else "-"]
         rows.append(cells)
-    return format_table(SEQ_COLUMNS if mode == "sequential" else OVL_COLUMNS, rows)
+    return format_table(STEP_COLUMNS if mode == "sequential" else OVL_COLUMNS, rows)
 
 
 def timeline(records: list[StepRecord], steps: int = 4, width: int = 96) -> str:

@@ -34,7 +34,7 @@ def test_bad_input_exits_2_naming_the_value(capsys, argv, message):
 
 
 @pytest.mark.skipif(gpu_unavailable_reason() is None, reason="a GPU is present")
-@pytest.mark.parametrize("backend", ["cupy", "numba"])
+@pytest.mark.parametrize("backend", ["cupy"])
 def test_gpu_backend_without_gpu_exits_2(capsys, backend):
     with pytest.raises(SystemExit) as exc:
         main(["--backend", backend])

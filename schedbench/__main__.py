@@ -13,9 +13,19 @@ from kernels.registry import BACKENDS, resolve
 from schedbench.engine import MODES
 from schedbench.errors import ConfigError
 from schedbench.model import PRESETS
-from schedbench.report import document, identical_line, mode_table, timeline, write_json
+from schedbench.report import (
+    budget_table,
+    cpu_budget,
+    document,
+    git_commit,
+    identical_line,
+    mode_table,
+    timeline,
+    write_json,
+)
 from schedbench.sweep import RunResult, Sweep, SweepConfig
 from schedbench.synthetic import Synthetic
+from schedbench.trace import chrome_trace
 from schedbench.workload import WorkloadConfig
 
 TITLES = {"sequential": "Sequential: schedule -> launch -> wait -> postprocess",
@@ -62,6 +72,10 @@ def parser() -> argparse.ArgumentParser:
     syn.add_argument("--postprocess-ms", type=float, default=None)
     p.add_argument("--json", type=Path, default=None, metavar="PATH",
                    help="write every figure as JSON")
+    p.add_argument("--trace", type=Path, default=None, metavar="PATH",
+                   help="write a Chrome trace (open in ui.perfetto.dev or chrome://tracing)")
+    p.add_argument("--plot", type=Path, default=None, metavar="DIR",
+                   help="write overhead, breakdown and timeline PNGs (needs matplotlib)")
     p.add_argument("--timeline-steps", type=int, default=4, help="steps drawn per timeline")
     return p
 
@@ -117,7 +131,15 @@ def print_report(cfg: SweepConfig, sweep: Sweep, results: list[RunResult],
     for mode in cfg.modes:
         run = next(r for r in results if r.mode == mode and r.batch_size == b)
         print(f"\nTimeline, {mode}, batch {b} (measured):\n{timeline(run.records, timeline_steps)}")
+    if budget := cpu_budget(results):
+        print("\n" + budget_table(budget))
     print("\n" + identical_line(results))
+
+
+def caption_for(cfg: SweepConfig, sweep: Sweep) -> str:
+    what = "synthetic" if cfg.synthetic else f"preset {cfg.preset}"
+    return (f"schedbench {sweep.backend_name} backend on {sweep.backend.device_name}, {what}, "
+            f"commit {git_commit()[:12]}, median of {cfg.repeats}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,9 +169,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{p.prog}: error: {exc}", file=sys.stderr)
         return 2
     finally:
+        caption = caption_for(cfg, sweep)
         if args.json is not None:
             write_json(args.json, document(cfg, sweep.backend_name, sweep.backend.device_name,
                                            sweep.backend.versions(), results, complete))
+        if args.trace is not None and results:
+            write_json(args.trace, chrome_trace(results, caption))
+        if args.plot is not None and results:
+            from schedbench.plots import write_plots
+
+            write_plots(results, caption, args.plot)
         sweep.close()
     return 0
 

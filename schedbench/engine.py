@@ -17,6 +17,7 @@ import numpy as np
 
 from kernels.backend import Backend, DecodeStep, Event, Graph
 from kernels.layout import StepLayout
+from schedbench.nvtx import Nvtx
 from schedbench.scheduler import Batch, Scheduler
 from schedbench.synthetic import Synthetic, busy_until
 from schedbench.timing import StepRecord
@@ -69,6 +70,7 @@ class InFlight:
     batch: Batch
     slot: RingSlot
     record: StepRecord
+    step_range: object = None  # the NVTX range of the whole step, ended at postprocess
 
 
 def graph_buckets(batch_size: int) -> list[int]:
@@ -89,6 +91,7 @@ class Engine:
         self._anchor_host = 0.0
         self.scheduler: Scheduler | None = None
         self.records: list[StepRecord] = []
+        self._nvtx = Nvtx()  # after the backend exists: a GPU backend brings its bindings
         self._graphs: dict[tuple[int, int], Graph] = {}  # (bucket, ring slot) -> graph
         self._buckets: list[int] = []
 
@@ -134,17 +137,25 @@ class Engine:
     def _schedule(self, index: int) -> InFlight | None:
         assert self.scheduler is not None
         slot = self.ring.acquire(index)
+        step_range = self._nvtx.start(f"step {index}")
         t0 = time.perf_counter()
-        batch = self.scheduler.schedule(index, self.ring.layout.views(slot.meta_host))
+        with self._nvtx.phase(f"schedule {index}"):
+            batch = self.scheduler.schedule(index, self.ring.layout.views(slot.meta_host))
+            if batch is not None and self.synthetic.schedule_ms:
+                busy_until(t0 + self.synthetic.schedule_ms / 1e3)
         if batch is None:
+            self._nvtx.end(step_range)
             return None
-        if self.synthetic.schedule_ms:
-            busy_until(t0 + self.synthetic.schedule_ms / 1e3)
         rec = StepRecord(index, batch.size, schedule_start=t0, schedule_end=time.perf_counter())
         self.records.append(rec)
-        return InFlight(batch, slot, rec)
+        return InFlight(batch, slot, rec, step_range)
 
     def _launch(self, f: InFlight) -> None:
+        with self._nvtx.phase(f"launch {f.batch.index}"):
+            self._enqueue(f)
+        f.record.launch_end = time.perf_counter()
+
+    def _enqueue(self, f: InFlight) -> None:
         slot, n = f.slot, f.batch.size
         graph = self._pad_to_bucket(slot, n) if self._buckets else None
         slot.start.record(self.compute)
@@ -157,7 +168,6 @@ class Engine:
         self.copy.wait(slot.end)
         self.backend.copy_to_host(slot.tokens_host[:n], slot.tokens_dev[:n], self.copy)
         slot.copied.record(self.copy)
-        f.record.launch_end = time.perf_counter()
 
     def _pad_to_bucket(self, slot: RingSlot, n: int) -> Graph:
         """Fill rows ``n..bucket`` with padding that touches only the step's spare slot and
@@ -170,18 +180,22 @@ class Engine:
 
     def _postprocess(self, f: InFlight) -> None:
         assert self.scheduler is not None
-        rec, slot = f.record, f.slot
+        rec, slot, index = f.record, f.slot, f.batch.index
         rec.post_start = time.perf_counter()
-        slot.copied.synchronize()
+        with self._nvtx.phase(f"wait {index}"):
+            slot.copied.synchronize()
         rec.device_start = self._device_time(slot.start)
         rec.device_end = self._device_time(slot.end)
+        rec.copy_end = self._device_time(slot.copied)
         rec.wait_end = t0 = time.perf_counter()
-        self.scheduler.postprocess(f.batch, slot.tokens_host[:f.batch.size])
-        self.scheduler.release(f.batch.index)
-        if self.synthetic.postprocess_ms:
-            busy_until(t0 + self.synthetic.postprocess_ms / 1e3)
+        with self._nvtx.phase(f"postprocess {index}"):
+            self.scheduler.postprocess(f.batch, slot.tokens_host[:f.batch.size])
+            self.scheduler.release(index)
+            if self.synthetic.postprocess_ms:
+                busy_until(t0 + self.synthetic.postprocess_ms / 1e3)
         rec.useful_tokens = f.batch.useful_tokens
         rec.post_end = time.perf_counter()
+        self._nvtx.end(f.step_range)
 
     def _device_time(self, event: Event) -> float:
         return self._anchor_host + self._anchor.elapsed_ms(event) / 1e3

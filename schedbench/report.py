@@ -58,6 +58,36 @@ def mode_table(results: list[RunResult], mode: str) -> str:
     return format_table(STEP_COLUMNS if mode == "sequential" else OVL_COLUMNS, rows)
 
 
+def cpu_budget(results: list[RunResult]) -> list[dict]:
+    """Per overlapped run: the CPU time a step may take before overlap stops hiding it
+    (C - L), what it takes now (S + P), and whether the CPU is the bottleneck."""
+    rows = []
+    for r in results:
+        if r.mode == "sequential":
+            continue
+        s, lau, c, p = (r.figures[k].median for k in ("schedule_ms", "launch_ms", "compute_ms",
+                                                       "postprocess_ms"))
+        rows.append({"mode": r.mode, "batch_size": r.batch_size, "budget_ms": c - lau,
+                     "cpu_ms": s + p, "cpu_bound": s + p > c - lau})
+    return rows
+
+
+def budget_table(rows: list[dict]) -> str:
+    lines = []
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        mine = [r for r in rows if r["mode"] == mode]
+        table = format_table(
+            ("Batch Size", "Budget C-L (ms)", "CPU S+P (ms)", "Used %", "Bottleneck"),
+            [[str(r["batch_size"]), f"{r['budget_ms']:.3f}", f"{r['cpu_ms']:.3f}",
+              f"{100 * r['cpu_ms'] / r['budget_ms']:.0f}" if r["budget_ms"] > 0 else "-",
+              "CPU" if r["cpu_bound"] else "device"] for r in mine])
+        bound = [str(r["batch_size"]) for r in mine if r["cpu_bound"]]
+        verdict = (f"the CPU is the bottleneck at batch size {', '.join(bound)}" if bound else
+                   "overlap hides the CPU at every batch size measured")
+        lines.append(f"CPU budget, {mode}: {verdict}\n{table}")
+    return "\n\n".join(lines)
+
+
 def timeline(records: list[StepRecord], steps: int = 4, width: int = 96) -> str:
     """A CPU row and a device row over a few steady-state steps, drawn from the records.
 
@@ -145,6 +175,7 @@ def document(cfg: SweepConfig, backend: str, device: str, versions: dict[str, st
         "complete": complete,
         "tokens_identical": all(tokens_identical(results).values()),
         "runs": runs,
+        "cpu_budget": cpu_budget(results),
     }
 
 
@@ -152,6 +183,9 @@ def write_json(path: Path, doc: dict) -> None:
     """Write atomically: a reader never sees a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
     with os.fdopen(fd, "w") as f:
         json.dump(doc, f, indent=2)
         f.write("\n")

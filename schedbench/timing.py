@@ -27,6 +27,7 @@ class StepRecord:
     post_end: float = 0.0
     device_start: float = 0.0
     device_end: float = 0.0
+    copy_end: float = 0.0  # the step's tokens are in pinned host memory (copy stream)
     useful_tokens: int = 0
 
     @property

@@ -1,0 +1,133 @@
+"""PNG figures of a sweep (matplotlib): overhead against batch size, the step-time breakdown
+and a measured timeline of a few steps in each mode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from schedbench.sweep import RunResult
+from schedbench.timing import ideal_step_ms
+
+COLORS = {"schedule": "#4c72b0", "launch": "#dd8452", "wait": "#c8c8c8",
+          "postprocess": "#55a868", "device": "#8172b3", "copy": "#937860"}
+MARKERS = {"sequential": "o", "overlapped": "s", "graphs": "^"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _phases(r: RunResult) -> tuple[float, float, float, float]:
+    return tuple(r.figures[k].median for k in ("schedule_ms", "launch_ms", "compute_ms",
+                                               "postprocess_ms"))  # type: ignore[return-value]
+
+
+def overhead_plot(results: list[RunResult], caption: str, path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    modes = list(dict.fromkeys(r.mode for r in results))
+    for mode in modes:
+        runs = [r for r in results if r.mode == mode]
+        ax.plot([r.batch_size for r in runs], [r.figures["overhead_pct"].median for r in runs],
+                marker=MARKERS.get(mode, "o"), label=f"{mode} (measured)")
+    for overlapped, style in ((False, ":"), (True, "--")):
+        runs = [r for r in results if r.mode == ("overlapped" if overlapped else "sequential")]
+        ideal = []
+        for r in runs:
+            s, lau, c, p = _phases(r)
+            ideal.append(100 * (1 - c / ideal_step_ms(overlapped, s, lau, c, p)))
+        if runs:
+            ax.plot([r.batch_size for r in runs], ideal, style, color="gray",
+                    label=f"{'overlapped' if overlapped else 'sequential'} (ideal model)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("overhead % (device idle / wall time)")
+    ax.set_title("Scheduling overhead against batch size")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.text(0.01, 0.01, caption, fontsize=7, color="dimgray")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def breakdown_plot(results: list[RunResult], caption: str, path: Path) -> None:
+    """Where each step's wall time goes on the host, with the device time beside it."""
+    plt = _pyplot()
+    modes = list(dict.fromkeys(r.mode for r in results))
+    batches = sorted({r.batch_size for r in results})
+    fig, axes = plt.subplots(1, len(batches), figsize=(3 * len(batches) + 1, 4.2),
+                             squeeze=False)
+    for ax, b in zip(axes[0], batches):
+        runs = [r for r in results if r.batch_size == b]
+        for x, r in enumerate(runs):
+            bottom = 0.0
+            for key in ("schedule", "launch", "wait", "postprocess"):
+                v = r.figures[f"{key}_ms"].median
+                ax.bar(x, v, bottom=bottom, color=COLORS[key], width=0.6,
+                       label=key if x == 0 else None)
+                bottom += v
+            ax.plot([x - 0.3, x + 0.3], [r.figures["compute_ms"].median] * 2, color="black",
+                    lw=2, label="device compute" if x == 0 else None)
+        ax.set_xticks(range(len(runs)), [r.mode for r in runs], rotation=20, fontsize=8)
+        ax.set_title(f"batch {b}")
+        ax.set_ylabel("ms per step")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", fontsize=7, ncol=len(labels))
+    fig.suptitle(f"Host time per step, stacked, beside device compute ({', '.join(modes)})",
+                 x=0.01, ha="left")
+    fig.text(0.01, 0.01, caption, fontsize=7, color="dimgray")
+    fig.tight_layout(rect=(0, 0.04, 1, 0.95))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def timeline_plot(results: list[RunResult], caption: str, path: Path, steps: int = 5) -> None:
+    """A few steady-state steps of each mode at the smallest batch size, as measured."""
+    plt = _pyplot()
+    b = min(r.batch_size for r in results)
+    runs = [r for r in results if r.batch_size == b]
+    fig, axes = plt.subplots(len(runs), 1, figsize=(10, 1.6 * len(runs) + 0.8), squeeze=False)
+    for ax, run in zip(axes[:, 0], runs):
+        mid = len(run.records) // 2
+        recs = run.records[mid:mid + steps]
+        t0 = recs[0].schedule_start
+        lanes = {"CPU": 2, "compute stream": 1, "copy stream": 0}
+        for r in run.records:
+            spans = [("CPU", r.schedule_start, r.schedule_end, "schedule"),
+                     ("CPU", r.schedule_end, r.launch_end, "launch"),
+                     ("CPU", r.post_start, r.wait_end, "wait"),
+                     ("CPU", r.wait_end, r.post_end, "postprocess"),
+                     ("compute stream", r.device_start, r.device_end, "device"),
+                     ("copy stream", r.device_end, r.copy_end, "copy")]
+            for lane, a, z, kind in spans:
+                ax.broken_barh([((a - t0) * 1e3, (z - a) * 1e3)], (lanes[lane] - 0.4, 0.8),
+                               color=COLORS[kind])
+            if recs[0].index <= r.index <= recs[-1].index:
+                ax.text((r.device_start - t0) * 1e3, 1, f" {r.index}", va="center", fontsize=7,
+                        color="white")
+        end = max(max(r.post_end, r.copy_end) for r in recs)
+        ax.set_xlim(0, (end - t0) * 1e3)
+        ax.set_yticks(list(lanes.values()), list(lanes.keys()), fontsize=8)
+        ax.set_title(f"{run.mode}, batch {b}: overhead {run.figures['overhead_pct'].median:.1f}%",
+                     fontsize=9)
+    axes[-1, 0].set_xlabel("ms (measured; one clock for host and device)")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COLORS.values()]
+    fig.legend(handles, list(COLORS), loc="upper right", fontsize=7, ncol=len(COLORS))
+    fig.text(0.01, 0.01, caption, fontsize=7, color="dimgray")
+    fig.tight_layout(rect=(0, 0.03, 1, 0.94))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_plots(results: list[RunResult], caption: str, out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / "overhead.png", out_dir / "breakdown.png", out_dir / "timeline.png"]
+    for fn, path in zip((overhead_plot, breakdown_plot, timeline_plot), paths):
+        fn(results, caption, path)
+    return paths

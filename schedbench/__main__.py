@@ -81,6 +81,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> SweepConfig:
+    if args.timeline_steps < 1:
+        raise ConfigError(f"--timeline-steps {args.timeline_steps}: must be at least 1")
     backend = resolve(args.backend)
     if args.modes is None:
         modes = ("sequential", "overlapped") + (("graphs",) if backend == "cupy" else ())

@@ -24,6 +24,15 @@ class BlockAllocator:
         return len(self._free)
 
     @property
+    def free_blocks(self) -> list[int]:
+        return list(self._free)
+
+    @property
+    def reserved(self) -> int:
+        """Blocks promised to admitted requests and not yet handed out."""
+        return self._reserved
+
+    @property
     def num_unreserved(self) -> int:
         return len(self._free) - self._reserved
 

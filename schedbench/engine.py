@@ -146,7 +146,8 @@ class Engine:
         if batch is None:
             self._nvtx.end(step_range)
             return None
-        rec = StepRecord(index, batch.size, schedule_start=t0, schedule_end=time.perf_counter())
+        rec = StepRecord(index, batch.size, batch.saturated, schedule_start=t0,
+                         schedule_end=time.perf_counter())
         self.records.append(rec)
         return InFlight(batch, slot, rec, step_range)
 

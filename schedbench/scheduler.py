@@ -46,6 +46,7 @@ class Batch:
     requests: list[Request]
     slots: np.ndarray
     positions: np.ndarray
+    saturated: bool  # requests were left waiting: as many rows as the limits allow
     useful_tokens: int = 0  # rows that advanced a live request, counted at postprocess
 
     @property
@@ -57,17 +58,11 @@ class Scheduler:
     def __init__(self, cfg: SchedulerConfig, requests: list[Request]) -> None:
         self.cfg = cfg
         self.allocator = BlockAllocator(cfg.num_blocks)
-        max_context = cfg.max_blocks_per_seq * cfg.block_size
         for r in requests:
-            need = self._blocks_for(r)
-            if r.max_len > max_context:
-                raise ConfigError(f"request {r.rid} needs {r.max_len} tokens of context; the "
-                                  f"model's maximum is {max_context}")
-            if need > cfg.num_blocks:
-                raise ConfigError(f"KV budget of {cfg.num_blocks} blocks x {cfg.block_size} "
-                                  f"tokens is too small for request {r.rid}, which needs "
-                                  f"{need} blocks ({r.max_len} tokens)")
-        self.waiting: deque[Request] = deque(requests)
+            self.check_fits(r, f"request {r.rid}")
+        self._arrivals = sorted(requests, key=lambda r: (r.arrival_step, r.rid))
+        self._arrivals.reverse()  # pop() takes the earliest
+        self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.finished: list[Request] = []
         n = cfg.num_slots
@@ -86,18 +81,39 @@ class Scheduler:
         self._done = np.zeros(n, bool)
         self._last_step = np.full(n, -1, np.int64)
         self._pending: dict[int, list[Request]] = {}  # step -> finished, blocks not yet free
+        self._done_step = -1  # every step up to this one has finished on the device
         self._row_slots: np.ndarray | None = None
+
+    def check_fits(self, r: Request, what: str) -> None:
+        """ConfigError unless ``r`` fits the model's context and the KV budget on its own."""
+        cfg = self.cfg
+        max_context = cfg.max_blocks_per_seq * cfg.block_size
+        if r.max_len > max_context:
+            raise ConfigError(f"{what} needs {r.max_len} tokens of context ({len(r.prompt)} "
+                              f"prompt + {r.max_new_tokens} output); the model's maximum is "
+                              f"{max_context}")
+        if (need := self._blocks_for(r)) > cfg.num_blocks:
+            raise ConfigError(f"KV budget of {cfg.num_blocks} blocks x {cfg.block_size} tokens "
+                              f"is too small for {what}, which needs {need} blocks "
+                              f"({r.max_len} tokens)")
 
     def _blocks_for(self, r: Request) -> int:
         return -(-r.max_len // self.cfg.block_size)
 
     @property
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self._arrivals)
 
     @property
     def num_slots_free(self) -> int:
         return len(self._free_slots)
+
+    def _arrive(self, index: int) -> None:
+        # An idle system jumps to the next arrival rather than spinning empty steps.
+        idle = not (self.waiting or self.running)
+        while self._arrivals and (self._arrivals[-1].arrival_step <= index or idle):
+            self.waiting.append(self._arrivals.pop())
+            idle = False
 
     def _admit(self) -> None:
         while (self.waiting and len(self.running) < self.cfg.max_batch and self._free_slots
@@ -115,6 +131,7 @@ class Scheduler:
 
     def schedule(self, index: int, meta: tuple[np.ndarray, ...]) -> Batch | None:
         """Pick step ``index``'s rows and write their metadata into ``meta`` (pinned views)."""
+        self._arrive(index)
         self._admit()
         if not self.running:
             return None
@@ -140,7 +157,7 @@ class Scheduler:
         tables[:b] = self._tables[slots]
         self._seq_len[slots] = pos + 1
         self._last_step[slots] = index
-        return Batch(index, list(self.running), slots, pos)
+        return Batch(index, list(self.running), slots, pos, saturated=bool(self.waiting))
 
     def postprocess(self, batch: Batch, tokens: np.ndarray) -> None:
         """Append each row's sampled token; finish requests on EOS or their token limit.
@@ -159,6 +176,29 @@ class Scheduler:
         for s in gs[(toks == self.cfg.eos_token_id) | (n + 1 >= self._max_new[gs])]:
             self._finish(int(s))
 
+    def cancel(self, rid: int) -> bool:
+        """Cancel a request that has not finished; False if there is none by that id."""
+        for r in self.waiting:
+            if r.rid == rid:
+                self.waiting.remove(r)
+                self._end_unstarted(r)
+                return True
+        for i, r in enumerate(self._arrivals):
+            if r.rid == rid:
+                del self._arrivals[i]
+                self._end_unstarted(r)
+                return True
+        for r in self.running:
+            if r.rid == rid:
+                r.cancelled = True
+                self._finish(r.slot)
+                return True
+        return False
+
+    def _end_unstarted(self, r: Request) -> None:
+        r.output, r.finished, r.cancelled = np.zeros(0, np.int32), True, True
+        self.finished.append(r)
+
     def _finish(self, slot: int) -> None:
         r = self._slot_req[slot]
         assert r is not None
@@ -170,15 +210,31 @@ class Scheduler:
         self.finished.append(r)
         # NOTE: blocks and slot stay taken until the last step that still reads them is done.
         self._pending.setdefault(int(self._last_step[slot]), []).append(r)
+        self.release(self._done_step)  # a cancel after its last step: free at once
 
     def release(self, step_done: int) -> None:
         """Free the blocks and slots of finished requests whose last step has completed."""
+        self._done_step = max(self._done_step, step_done)
         for step in [s for s in self._pending if s <= step_done]:
             for r in self._pending.pop(step):
                 self.allocator.release(r.blocks, r.reserved)
                 r.blocks, r.reserved = [], 0
                 self._slot_req[r.slot] = None
                 self._free_slots.append(r.slot)
+
+    def check_invariants(self) -> None:
+        """Every block is free or owned by exactly one live request; reservations add up."""
+        live = self.running + [r for rs in self._pending.values() for r in rs]
+        owned = [b for r in live for b in r.blocks]
+        if len(owned) != len(set(owned)):
+            raise AssertionError("a KV block is owned by two requests")
+        if sorted(owned + self.allocator.free_blocks) != list(range(self.cfg.num_blocks)):
+            raise AssertionError("KV blocks lost or duplicated")
+        if self.allocator.reserved != sum(r.reserved for r in live):
+            raise AssertionError("reservations do not add up")
+        for r in self.running:
+            if len(r.blocks) != self._n_blocks[r.slot]:
+                raise AssertionError(f"request {r.rid}: block table out of step")
 
     def check_drained(self) -> None:
         """Raise unless every request finished once and every block and slot is free."""

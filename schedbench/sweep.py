@@ -52,6 +52,8 @@ class SweepConfig:
             raise ConfigError(f"--steps {self.steps}: must be at least 3")
         if self.warmup < 0:
             raise ConfigError(f"--warmup {self.warmup}: must be >= 0")
+        if self.seed < 0:
+            raise ConfigError(f"--seed {self.seed}: must be >= 0")
         if self.repeats < 1:
             raise ConfigError(f"--repeats {self.repeats}: must be at least 1")
         if self.ring_depth < 1:
@@ -119,8 +121,8 @@ class Sweep:
     def _check_budget(self) -> None:
         """Fail before any device work if the KV budget cannot hold the longest request."""
         wl, b = self.cfg.workload, self.cfg.max_batch
-        probe = Request(-1, np.zeros(wl.prompt_len[1], np.int32), wl.output_len[1])
-        Scheduler(self.sched_cfgs[b], [probe])
+        longest = Request(-1, np.zeros(wl.prompt_len[1], np.int32), wl.output_len[1])
+        Scheduler(self.sched_cfgs[b], []).check_fits(longest, "the longest request")
 
     def _make_step(self) -> DecodeStep:
         cfg, model = self.cfg, self.cfg.model

@@ -13,12 +13,13 @@ from dataclasses import dataclass, fields
 from schedbench.errors import ConfigError
 
 
-@dataclass
+@dataclass(slots=True)
 class StepRecord:
     """One step. Host times are ``perf_counter`` seconds; device times are on that clock too."""
 
     index: int
     batch_size: int
+    saturated: bool = True  # requests were left waiting: the batch was as large as allowed
     schedule_start: float = 0.0
     schedule_end: float = 0.0
     launch_end: float = 0.0
@@ -60,6 +61,7 @@ class RunFigures:
     """
 
     steps: int
+    mean_batch: float
     step_ms: float
     schedule_ms: float
     launch_ms: float
@@ -78,13 +80,13 @@ class RunFigures:
 
 
 def steady_window(records: list[StepRecord], warmup: int, batch_size: int) -> list[StepRecord]:
-    """Steps after warm-up from the first to the last that ran a full batch."""
-    full = [i for i, r in enumerate(records) if i >= warmup and r.batch_size == batch_size]
-    if len(full) < 3:
-        raise ConfigError(f"batch size {batch_size} ran full on only {len(full)} steps after "
-                          f"{warmup} warm-up steps: raise --steps, or --kv-blocks if the KV "
-                          f"budget cannot hold {batch_size} requests")
-    return records[full[0]:full[-1] + 1]
+    """Steps after warm-up, from the first to the last that left requests waiting: the
+    system ran as full as the batch size (or the KV budget) allowed; the drain is excluded."""
+    busy = [i for i, r in enumerate(records) if i >= warmup and r.saturated]
+    if len(busy) < 3:
+        raise ConfigError(f"batch size {batch_size}: only {len(busy)} steps after {warmup} "
+                          f"warm-up steps had requests waiting; raise --steps")
+    return records[busy[0]:busy[-1] + 1]
 
 
 def ideal_step_ms(overlapped: bool, s: float, lau: float, c: float, p: float) -> float:
@@ -114,6 +116,7 @@ def summarize(records: list[StepRecord], warmup: int, batch_size: int,
     ideal = ideal_step_ms(overlapped, s, lau, c, p)
     return RunFigures(
         steps=len(spans),
+        mean_batch=statistics.fmean(r.batch_size for r in spans),
         step_ms=step_ms,
         schedule_ms=s,
         launch_ms=lau,

@@ -32,7 +32,7 @@ def chrome_trace(results: list[RunResult], title: str) -> dict:
             events.append({"name": "thread_name", "ph": "M", "pid": pid, "tid": tid,
                            "args": {"name": name}})
         for rec in run.records:
-            ids = {"step": rec.index, "rows": rec.batch_size}
+            ids = {"step": rec.index, "rows": rec.batch_size, "saturated": int(rec.saturated)}
             events += [
                 _span("schedule", rec.schedule_start, rec.schedule_end, pid, CPU, t0, **ids),
                 _span("launch", rec.schedule_end, rec.launch_end, pid, CPU, t0, **ids),

@@ -14,7 +14,9 @@ class Request:
     rid: int
     prompt: np.ndarray  # int32 token ids
     max_new_tokens: int
+    arrival_step: int = 0  # the request joins the queue at this step
     output: np.ndarray | None = None  # the generated tokens, set when it finishes
+    cancelled: bool = False
     # Scheduler state.
     slot: int = -1
     blocks: list[int] = field(default_factory=list)

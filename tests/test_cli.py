@@ -19,12 +19,16 @@ FAST = ["--backend", "cpu", "--steps", "12", "--warmup", "2", "--repeats", "1",
     (["--batch-sizes", "x"], "comma-separated integers"),
     (["--backend", "tpu"], "invalid choice: 'tpu'"),
     (["--preset", "gpt5"], "invalid choice: 'gpt5'"),
-    (["--kv-blocks", "1", "--output-len", "40:50"], "KV budget of 1 blocks"),
+    (["--kv-blocks", "1", "--output-len", "40:50"],
+     "KV budget of 1 blocks x 16 tokens is too small for the longest request"),
     (["--modes", "sequential,fast"], "unknown mode 'fast'"),
     (["--steps", "1"], "--steps 1"),
     (["--modes", "graphs"], "backend 'cpu' cannot capture CUDA graphs"),
     (["--compute-ms", "-3"], "--compute-ms -3"),
     (["--output-len", "9:2"], "output_len range 9..2"),
+    (["--seed", "-1"], "--seed -1"),
+    (["--timeline-steps", "0"], "--timeline-steps 0"),
+    (["--output-len", "600:600"], "the longest request needs 604 tokens of context"),
 ])
 def test_bad_input_exits_2_naming_the_value(capsys, argv, message):
     with pytest.raises(SystemExit) as exc:
@@ -67,9 +71,18 @@ def test_report_and_json(tmp_path, capsys):
     assert not list(out.parent.glob(".sweep.json.*"))  # no temporary file left behind
 
 
-def test_kv_budget_below_a_full_batch_is_explained(capsys):
-    assert main([*FAST, "--batch-sizes", "4", "--kv-blocks", "2"]) == 2
-    assert "batch size 4 ran full on only 0 steps" in capsys.readouterr().err
+def test_a_kv_budget_below_a_full_batch_runs_fewer_rows(tmp_path):
+    """Requests wait for KV blocks; the steady state is whatever the budget allows."""
+    out = tmp_path / "kv.json"
+    assert main([*FAST, "--batch-sizes", "4", "--kv-blocks", "2", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["tokens_identical"]
+    assert all(r["mean_batch"] <= 2.5 for r in doc["runs"])
+
+
+def test_too_few_steps_is_explained(capsys):
+    assert main([*FAST, "--batch-sizes", "64", "--steps", "3", "--warmup", "500"]) == 2
+    assert "had requests waiting; raise --steps" in capsys.readouterr().err
 
 
 def test_synthetic_flags_run_the_spin_step(capsys):

@@ -131,3 +131,20 @@ def test_synthetic_phases_follow_the_ideal_model():
     assert 1.15 < seq.step_ms / ovl.step_ms < 1.4
     assert seq.overhead_pct > 15 and ovl.overhead_pct < 5
     assert 1.9 < seq.schedule_ms < 2.3 and 9.8 < seq.compute_ms < 10.6
+
+
+def test_full_kv_cache_makes_requests_wait_and_tokens_still_match():
+    """A KV budget of 3 blocks holds 3 short requests at a time while the batch allows 6:
+    requests queue for blocks in every mode, and the modes still agree token for token."""
+    cfg = SweepConfig(backend="cpu", batch_sizes=(6,), steps=30, warmup=0, repeats=1,
+                      kv_blocks=3, workload=WorkloadConfig((1, 4), (4, 10)))
+    sweep = Sweep(cfg)
+    try:
+        runs = {m: sweep.run_one(m, 6) for m in ("sequential", "overlapped")}
+    finally:
+        sweep.close()
+    assert runs["sequential"][1] == runs["overlapped"][1]
+    for _, _, requests, records in runs.values():
+        waited = [r for r in records if r.saturated]
+        assert waited and max(r.batch_size for r in waited) <= 4  # 3 live + 1 overlap row
+        assert all(r.output is not None for r in requests)

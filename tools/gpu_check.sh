@@ -30,6 +30,18 @@ timeout 150 $py -m schedbench --backend cupy --preset llama3-8b ${SWEEP_ARGS:---
   --json "$out/sweep.json" 2>&1 | tee "$out/sweep.txt"
 echo "sweep wall time: $(( $(date +%s) - start )) s"
 
+step "compute-sanitizer: memcheck and racecheck over every mode (tiny preset)"
+if [ "${SANITIZE:-1}" = 1 ] && command -v compute-sanitizer >/dev/null 2>&1; then
+  for tool in memcheck racecheck; do
+    timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 9 \
+      $py -m schedbench --backend cupy --preset tiny --batch-sizes 3 --steps 6 --warmup 1 \
+      --repeats 1 --prompt-len 1:4 --output-len 2:6 > "$out/sanitizer-$tool.txt" 2>&1
+    echo "$tool: exit $? $(grep -hE 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer-$tool.txt" | tail -n 1)"
+  done
+else
+  echo "skipped (SANITIZE=0 or no compute-sanitizer on PATH)"
+fi
+
 step "summary"
 $py - "$out" <<'PY'
 import json, re, sys

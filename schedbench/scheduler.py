@@ -6,6 +6,7 @@ gathers; Python loops run only over the requests that join, grow a block, or fin
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ import numpy as np
 from kernels.layout import FROM_DEVICE
 from schedbench.block_allocator import BlockAllocator
 from schedbench.errors import ConfigError
+from schedbench.synthetic import busy_until
 from schedbench.workload import Request
 
 
@@ -24,8 +26,14 @@ class SchedulerConfig:
     block_size: int
     max_blocks_per_seq: int
     eos_token_id: int
+    # The regression knob (off by default): busy work per running request per step, standing
+    # in for a scheduler change that costs that much. See README, "Regression detection".
+    extra_us_per_request: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.extra_us_per_request <= 1e6:
+            raise ConfigError(f"extra cost per request {self.extra_us_per_request} us: must be "
+                              f"in [0, 1e6]")
         if self.max_batch <= 0:
             raise ConfigError(f"batch size {self.max_batch}: must be at least 1")
         if self.num_blocks <= 0:
@@ -135,6 +143,9 @@ class Scheduler:
         self._admit()
         if not self.running:
             return None
+        if self.cfg.extra_us_per_request:
+            busy_until(time.perf_counter() + self.cfg.extra_us_per_request * 1e-6 *
+                       len(self.running))
         if self._row_slots is None:
             self._row_slots = np.fromiter((r.slot for r in self.running), np.int32,
                                           len(self.running))

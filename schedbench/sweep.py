@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -36,6 +37,9 @@ class SweepConfig:
     kv_blocks: int | None = None
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     ring_depth: int = 3
+    # The regression knob; SCHEDBENCH_EXTRA_US_PER_REQUEST sets it for asv runs.
+    extra_us_per_request: float = field(
+        default_factory=lambda: float(os.environ.get("SCHEDBENCH_EXTRA_US_PER_REQUEST", "0")))
 
     def __post_init__(self) -> None:
         if not self.batch_sizes:
@@ -104,7 +108,8 @@ class Sweep:
         self.backend_name = resolve(cfg.backend)
         model = cfg.model
         self.sched_cfgs = {b: SchedulerConfig(b, cfg.num_blocks(), model.block_size,
-                                              model.max_blocks_per_seq, model.eos_token_id)
+                                              model.max_blocks_per_seq, model.eos_token_id,
+                                              cfg.extra_us_per_request)
                            for b in cfg.batch_sizes}
         self._check_budget()
         self.backend: Backend = make_backend(cfg.backend)

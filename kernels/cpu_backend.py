@@ -180,7 +180,7 @@ class CpuBackend(Backend):
 
     @property
     def device_name(self) -> str:
-        return _cpu_model()
+        return cpu_model()
 
     def stream(self) -> CpuStream:
         s = CpuStream(f"schedbench-device-{len(self._streams)}")
@@ -234,7 +234,7 @@ def _warm_up() -> None:
                                                        np.zeros(1, np.int32), 1)
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

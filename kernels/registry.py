@@ -21,6 +21,36 @@ def gpu_unavailable_reason() -> str | None:
     return None if count > 0 else "CUDA reports 0 devices"
 
 
+def available(backend: str) -> bool:
+    return backend == "cpu" or gpu_unavailable_reason() is None
+
+
+def describe_available() -> str:
+    """``describe`` of every backend usable here, for the ``device`` parameter of suites."""
+    return " | ".join(describe(b) for b in BACKENDS[1:] if available(b))
+
+
+def describe(backend: str) -> str:
+    """The device and the software versions behind a backend's numbers, in one line, without
+    starting the backend (asv records it as a parameter so machines never mix)."""
+    import numba
+    import numpy
+
+    if backend == "cpu":
+        from kernels.cpu_backend import cpu_model
+
+        return f"{cpu_model()} / numpy {numpy.__version__} / numba {numba.__version__}"
+    if gpu_unavailable_reason():
+        return "no GPU"
+    import cupy
+
+    rt = cupy.cuda.runtime
+    name = rt.getDeviceProperties(0)["name"]
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    return (f"{name} / driver {rt.driverGetVersion()} / CUDA runtime {rt.runtimeGetVersion()} "
+            f"/ cupy {cupy.__version__} / numba {numba.__version__}")
+
+
 def resolve(name: str) -> str:
     if name not in BACKENDS:
         raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")

@@ -1,100 +1,114 @@
-"""Scheduling overhead per backend x batch size x mode, measured through the real engine.
+"""Scheduling overhead per backend x preset x mode x batch size, through the real engine.
 
-asv: ``asv run --python=same --quick --bench bench_overhead``.
+asv: ``asv run --python=same --quick --bench bench_overhead``; SCHEDBENCH_ASV_FULL=1 widens
+the grid (batch 256, the llama3-8b preset on a GPU).
 Directly: ``python suites/bench_overhead.py [--backend cpu] [--batch-sizes 1,4,16,64]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
-from kernels.registry import gpu_unavailable_reason
+from kernels.registry import available, describe, describe_available
 from schedbench.report import mode_table
 from schedbench.sweep import Sweep, SweepConfig
 
+FULL = os.environ.get("SCHEDBENCH_ASV_FULL") == "1"
 BACKENDS = ["cpu", "cupy"]
-PRESETS = {"cpu": "tiny", "cupy": "llama-1b"}
-MODES = ["sequential", "overlapped"]
-BATCH_SIZES = [1, 4, 16, 64]
+PRESETS = {"cpu": ["tiny"], "cupy": ["llama-1b", "llama3-8b"] if FULL else ["llama-1b"]}
+MODES = ["sequential", "overlapped", "graphs"]
+BATCH_SIZES = [1, 4, 16, 64, 256] if FULL else [1, 4, 16, 64]
 STEPS = 100
 
 
-def available(backend: str) -> bool:
-    return backend == "cpu" or gpu_unavailable_reason() is None
+def modes_for(backend: str) -> list[str]:
+    return MODES if backend == "cupy" else MODES[:2]
 
 
-def sweep_config(backend: str, batch_sizes: list[int], steps: int = STEPS,
+def sweep_config(backend: str, preset: str, batch_sizes: list[int], steps: int = STEPS,
                  repeats: int = 1) -> SweepConfig:
-    return SweepConfig(backend=backend, preset=PRESETS[backend], batch_sizes=tuple(batch_sizes),
-                       modes=tuple(MODES), steps=steps, warmup=10, repeats=repeats)
+    return SweepConfig(backend=backend, preset=preset, batch_sizes=tuple(batch_sizes),
+                       modes=tuple(modes_for(backend)), steps=steps, warmup=10,
+                       repeats=repeats)
+
+
+# Recorded with every result, so that two machines' (or two drivers') numbers never mix.
+DEVICES = [describe_available()]
 
 
 class Overhead:
-    """Steady-state figures; one sweep per backend, shared by every track_ below."""
+    """Steady-state figures; one sweep per (backend, preset), shared by every track_."""
 
-    params = [BACKENDS, MODES, BATCH_SIZES]
-    param_names = ["backend", "mode", "batch_size"]
-    timeout = 600
+    params = [BACKENDS, sorted({p for ps in PRESETS.values() for p in ps}), MODES,
+              BATCH_SIZES, DEVICES]
+    param_names = ["backend", "preset", "mode", "batch_size", "device"]
+    timeout = 1200
 
     def setup_cache(self) -> dict:
         figures = {}
         for backend in filter(available, BACKENDS):
-            sweep = Sweep(sweep_config(backend, BATCH_SIZES))
-            try:
-                for r in sweep.results():
-                    figures[backend, r.mode, r.batch_size] = {k: s.median
-                                                              for k, s in r.figures.items()}
-            finally:
-                sweep.close()
+            for preset in PRESETS[backend]:
+                sweep = Sweep(sweep_config(backend, preset, BATCH_SIZES))
+                try:
+                    for r in sweep.results():
+                        figures[backend, preset, r.mode, r.batch_size] = {
+                            k: s.median for k, s in r.figures.items()}
+                finally:
+                    sweep.close()
         return figures
 
-    def setup(self, figures: dict, backend: str, mode: str, batch_size: int) -> None:
-        if (backend, mode, batch_size) not in figures:
-            raise NotImplementedError(f"backend {backend!r} is not available here")
+    def setup(self, figures, backend, preset, mode, batch_size, device) -> None:
+        if (backend, preset, mode, batch_size) not in figures:
+            raise NotImplementedError(f"{backend}/{preset}/{mode} is not run here")
 
-    def track_overhead_pct(self, figures, backend, mode, batch_size) -> float:
-        return figures[backend, mode, batch_size]["overhead_pct"]
+    def track_overhead_pct(self, figures, backend, preset, mode, batch_size, device) -> float:
+        return figures[backend, preset, mode, batch_size]["overhead_pct"]
 
     track_overhead_pct.unit = "%"
 
-    def track_bubble_us(self, figures, backend, mode, batch_size) -> float:
-        return figures[backend, mode, batch_size]["bubble_us"]
+    def track_bubble_us(self, figures, backend, preset, mode, batch_size, device) -> float:
+        return figures[backend, preset, mode, batch_size]["bubble_us"]
 
     track_bubble_us.unit = "us"
 
-    def track_tokens_per_s(self, figures, backend, mode, batch_size) -> float:
-        return figures[backend, mode, batch_size]["tokens_per_s"]
+    def track_tokens_per_s(self, figures, backend, preset, mode, batch_size, device) -> float:
+        return figures[backend, preset, mode, batch_size]["tokens_per_s"]
 
     track_tokens_per_s.unit = "tokens/s"
 
-    def track_step_ms(self, figures, backend, mode, batch_size) -> float:
-        return figures[backend, mode, batch_size]["step_ms"]
+    def track_step_ms(self, figures, backend, preset, mode, batch_size, device) -> float:
+        return figures[backend, preset, mode, batch_size]["step_ms"]
 
     track_step_ms.unit = "ms"
+
+    def track_efficiency(self, figures, backend, preset, mode, batch_size, device) -> float:
+        return figures[backend, preset, mode, batch_size]["efficiency"]
+
+    track_efficiency.unit = "ideal/measured"
 
 
 class Steps:
     """Wall time of one whole fixed workload (the same requests every time)."""
 
-    params = [BACKENDS, MODES, [1, 16]]
-    param_names = ["backend", "mode", "batch_size"]
+    params = [BACKENDS, MODES[:2], [1, 16], DEVICES]
+    param_names = ["backend", "mode", "batch_size", "device"]
     number = 1
     repeat = (1, 5, 20.0)
     warmup_time = 0.0
-
     sweep: Sweep | None = None
 
-    def setup(self, backend: str, mode: str, batch_size: int) -> None:
+    def setup(self, backend: str, mode: str, batch_size: int, device: str) -> None:
         if not available(backend):
             raise NotImplementedError(f"backend {backend!r} is not available here")
-        self.sweep = Sweep(sweep_config(backend, [batch_size], steps=40))
+        self.sweep = Sweep(sweep_config(backend, PRESETS[backend][0], [batch_size], steps=40))
         self.sweep.run_one(mode, batch_size)  # warm-up: compile, allocate, fill caches
 
-    def teardown(self, backend: str, mode: str, batch_size: int) -> None:
+    def teardown(self, backend: str, mode: str, batch_size: int, device: str) -> None:
         if self.sweep is not None:  # asv tears down skipped benchmarks too
             self.sweep.close()
 
-    def time_workload(self, backend: str, mode: str, batch_size: int) -> None:
+    def time_workload(self, backend: str, mode: str, batch_size: int, device: str) -> None:
         assert self.sweep is not None
         self.sweep.run_one(mode, batch_size)
 
@@ -102,19 +116,20 @@ class Steps:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--backend", default="cpu", choices=BACKENDS)
+    p.add_argument("--preset", default=None, help="default: the backend's first preset")
     p.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
     p.add_argument("--steps", type=int, default=STEPS)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
+    preset = args.preset or PRESETS[args.backend][0]
     sizes = [int(b) for b in args.batch_sizes.split(",")]
-    sweep = Sweep(sweep_config(args.backend, sizes, args.steps, args.repeats))
+    sweep = Sweep(sweep_config(args.backend, preset, sizes, args.steps, args.repeats))
     try:
         results = list(sweep.results())
     finally:
         sweep.close()
-    print(f"backend {args.backend} ({sweep.backend.device_name}), preset "
-          f"{PRESETS[args.backend]}, median of {args.repeats}")
-    for mode in MODES:
+    print(f"{describe(args.backend)}; preset {preset}, median of {args.repeats}")
+    for mode in modes_for(args.backend):
         print(f"\n{mode}\n{mode_table(results, mode)}")
 
 

@@ -108,14 +108,6 @@ class Scheduler:
     def _blocks_for(self, r: Request) -> int:
         return -(-r.max_len // self.cfg.block_size)
 
-    @property
-    def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self._arrivals)
-
-    @property
-    def num_slots_free(self) -> int:
-        return len(self._free_slots)
-
     def _arrive(self, index: int) -> None:
         # An idle system jumps to the next arrival rather than spinning empty steps.
         idle = not (self.waiting or self.running)

@@ -138,10 +138,6 @@ class Stat:
     min: float
     max: float
 
-    @property
-    def spread_pct(self) -> float:
-        return 100.0 * (self.max - self.min) / self.median if self.median else 0.0
-
 
 def aggregate(runs: list[RunFigures]) -> dict[str, Stat]:
     """Median and range of every figure over repeats."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 from kernels.backend import Backend
 from schedbench.errors import ConfigError
 
-BACKENDS = ("auto", "cpu", "cupy")
+BACKENDS = ("auto", "cpu", "cupy", "numba")
 
 
 def gpu_unavailable_reason() -> str | None:
@@ -21,8 +23,14 @@ def gpu_unavailable_reason() -> str | None:
     return None if count > 0 else "CUDA reports 0 devices"
 
 
+def simulator_enabled() -> bool:
+    """Numba's CUDA simulator was asked for (it reads the variable when numba loads)."""
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
 def available(backend: str) -> bool:
-    return backend == "cpu" or gpu_unavailable_reason() is None
+    return backend == "cpu" or gpu_unavailable_reason() is None or \
+        (backend == "numba" and simulator_enabled())
 
 
 def describe_available() -> str:
@@ -36,10 +44,11 @@ def describe(backend: str) -> str:
     import numba
     import numpy
 
-    if backend == "cpu":
+    if backend == "cpu" or (backend == "numba" and simulator_enabled()):
         from kernels.cpu_backend import cpu_model
 
-        return f"{cpu_model()} / numpy {numpy.__version__} / numba {numba.__version__}"
+        sim = "Numba CUDA simulator on " if backend == "numba" else ""
+        return f"{sim}{cpu_model()} / numpy {numpy.__version__} / numba {numba.__version__}"
     if gpu_unavailable_reason():
         return "no GPU"
     import cupy
@@ -56,8 +65,10 @@ def resolve(name: str) -> str:
         raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if name == "auto":
         return "cpu" if gpu_unavailable_reason() else "cupy"
-    if name != "cpu" and (why := gpu_unavailable_reason()):
-        raise ConfigError(f"backend {name!r} needs a CUDA GPU, but {why}")
+    if not available(name):
+        hint = " (or NUMBA_ENABLE_CUDASIM=1 for the simulator)" if name == "numba" else ""
+        raise ConfigError(f"backend {name!r} needs a CUDA GPU{hint}, but "
+                          f"{gpu_unavailable_reason()}")
     return name
 
 
@@ -67,6 +78,10 @@ def make_backend(name: str) -> Backend:
         from kernels.cpu_backend import CpuBackend
 
         return CpuBackend()
-    from kernels.cupy_backend import CupyBackend
+    if name == "cupy":
+        from kernels.cupy_backend import CupyBackend
 
-    return CupyBackend()
+        return CupyBackend()
+    from kernels.numba_backend import NumbaBackend
+
+    return NumbaBackend()

@@ -73,6 +73,10 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(name="tiny", vocab_size=2048, hidden_size=256, num_layers=2,
                         num_heads=8, num_kv_heads=2, head_dim=32, intermediate_size=768,
                         max_context=512, rope_theta=10000.0),
+    # For the CUDA simulator and smoke tests: every stage, a few hundred thousand weights.
+    "micro": ModelConfig(name="micro", vocab_size=128, hidden_size=64, num_layers=1,
+                         num_heads=2, num_kv_heads=1, head_dim=32, intermediate_size=128,
+                         max_context=64, rope_theta=10000.0),
     # Llama-3.2-1B shapes.
     "llama-1b": ModelConfig(name="llama-1b", vocab_size=128256, hidden_size=2048, num_layers=16,
                             num_heads=32, num_kv_heads=8, head_dim=64, intermediate_size=8192,

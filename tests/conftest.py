@@ -1,9 +1,16 @@
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 from kernels.registry import gpu_unavailable_reason
+
+# Without a GPU the Numba CUDA kernels run in Numba's simulator; numba reads this once, when
+# it is first imported, so it is set before any test module can import numba.
+if gpu_unavailable_reason():
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,0 +1,216 @@
+"""Numba CUDA backend: the same decode step as kernels/numba_kernels.py, on Numba's own
+streams, events, device arrays and pinned host buffers, so one code path runs on a GPU and
+in the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) that CI uses.
+
+Arrays: the facts measured on an H200 (2026-11) put a Numba launch at about 30 us of host
+time with Numba device arrays as arguments and about 67 us with CuPy arrays (each CuPy
+argument goes through ``__cuda_array_interface__`` on every launch). So every kernel gets
+Numba device arrays; where the memory comes from CuPy (random weights made on the device),
+it is wrapped once, zero-copy, with ``cuda.as_cuda_array`` when the step is built.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numba
+import numpy as np
+
+from kernels import numba_kernels as nk
+from kernels.backend import Backend, DecodeStep, Event, Stream
+from kernels.layout import StepLayout
+from schedbench.errors import ConfigError
+from schedbench.model import ModelConfig, Weights, make_weights
+
+cuda = nk.cuda
+SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
+
+
+class NumbaStream(Stream):
+    def __init__(self) -> None:
+        self.raw = cuda.stream()
+
+    def wait(self, event: Event) -> None:
+        assert isinstance(event, NumbaEvent)
+        if not SIMULATOR:  # the simulator runs every launch and copy at once, in order
+            event.raw.wait(self.raw)
+
+    def synchronize(self) -> None:
+        self.raw.synchronize()
+
+
+class NumbaEvent(Event):
+    """A CUDA event; in the simulator, where event times are meaningless, the host clock
+    when it is recorded (work there runs synchronously at enqueue)."""
+
+    def __init__(self) -> None:
+        self.raw = cuda.event()
+        self._host_s = 0.0
+
+    def record(self, stream: Stream) -> None:
+        assert isinstance(stream, NumbaStream)
+        self.raw.record(stream.raw)
+        self._host_s = time.perf_counter()
+
+    def synchronize(self) -> None:
+        self.raw.synchronize()
+
+    def query(self) -> bool:
+        return True if SIMULATOR else self.raw.query()
+
+    def elapsed_ms(self, later: Event) -> float:
+        assert isinstance(later, NumbaEvent)
+        if SIMULATOR:
+            return (later._host_s - self._host_s) * 1e3
+        return self.raw.elapsed_time(later.raw)
+
+
+def interleave_gate_up(w: np.ndarray) -> np.ndarray:
+    layers, two_i, hidden = w.shape
+    return np.stack([w[:, :two_i // 2], w[:, two_i // 2:]], axis=2).reshape(layers, two_i, hidden)
+
+
+def upload_weights(w: Weights) -> dict:
+    host = {k: v.astype(np.float16) for k, v in w.__dict__.items()}
+    host["w_gate_up"] = interleave_gate_up(host["w_gate_up"])
+    return {k: cuda.to_device(np.ascontiguousarray(v)) for k, v in host.items()}
+
+
+def device_weights(cfg: ModelConfig, seed: int) -> dict:
+    """Random fp16 weights: made by CuPy on a GPU (seconds for 8B parameters) and wrapped
+    zero-copy; made on the host in the simulator, where shapes are small."""
+    if SIMULATOR:
+        return upload_weights(make_weights(cfg, seed))
+    from kernels.cupy_backend import random_weights
+
+    weights = random_weights(cfg, seed)
+    arrays = {k: cuda.as_cuda_array(v) for k, v in weights.__dict__.items()}
+    arrays["_owner"] = weights  # NOTE: the CuPy arrays own the memory the views point at
+    return arrays
+
+
+class NumbaDecodeStep(DecodeStep):
+    def __init__(self, cfg: ModelConfig, weights: dict, num_blocks: int, layout: StepLayout,
+                 num_slots: int) -> None:
+        self.cfg, self.w, self.layout = cfg, weights, layout
+        self.kernels_per_step = 8 * cfg.num_layers + 3
+        self.pad_slot, self.pad_block = num_slots, num_blocks
+        shape = (cfg.num_layers, num_blocks + 1, cfg.block_size, cfg.num_kv_heads, cfg.head_dim)
+        self.k_cache = cuda.to_device(np.zeros(shape, np.float16))
+        self.v_cache = cuda.to_device(np.zeros(shape, np.float16))
+        self.token_buf = cuda.to_device(np.zeros(num_slots + 1, np.int32))
+        b = layout.max_batch
+        zeros = {"x": (cfg.hidden_size, np.float32), "h": (cfg.hidden_size, np.float16),
+                 "qkv": (cfg.qkv_size, np.float16), "attn": (cfg.q_size, np.float16),
+                 "act": (cfg.intermediate_size, np.float16),
+                 "logits": (cfg.vocab_size, np.float32)}
+        self.buf = {k: cuda.to_device(np.zeros((b, n), t)) for k, (n, t) in zeros.items()}
+        self.scores = cuda.to_device(np.zeros((b, cfg.num_heads, cfg.max_context), np.float32))
+        self._plans: dict[tuple, list[tuple]] = {}
+
+    def plan(self, meta, out_tokens, batch: int) -> list[tuple]:
+        """Every launch of one step as ``(kernel, grid, block, args)``, views and scalars
+        built once per batch size.
+
+        NOTE: the configured kernel (``kernel[grid, block, stream]``) is made at each launch,
+        not kept: the CUDA simulator configures the kernel object in place, so two kept
+        configurations of one kernel would share the last grid.
+        """
+        cfg, w = self.cfg, self.w
+        ids, slots, positions, tables = (v[:batch] for v in self.layout.views(meta))
+        x, h, qkv, attn, act, logits = (self.buf[k][:batch] for k in
+                                        ("x", "h", "qkv", "attn", "act", "logits"))
+        eps, t = np.float32(cfg.rms_eps), nk.THREADS
+
+        def rows(kernel):
+            return kernel, batch, t
+
+        def cols(kernel, n):
+            return kernel, (math.ceil(n / t), batch), t
+
+        plan = [(*rows(nk.embed_rmsnorm), (ids, slots, self.token_buf, w["embed"],
+                                          w["attn_norm"][0], eps, x, h))]
+        for layer in range(cfg.num_layers):
+            if layer:
+                plan.append((*rows(nk.rmsnorm), (x, w["attn_norm"][layer], eps, h)))
+            kc, vc = self.k_cache[layer], self.v_cache[layer]
+            plan += [
+                (*cols(nk.gemm_store, cfg.qkv_size), (h, w["wqkv"][layer], qkv)),
+                (*rows(nk.rope_kv_append), (qkv, positions, tables, kc, vc, cfg.num_heads,
+                                           cfg.num_kv_heads, cfg.head_dim,
+                                           math.log2(cfg.rope_theta))),
+                (nk.paged_attention, (batch, cfg.num_heads), t,
+                 (qkv, positions, tables, kc, vc, cfg.num_heads, cfg.num_kv_heads,
+                  cfg.head_dim, cfg.head_dim ** -0.5, self.scores, attn)),
+                (*cols(nk.gemm_add, cfg.hidden_size), (attn, w["wo"][layer], x)),
+                (*rows(nk.rmsnorm), (x, w["mlp_norm"][layer], eps, h)),
+                (*cols(nk.gemm_silu_mul, cfg.intermediate_size),
+                 (h, w["w_gate_up"][layer], act)),
+                (*cols(nk.gemm_add, cfg.hidden_size), (act, w["w_down"][layer], x)),
+            ]
+        plan += [
+            (*rows(nk.rmsnorm), (x, w["final_norm"], eps, h)),
+            (*cols(nk.gemm_store, cfg.vocab_size), (h, w["lm_head"], logits)),
+            (*rows(nk.argmax_tokens), (logits, slots, self.token_buf, out_tokens[:batch])),
+        ]
+        assert len(plan) == self.kernels_per_step
+        return plan
+
+    def launch(self, meta, out_tokens, batch_size: int, stream: Stream) -> None:
+        assert isinstance(stream, NumbaStream)
+        key = (batch_size, id(meta), id(out_tokens))
+        if (plan := self._plans.get(key)) is None:
+            plan = self._plans[key] = self.plan(meta, out_tokens, batch_size)
+        raw = stream.raw
+        for kernel, grid, block, args in plan:
+            kernel[grid, block, raw](*args)
+
+
+class NumbaBackend(Backend):
+    name = "numba"
+
+    @property
+    def device_name(self) -> str:
+        if SIMULATOR:
+            return "Numba CUDA simulator"
+        name = cuda.get_current_device().name
+        return name.decode() if isinstance(name, bytes) else str(name)
+
+    def stream(self) -> NumbaStream:
+        return NumbaStream()
+
+    def event(self) -> NumbaEvent:
+        return NumbaEvent()
+
+    def empty(self, size: int, dtype: np.dtype | type):
+        return cuda.to_device(np.zeros(size, dtype))
+
+    def pinned(self, size: int, dtype: np.dtype | type) -> np.ndarray:
+        buf = cuda.pinned_array(size, dtype)
+        buf[:] = 0
+        return buf
+
+    def copy_to_device(self, dst, src: np.ndarray, stream: Stream) -> None:
+        assert isinstance(stream, NumbaStream)
+        dst.copy_to_device(src, stream=stream.raw)
+
+    def copy_to_host(self, dst: np.ndarray, src, stream: Stream) -> None:
+        assert isinstance(stream, NumbaStream)
+        src.copy_to_host(dst, stream=stream.raw)
+
+    def decode_step(self, cfg: ModelConfig, seed: int, num_blocks: int, layout: StepLayout,
+                    num_slots: int) -> NumbaDecodeStep:
+        return NumbaDecodeStep(cfg, device_weights(cfg, seed), num_blocks, layout, num_slots)
+
+    def spin_step(self, vocab_size: int, compute_ms: float, layout: StepLayout,
+                  num_slots: int) -> DecodeStep:
+        raise ConfigError("synthetic mode runs on the cpu and cupy backends; numba has no "
+                          "clock-based spin kernel")
+
+    def versions(self) -> dict[str, str]:
+        return {"numba": numba.__version__, "numpy": np.__version__,
+                "simulator": str(SIMULATOR)}
+
+    def close(self) -> None:
+        cuda.synchronize()

@@ -1,0 +1,184 @@
+"""The decode step as Numba CUDA kernels: the stages and data layouts of kernels/cuda/*.cu
+(fp16 storage, fp32 arithmetic, packed metadata, paged KV cache, interleaved gate/up rows),
+written plainly: one thread per output element or a block per row. They run on a GPU and,
+with ``NUMBA_ENABLE_CUDASIM=1``, in Numba's CUDA simulator on small shapes.
+
+Each output element is summed by one thread in a fixed order, so rows never depend on
+their batch-mates and every loop produces the same tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+from kernels import numba_shim
+
+numba_shim.apply()  # NOTE: before numba.cuda compiles anything
+
+from numba import config, cuda, float32, int32  # noqa: E402
+
+# Every kernel below is launched with this many threads per block (a power of two). The
+# simulator runs each thread as a Python thread, so it gets one warp's worth.
+THREADS = 32 if config.ENABLE_CUDASIM else 128
+
+
+@cuda.jit(device=True)
+def _block_reduce(buf, v, is_max):  # pragma: no cover - device code
+    tid = cuda.threadIdx.x
+    buf[tid] = v
+    cuda.syncthreads()
+    stride = THREADS // 2
+    while stride > 0:
+        if tid < stride:
+            buf[tid] = max(buf[tid], buf[tid + stride]) if is_max else buf[tid] + buf[tid + stride]
+        cuda.syncthreads()
+        stride //= 2
+    out = buf[0]
+    cuda.syncthreads()  # buf may be reused right after
+    return out
+
+
+@cuda.jit
+def embed_rmsnorm(ids, slots, token_buf, table, w, eps, x, h):  # pragma: no cover
+    """Block per row: x = embed[token] (fp32 residual), h = rmsnorm(x) * w (fp16)."""
+    row, tid = cuda.blockIdx.x, cuda.threadIdx.x
+    buf = cuda.shared.array(THREADS, float32)
+    tok = ids[row] if ids[row] >= 0 else token_buf[slots[row]]
+    n = x.shape[1]
+    ss = float32(0.0)
+    for j in range(tid, n, THREADS):
+        v = float32(table[tok, j])
+        x[row, j] = v
+        ss += v * v
+    scale = 1.0 / math.sqrt(_block_reduce(buf, ss, False) / n + eps)
+    for j in range(tid, n, THREADS):
+        h[row, j] = x[row, j] * scale * float32(w[j])
+
+
+@cuda.jit
+def rmsnorm(x, w, eps, h):  # pragma: no cover
+    row, tid = cuda.blockIdx.x, cuda.threadIdx.x
+    buf = cuda.shared.array(THREADS, float32)
+    n = x.shape[1]
+    ss = float32(0.0)
+    for j in range(tid, n, THREADS):
+        ss += x[row, j] * x[row, j]
+    scale = 1.0 / math.sqrt(_block_reduce(buf, ss, False) / n + eps)
+    for j in range(tid, n, THREADS):
+        h[row, j] = x[row, j] * scale * float32(w[j])
+
+
+@cuda.jit(device=True)
+def _dot(x, w, b, n):  # pragma: no cover - device code
+    acc = float32(0.0)
+    for k in range(x.shape[1]):
+        acc += float32(x[b, k]) * float32(w[n, k])
+    return acc
+
+
+@cuda.jit
+def gemm_store(x, w, out):  # pragma: no cover
+    """out[b, n] = x[b] . w[n]; grid (ceil(N / THREADS), batch)."""
+    n, b = cuda.blockIdx.x * THREADS + cuda.threadIdx.x, cuda.blockIdx.y
+    if n < out.shape[1]:
+        out[b, n] = _dot(x, w, b, n)
+
+
+@cuda.jit
+def gemm_add(x, w, out):  # pragma: no cover
+    """The residual add fused in: out (fp32) += x[b] . w[n]."""
+    n, b = cuda.blockIdx.x * THREADS + cuda.threadIdx.x, cuda.blockIdx.y
+    if n < out.shape[1]:
+        out[b, n] += _dot(x, w, b, n)
+
+
+@cuda.jit
+def gemm_silu_mul(x, w, out):  # pragma: no cover
+    """Rows of w come as (gate, up) pairs: out[b, j] = silu(gate_j) * up_j."""
+    j, b = cuda.blockIdx.x * THREADS + cuda.threadIdx.x, cuda.blockIdx.y
+    if j < out.shape[1]:
+        g, u = _dot(x, w, b, 2 * j), _dot(x, w, b, 2 * j + 1)
+        out[b, j] = g / (1.0 + math.exp(-g)) * u
+
+
+@cuda.jit
+def rope_kv_append(qkv, positions, tables, k_cache, v_cache, num_heads, num_kv_heads,
+                   head_dim, log2_theta):  # pragma: no cover
+    """Block per row: rotate-half RoPE on q and k in place, then k and v into the cache."""
+    row, tid = cuda.blockIdx.x, cuda.threadIdx.x
+    half = head_dim // 2
+    pos = positions[row]
+    for t in range(tid, (num_heads + num_kv_heads) * half, THREADS):
+        base, j = (t // half) * head_dim, t % half
+        angle = pos * 2.0 ** (-j / half * log2_theta)
+        c, s = math.cos(angle), math.sin(angle)
+        x1, x2 = float32(qkv[row, base + j]), float32(qkv[row, base + j + half])
+        qkv[row, base + j] = x1 * c - x2 * s
+        qkv[row, base + j + half] = x2 * c + x1 * s
+    cuda.syncthreads()  # k must be rotated before it is appended
+    bs = k_cache.shape[1]
+    blk, off = tables[row, pos // bs], pos % bs
+    k0 = num_heads * head_dim
+    v0 = k0 + num_kv_heads * head_dim
+    for t in range(tid, num_kv_heads * head_dim, THREADS):
+        k_cache[blk, off, t // head_dim, t % head_dim] = qkv[row, k0 + t]
+        v_cache[blk, off, t // head_dim, t % head_dim] = qkv[row, v0 + t]
+
+
+@cuda.jit
+def paged_attention(qkv, positions, tables, k_cache, v_cache, num_heads, num_kv_heads,
+                    head_dim, scale, scores, out):  # pragma: no cover
+    """Block per (row, head): scores over the row's own blocks, softmax, weighted V (GQA)."""
+    b, hh, tid = cuda.blockIdx.x, cuda.blockIdx.y, cuda.threadIdx.x
+    buf = cuda.shared.array(THREADS, float32)
+    n = positions[b] + 1
+    g = hh // (num_heads // num_kv_heads)
+    bs = k_cache.shape[1]
+    q0 = hh * head_dim
+    m = float32(-math.inf)
+    for t in range(tid, n, THREADS):
+        blk, off = tables[b, t // bs], t % bs
+        s = float32(0.0)
+        for j in range(head_dim):
+            s += float32(qkv[b, q0 + j]) * float32(k_cache[blk, off, g, j])
+        scores[b, hh, t] = s * scale
+        m = max(m, s * scale)
+    m = _block_reduce(buf, m, True)
+    total = float32(0.0)
+    for t in range(tid, n, THREADS):
+        p = math.exp(scores[b, hh, t] - m)
+        scores[b, hh, t] = p
+        total += p
+    total = _block_reduce(buf, total, False)  # its barrier also publishes every score
+    for j in range(tid, head_dim, THREADS):
+        acc = float32(0.0)
+        for t in range(n):
+            acc += scores[b, hh, t] * float32(v_cache[tables[b, t // bs], t % bs, g, j])
+        out[b, q0 + j] = acc / total
+
+
+@cuda.jit
+def argmax_tokens(logits, slots, token_buf, out_tokens):  # pragma: no cover
+    """Block per row; ties go to the lowest token id."""
+    row, tid = cuda.blockIdx.x, cuda.threadIdx.x
+    vals = cuda.shared.array(THREADS, float32)
+    idxs = cuda.shared.array(THREADS, int32)
+    best, best_i = float32(-math.inf), -1
+    for v in range(tid, logits.shape[1], THREADS):
+        if logits[row, v] > best:
+            best, best_i = logits[row, v], v
+    vals[tid], idxs[tid] = best, best_i
+    cuda.syncthreads()
+    stride = THREADS // 2
+    while stride > 0:
+        if tid < stride:
+            o = tid + stride
+            io, it = idxs[o], idxs[tid]
+            if io >= 0 and (it < 0 or vals[o] > vals[tid] or (vals[o] == vals[tid] and io < it)):
+                vals[tid], idxs[tid] = vals[o], io
+        cuda.syncthreads()
+        stride //= 2
+    if tid == 0:
+        tok = idxs[0]
+        out_tokens[row] = tok
+        token_buf[slots[row]] = tok

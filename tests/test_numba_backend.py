@@ -1,0 +1,179 @@
+"""Numba CUDA kernels against the float64 reference: in the CUDA simulator on small shapes
+(CI, no GPU), and on a GPU at real shapes (marked ``gpu``)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from kernels import numba_shim
+from kernels import reference as ref
+from kernels.layout import StepLayout
+from kernels.registry import available
+from schedbench.model import get_preset, make_weights
+from tests.conftest import rel_err
+
+if not available("numba"):
+    pytest.skip("no GPU and NUMBA_ENABLE_CUDASIM is not set", allow_module_level=True)
+
+from kernels import numba_backend as nbk
+from kernels import numba_kernels as nk
+
+cuda = nk.cuda
+FP16_TOL = 3e-3
+MICRO = get_preset("micro")
+
+
+def test_row_stack_shim_is_in_place_before_numba_compiles():
+    assert np.row_stack is np.vstack or np.__version__ < "2.5"
+    saved = np.__dict__.pop("row_stack", None)
+    try:
+        numba_shim.apply()
+        assert np.row_stack is np.vstack
+        numba_shim.apply()  # idempotent
+    finally:
+        if saved is not None:
+            np.row_stack = saved
+
+
+def run(kernel, grid, *args):
+    dev = [cuda.to_device(a) if isinstance(a, np.ndarray) else a for a in args]
+    kernel[grid, nk.THREADS](*dev)
+    cuda.synchronize()
+    return [d.copy_to_host() if hasattr(d, "copy_to_host") else d for d in dev]
+
+
+def half(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float16)
+
+
+def test_norms_and_embedding(rng):
+    b, n = 3, 40
+    x, w = rng.standard_normal((b, n)).astype(np.float32), half(rng, n)
+    h = run(nk.rmsnorm, b, x, w, np.float32(1e-5), np.full((b, n), np.nan, np.float16))[3]
+    assert rel_err(h, ref.rms_norm(x, w, 1e-5)) < FP16_TOL
+    table = half(rng, 20, n)
+    ids, slots = np.array([3, -1, 7], np.int32), np.array([2, 0, 1], np.int32)
+    token_buf = np.array([11, 12, 13], np.int32)
+    out = run(nk.embed_rmsnorm, b, ids, slots, token_buf, table, w, np.float32(1e-5),
+              np.full((b, n), np.nan, np.float32), np.full((b, n), np.nan, np.float16))
+    toks = np.where(ids >= 0, ids, token_buf[slots])
+    np.testing.assert_array_equal(out[6], table[toks].astype(np.float32))
+    assert rel_err(out[7], ref.rms_norm(table[toks], w, 1e-5)) < FP16_TOL
+
+
+@pytest.mark.parametrize("kind", ["store", "add", "silu_mul"])
+def test_gemm(rng, kind):
+    b, n, k = 3, 70, 48
+    x, w = half(rng, b, k), half(rng, n, k, scale=k ** -0.5)
+    full = x.astype(np.float64) @ w.T.astype(np.float64)
+    grid = (math.ceil(n / nk.THREADS), b)
+    if kind == "store":
+        got = run(nk.gemm_store, grid, x, w, np.full((b, n), np.nan, np.float32))[2]
+        expect = full
+    elif kind == "add":
+        base = rng.standard_normal((b, n)).astype(np.float32)
+        got, expect = run(nk.gemm_add, grid, x, w, base.copy())[2], base + full
+    else:
+        wi = nbk.interleave_gate_up(w[None])[0]
+        got = run(nk.gemm_silu_mul, (math.ceil(n // 2 / nk.THREADS), b), x, wi,
+                  np.full((b, n // 2), np.nan, np.float16))[2]
+        expect = ref.silu_mul(full)
+    assert np.isfinite(got).all() and rel_err(got, expect) < FP16_TOL
+
+
+def _paged(rng, cfg, lengths):
+    mb = max(-(-n // cfg.block_size) for n in lengths)
+    nblocks = len(lengths) * mb
+    tables = rng.permutation(nblocks).astype(np.int32).reshape(len(lengths), mb)
+    shape = (nblocks, cfg.block_size, cfg.num_kv_heads, cfg.head_dim)
+    return tables, half(rng, *shape), half(rng, *shape)
+
+
+def test_rope_append_and_attention(rng):
+    cfg, lengths = MICRO, [1, 17, 40]
+    b, d = len(lengths), MICRO.head_dim
+    tables, kc, vc = _paged(rng, cfg, lengths)
+    positions = np.array(lengths, np.int32) - 1
+    qkv = half(rng, b, cfg.qkv_size)
+    q_ref = ref.rope(qkv[:, :cfg.q_size].reshape(b, -1, d).astype(np.float64), positions,
+                     cfg.rope_theta)
+    k_ref = ref.rope(qkv[:, cfg.q_size:cfg.q_size + cfg.kv_size].reshape(b, -1, d)
+                     .astype(np.float64), positions, cfg.rope_theta)
+    ek, ev = kc.astype(np.float64), vc.astype(np.float64)
+    ref.kv_append(ek, ev, k_ref, qkv[:, cfg.q_size + cfg.kv_size:].reshape(b, -1, d),
+                  positions, tables)
+    out = run(nk.rope_kv_append, b, qkv, positions, tables, kc, vc, cfg.num_heads,
+              cfg.num_kv_heads, d, math.log2(cfg.rope_theta))
+    assert rel_err(out[0][:, :cfg.q_size], q_ref.reshape(b, -1)) < FP16_TOL
+    assert rel_err(out[3], ek) < FP16_TOL
+    scores = np.full((b, cfg.num_heads, cfg.max_context), np.nan, np.float32)
+    attn = run(nk.paged_attention, (b, cfg.num_heads), out[0], positions, tables, out[3],
+               out[4], cfg.num_heads, cfg.num_kv_heads, d, d ** -0.5, scores,
+               np.full((b, cfg.q_size), np.nan, np.float16))[-1]
+    q = out[0][:, :cfg.q_size].reshape(b, cfg.num_heads, d)
+    expect = ref.paged_attention(q, out[3], out[4], tables, positions + 1).reshape(b, -1)
+    assert np.isfinite(attn).all() and rel_err(attn, expect) < FP16_TOL
+
+
+def test_argmax_first_maximum(rng):
+    logits = rng.standard_normal((3, 90)).astype(np.float32)
+    logits[1, [4, 60]] = 9.0
+    slots = np.array([2, 0, 1], np.int32)
+    out = run(nk.argmax_tokens, 3, logits, slots, np.full(3, -7, np.int32),
+              np.full(3, -7, np.int32))
+    np.testing.assert_array_equal(out[3], ref.greedy(logits))
+    assert out[3][1] == 4
+    np.testing.assert_array_equal(out[2][slots], out[3])
+
+
+def test_whole_step_matches_reference(rng):
+    cfg, b, seed = MICRO, 3, int(rng.integers(1 << 30))
+    layout = StepLayout(4, cfg.max_blocks_per_seq)
+    lengths = [1, 9, 30]
+    tables, kc, vc = _paged(rng, cfg, lengths)
+    w16 = make_weights(cfg, seed).astype(np.float16)
+    step = nbk.NumbaDecodeStep(cfg, nbk.upload_weights(w16), len(kc), layout, 8)
+    k_all = np.zeros((cfg.num_layers, len(kc) + 1, *kc.shape[1:]), np.float16)
+    v_all = k_all.copy()
+    k_all[:, :len(kc)], v_all[:, :len(vc)] = kc, vc
+    step.k_cache.copy_to_device(k_all)
+    step.v_cache.copy_to_device(v_all)
+    meta = np.zeros(layout.size, np.int32)
+    ids, slots, pos, tab = layout.views(meta)
+    tokens = rng.integers(0, cfg.vocab_size, b).astype(np.int32)
+    ids[:b] = [tokens[0], -1, tokens[2]]
+    slots[:b] = [5, 1, 3]
+    step.token_buf.copy_to_device(np.array([0, tokens[1], 0, 0, 0, 0, 0, 0, 0], np.int32))
+    pos[:b] = np.array(lengths) - 1
+    tab[:b, :tables.shape[1]] = tables
+    out = cuda.to_device(np.full(4, -7, np.int32))
+    backend = nbk.NumbaBackend()
+    stream = backend.stream()
+    step.launch(cuda.to_device(meta), out, b, stream)
+    stream.synchronize()
+    k_ref = np.stack([kc.astype(np.float64)] * cfg.num_layers)
+    v_ref = np.stack([vc.astype(np.float64)] * cfg.num_layers)
+    logits = ref.decode_step(cfg, w16, tokens, pos[:b].copy(), tab[:b], k_ref, v_ref)
+    assert rel_err(step.buf["logits"].copy_to_host()[:b], logits) < 1e-2
+    got = out.copy_to_host()
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 0.05 * np.abs(top2[:, 1]).max()
+    np.testing.assert_array_equal(got[:b][clear], ref.greedy(logits)[clear])
+    assert got[3] == -7
+
+
+def test_sequential_and_overlapped_tokens_are_identical():
+    from schedbench.sweep import Sweep, SweepConfig
+    from schedbench.workload import WorkloadConfig
+
+    cfg = SweepConfig(backend="numba", preset="micro", batch_sizes=(2,), steps=3, warmup=0,
+                      repeats=1, workload=WorkloadConfig((1, 2), (2, 3), seed=4))
+    sweep = Sweep(cfg)
+    try:
+        hashes = {m: sweep.run_one(m, 2)[1] for m in ("sequential", "overlapped")}
+    finally:
+        sweep.close()
+    assert hashes["sequential"] == hashes["overlapped"]

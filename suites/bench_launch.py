@@ -48,6 +48,36 @@ def measure(preset: str, batch: int = 1) -> dict[str, float]:
     res["enqueue_per_kernel_us"] = res["step_enqueue_us"] / step.kernels_per_step
     res["enqueue_over_bare"] = res["enqueue_per_kernel_us"] / res["bare_launch_us"]
     backend.close()
+    res.update(measure_numba(cfg, batch))
+    res["numba_over_cupy_launch"] = res["numba_bare_launch_us"] / res["bare_launch_us"]
+    return res
+
+
+def measure_numba(cfg, batch: int) -> dict[str, float]:
+    """The same figures for the Numba CUDA backend (its own streams and device arrays)."""
+    import numpy as np
+
+    from kernels import numba_backend as nb
+    from kernels import numba_kernels as nk
+    from kernels.cupy_measure import host_us
+    from kernels.layout import StepLayout
+
+    backend = nb.NumbaBackend()
+    stream = backend.stream()
+    layout = StepLayout(max(batch, 1), cfg.max_blocks_per_seq)
+    step = backend.decode_step(cfg, 0, num_blocks=64, layout=layout, num_slots=2 * batch)
+    meta, out = backend.empty(layout.size, np.int32), backend.empty(layout.max_batch, np.int32)
+    step.launch(meta, out, batch, stream)  # compile and plan once
+    sync = stream.synchronize
+    res = {
+        "numba_bare_launch_us": host_us(lambda: nk.empty_kernel[1, 1, stream.raw](), 200, sync),
+        "numba_step_enqueue_us": host_us(lambda: step.launch(meta, out, batch, stream), 1,
+                                         sync, 30),
+        "numba_kernels_per_step": float(step.kernels_per_step),
+    }
+    res["numba_enqueue_over_bare"] = (res["numba_step_enqueue_us"] / step.kernels_per_step
+                                      / res["numba_bare_launch_us"])
+    backend.close()
     return res
 
 
@@ -70,7 +100,7 @@ class Launch:
     """asv: host microseconds per operation (CuPy)."""
 
     params = [["bare_launch_us", "event_record_us", "step_enqueue_us", "enqueue_per_kernel_us",
-               "graph_replay_us"]]
+               "graph_replay_us", "numba_bare_launch_us", "numba_step_enqueue_us"]]
     param_names = ["operation"]
     timeout = 600
 

@@ -118,6 +118,28 @@ def test_rope_append_and_attention(rng):
     assert np.isfinite(attn).all() and rel_err(attn, expect) < FP16_TOL
 
 
+@pytest.mark.gpu
+def test_real_shapes_on_a_gpu(rng):
+    """Llama-3-8B projection and attention shapes (too large for the simulator)."""
+    cfg = get_preset("llama3-8b")
+    b, n, k = 4, 6144, 4096
+    x, w = half(rng, b, k), half(rng, n, k, scale=k ** -0.5)
+    got = run(nk.gemm_store, (math.ceil(n / nk.THREADS), b), x, w,
+              np.full((b, n), np.nan, np.float32))[2]
+    assert rel_err(got, x.astype(np.float64) @ w.T.astype(np.float64)) < FP16_TOL
+    lengths = [1, 2048, 8192]
+    tables, kc, vc = _paged(rng, cfg, lengths)
+    positions = np.array(lengths, np.int32) - 1
+    qkv = half(rng, len(lengths), cfg.qkv_size)
+    attn = run(nk.paged_attention, (len(lengths), cfg.num_heads), qkv, positions, tables, kc,
+               vc, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.head_dim ** -0.5,
+               np.zeros((len(lengths), cfg.num_heads, 8192), np.float32),
+               np.full((len(lengths), cfg.q_size), np.nan, np.float16))[-1]
+    q = qkv[:, :cfg.q_size].reshape(len(lengths), cfg.num_heads, cfg.head_dim)
+    expect = ref.paged_attention(q, kc, vc, tables, positions + 1).reshape(len(lengths), -1)
+    assert rel_err(attn, expect) < FP16_TOL
+
+
 def test_argmax_first_maximum(rng):
     logits = rng.standard_normal((3, 90)).astype(np.float32)
     logits[1, [4, 60]] = 9.0

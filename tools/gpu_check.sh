@@ -30,6 +30,10 @@ timeout 150 $py -m schedbench --backend cupy --preset llama3-8b ${SWEEP_ARGS:---
   --json "$out/sweep.json" 2>&1 | tee "$out/sweep.txt"
 echo "sweep wall time: $(( $(date +%s) - start )) s"
 
+step "sweep numba backend (llama-1b, short)"
+timeout 150 $py -m schedbench --backend numba --preset llama-1b --batch-sizes 1,4 --repeats 1 \
+  --steps 30 --warmup 5 --json "$out/numba.json" 2>&1 | tail -n 12
+
 step "compute-sanitizer: memcheck and racecheck over every mode (tiny preset)"
 if [ "${SANITIZE:-1}" = 1 ] && command -v compute-sanitizer >/dev/null 2>&1; then
   for tool in memcheck racecheck; do

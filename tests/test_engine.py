@@ -148,3 +148,10 @@ def test_full_kv_cache_makes_requests_wait_and_tokens_still_match():
         waited = [r for r in records if r.saturated]
         assert waited and max(r.batch_size for r in waited) <= 4  # 3 live + 1 overlap row
         assert all(r.output is not None for r in requests)
+
+
+def test_a_failing_kernel_is_reported_at_the_next_sync(cpu_backend):
+    stream = cpu_backend.stream()
+    stream.enqueue(lambda: 1 / 0)
+    with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+        stream.synchronize()

@@ -20,7 +20,7 @@ from kernels.backend import Backend, DecodeStep, Event, Graph, Stream
 from kernels.cuda_sources import attention_names, gemm_name, gemm_names, source
 from kernels.layout import StepLayout
 from schedbench.errors import ConfigError
-from schedbench.model import ModelConfig, Weights
+from schedbench.model import ModelConfig, Weights, interleave_gate_up
 
 GEMM_WARPS, GEMM_ROWS, GEMM_K_CHUNK = 8, 32, 64  # match gemm.cu
 ATTN_THREADS = 128  # matches attention.cu (ATTN_WARPS * 32)
@@ -95,14 +95,6 @@ class DeviceWeights:
     w_down: cp.ndarray
     final_norm: cp.ndarray
     lm_head: cp.ndarray
-
-
-def interleave_gate_up(w: np.ndarray) -> np.ndarray:
-    """``[L, 2I, H]`` as [gate rows; up rows] -> rows (g0, u0, g1, u1, ...) for the fused
-    SiLU-mul epilogue, where one warp owns a gate row and its up row."""
-    layers, two_i, hidden = w.shape
-    half = two_i // 2
-    return np.stack([w[:, :half], w[:, half:]], axis=2).reshape(layers, two_i, hidden)
 
 
 def upload_weights(w: Weights) -> DeviceWeights:

@@ -21,7 +21,7 @@ from kernels import numba_kernels as nk
 from kernels.backend import Backend, DecodeStep, Event, Stream
 from kernels.layout import StepLayout
 from schedbench.errors import ConfigError
-from schedbench.model import ModelConfig, Weights, make_weights
+from schedbench.model import ModelConfig, Weights, interleave_gate_up, make_weights
 
 cuda = nk.cuda
 SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
@@ -64,11 +64,6 @@ class NumbaEvent(Event):
         if SIMULATOR:
             return (later._host_s - self._host_s) * 1e3
         return self.raw.elapsed_time(later.raw)
-
-
-def interleave_gate_up(w: np.ndarray) -> np.ndarray:
-    layers, two_i, hidden = w.shape
-    return np.stack([w[:, :two_i // 2], w[:, two_i // 2:]], axis=2).reshape(layers, two_i, hidden)
 
 
 def upload_weights(w: Weights) -> dict:

@@ -41,6 +41,20 @@ def kv_append(k_cache: np.ndarray, v_cache: np.ndarray, k: np.ndarray, v: np.nda
         v_cache[block, pos % bs] = v[i]
 
 
+def rope_kv_append(cfg: ModelConfig, qkv: np.ndarray, positions: np.ndarray,
+                   block_tables: np.ndarray, k_cache: np.ndarray,
+                   v_cache: np.ndarray) -> np.ndarray:
+    """RoPE on q and k of ``qkv[B, QKV]``, k and v into the caches; returns q ``[B, H, D]``."""
+    b, d = len(qkv), cfg.head_dim
+    qkv = qkv.astype(np.float64)
+    q = rope(qkv[:, :cfg.q_size].reshape(b, cfg.num_heads, d), positions, cfg.rope_theta)
+    k = rope(qkv[:, cfg.q_size:cfg.q_size + cfg.kv_size].reshape(b, cfg.num_kv_heads, d),
+             positions, cfg.rope_theta)
+    v = qkv[:, cfg.q_size + cfg.kv_size:].reshape(b, cfg.num_kv_heads, d)
+    kv_append(k_cache, v_cache, k, v, positions, block_tables)
+    return q
+
+
 def paged_attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
                     block_tables: np.ndarray, seq_lens: np.ndarray) -> np.ndarray:
     """Decode attention of ``q[B, H, D]`` over each sequence's own blocks (GQA)."""
@@ -68,16 +82,11 @@ def decode_step(cfg: ModelConfig, w: Weights, tokens: np.ndarray, positions: np.
     ``k_cache``/``v_cache`` are ``[layers, num_blocks, block_size, kv_heads, head_dim]``.
     """
     b = len(tokens)
-    nh, kvh, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     x = w.embed[tokens].astype(np.float64)
     for layer in range(cfg.num_layers):
         h = rms_norm(x, w.attn_norm[layer], cfg.rms_eps)
         qkv = h @ w.wqkv[layer].T.astype(np.float64)
-        q = rope(qkv[:, :cfg.q_size].reshape(b, nh, d), positions, cfg.rope_theta)
-        k = rope(qkv[:, cfg.q_size:cfg.q_size + cfg.kv_size].reshape(b, kvh, d), positions,
-                 cfg.rope_theta)
-        v = qkv[:, cfg.q_size + cfg.kv_size:].reshape(b, kvh, d)
-        kv_append(k_cache[layer], v_cache[layer], k, v, positions, block_tables)
+        q = rope_kv_append(cfg, qkv, positions, block_tables, k_cache[layer], v_cache[layer])
         attn = paged_attention(q, k_cache[layer], v_cache[layer], block_tables, positions + 1)
         x = x + attn.reshape(b, -1) @ w.wo[layer].T.astype(np.float64)
         h = rms_norm(x, w.mlp_norm[layer], cfg.rms_eps)

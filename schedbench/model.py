@@ -136,3 +136,12 @@ def make_weights(cfg: ModelConfig, seed: int, dtype: np.dtype | type = np.float3
         final_norm=norm(h),
         lm_head=linear(cfg.vocab_size, h),
     )
+
+
+def interleave_gate_up(w: np.ndarray) -> np.ndarray:
+    """``[L, 2I, H]`` as [gate rows; up rows] -> rows (g0, u0, g1, u1, ...): the GPU kernels'
+    layout, where the thread or warp that computes a gate row also has its up row, so the
+    SiLU-mul fuses into the projection."""
+    layers, two_i, hidden = w.shape
+    half = two_i // 2
+    return np.stack([w[:, :half], w[:, half:]], axis=2).reshape(layers, two_i, hidden)

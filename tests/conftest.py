@@ -40,3 +40,17 @@ def rng() -> np.random.Generator:
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
+
+
+def half(rng: np.random.Generator, *shape: int, scale: float = 1.0) -> np.ndarray:
+    return (rng.standard_normal(shape) * scale).astype(np.float16)
+
+
+def paged_fp16(rng: np.random.Generator, cfg, lengths: list[int]):
+    """Scattered block tables (one spare column) and random fp16 K/V caches for sequences of
+    the given lengths, every block filled."""
+    mb = max(-(-n // cfg.block_size) for n in lengths) + 1
+    nblocks = len(lengths) * mb
+    tables = rng.permutation(nblocks).astype(np.int32).reshape(len(lengths), mb)
+    shape = (nblocks, cfg.block_size, cfg.num_kv_heads, cfg.head_dim)
+    return tables, half(rng, *shape), half(rng, *shape)

@@ -64,11 +64,7 @@ def test_rope_and_kv_append(rng):
     positions, tables, kc, vc = paged_inputs(rng, b, CFG.max_context)
     qkv = rng.standard_normal((b, CFG.qkv_size), np.float32)
     expect_k, expect_v = kc.astype(np.float64), vc.astype(np.float64)
-    q_ref = ref.rope(qkv[:, :CFG.q_size].reshape(b, CFG.num_heads, -1), positions,
-                     CFG.rope_theta)
-    kv = qkv[:, CFG.q_size:].reshape(b, 2, CFG.num_kv_heads, CFG.head_dim)
-    ref.kv_append(expect_k, expect_v, ref.rope(kv[:, 0], positions, CFG.rope_theta), kv[:, 1],
-                  positions, tables)
+    q_ref = ref.rope_kv_append(CFG, qkv, positions, tables, expect_k, expect_v)
     k.rope_kv_append(qkv, positions, tables, kc, vc, CFG.num_heads, CFG.num_kv_heads,
                      CFG.head_dim, float(CFG.rope_theta))
     assert rel_err(qkv[:, :CFG.q_size], q_ref.reshape(b, -1)) < TOL

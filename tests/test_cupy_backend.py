@@ -10,8 +10,8 @@ import pytest
 
 from kernels import reference as ref
 from kernels.layout import StepLayout
-from schedbench.model import ModelConfig, get_preset, make_weights
-from tests.conftest import rel_err
+from schedbench.model import get_preset, interleave_gate_up, make_weights
+from tests.conftest import half, paged_fp16, rel_err
 
 pytestmark = pytest.mark.gpu
 
@@ -22,9 +22,6 @@ from kernels.cuda_sources import attention_names  # noqa: E402
 FP16_TOL = 3e-3  # fp16 storage of the result, fp32 accumulation
 LLAMA8B = get_preset("llama3-8b")
 
-
-def half(rng: np.random.Generator, *shape: int, scale: float = 1.0) -> np.ndarray:
-    return (rng.standard_normal(shape) * scale).astype(np.float16)
 
 
 def launch(fn, grid, block, args) -> None:
@@ -40,7 +37,7 @@ def test_gemm_matches_reference(rng, epilogue, batch, n, k):
     full = x.astype(np.float64) @ w.T.astype(np.float64)
     if epilogue == "silu_mul":
         out = cp.full((batch, n // 2), np.nan, cp.float16)
-        wd = cb.interleave_gate_up(w[None])[0]
+        wd = interleave_gate_up(w[None])[0]
         expect = ref.silu_mul(full)
     elif epilogue == "add_residual":
         base = rng.standard_normal((batch, n)).astype(np.float32)
@@ -66,21 +63,13 @@ def test_gemm_rows_do_not_depend_on_batch(rng):
         np.testing.assert_array_equal(got[0], results[1][0], err_msg=f"batch {batch}")
 
 
-def _paged(rng, cfg: ModelConfig, lengths: list[int]):
-    bs = cfg.block_size
-    mb = max(-(-n // bs) for n in lengths) + 1
-    nblocks = len(lengths) * mb
-    tables = rng.permutation(nblocks).astype(np.int32).reshape(len(lengths), mb)
-    shape = (nblocks, bs, cfg.num_kv_heads, cfg.head_dim)
-    return tables, half(rng, *shape), half(rng, *shape)
-
 
 @pytest.mark.parametrize("cfg", [get_preset("tiny"), get_preset("llama-1b"), LLAMA8B],
                          ids=lambda c: c.name)
 def test_paged_attention_matches_reference(rng, cfg):
     lengths = [1, 300, 2048, 8192] if cfg.max_context >= 8192 else [1, 17, 300]
     b = len(lengths)
-    tables, kc, vc = _paged(rng, cfg, lengths)
+    tables, kc, vc = paged_fp16(rng, cfg, lengths)
     qkv = half(rng, b, cfg.qkv_size)
     positions = np.array(lengths, np.int32) - 1
     group = cfg.num_heads // cfg.num_kv_heads
@@ -126,21 +115,15 @@ def test_norms_rope_and_kv_append(rng):
     assert rel_err(cp.asnumpy(out), ref.rms_norm(table[toks], w, 1e-5)) < FP16_TOL
 
     positions = np.array([0, 15, 16, 4000, 8191], np.int32)
-    tables, kc, vc = _paged(rng, cfg, [8192] * b)
+    tables, kc, vc = paged_fp16(rng, cfg, [8192] * b)
     qkv = half(rng, b, cfg.qkv_size)
     d_qkv, d_k, d_v = cp.asarray(qkv), cp.asarray(kc), cp.asarray(vc)
     launch(norm.get_function("rope_kv_append"), (b,), (128,),
            (d_qkv, cp.asarray(positions), cp.asarray(tables), cb.i32(tables.shape[1]),
             cb.i32(cfg.num_heads), cb.i32(cfg.num_kv_heads), cb.i32(cfg.head_dim),
             cb.i32(cfg.block_size), cb.f32(math.log2(cfg.rope_theta)), d_k, d_v))
-    d = cfg.head_dim
-    q_ref = ref.rope(qkv[:, :cfg.q_size].reshape(b, -1, d).astype(np.float64), positions,
-                     cfg.rope_theta)
-    k_ref = ref.rope(qkv[:, cfg.q_size:cfg.q_size + cfg.kv_size].reshape(b, -1, d)
-                     .astype(np.float64), positions, cfg.rope_theta)
     expect_k, expect_v = kc.astype(np.float64), vc.astype(np.float64)
-    ref.kv_append(expect_k, expect_v, k_ref, qkv[:, cfg.q_size + cfg.kv_size:].reshape(b, -1, d),
-                  positions, tables)
+    q_ref = ref.rope_kv_append(cfg, qkv, positions, tables, expect_k, expect_v)
     assert rel_err(cp.asnumpy(d_qkv)[:, :cfg.q_size], q_ref.reshape(b, -1)) < FP16_TOL
     assert rel_err(cp.asnumpy(d_k), expect_k) < FP16_TOL
     np.testing.assert_array_equal(cp.asnumpy(d_v), expect_v.astype(np.float16))
@@ -167,7 +150,7 @@ def test_whole_step_matches_reference(rng, cfg):
     b, seed = 6, int(rng.integers(1 << 30))
     layout = StepLayout(8, cfg.max_blocks_per_seq)
     lengths = [1, 40, 200, 17, 64, 300]
-    tables, kc, vc = _paged(rng, cfg, lengths)
+    tables, kc, vc = paged_fp16(rng, cfg, lengths)
     weights = make_weights(cfg, seed, np.float32)
     w16 = weights.astype(np.float16)
     step = cb.CupyDecodeStep(cfg, cb.upload_weights(w16), len(kc), layout, 16)

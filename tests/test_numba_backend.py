@@ -12,8 +12,8 @@ from kernels import numba_shim
 from kernels import reference as ref
 from kernels.layout import StepLayout
 from kernels.registry import available
-from schedbench.model import get_preset, make_weights
-from tests.conftest import rel_err
+from schedbench.model import get_preset, interleave_gate_up, make_weights
+from tests.conftest import half, paged_fp16, rel_err
 
 if not available("numba"):
     pytest.skip("no GPU and NUMBA_ENABLE_CUDASIM is not set", allow_module_level=True)
@@ -45,9 +45,6 @@ def run(kernel, grid, *args):
     return [d.copy_to_host() if hasattr(d, "copy_to_host") else d for d in dev]
 
 
-def half(rng, *shape, scale=1.0):
-    return (rng.standard_normal(shape) * scale).astype(np.float16)
-
 
 def test_norms_and_embedding(rng):
     b, n = 3, 40
@@ -77,34 +74,22 @@ def test_gemm(rng, kind):
         base = rng.standard_normal((b, n)).astype(np.float32)
         got, expect = run(nk.gemm_add, grid, x, w, base.copy())[2], base + full
     else:
-        wi = nbk.interleave_gate_up(w[None])[0]
+        wi = interleave_gate_up(w[None])[0]
         got = run(nk.gemm_silu_mul, (math.ceil(n // 2 / nk.THREADS), b), x, wi,
                   np.full((b, n // 2), np.nan, np.float16))[2]
         expect = ref.silu_mul(full)
     assert np.isfinite(got).all() and rel_err(got, expect) < FP16_TOL
 
 
-def _paged(rng, cfg, lengths):
-    mb = max(-(-n // cfg.block_size) for n in lengths)
-    nblocks = len(lengths) * mb
-    tables = rng.permutation(nblocks).astype(np.int32).reshape(len(lengths), mb)
-    shape = (nblocks, cfg.block_size, cfg.num_kv_heads, cfg.head_dim)
-    return tables, half(rng, *shape), half(rng, *shape)
-
 
 def test_rope_append_and_attention(rng):
     cfg, lengths = MICRO, [1, 17, 40]
     b, d = len(lengths), MICRO.head_dim
-    tables, kc, vc = _paged(rng, cfg, lengths)
+    tables, kc, vc = paged_fp16(rng, cfg, lengths)
     positions = np.array(lengths, np.int32) - 1
     qkv = half(rng, b, cfg.qkv_size)
-    q_ref = ref.rope(qkv[:, :cfg.q_size].reshape(b, -1, d).astype(np.float64), positions,
-                     cfg.rope_theta)
-    k_ref = ref.rope(qkv[:, cfg.q_size:cfg.q_size + cfg.kv_size].reshape(b, -1, d)
-                     .astype(np.float64), positions, cfg.rope_theta)
     ek, ev = kc.astype(np.float64), vc.astype(np.float64)
-    ref.kv_append(ek, ev, k_ref, qkv[:, cfg.q_size + cfg.kv_size:].reshape(b, -1, d),
-                  positions, tables)
+    q_ref = ref.rope_kv_append(cfg, qkv, positions, tables, ek, ev)
     out = run(nk.rope_kv_append, b, qkv, positions, tables, kc, vc, cfg.num_heads,
               cfg.num_kv_heads, d, math.log2(cfg.rope_theta))
     assert rel_err(out[0][:, :cfg.q_size], q_ref.reshape(b, -1)) < FP16_TOL
@@ -128,7 +113,7 @@ def test_real_shapes_on_a_gpu(rng):
               np.full((b, n), np.nan, np.float32))[2]
     assert rel_err(got, x.astype(np.float64) @ w.T.astype(np.float64)) < FP16_TOL
     lengths = [1, 2048, 8192]
-    tables, kc, vc = _paged(rng, cfg, lengths)
+    tables, kc, vc = paged_fp16(rng, cfg, lengths)
     positions = np.array(lengths, np.int32) - 1
     qkv = half(rng, len(lengths), cfg.qkv_size)
     attn = run(nk.paged_attention, (len(lengths), cfg.num_heads), qkv, positions, tables, kc,
@@ -155,7 +140,7 @@ def test_whole_step_matches_reference(rng):
     cfg, b, seed = MICRO, 3, int(rng.integers(1 << 30))
     layout = StepLayout(4, cfg.max_blocks_per_seq)
     lengths = [1, 9, 30]
-    tables, kc, vc = _paged(rng, cfg, lengths)
+    tables, kc, vc = paged_fp16(rng, cfg, lengths)
     w16 = make_weights(cfg, seed).astype(np.float16)
     step = nbk.NumbaDecodeStep(cfg, nbk.upload_weights(w16), len(kc), layout, 8)
     k_all = np.zeros((cfg.num_layers, len(kc) + 1, *kc.shape[1:]), np.float16)

@@ -37,10 +37,6 @@ class Nvtx:
                     self._push, self._pop = cupy_nvtx.RangePush, cupy_nvtx.RangePop
                     self._start, self._end = cupy_nvtx.RangeStart, cupy_nvtx.RangeEnd
 
-    @property
-    def enabled(self) -> bool:
-        return self._push is not _noop
-
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         self._push(name)

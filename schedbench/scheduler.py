@@ -39,6 +39,21 @@ class SchedulerConfig:
         if self.num_blocks <= 0:
             raise ConfigError(f"KV budget of {self.num_blocks} blocks: need at least 1")
 
+    def blocks_for(self, r: Request) -> int:
+        return -(-r.max_len // self.block_size)
+
+    def check_fits(self, r: Request, what: str) -> None:
+        """ConfigError unless ``r`` fits the model's context and the KV budget on its own."""
+        max_context = self.max_blocks_per_seq * self.block_size
+        if r.max_len > max_context:
+            raise ConfigError(f"{what} needs {r.max_len} tokens of context ({len(r.prompt)} "
+                              f"prompt + {r.max_new_tokens} output); the model's maximum is "
+                              f"{max_context}")
+        if (need := self.blocks_for(r)) > self.num_blocks:
+            raise ConfigError(f"KV budget of {self.num_blocks} blocks x {self.block_size} "
+                              f"tokens is too small for {what}, which needs {need} blocks "
+                              f"({r.max_len} tokens)")
+
     @property
     def num_slots(self) -> int:
         # NOTE: in the overlapped loop a finished request keeps its slot until the step it
@@ -67,7 +82,7 @@ class Scheduler:
         self.cfg = cfg
         self.allocator = BlockAllocator(cfg.num_blocks)
         for r in requests:
-            self.check_fits(r, f"request {r.rid}")
+            cfg.check_fits(r, f"request {r.rid}")
         self._arrivals = sorted(requests, key=lambda r: (r.arrival_step, r.rid))
         self._arrivals.reverse()  # pop() takes the earliest
         self.waiting: deque[Request] = deque()
@@ -92,22 +107,6 @@ class Scheduler:
         self._done_step = -1  # every step up to this one has finished on the device
         self._row_slots: np.ndarray | None = None
 
-    def check_fits(self, r: Request, what: str) -> None:
-        """ConfigError unless ``r`` fits the model's context and the KV budget on its own."""
-        cfg = self.cfg
-        max_context = cfg.max_blocks_per_seq * cfg.block_size
-        if r.max_len > max_context:
-            raise ConfigError(f"{what} needs {r.max_len} tokens of context ({len(r.prompt)} "
-                              f"prompt + {r.max_new_tokens} output); the model's maximum is "
-                              f"{max_context}")
-        if (need := self._blocks_for(r)) > cfg.num_blocks:
-            raise ConfigError(f"KV budget of {cfg.num_blocks} blocks x {cfg.block_size} tokens "
-                              f"is too small for {what}, which needs {need} blocks "
-                              f"({r.max_len} tokens)")
-
-    def _blocks_for(self, r: Request) -> int:
-        return -(-r.max_len // self.cfg.block_size)
-
     def _arrive(self, index: int) -> None:
         # An idle system jumps to the next arrival rather than spinning empty steps.
         idle = not (self.waiting or self.running)
@@ -117,7 +116,7 @@ class Scheduler:
 
     def _admit(self) -> None:
         while (self.waiting and len(self.running) < self.cfg.max_batch and self._free_slots
-               and self.allocator.reserve(need := self._blocks_for(self.waiting[0]))):
+               and self.allocator.reserve(need := self.cfg.blocks_for(self.waiting[0]))):
             r = self.waiting.popleft()
             r.slot, r.reserved = self._free_slots.pop(), need
             s = r.slot

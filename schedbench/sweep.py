@@ -127,7 +127,7 @@ class Sweep:
         """Fail before any device work if the KV budget cannot hold the longest request."""
         wl, b = self.cfg.workload, self.cfg.max_batch
         longest = Request(-1, np.zeros(wl.prompt_len[1], np.int32), wl.output_len[1])
-        Scheduler(self.sched_cfgs[b], []).check_fits(longest, "the longest request")
+        self.sched_cfgs[b].check_fits(longest, "the longest request")
 
     def _make_step(self) -> DecodeStep:
         cfg, model = self.cfg, self.cfg.model

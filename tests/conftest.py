@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+from kernels import reference as ref
 from kernels.registry import gpu_unavailable_reason
 
 # Without a GPU the Numba CUDA kernels run in Numba's simulator; numba reads this once, when
@@ -54,3 +55,20 @@ def paged_fp16(rng: np.random.Generator, cfg, lengths: list[int]):
     tables = rng.permutation(nblocks).astype(np.int32).reshape(len(lengths), mb)
     shape = (nblocks, cfg.block_size, cfg.num_kv_heads, cfg.head_dim)
     return tables, half(rng, *shape), half(rng, *shape)
+
+
+def reference_step(cfg, weights, tokens, positions, tables, k_cache, v_cache):
+    """Float64 logits of one step over caches that hold ``k_cache``/``v_cache`` in every
+    layer, and the K cache the step leaves behind (all layers)."""
+    k_ref = np.stack([k_cache.astype(np.float64)] * cfg.num_layers)
+    v_ref = np.stack([v_cache.astype(np.float64)] * cfg.num_layers)
+    logits = ref.decode_step(cfg, weights, tokens, positions, tables, k_ref, v_ref)
+    return logits, k_ref
+
+
+def assert_greedy_where_clear(got: np.ndarray, logits: np.ndarray, min_gap: float) -> None:
+    """Sampled tokens equal the reference argmax on every row whose top-2 logits differ by
+    more than ``min_gap`` (elsewhere the argmax is decided by rounding)."""
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > min_gap
+    np.testing.assert_array_equal(got[clear], ref.greedy(logits)[clear])

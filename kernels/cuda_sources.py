@@ -31,7 +31,7 @@ def gemm_names() -> tuple[str, ...]:
 
 
 def attention_names(head_dim: int, group: int) -> tuple[str, ...]:
-    return (f"paged_attention<{head_dim}, {group}>", f"combine_splits<{head_dim}>")
+    return (f"paged_attention<{head_dim}, {group}>",)
 
 
 def name_expressions(module: str, head_dim: int = 128, group: int = 4) -> tuple[str, ...]:

@@ -3,7 +3,8 @@ buffers, async copies and CUDA graphs.
 
 Kernels compile once per process (and CuPy caches the binaries on disk), never on the
 hot path. A step's launches are planned once per (batch size, output buffer): every grid,
-block and argument tuple is built ahead, so ``launch`` is nothing but the kernel calls.
+block and argument array is packed ahead (``kernels.cupy_launch``), so ``launch`` is
+nothing but one driver call per kernel.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from cupy.cuda import runtime
 
 from kernels.backend import Backend, DecodeStep, Event, Graph, Stream
 from kernels.cuda_sources import attention_names, gemm_name, gemm_names, source
+from kernels.cupy_launch import Launch
 from kernels.layout import StepLayout
 from schedbench.errors import ConfigError
 from schedbench.model import ModelConfig, Weights, interleave_gate_up
 
 GEMM_WARPS, GEMM_ROWS, GEMM_K_CHUNK = 8, 32, 64  # match gemm.cu
+GEMM_MIN_SPLIT_CHUNKS = 2 * GEMM_WARPS  # a split gives each warp one full load (gemm.cu)
 ATTN_THREADS = 128  # matches attention.cu (ATTN_WARPS * 32)
-MAX_SPLITS = 16  # matches attention.cu
+SPLIT_TOKENS, MAX_SPLITS = 64, 64  # match attention.cu
 NORM_THREADS = 256
 ARGMAX_THREADS = 1024
 
@@ -40,6 +43,17 @@ def i32(v: int) -> np.int32:
 
 def f32(v: float) -> np.float32:
     return np.float32(v)
+
+
+@cache
+def sm_count() -> int:
+    return runtime.deviceGetAttribute(runtime.cudaDevAttrMultiProcessorCount,
+                                      runtime.getDevice())
+
+
+def attention_splits(context: int) -> int:
+    """Splits of a sequence of ``context`` tokens: ``num_splits`` in attention.cu."""
+    return min(MAX_SPLITS, -(-context // SPLIT_TOKENS))
 
 
 class CupyStream(Stream):
@@ -130,24 +144,111 @@ def random_weights(cfg: ModelConfig, seed: int) -> DeviceWeights:
     )
 
 
-def gemm_launch(x: cp.ndarray, w: cp.ndarray, batch: int, epilogue: str,
-                out: cp.ndarray) -> tuple:
-    """``(kernel, grid, block, args)`` of ``out (+)= x[:batch] @ w.T`` with an epilogue."""
-    tiles = 1 if batch <= 8 else 2 if batch <= 16 else 4  # batch tiles of 8 per block
+def gemm_tiles(batch: int) -> int:
+    """Batch tiles of 8 rows per GEMM block."""
+    return 1 if batch <= 8 else 2 if batch <= 16 else 4
+
+
+def gemm_splits(n: int, k: int) -> int:
+    """K splits of an (n, k) weight: enough blocks for two per SM (their loads in flight are
+    what the bandwidth needs), each split a whole number of full loads per warp where one
+    exists. A function of the shape alone, so that the sum order, and every token, is the
+    same at any batch size."""
+    row_tiles, chunks = -(-n // GEMM_ROWS), k // GEMM_K_CHUNK
+    most = max(1, chunks // GEMM_MIN_SPLIT_CHUNKS)
+    want = min(most, -(-2 * sm_count() // row_tiles))
+    whole = [s for s in range(want, most + 1) if chunks % (s * GEMM_MIN_SPLIT_CHUNKS) == 0]
+    return whole[0] if whole else want
+
+
+@dataclass(frozen=True)
+class GemmScratch:
+    """The split-K partials (fp32) and per-tile arrival counters (zero between launches)
+    of the GEMMs of one stream; launches on one stream run one after another, so they
+    share it."""
+
+    ws: cp.ndarray
+    counters: cp.ndarray
+
+    @staticmethod
+    def sizes(n: int, k: int, batch: int, splits: int | None = None) -> tuple[int, int]:
+        splits = gemm_splits(n, k) if splits is None else splits
+        if splits == 1:
+            return 0, 0
+        bt = 8 * gemm_tiles(batch)
+        tiles = -(-batch // bt) * -(-n // GEMM_ROWS)
+        return tiles * splits * GEMM_ROWS * bt, tiles
+
+    @classmethod
+    def for_shapes(cls, shapes: list[tuple[int, int]], max_batch: int,
+                   max_splits: int = 1) -> GemmScratch:
+        """Room for any batch up to ``max_batch``, at the shapes' own splits or up to
+        ``max_splits`` (a benchmark's sweep)."""
+        # NOTE: both sizes grow with the batch and the splits, so the largest bound them
+        ws, counters = (max(v) for v in zip(*(
+            cls.sizes(n, k, max_batch, max(gemm_splits(n, k), max_splits)) for n, k in shapes)))
+        return cls(cp.zeros(max(ws, 1), cp.float32), cp.zeros(max(counters, 1), cp.int32))
+
+
+def gemm_launch(x: cp.ndarray, w: cp.ndarray, batch: int, epilogue: str, out: cp.ndarray,
+                scratch: GemmScratch, splits: int | None = None) -> Launch:
+    """``out (+)= x[:batch] @ w.T`` with an epilogue; ``splits`` overrides the K split
+    (benchmarks only: the split count changes the sum order)."""
     n, k = w.shape
     if k % GEMM_K_CHUNK or x.dtype != cp.float16 or w.dtype != cp.float16:
         raise ValueError(f"tc_gemm needs fp16 x and w with K % {GEMM_K_CHUNK} == 0; got "
                          f"K={k}, {x.dtype}, {w.dtype}")
+    splits = gemm_splits(n, k) if splits is None else splits
+    ws, counters = GemmScratch.sizes(n, k, batch, splits)
+    if ws > scratch.ws.size or counters > scratch.counters.size:
+        raise ValueError(f"GEMM scratch too small for n={n} k={k} batch={batch} "
+                         f"splits={splits}: needs {ws} floats and {counters} counters")
+    tiles = gemm_tiles(batch)
     fn = module("gemm", gemm_names()).get_function(gemm_name(tiles, epilogue))
-    grid = (math.ceil(batch / (8 * tiles)), math.ceil(n / GEMM_ROWS))
-    return fn, grid, (GEMM_WARPS * 32,), (x, w, i32(n), i32(k), i32(batch), out)
+    grid = (-(-batch // (8 * tiles)), -(-n // GEMM_ROWS), splits)
+    return Launch(fn, grid, GEMM_WARPS * 32,
+                  (x, w, i32(n), i32(k), i32(batch), out, scratch.ws, scratch.counters))
+
+
+@dataclass(frozen=True)
+class AttentionScratch:
+    """Per-split partials and per-(sequence, kv head) counters of paged_attention."""
+
+    split_stride: int
+    part_o: cp.ndarray
+    part_ml: cp.ndarray
+    counters: cp.ndarray
+
+    @staticmethod
+    def nbytes(cfg: ModelConfig, max_batch: int, max_context: int) -> int:
+        return max_batch * cfg.num_heads * attention_splits(max_context) * (cfg.head_dim + 2) * 4
+
+    @classmethod
+    def create(cls, cfg: ModelConfig, max_batch: int, max_context: int) -> AttentionScratch:
+        s = attention_splits(max_context)
+        return cls(s, cp.zeros((max_batch, cfg.num_heads, s, cfg.head_dim), cp.float32),
+                   cp.zeros((max_batch, cfg.num_heads, s, 2), cp.float32),
+                   cp.zeros(max_batch * cfg.num_kv_heads, cp.int32))
+
+
+def attention_launch(cfg: ModelConfig, qkv: cp.ndarray, positions: cp.ndarray,
+                     tables: cp.ndarray, k_cache: cp.ndarray, v_cache: cp.ndarray,
+                     batch: int, scratch: AttentionScratch, out: cp.ndarray) -> Launch:
+    """Paged attention of ``batch`` rows; ``tables`` is [rows, max_blocks] (int32)."""
+    names = attention_names(cfg.head_dim, cfg.num_heads // cfg.num_kv_heads)
+    fn = module("attention", names).get_function(names[0])
+    return Launch(fn, (batch, cfg.num_kv_heads, scratch.split_stride), ATTN_THREADS,
+                  (qkv, positions, tables, i32(tables.shape[-1]), i32(cfg.num_kv_heads),
+                   i32(cfg.block_size), f32(cfg.head_dim ** -0.5), k_cache, v_cache,
+                   i32(scratch.split_stride), scratch.part_o, scratch.part_ml,
+                   scratch.counters, out))
 
 
 class CupyDecodeStep(DecodeStep):
     def __init__(self, cfg: ModelConfig, weights: DeviceWeights, num_blocks: int,
                  layout: StepLayout, num_slots: int) -> None:
         self.cfg, self.w, self.layout = cfg, weights, layout
-        self.kernels_per_step = 9 * cfg.num_layers + 3
+        self.kernels_per_step = 8 * cfg.num_layers + 3
         # NOTE: one extra slot and block: padding rows of graph buckets write there.
         self.pad_slot, self.pad_block = num_slots, num_blocks
         shape = (cfg.num_layers, num_blocks + 1, cfg.block_size, cfg.num_kv_heads, cfg.head_dim)
@@ -161,61 +262,53 @@ class CupyDecodeStep(DecodeStep):
         self.attn = cp.zeros((b, cfg.q_size), cp.float16)
         self.act = cp.zeros((b, cfg.intermediate_size), cp.float16)
         self.logits = cp.zeros((b, cfg.vocab_size), cp.float32)
-        self.part_o = cp.zeros((b, cfg.num_heads, MAX_SPLITS, cfg.head_dim), cp.float32)
-        self.part_ml = cp.zeros((b, cfg.num_heads, MAX_SPLITS, 2), cp.float32)
-        group = cfg.num_heads // cfg.num_kv_heads
+        self.attn_scratch = AttentionScratch.create(cfg, b, layout.max_blocks * cfg.block_size)
+        self.gemm_scratch = GemmScratch.for_shapes(weight_shapes(cfg), b)
         norm, sample = module("norm"), module("sample")
-        attn = module("attention", attention_names(cfg.head_dim, group))
         self._embed_rmsnorm = norm.get_function("embed_rmsnorm")
         self._rmsnorm = norm.get_function("rmsnorm")
         self._rope = norm.get_function("rope_kv_append")
-        self._attention, self._combine = (attn.get_function(n)
-                                          for n in attention_names(cfg.head_dim, group))
         self._argmax = sample.get_function("argmax_tokens")
         self._plans: dict[tuple[int, int, int], list[tuple]] = {}
         # NOTE: everything above was filled on the legacy default stream, which the engine's
         # non-blocking streams do not wait for: finish it before any step can run.
         cp.cuda.Device().synchronize()
 
-    def plan(self, meta: cp.ndarray, out_tokens: cp.ndarray, batch: int) -> list[tuple]:
-        """Every launch of one step as ``(kernel, grid, block, args)``, in stream order."""
-        cfg, w = self.cfg, self.w
+    def plan(self, meta: cp.ndarray, out_tokens: cp.ndarray, batch: int) -> list[Launch]:
+        """Every launch of one step, in stream order."""
+        cfg, w, gs = self.cfg, self.w, self.gemm_scratch
         ids, slots, positions, tables = self.layout.views(meta)
         eps, hid = f32(cfg.rms_eps), i32(cfg.hidden_size)
-        plan: list[tuple] = [(self._embed_rmsnorm, (batch,), (NORM_THREADS,),
-                              (ids, slots, self.token_buf, w.embed, w.attn_norm[0], eps, hid,
-                               self.x, self.h))]
+        plan = [Launch(self._embed_rmsnorm, batch, NORM_THREADS,
+                       (ids, slots, self.token_buf, w.embed, w.attn_norm[0], eps, hid, self.x,
+                        self.h))]
         for layer in range(cfg.num_layers):
             if layer:
-                plan.append((self._rmsnorm, (batch,), (NORM_THREADS,),
-                             (self.x, w.attn_norm[layer], eps, hid, self.h)))
+                plan.append(Launch(self._rmsnorm, batch, NORM_THREADS,
+                                   (self.x, w.attn_norm[layer], eps, hid, self.h)))
             kc, vc = self.k_cache[layer], self.v_cache[layer]
             plan += [
-                gemm_launch(self.h, w.wqkv[layer], batch, "store_half", self.qkv),
-                (self._rope, (batch,), (128,),
-                 (self.qkv, positions, tables, i32(self.layout.max_blocks), i32(cfg.num_heads),
-                  i32(cfg.num_kv_heads), i32(cfg.head_dim), i32(cfg.block_size),
-                  f32(math.log2(cfg.rope_theta)), kc, vc)),
-                (self._attention, (batch, cfg.num_kv_heads, MAX_SPLITS), (ATTN_THREADS,),
-                 (self.qkv, positions, tables, i32(self.layout.max_blocks),
-                  i32(cfg.num_kv_heads), i32(cfg.block_size), f32(cfg.head_dim ** -0.5), kc, vc,
-                  self.part_o, self.part_ml)),
-                (self._combine, (batch, cfg.num_heads), (cfg.head_dim,),
-                 (positions, i32(cfg.num_heads), self.part_o, self.part_ml, self.attn)),
-                gemm_launch(self.attn, w.wo[layer], batch, "add_residual", self.x),
-                (self._rmsnorm, (batch,), (NORM_THREADS,),
-                 (self.x, w.mlp_norm[layer], eps, hid, self.h)),
-                gemm_launch(self.h, w.w_gate_up[layer], batch, "silu_mul", self.act),
-                gemm_launch(self.act, w.w_down[layer], batch, "add_residual", self.x),
+                gemm_launch(self.h, w.wqkv[layer], batch, "store_half", self.qkv, gs),
+                Launch(self._rope, batch, 128,
+                       (self.qkv, positions, tables, i32(self.layout.max_blocks),
+                        i32(cfg.num_heads), i32(cfg.num_kv_heads), i32(cfg.head_dim),
+                        i32(cfg.block_size), f32(math.log2(cfg.rope_theta)), kc, vc)),
+                attention_launch(cfg, self.qkv, positions, tables, kc, vc, batch,
+                                 self.attn_scratch, self.attn),
+                gemm_launch(self.attn, w.wo[layer], batch, "add_residual", self.x, gs),
+                Launch(self._rmsnorm, batch, NORM_THREADS,
+                       (self.x, w.mlp_norm[layer], eps, hid, self.h)),
+                gemm_launch(self.h, w.w_gate_up[layer], batch, "silu_mul", self.act, gs),
+                gemm_launch(self.act, w.w_down[layer], batch, "add_residual", self.x, gs),
             ]
         plan += [
-            (self._rmsnorm, (batch,), (NORM_THREADS,), (self.x, w.final_norm, eps, hid, self.h)),
-            gemm_launch(self.h, w.lm_head, batch, "store_float", self.logits),
-            (self._argmax, (batch,), (ARGMAX_THREADS,),
-             (self.logits, i32(cfg.vocab_size), slots, self.token_buf, out_tokens)),
+            Launch(self._rmsnorm, batch, NORM_THREADS, (self.x, w.final_norm, eps, hid, self.h)),
+            gemm_launch(self.h, w.lm_head, batch, "store_float", self.logits, gs),
+            Launch(self._argmax, batch, ARGMAX_THREADS,
+                   (self.logits, i32(cfg.vocab_size), slots, self.token_buf, out_tokens)),
         ]
         assert len(plan) == self.kernels_per_step
-        return plan
+        return [(launch.enqueue, launch.params, launch) for launch in plan]
 
     def launch(self, meta: cp.ndarray, out_tokens: cp.ndarray, batch_size: int,
                stream: Stream) -> None:
@@ -223,9 +316,9 @@ class CupyDecodeStep(DecodeStep):
         key = (batch_size, meta.data.ptr, out_tokens.data.ptr)
         if (plan := self._plans.get(key)) is None:
             plan = self._plans[key] = self.plan(meta, out_tokens, batch_size)
-        with stream.raw:  # RawKernel launches on the current stream
-            for fn, grid, block, args in plan:
-                fn(grid, block, args)
+        s = stream.raw.ptr
+        for enqueue, params, _ in plan:
+            enqueue(s, params, 0)
 
 
 class CupySpinStep(DecodeStep):
@@ -247,10 +340,20 @@ class CupySpinStep(DecodeStep):
                                     self._vocab, self.token_buf, out_tokens))
 
 
-def device_bytes_needed(cfg: ModelConfig, num_blocks: int, max_batch: int) -> int:
+def weight_shapes(cfg: ModelConfig) -> list[tuple[int, int]]:
+    """(N, K) of every projection: qkv, o, gate/up, down, LM head."""
+    h = cfg.hidden_size
+    return [(cfg.qkv_size, h), (h, cfg.q_size), (2 * cfg.intermediate_size, h),
+            (h, cfg.intermediate_size), (cfg.vocab_size, h)]
+
+
+def device_bytes_needed(cfg: ModelConfig, num_blocks: int, layout: StepLayout) -> int:
     weights = cfg.param_count * 2
     kv = 2 * cfg.num_layers * (num_blocks + 1) * cfg.block_size * cfg.kv_size * 2
-    scratch = max_batch * (cfg.vocab_size * 4 + cfg.num_heads * MAX_SPLITS * cfg.head_dim * 4)
+    b = layout.max_batch
+    gemm_ws = max(GemmScratch.sizes(n, k, b)[0] for n, k in weight_shapes(cfg)) * 4
+    scratch = (b * cfg.vocab_size * 4 + gemm_ws
+               + AttentionScratch.nbytes(cfg, b, layout.max_blocks * cfg.block_size))
     return weights + kv + scratch
 
 
@@ -295,7 +398,7 @@ class CupyBackend(Backend):
 
     def decode_step(self, cfg: ModelConfig, seed: int, num_blocks: int, layout: StepLayout,
                     num_slots: int) -> CupyDecodeStep:
-        need = device_bytes_needed(cfg, num_blocks, layout.max_batch)
+        need = device_bytes_needed(cfg, num_blocks, layout)
         free, total = runtime.memGetInfo()
         if need > free:
             raise ConfigError(f"preset {cfg.name!r} with {num_blocks} KV blocks needs "

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 import cupy as cp
 
-Launch = tuple  # (kernel, grid, block, args), as in CupyDecodeStep.plan
+from kernels.cupy_launch import Launch
 
 
 def copy_bandwidth_gbs(nbytes: int = 2 << 30, reps: int = 10) -> float:
@@ -40,11 +40,11 @@ def time_ms(enqueue: Callable[[cp.cuda.Stream], None], reps: int = 20,
 
 
 def graph_of(launches: Sequence[Launch], stream: cp.cuda.Stream) -> cp.cuda.graph.Graph:
-    with stream:  # RawKernel launches on the current stream
+    with stream:
         stream.begin_capture()
         try:
-            for fn, grid, block, args in launches:
-                fn(grid, block, args)
+            for launch in launches:
+                launch(stream.ptr)
         finally:
             graph = stream.end_capture()
     return graph
@@ -55,10 +55,9 @@ def time_launches_ms(launches: Sequence[Launch], reps: int = 20) -> float:
     not count: what the kernels themselves take."""
     cp.cuda.Device().synchronize()  # NOTE: see time_ms
     stream = cp.cuda.Stream(non_blocking=True)
-    with stream:  # once directly, so a faulting kernel is named before any graph runs
-        for fn, grid, block, args in launches:
-            fn(grid, block, args)
-            stream.synchronize()
+    for launch in launches:  # once directly, so a faulting kernel is named before any graph
+        launch(stream.ptr)
+        stream.synchronize()
     graph = graph_of(launches, stream)
     return time_ms(lambda s: graph.launch(s), reps=reps)
 

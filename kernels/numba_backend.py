@@ -66,23 +66,39 @@ class NumbaEvent(Event):
         return self.raw.elapsed_time(later.raw)
 
 
+PROJECTIONS = ("wqkv", "wo", "w_gate_up", "w_down", "lm_head")  # stored [.., K, N]
+
+
 def upload_weights(w: Weights) -> dict:
     host = {k: v.astype(np.float16) for k, v in w.__dict__.items()}
     host["w_gate_up"] = interleave_gate_up(host["w_gate_up"])
+    for k in PROJECTIONS:
+        host[k] = host[k].swapaxes(-1, -2)
     return {k: cuda.to_device(np.ascontiguousarray(v)) for k, v in host.items()}
 
 
 def device_weights(cfg: ModelConfig, seed: int) -> dict:
-    """Random fp16 weights: made by CuPy on a GPU (seconds for 8B parameters) and wrapped
-    zero-copy; made on the host in the simulator, where shapes are small."""
+    """Random fp16 weights: made by CuPy on a GPU (seconds for 8B parameters), projections
+    transposed there a matrix at a time, and wrapped zero-copy; made on the host in the
+    simulator, where shapes are small."""
     if SIMULATOR:
         return upload_weights(make_weights(cfg, seed))
+    import cupy as cp
+
     from kernels.cupy_backend import random_weights
 
-    weights = random_weights(cfg, seed)
-    arrays = {k: cuda.as_cuda_array(v) for k, v in weights.__dict__.items()}
-    arrays["_owner"] = weights  # NOTE: the CuPy arrays own the memory the views point at
-    return arrays
+    arrays = dict(random_weights(cfg, seed).__dict__)
+    for k in PROJECTIONS:
+        w = arrays.pop(k)
+        t = cp.empty((*w.shape[:-2], w.shape[-1], w.shape[-2]), w.dtype)
+        for i in np.ndindex(w.shape[:-2]):  # one matrix at a time bounds the extra memory
+            t[i] = w[i].T
+        arrays[k] = t
+        del w
+    cp.cuda.Device().synchronize()  # NOTE: the copies ran on CuPy's legacy default stream
+    views = {k: cuda.as_cuda_array(v) for k, v in arrays.items()}
+    views["_owner"] = arrays  # NOTE: the CuPy arrays own the memory the views point at
+    return views
 
 
 class NumbaDecodeStep(DecodeStep):
@@ -122,7 +138,7 @@ class NumbaDecodeStep(DecodeStep):
             return kernel, batch, t
 
         def cols(kernel, n):
-            return kernel, (math.ceil(n / t), batch), t
+            return kernel, nk.gemm_grid(batch, n), t
 
         plan = [(*rows(nk.embed_rmsnorm), (ids, slots, self.token_buf, w["embed"],
                                           w["attn_norm"][0], eps, x, h))]
@@ -157,9 +173,18 @@ class NumbaDecodeStep(DecodeStep):
         key = (batch_size, id(meta), id(out_tokens))
         if (plan := self._plans.get(key)) is None:
             plan = self._plans[key] = self.plan(meta, out_tokens, batch_size)
-        raw = stream.raw
-        for kernel, grid, block, args in plan:
-            kernel[grid, block, raw](*args)
+            if not SIMULATOR:
+                from kernels.numba_launch import prepare
+
+                plan = self._plans[key] = [prepare(*launch) for launch in plan]
+        if SIMULATOR:
+            raw = stream.raw
+            for kernel, grid, block, args in plan:
+                kernel[grid, block, raw](*args)
+        else:
+            s = int(stream.raw.handle)
+            for launch in plan:
+                launch.enqueue(s, launch.params, 0)
 
 
 class NumbaBackend(Backend):

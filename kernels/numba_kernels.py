@@ -1,6 +1,7 @@
 """The decode step as Numba CUDA kernels: the stages and data layouts of kernels/cuda/*.cu
 (fp16 storage, fp32 arithmetic, packed metadata, paged KV cache, interleaved gate/up rows),
-written plainly: one thread per output element or a block per row. They run on a GPU and,
+written plainly: a thread per output element or a block per row. Projection weights are
+stored transposed ([K, N]) for coalesced loads (see the GEMM below). They run on a GPU and,
 with ``NUMBA_ENABLE_CUDASIM=1``, in Numba's CUDA simulator on small shapes.
 
 Each output element is summed by one thread in a fixed order, so rows never depend on
@@ -68,36 +69,59 @@ def rmsnorm(x, w, eps, h):  # pragma: no cover
         h[row, j] = x[row, j] * scale * float32(w[j])
 
 
+# GEMM: a thread per output element, over weights stored transposed, [K, N]: at each k the
+# threads of a warp read 32 consecutive n, one coalesced 64-byte load, and each thread keeps
+# four k (four independent loads) in flight. No cross-thread reduction, so no barrier: the
+# simulator's barriers cost milliseconds each, and the CuPy kernels' [N, K] layout would
+# need one per tile. Batch rows are blockIdx.x, the fastest-varying index, so the blocks
+# that read one weight slice run together and all but the first read it from L2.
+
+
+def gemm_grid(batch: int, out_cols: int) -> tuple[int, int]:
+    return batch, -(-out_cols // THREADS)
+
+
 @cuda.jit(device=True)
-def _dot(x, w, b, n):  # pragma: no cover - device code
-    acc = float32(0.0)
-    for k in range(x.shape[1]):
-        acc += float32(x[b, k]) * float32(w[n, k])
-    return acc
+def _dot_col(x, wt, b, n):  # pragma: no cover - device code
+    """x[b] . wt[:, n], in a fixed order."""
+    k_dim = wt.shape[0]
+    a0 = a1 = a2 = a3 = float32(0.0)
+    k = 0
+    while k + 3 < k_dim:
+        a0 += float32(x[b, k]) * float32(wt[k, n])
+        a1 += float32(x[b, k + 1]) * float32(wt[k + 1, n])
+        a2 += float32(x[b, k + 2]) * float32(wt[k + 2, n])
+        a3 += float32(x[b, k + 3]) * float32(wt[k + 3, n])
+        k += 4
+    while k < k_dim:
+        a0 += float32(x[b, k]) * float32(wt[k, n])
+        k += 1
+    return (a0 + a1) + (a2 + a3)
 
 
 @cuda.jit
-def gemm_store(x, w, out):  # pragma: no cover
-    """out[b, n] = x[b] . w[n]; grid (ceil(N / THREADS), batch)."""
-    n, b = cuda.blockIdx.x * THREADS + cuda.threadIdx.x, cuda.blockIdx.y
+def gemm_store(x, wt, out):  # pragma: no cover
+    """out[b, n] = x[b] . wt[:, n]; grid ``gemm_grid(batch, N)``."""
+    b, n = cuda.blockIdx.x, cuda.blockIdx.y * THREADS + cuda.threadIdx.x
     if n < out.shape[1]:
-        out[b, n] = _dot(x, w, b, n)
+        out[b, n] = _dot_col(x, wt, b, n)
 
 
 @cuda.jit
-def gemm_add(x, w, out):  # pragma: no cover
-    """The residual add fused in: out (fp32) += x[b] . w[n]."""
-    n, b = cuda.blockIdx.x * THREADS + cuda.threadIdx.x, cuda.blockIdx.y
+def gemm_add(x, wt, out):  # pragma: no cover
+    """The residual add fused in: out (fp32) += x[b] . wt[:, n]."""
+    b, n = cuda.blockIdx.x, cuda.blockIdx.y * THREADS + cuda.threadIdx.x
     if n < out.shape[1]:
-        out[b, n] += _dot(x, w, b, n)
+        out[b, n] += _dot_col(x, wt, b, n)
 
 
 @cuda.jit
-def gemm_silu_mul(x, w, out):  # pragma: no cover
-    """Rows of w come as (gate, up) pairs: out[b, j] = silu(gate_j) * up_j."""
-    j, b = cuda.blockIdx.x * THREADS + cuda.threadIdx.x, cuda.blockIdx.y
+def gemm_silu_mul(x, wt, out):  # pragma: no cover
+    """Columns of wt come as (gate, up) pairs: out[b, j] = silu(gate_j) * up_j; grid
+    ``gemm_grid(batch, J)``."""
+    b, j = cuda.blockIdx.x, cuda.blockIdx.y * THREADS + cuda.threadIdx.x
     if j < out.shape[1]:
-        g, u = _dot(x, w, b, 2 * j), _dot(x, w, b, 2 * j + 1)
+        g, u = _dot_col(x, wt, b, 2 * j), _dot_col(x, wt, b, 2 * j + 1)
         out[b, j] = g / (1.0 + math.exp(-g)) * u
 
 

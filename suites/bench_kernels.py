@@ -1,5 +1,6 @@
 """Each decode kernel's device time, achieved GB/s and % of the copy bandwidth measured in
-the same run; the projection kernel beside cuBLAS (``cupy.matmul``) on the same shapes.
+the same run: the CuPy projection kernel beside cuBLAS (``cupy.matmul``) on the same
+shapes, its K-split sweep, paged attention, and the Numba kernels on the same shapes.
 
 asv: ``asv run --python=same --bench bench_kernels`` (skipped without a GPU).
 Directly: ``python suites/bench_kernels.py [--preset llama3-8b] [--batch-sizes 1,4,16]``.
@@ -21,23 +22,32 @@ PRESET = "llama3-8b"
 BATCH_SIZES = [1, 4, 16]
 CONTEXTS = [2048, 4096, 8192]
 PROJECTIONS = ("qkv", "o", "gate_up", "down")
+EPILOGUES = {"qkv": "store_half", "o": "add_residual", "gate_up": "silu_mul",
+             "down": "add_residual"}
+SPLIT_SWEEP = (1, 2, 3, 4, 6, 8)
 
 
-def measure(preset: str, batch_sizes: list[int], contexts: list[int]) -> dict:
-    """{(kernel, batch): {"ms", "gbs", "pct_copy"}} plus the copy bandwidth itself."""
+class Figures(dict):
+    """{(kernel, batch): {"ms", "gbs", "pct_copy"}}, against the copy bandwidth."""
+
+    def __init__(self, copy_gbs: float) -> None:
+        super().__init__({("copy", 0): {"ms": 0.0, "gbs": copy_gbs, "pct_copy": 100.0}})
+        self.copy_gbs = copy_gbs
+
+    def record(self, name: str, batch: int, ms: float, nbytes: float) -> None:
+        gbs = nbytes / ms / 1e6
+        self[name, batch] = {"ms": ms, "gbs": gbs, "pct_copy": 100 * gbs / self.copy_gbs}
+
+
+def measure(preset: str, batch_sizes: list[int], contexts: list[int],
+            numba: bool = True, split_sweep: bool = True) -> Figures:
     import cupy as cp
 
     from kernels import cupy_backend as cb
     from kernels.cupy_measure import copy_bandwidth_gbs, time_launches_ms, time_ms
 
     cfg = get_preset(preset)
-    copy = copy_bandwidth_gbs()
-    out: dict = {("copy", 0): {"ms": 0.0, "gbs": copy, "pct_copy": 100.0}}
-
-    def record(name: str, batch: int, ms: float, nbytes: float) -> None:
-        gbs = nbytes / ms / 1e6
-        out[name, batch] = {"ms": ms, "gbs": gbs, "pct_copy": 100 * gbs / copy}
-
+    fig = Figures(copy_bandwidth_gbs())
     rng = cp.random.default_rng(1)
     h, i, n_layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
     shapes = {"qkv": (cfg.qkv_size, h), "o": (h, cfg.q_size), "gate_up": (2 * i, h),
@@ -45,30 +55,43 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int]) -> dict:
     # Every layer's own weights, as in a real step: nothing is served from L2.
     weights = {p: [rng.standard_normal(s, cp.float32).astype(cp.float16) * 0.02
                    for _ in range(n_layers)] for p, s in shapes.items()}
-    epilogue = {"qkv": "store_half", "o": "add_residual", "gate_up": "silu_mul",
-                "down": "add_residual"}
     step_bytes = sum(math.prod(s) * 2 * n_layers for s in shapes.values())
+    scratch = cb.GemmScratch.for_shapes(list(shapes.values()), max(batch_sizes),
+                                        max(SPLIT_SWEEP) if split_sweep else 1)
+    inputs = {}
     for b in batch_sizes:
         xs = {p: rng.standard_normal((b, s[1]), cp.float32).astype(cp.float16)
               for p, s in shapes.items()}
         outs = {"qkv": cp.zeros((b, cfg.qkv_size), cp.float16), "o": cp.zeros((b, h), cp.float32),
                 "gate_up": cp.zeros((b, i), cp.float16), "down": cp.zeros((b, h), cp.float32)}
+        inputs[b] = xs, outs
         for p in PROJECTIONS:
-            launches = [cb.gemm_launch(xs[p], w, b, epilogue[p], outs[p]) for w in weights[p]]
-            record(f"gemm_{p}", b, time_launches_ms(launches) / n_layers,
-                   math.prod(shapes[p]) * 2)
-        every = [cb.gemm_launch(xs[p], weights[p][layer], b, epilogue[p], outs[p])
+            launches = [cb.gemm_launch(xs[p], w, b, EPILOGUES[p], outs[p], scratch)
+                        for w in weights[p]]
+            fig.record(f"gemm_{p}", b, time_launches_ms(launches) / n_layers,
+                       math.prod(shapes[p]) * 2)
+        every = [cb.gemm_launch(xs[p], weights[p][layer], b, EPILOGUES[p], outs[p], scratch)
                  for layer in range(n_layers) for p in PROJECTIONS]
-        record(f"all_{4 * n_layers}_projections", b, time_launches_ms(every), step_bytes)
+        fig.record(f"all_{4 * n_layers}_projections", b, time_launches_ms(every), step_bytes)
 
         def cublas(s: cp.cuda.Stream, xs: dict = xs) -> None:
             for layer in range(n_layers):
                 for p in PROJECTIONS:
                     cp.matmul(xs[p], weights[p][layer].T)
 
-        record(f"cublas_{4 * n_layers}_projections", b, time_ms(cublas), step_bytes)
+        fig.record(f"cublas_{4 * n_layers}_projections", b, time_ms(cublas), step_bytes)
+        if split_sweep:
+            for p in ("qkv", "o", "down"):
+                n, k = shapes[p]
+                for s in SPLIT_SWEEP:
+                    if k // cb.GEMM_K_CHUNK // s < cb.GEMM_MIN_SPLIT_CHUNKS // 2:
+                        continue
+                    launches = [cb.gemm_launch(xs[p], w, b, EPILOGUES[p], outs[p], scratch,
+                                               splits=s) for w in weights[p]]
+                    fig.record(f"gemm_{p}_split{s}", b, time_launches_ms(launches) / n_layers,
+                               n * k * 2)
 
-    group = cfg.num_heads // cfg.num_kv_heads
+    kv = {}
     for ctx, b in ((c, b) for c in contexts for b in batch_sizes):
         blocks_per_seq = ctx // cfg.block_size
         nblocks = b * blocks_per_seq
@@ -79,20 +102,66 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int]) -> dict:
                             .reshape(b, blocks_per_seq))
         positions = cp.full(b, ctx - 1, cp.int32)
         qkv = rng.standard_normal((b, cfg.qkv_size), cp.float32).astype(cp.float16)
-        part_o = cp.zeros((b, cfg.num_heads, cb.MAX_SPLITS, cfg.head_dim), cp.float32)
-        part_ml = cp.zeros((b, cfg.num_heads, cb.MAX_SPLITS, 2), cp.float32)
-        attn_out = cp.zeros((b, cfg.q_size), cp.float16)
-        mod = cb.module("attention", cb.attention_names(cfg.head_dim, group))
-        attn, combine = (mod.get_function(n) for n in cb.attention_names(cfg.head_dim, group))
-        launches = [
-            (attn, (b, cfg.num_kv_heads, cb.MAX_SPLITS), (cb.ATTN_THREADS,),
-             (qkv, positions, tables, cb.i32(blocks_per_seq), cb.i32(cfg.num_kv_heads),
-              cb.i32(cfg.block_size), cb.f32(cfg.head_dim ** -0.5), kc, vc, part_o, part_ml)),
-            (combine, (b, cfg.num_heads), (cfg.head_dim,),
-             (positions, cb.i32(cfg.num_heads), part_o, part_ml, attn_out)),
-        ]
-        record(f"attention_ctx{ctx}", b, time_launches_ms(launches), 2 * kc.nbytes)
-    return out
+        attn_scratch = cb.AttentionScratch.create(cfg, b, ctx)
+        out = cp.zeros((b, cfg.q_size), cp.float16)
+        launch = cb.attention_launch(cfg, qkv, positions, tables, kc, vc, b, attn_scratch, out)
+        fig.record(f"attention_ctx{ctx}", b, time_launches_ms([launch]), 2 * kc.nbytes)
+        kv[ctx, b] = kc, vc, tables, positions, qkv
+    if numba:
+        measure_numba(fig, cfg, shapes, weights, inputs, kv)
+    return fig
+
+
+def measure_numba(fig: Figures, cfg, shapes: dict, weights: dict, inputs: dict,
+                  kv: dict) -> None:
+    """The Numba kernels on the same arrays (wrapped zero-copy), launched on a CuPy stream
+    and captured into a graph exactly like the CuPy kernels, so both are timed alike."""
+    import cupy as cp
+
+    from kernels import numba_kernels as nk
+    from kernels.cupy_measure import time_ms
+
+    cuda = nk.cuda
+    kernels = {"store_half": nk.gemm_store, "add_residual": nk.gemm_add,
+               "silu_mul": nk.gemm_silu_mul}
+
+    def timed(launches: list) -> float:
+        stream = cp.cuda.Stream(non_blocking=True)
+        ext = cuda.external_stream(stream.ptr)
+
+        def enqueue_all() -> None:
+            for kernel, grid, args in launches:
+                kernel[grid, nk.THREADS, ext](*args)
+
+        enqueue_all()  # compile, and fault here rather than inside a graph
+        stream.synchronize()
+        with stream:
+            stream.begin_capture()
+            try:
+                enqueue_all()
+            finally:
+                graph = stream.end_capture()
+        return time_ms(lambda s: graph.launch(s))
+
+    wrap = cuda.as_cuda_array
+    for p in PROJECTIONS:
+        # the Numba backend's layout, [K, N]: one projection's copies at a time
+        wts = [wrap(cp.ascontiguousarray(w.T)) for w in weights[p]]
+        for b, (xs, outs) in inputs.items():
+            x, out = wrap(xs[p]), wrap(outs[p])
+            launches = [(kernels[EPILOGUES[p]], nk.gemm_grid(b, outs[p].shape[1]), (x, wt, out))
+                        for wt in wts]
+            fig.record(f"numba_gemm_{p}", b, timed(launches) / len(launches),
+                       math.prod(shapes[p]) * 2)
+        del wts
+    for (ctx, b), (kc, vc, tables, positions, qkv) in kv.items():
+        scores = cp.zeros((b, cfg.num_heads, ctx), cp.float32)
+        out = cp.zeros((b, cfg.q_size), cp.float16)
+        launch = (nk.paged_attention, (b, cfg.num_heads),
+                  (wrap(qkv), wrap(positions), wrap(tables), wrap(kc), wrap(vc), cfg.num_heads,
+                   cfg.num_kv_heads, cfg.head_dim, cfg.head_dim ** -0.5, wrap(scores),
+                   wrap(out)))
+        fig.record(f"numba_attention_ctx{ctx}", b, timed([launch]), 2 * kc.nbytes)
 
 
 def main() -> None:
@@ -100,12 +169,15 @@ def main() -> None:
     p.add_argument("--preset", default=PRESET)
     p.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
     p.add_argument("--contexts", default=",".join(map(str, CONTEXTS)))
+    p.add_argument("--no-numba", action="store_true", help="CuPy kernels only")
+    p.add_argument("--no-split-sweep", action="store_true", help="default K splits only")
     p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     args = p.parse_args()
     if why := gpu_unavailable_reason():
         raise SystemExit(f"bench_kernels needs a GPU: {why}")
     res = measure(args.preset, [int(x) for x in args.batch_sizes.split(",")],
-                  [int(x) for x in args.contexts.split(",")])
+                  [int(x) for x in args.contexts.split(",")], numba=not args.no_numba,
+                  split_sweep=not args.no_split_sweep)
     rows = [[k, str(b or "-"), f"{v['ms'] * 1e3:.1f}" if v["ms"] else "-", f"{v['gbs']:.0f}",
              f"{v['pct_copy']:.1f}"] for (k, b), v in res.items()]
     print(f"preset {args.preset}; % copy = achieved GB/s over the device-to-device copy "
@@ -121,14 +193,16 @@ class Kernels:
     """asv: device time (events), GB/s and % of copy bandwidth of each kernel."""
 
     params = [["gemm_qkv", "gemm_o", "gemm_gate_up", "gemm_down", "all_128_projections",
-               "cublas_128_projections"] + [f"attention_ctx{c}" for c in CONTEXTS], BATCH_SIZES]
+               "cublas_128_projections"] + [f"attention_ctx{c}" for c in CONTEXTS]
+              + [f"numba_gemm_{p}" for p in PROJECTIONS]
+              + [f"numba_attention_ctx{c}" for c in CONTEXTS], BATCH_SIZES]
     param_names = ["kernel", "batch_size"]
     timeout = 900
 
     def setup_cache(self) -> dict:
         if gpu_unavailable_reason():
             return {}
-        return measure(PRESET, BATCH_SIZES, CONTEXTS)
+        return dict(measure(PRESET, BATCH_SIZES, CONTEXTS, split_sweep=False))
 
     def setup(self, res: dict, kernel: str, batch_size: int) -> None:
         if (kernel, batch_size) not in res:

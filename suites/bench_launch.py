@@ -1,5 +1,7 @@
-"""Host cost of launching work: a bare RawKernel launch, an event record, the enqueue of one
-decode step (and per kernel), and one CUDA graph replay of the same step.
+"""Host cost of launching work: a bare RawKernel launch, the same kernel packed once and
+enqueued through the driver (``kernels.cupy_launch``), an event record, the enqueue of one
+decode step (and per kernel), and one CUDA graph replay of the same step; the same for
+Numba (its own launch and a prepared one, ``kernels.numba_launch``).
 
 asv: ``asv run --python=same --bench bench_launch`` (skipped without a GPU).
 Directly: ``python suites/bench_launch.py [--preset llama3-8b] [--batch-size 1]``.
@@ -22,6 +24,7 @@ def measure(preset: str, batch: int = 1) -> dict[str, float]:
     import cupy as cp
 
     from kernels import cupy_backend as cb
+    from kernels.cupy_launch import Launch
     from kernels.cupy_measure import host_us
     from kernels.layout import StepLayout
 
@@ -36,9 +39,11 @@ def measure(preset: str, batch: int = 1) -> dict[str, float]:
     step.launch(meta, out, batch, stream)  # plan once, as the engine's first step does
     graph = backend.capture(step, meta, out, batch, stream)
     sync = stream.synchronize
+    packed = Launch(empty, 1, 1, ())
     with stream.raw:  # the bare kernel launches on the current stream
         res = {
             "bare_launch_us": host_us(lambda: empty((1,), (1,), ()), 200, sync),
+            "packed_launch_us": host_us(lambda: packed(stream.raw.ptr), 200, sync),
             "event_record_us": host_us(lambda: event.record(stream), 200, sync),
             "step_enqueue_us": host_us(lambda: step.launch(meta, out, batch, stream), 1, sync,
                                        30),
@@ -47,6 +52,7 @@ def measure(preset: str, batch: int = 1) -> dict[str, float]:
     res["kernels_per_step"] = float(step.kernels_per_step)
     res["enqueue_per_kernel_us"] = res["step_enqueue_us"] / step.kernels_per_step
     res["enqueue_over_bare"] = res["enqueue_per_kernel_us"] / res["bare_launch_us"]
+    res["enqueue_over_packed"] = res["enqueue_per_kernel_us"] / res["packed_launch_us"]
     backend.close()
     res.update(measure_numba(cfg, batch))
     res["numba_over_cupy_launch"] = res["numba_bare_launch_us"] / res["bare_launch_us"]
@@ -61,6 +67,7 @@ def measure_numba(cfg, batch: int) -> dict[str, float]:
     from kernels import numba_kernels as nk
     from kernels.cupy_measure import host_us
     from kernels.layout import StepLayout
+    from kernels.numba_launch import prepare
 
     backend = nb.NumbaBackend()
     stream = backend.stream()
@@ -69,8 +76,11 @@ def measure_numba(cfg, batch: int) -> dict[str, float]:
     meta, out = backend.empty(layout.size, np.int32), backend.empty(layout.max_batch, np.int32)
     step.launch(meta, out, batch, stream)  # compile and plan once
     sync = stream.synchronize
+    prepared = prepare(nk.empty_kernel, 1, 1, ())
+    handle = int(stream.raw.handle)
     res = {
         "numba_bare_launch_us": host_us(lambda: nk.empty_kernel[1, 1, stream.raw](), 200, sync),
+        "numba_prepared_launch_us": host_us(lambda: prepared(handle), 200, sync),
         "numba_step_enqueue_us": host_us(lambda: step.launch(meta, out, batch, stream), 1,
                                          sync, 30),
         "numba_kernels_per_step": float(step.kernels_per_step),
@@ -99,8 +109,9 @@ def main() -> None:
 class Launch:
     """asv: host microseconds per operation (CuPy)."""
 
-    params = [["bare_launch_us", "event_record_us", "step_enqueue_us", "enqueue_per_kernel_us",
-               "graph_replay_us", "numba_bare_launch_us", "numba_step_enqueue_us"]]
+    params = [["bare_launch_us", "packed_launch_us", "event_record_us", "step_enqueue_us",
+               "enqueue_per_kernel_us", "graph_replay_us", "numba_bare_launch_us",
+               "numba_prepared_launch_us", "numba_step_enqueue_us"]]
     param_names = ["operation"]
     timeout = 600
 

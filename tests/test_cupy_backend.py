@@ -23,16 +23,25 @@ pytestmark = pytest.mark.gpu
 
 cp = pytest.importorskip("cupy")
 cb = pytest.importorskip("kernels.cupy_backend")
-from kernels.cuda_sources import attention_names  # noqa: E402
+from kernels.cupy_launch import Launch  # noqa: E402
 
 FP16_TOL = 3e-3  # fp16 storage of the result, fp32 accumulation
 LLAMA8B = get_preset("llama3-8b")
 
 
-
 def launch(fn, grid, block, args) -> None:
-    fn(grid, block, args)
+    run(Launch(fn, grid, block, args))
+
+
+def run(packed: Launch) -> None:
+    packed(cp.cuda.get_current_stream().ptr)
     cp.cuda.Device().synchronize()
+
+
+def poisoned_gemm_scratch(n: int, k: int, batch: int, splits: int):
+    ws, counters = cb.GemmScratch.sizes(n, k, batch, splits)
+    return cb.GemmScratch(cp.full(max(ws, 1), np.nan, cp.float32),
+                          cp.zeros(max(counters, 1), cp.int32))
 
 
 @pytest.mark.parametrize("epilogue", ["store_half", "add_residual", "store_float", "silu_mul"])
@@ -51,19 +60,40 @@ def test_gemm_matches_reference(rng, epilogue, batch, n, k):
     else:
         dtype = cp.float16 if epilogue == "store_half" else cp.float32
         out, wd, expect = cp.full((batch, n), np.nan, dtype), w, full
-    launch(*cb.gemm_launch(cp.asarray(x), cp.asarray(wd), batch, epilogue, out))
+    splits = cb.gemm_splits(n, k)
+    scratch = poisoned_gemm_scratch(n, k, batch, splits)
+    run(cb.gemm_launch(cp.asarray(x), cp.asarray(wd), batch, epilogue, out, scratch))
     got = cp.asnumpy(out)
     assert np.isfinite(got).all(), "unwritten (poisoned) outputs"
     assert rel_err(got, expect) < FP16_TOL
+    assert int(scratch.counters.sum()) == 0, "split counters not reset"
+
+
+@pytest.mark.parametrize("splits", [1, 2, 3, 5, 7])
+def test_gemm_split_k_matches_reference_and_repeats_bit_exactly(rng, splits):
+    batch, n, k = 12, 4096, 14336
+    x, w = half(rng, batch, k), half(rng, n, k, scale=k ** -0.5)
+    expect = x.astype(np.float64) @ w.T.astype(np.float64)
+    scratch = poisoned_gemm_scratch(n, k, batch, splits)  # NaN partials: each must be written
+    outs = []
+    for _ in range(2):  # the second launch needs the counters the first one reset
+        out = cp.full((batch, n), np.nan, cp.float32)
+        run(cb.gemm_launch(cp.asarray(x), cp.asarray(w), batch, "store_float", out, scratch,
+                           splits=splits))
+        outs.append(cp.asnumpy(out))
+    assert rel_err(outs[0], expect) < FP16_TOL
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert int(scratch.counters.sum()) == 0
 
 
 def test_gemm_rows_do_not_depend_on_batch(rng):
     x, w = half(rng, 37, 1024), half(rng, 2048, 1024, scale=1 / 32)
     results = {}
+    scratch = cb.GemmScratch.for_shapes([(2048, 1024)], 37)
     for batch in (1, 5, 16, 37):
         out = cp.zeros((batch, 2048), cp.float32)
-        launch(*cb.gemm_launch(cp.asarray(x[:batch]), cp.asarray(w), batch, "store_float",
-                                  out))
+        run(cb.gemm_launch(cp.asarray(x[:batch]), cp.asarray(w), batch, "store_float", out,
+                           scratch))
         results[batch] = cp.asnumpy(out)
     for batch, got in results.items():
         np.testing.assert_array_equal(got[0], results[1][0], err_msg=f"batch {batch}")
@@ -73,29 +103,30 @@ def test_gemm_rows_do_not_depend_on_batch(rng):
 @pytest.mark.parametrize("cfg", [get_preset("tiny"), get_preset("llama-1b"), LLAMA8B],
                          ids=lambda c: c.name)
 def test_paged_attention_matches_reference(rng, cfg):
-    lengths = [1, 300, 2048, 8192] if cfg.max_context >= 8192 else [1, 17, 300]
+    # one split, split edges (64, 65), many splits, past MAX_SPLITS * SPLIT_TOKENS (longer
+    # splits)
+    lengths = ([1, 64, 65, 300, 2048, 8192] if cfg.max_context >= 8192
+               else [1, 17, 64, 65, 300])
     b = len(lengths)
     tables, kc, vc = paged_fp16(rng, cfg, lengths)
     qkv = half(rng, b, cfg.qkv_size)
     positions = np.array(lengths, np.int32) - 1
-    group = cfg.num_heads // cfg.num_kv_heads
-    mod = cb.module("attention", attention_names(cfg.head_dim, group))
-    attn, combine = (mod.get_function(n) for n in attention_names(cfg.head_dim, group))
-    part_o = cp.full((b, cfg.num_heads, cb.MAX_SPLITS, cfg.head_dim), np.nan, cp.float32)
-    part_ml = cp.full((b, cfg.num_heads, cb.MAX_SPLITS, 2), np.nan, cp.float32)
-    out = cp.full((b, cfg.q_size), np.nan, cp.float16)
+    scratch = cb.AttentionScratch.create(cfg, b, tables.shape[1] * cfg.block_size)
+    scratch.part_o[...] = np.nan  # every partial that is read must have been written
+    scratch.part_ml[...] = np.nan
     d_pos, d_tab = cp.asarray(positions), cp.asarray(tables)
-    launch(attn, (b, cfg.num_kv_heads, cb.MAX_SPLITS), (cb.ATTN_THREADS,),
-           (cp.asarray(qkv), d_pos, d_tab, cb.i32(tables.shape[1]), cb.i32(cfg.num_kv_heads),
-            cb.i32(cfg.block_size), cb.f32(cfg.head_dim ** -0.5), cp.asarray(kc),
-            cp.asarray(vc), part_o, part_ml))
-    launch(combine, (b, cfg.num_heads), (cfg.head_dim,),
-           (d_pos, cb.i32(cfg.num_heads), part_o, part_ml, out))
+    outs = []
+    for _ in range(2):  # the second launch needs the counters the first one reset
+        out = cp.full((b, cfg.q_size), np.nan, cp.float16)
+        run(cb.attention_launch(cfg, cp.asarray(qkv), d_pos, d_tab, cp.asarray(kc),
+                                cp.asarray(vc), b, scratch, out))
+        outs.append(cp.asnumpy(out))
     q = qkv[:, :cfg.q_size].reshape(b, cfg.num_heads, cfg.head_dim)
     expect = ref.paged_attention(q, kc, vc, tables, positions + 1).reshape(b, -1)
-    got = cp.asnumpy(out)
-    assert np.isfinite(got).all()
-    assert rel_err(got, expect) < FP16_TOL
+    assert np.isfinite(outs[0]).all()
+    assert rel_err(outs[0], expect) < FP16_TOL
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert int(scratch.counters.sum()) == 0
 
 
 def test_norms_rope_and_kv_append(rng):

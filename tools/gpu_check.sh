@@ -15,11 +15,12 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm 
 $py -c "import cupy, numba, numpy, sys; print('python', sys.version.split()[0], 'cupy',
 cupy.__version__, 'numba', numba.__version__, 'numpy', numpy.__version__)"
 
-step "GPU tests"
-timeout 120 $py -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$out/pytest.log" | tail -30
+step "GPU tests (and the Numba tests, on the GPU, not the simulator)"
+timeout 240 $py -m pytest -q -m "gpu or not slow" -p no:cacheprovider tests/test_cupy_backend.py \
+  tests/test_numba_backend.py 2>&1 | tee "$out/pytest.log" | tail -30
 
 step "bench_kernels"
-timeout 120 $py suites/bench_kernels.py --json "$out/kernels.json" 2>&1 | tee "$out/kernels.txt"
+timeout 200 $py suites/bench_kernels.py ${KERNEL_ARGS:-} --json "$out/kernels.json" 2>&1 | tee "$out/kernels.txt"
 
 step "bench_launch"
 timeout 60 $py suites/bench_launch.py --json "$out/launch.json" 2>&1 | tee "$out/launch.txt"
@@ -62,18 +63,24 @@ if k:
     rows = {(r["kernel"], r["batch_size"]): r for r in k["kernels"]}
     print(f"copy bandwidth: {rows['copy', 0]['gbs']:.0f} GB/s")
     for (name, b), r in rows.items():
-        if name.startswith(("all_", "cublas_", "attention_")):
+        if name.startswith(("all_", "cublas_", "attention_", "numba_")) or "_split" in name:
             print(f"  {name:28s} b={b:<3d} {r['ms']*1e3:9.1f} us {r['pct_copy']:6.1f}% copy")
 l = load("launch.json")
 if l:
-    print(f"launch: bare {l['bare_launch_us']:.2f} us, step enqueue {l['step_enqueue_us']:.0f} us "
-          f"({l['kernels_per_step']:.0f} kernels, {l['enqueue_over_bare']:.2f}x bare), "
-          f"graph replay {l['graph_replay_us']:.1f} us, event record {l['event_record_us']:.2f} us")
-s = load("sweep.json")
-if s:
-    print(f"sweep {s['preset']} on {s['device']}: tokens identical={s['tokens_identical']}")
-    for r in s["runs"]:
-        print(f"  {r['mode']:10s} b={r['batch_size']:<3d} step {r['step_ms']:8.3f} ms  "
-              f"S+L+P {r['schedule_ms']+r['launch_ms']+r['postprocess_ms']:7.3f}  "
-              f"C {r['compute_ms']:8.3f}  overhead {r['overhead_pct']:5.1f}%  eff {r['efficiency']:.2f}")
+    print(f"launch: bare {l['bare_launch_us']:.2f} us, packed {l['packed_launch_us']:.2f} us, "
+          f"step enqueue {l['step_enqueue_us']:.0f} us ({l['kernels_per_step']:.0f} kernels, "
+          f"{l['enqueue_over_bare']:.2f}x bare), graph replay {l['graph_replay_us']:.1f} us, "
+          f"event record {l['event_record_us']:.2f} us")
+    print(f"numba: bare {l['numba_bare_launch_us']:.2f} us, prepared "
+          f"{l['numba_prepared_launch_us']:.2f} us, step enqueue {l['numba_step_enqueue_us']:.0f} us "
+          f"({l['numba_enqueue_over_bare']:.2f}x bare), numba/cupy bare "
+          f"{l['numba_over_cupy_launch']:.2f}x")
+for name in ("sweep.json", "numba.json"):
+  s = load(name)
+  if s:
+      print(f"sweep {s['preset']} on {s['device']}: tokens identical={s['tokens_identical']}")
+      for r in s["runs"]:
+          print(f"  {r['mode']:10s} b={r['batch_size']:<3d} step {r['step_ms']:8.3f} ms  "
+                f"S+L+P {r['schedule_ms']+r['launch_ms']+r['postprocess_ms']:7.3f}  "
+                f"C {r['compute_ms']:8.3f}  overhead {r['overhead_pct']:5.1f}%  eff {r['efficiency']:.2f}")
 PY

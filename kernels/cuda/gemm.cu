@@ -11,11 +11,20 @@
 // permutation of physical k, the same for weights and activations, so the fragments come
 // straight from those registers (no shared memory, no ldmatrix).
 //
-// A block is 8 warps over 32 output features; warp i takes the 64-wide k chunks i, i+8, ...,
-// and the warps' partial sums meet in shared memory in a fixed order. Every output element is
-// summed in the same order whatever the batch size or tile: a request's tokens never depend
-// on its batch-mates. Batch tiles are blockIdx.x, the fastest-varying index, so tiles that
-// share a weight slice run together and read it from L2 after the first.
+// Bandwidth is bytes in flight: a warp issues the loads of CHUNKS_PER_LOAD 64-wide k chunks
+// (8 KB of weights) before its first MMA on them, and the K dimension is split over
+// `splits` blocks (gridDim.z) when the weight has too few 32-row tiles to give every SM two
+// blocks (o and down: 128 tiles for 132 SMs). Before the split, o reached 53 % of the copy
+// bandwidth and gate_up (896 tiles) 96 % on an H200.
+//
+// A block is 8 warps over 32 output features and one k range; warp i takes the chunks
+// i, i+8, ... of it; the warps' partial sums meet in shared memory in a fixed order, and the
+// splits' partials (fp32, in `ws`) are summed in split order by the block that finishes
+// last (a per-tile counter, reset by that block). The split count depends on the weight's
+// shape only, so every output element is summed in the same order whatever the batch size
+// or tile: a request's tokens never depend on its batch-mates. Batch tiles are blockIdx.x,
+// the fastest-varying index, so tiles that share a weight slice run together and read it
+// from L2 after the first.
 //
 // Epilogues fuse what the next kernel would otherwise re-read from memory:
 //   EPI_STORE_HALF   out fp16                                   (QKV)
@@ -28,6 +37,7 @@ enum { EPI_STORE_HALF = 0, EPI_ADD_RESIDUAL = 1, EPI_STORE_FLOAT = 2, EPI_SILU_M
 constexpr int GEMM_WARPS = 8;
 constexpr int GEMM_ROWS = 32;  // two m16 tiles per warp
 constexpr int GEMM_K_CHUNK = 64;
+constexpr int CHUNKS_PER_LOAD = 2;
 
 union Half16 {
     uint4 v[2];
@@ -45,23 +55,28 @@ SB_DEVICE void load16(Half16& dst, const __half* src, bool ok) {
 
 SB_DEVICE void mma16816(float (&c)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
                         unsigned b0, unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
         "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// NT: batch tiles of 8 per block (a block covers 8 * NT batch rows).
+// NT: batch tiles of 8 per block (a block covers 8 * NT batch rows). Grid: (batch tiles,
+// 32-row tiles, splits). ws: splits * 32 * 8NT floats per tile; counters: one int per tile,
+// zero between launches. Both are unused when splits == 1.
 template <int NT, int EPI>
-__global__ void __launch_bounds__(GEMM_WARPS * 32)
+__global__ void __launch_bounds__(GEMM_WARPS * 32, NT <= 2 ? 2 : 1)
 tc_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows, int k_dim,
-        int batch, void* __restrict__ out) {
+        int batch, void* __restrict__ out, float* __restrict__ ws, int* __restrict__ counters) {
     constexpr int BT = 8 * NT;
     __shared__ float red[GEMM_WARPS][GEMM_ROWS][BT + 1];  // +1: no bank conflicts on writes
+    __shared__ bool last_split;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int n0 = blockIdx.y * GEMM_ROWS, b0 = blockIdx.x * BT;
+    const int splits = gridDim.z, chunks = k_dim / GEMM_K_CHUNK;
+    const int c_begin = (int)((long long)blockIdx.z * chunks / splits);
+    const int c_end = (int)((long long)(blockIdx.z + 1) * chunks / splits);
 
     float acc[2][NT][4];
 #pragma unroll
@@ -71,31 +86,36 @@ tc_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows, 
 #pragma unroll
             for (int i = 0; i < 4; ++i) acc[m][j][i] = 0.f;
 
-#pragma unroll 2
-    for (int kb = warp * GEMM_K_CHUNK; kb < k_dim; kb += GEMM_WARPS * GEMM_K_CHUNK) {
-        const int k = kb + 16 * t;
-        Half16 wa[2][2], xa[NT];  // [m tile][row g, row g+8]
+    for (int c0 = c_begin + warp; c0 < c_end; c0 += CHUNKS_PER_LOAD * GEMM_WARPS) {
+        Half16 wa[CHUNKS_PER_LOAD][2][2], xa[CHUNKS_PER_LOAD][NT];  // [chunk][m tile][g, g+8]
 #pragma unroll
-        for (int m = 0; m < 2; ++m)
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int row = n0 + 16 * m + g + 8 * h;
-                load16(wa[m][h], w + (size_t)row * k_dim + k, row < n_rows);
-            }
-#pragma unroll
-        for (int j = 0; j < NT; ++j) {
-            const int row = b0 + 8 * j + g;
-            load16(xa[j], x + (size_t)row * k_dim + k, row < batch);
-        }
-#pragma unroll
-        for (int s = 0; s < 4; ++s)  // four k16 MMA steps per 64-wide chunk
+        for (int u = 0; u < CHUNKS_PER_LOAD; ++u) {
+            const int c = c0 + u * GEMM_WARPS;
+            const int k = c * GEMM_K_CHUNK + 16 * t;
 #pragma unroll
             for (int m = 0; m < 2; ++m)
 #pragma unroll
-                for (int j = 0; j < NT; ++j)
-                    mma16816(acc[m][j], wa[m][0].w[2 * s], wa[m][1].w[2 * s],
-                             wa[m][0].w[2 * s + 1], wa[m][1].w[2 * s + 1], xa[j].w[2 * s],
-                             xa[j].w[2 * s + 1]);
+                for (int h = 0; h < 2; ++h) {
+                    const int row = n0 + 16 * m + g + 8 * h;
+                    load16(wa[u][m][h], w + (size_t)row * k_dim + k, c < c_end && row < n_rows);
+                }
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+                const int row = b0 + 8 * j + g;
+                load16(xa[u][j], x + (size_t)row * k_dim + k, c < c_end && row < batch);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < CHUNKS_PER_LOAD; ++u)
+#pragma unroll
+            for (int s = 0; s < 4; ++s)  // four k16 MMA steps per 64-wide chunk
+#pragma unroll
+                for (int m = 0; m < 2; ++m)
+#pragma unroll
+                    for (int j = 0; j < NT; ++j)
+                        mma16816(acc[m][j], wa[u][m][0].w[2 * s], wa[u][m][1].w[2 * s],
+                                 wa[u][m][0].w[2 * s + 1], wa[u][m][1].w[2 * s + 1],
+                                 xa[u][j].w[2 * s], xa[u][j].w[2 * s + 1]);
     }
 #pragma unroll
     for (int m = 0; m < 2; ++m)
@@ -109,6 +129,34 @@ tc_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows, 
         }
     __syncthreads();
 
+    // The block's sum over its warps, in warp order, into red[0].
+    for (int i = threadIdx.x; i < GEMM_ROWS * BT; i += blockDim.x) {
+        const int r = i / BT, c = i % BT;
+        float s = 0.f;
+#pragma unroll
+        for (int v = 0; v < GEMM_WARPS; ++v) s += red[v][r][c];
+        red[0][r][c] = s;
+    }
+    if (splits > 1) {
+        const int tile = blockIdx.y * gridDim.x + blockIdx.x;
+        float* tile_ws = ws + (size_t)tile * splits * GEMM_ROWS * BT;
+        for (int i = threadIdx.x; i < GEMM_ROWS * BT; i += blockDim.x)
+            tile_ws[blockIdx.z * GEMM_ROWS * BT + i] = red[0][i / BT][i % BT];
+        __threadfence();  // the partials are visible device-wide before the count says so
+        __syncthreads();
+        if (threadIdx.x == 0) last_split = atomicAdd(&counters[tile], 1) == splits - 1;
+        __syncthreads();
+        if (!last_split) return;
+        __threadfence();
+        for (int i = threadIdx.x; i < GEMM_ROWS * BT; i += blockDim.x) {
+            float s = 0.f;
+            for (int z = 0; z < splits; ++z) s += __ldcg(tile_ws + z * GEMM_ROWS * BT + i);
+            red[0][i / BT][i % BT] = s;
+        }
+        if (threadIdx.x == 0) counters[tile] = 0;  // ready for the next launch
+    }
+    __syncthreads();
+
     constexpr int ROWS_OUT = EPI == EPI_SILU_MUL ? GEMM_ROWS / 2 : GEMM_ROWS;
     for (int i = threadIdx.x; i < ROWS_OUT * BT; i += blockDim.x) {
         const int r = i % ROWS_OUT, c = i / ROWS_OUT;
@@ -117,20 +165,13 @@ tc_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows, 
         if constexpr (EPI == EPI_SILU_MUL) {
             const int n = n0 + 2 * r;
             if (n >= n_rows) continue;
-            float gate = 0.f, up = 0.f;
-#pragma unroll
-            for (int v = 0; v < GEMM_WARPS; ++v) {
-                gate += red[v][2 * r][c];
-                up += red[v][2 * r + 1][c];
-            }
+            const float gate = red[0][2 * r][c], up = red[0][2 * r + 1][c];
             static_cast<__half*>(out)[(size_t)brow * (n_rows / 2) + n / 2] =
                 __float2half(gate / (1.f + expf(-gate)) * up);
         } else {
             const int n = n0 + r;
             if (n >= n_rows) continue;
-            float s = 0.f;
-#pragma unroll
-            for (int v = 0; v < GEMM_WARPS; ++v) s += red[v][r][c];
+            const float s = red[0][r][c];
             const size_t o = (size_t)brow * n_rows + n;
             if constexpr (EPI == EPI_STORE_HALF)
                 static_cast<__half*>(out)[o] = __float2half(s);

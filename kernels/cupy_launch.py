@@ -1,0 +1,71 @@
+"""Kernel launches with their arguments packed once, enqueued straight through
+``cuLaunchKernel``.
+
+``RawKernel.__call__`` converts every argument on every call (an ndarray becomes a pointer,
+a NumPy scalar a C value) before it reaches the driver, and a Numba launch does the same
+and more. A decode step launches the same ~260 kernels with the same arguments every step,
+so each launch is packed once, when the step is planned, into the ``void**`` array
+``cuLaunchKernel`` takes, and enqueuing it is one Cython call into the driver. What the
+packed values point at is kept referenced for as long as the launch lives.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from functools import partial
+
+import cupy as cp
+import numpy as np
+from cupy.cuda import driver
+
+_CTYPES = {np.dtype(np.int32): ctypes.c_int32, np.dtype(np.int64): ctypes.c_int64,
+           np.dtype(np.float32): ctypes.c_float, np.dtype(np.uint64): ctypes.c_uint64}
+
+
+def _pack(arg: object) -> ctypes._SimpleCData:
+    if isinstance(arg, cp.ndarray):
+        return ctypes.c_void_p(arg.data.ptr)
+    if isinstance(arg, np.generic) and arg.dtype in _CTYPES:
+        return _CTYPES[arg.dtype](arg.item())
+    raise TypeError(f"kernel argument {arg!r} ({type(arg).__name__}) must be a cupy.ndarray "
+                    f"or a NumPy scalar of {sorted(str(d) for d in _CTYPES)}")
+
+
+def _dim3(v: int | tuple[int, ...]) -> tuple[int, int, int]:
+    t = (v,) if isinstance(v, int) else tuple(v)
+    return (*t, *(1,) * (3 - len(t)))  # type: ignore[return-value]
+
+
+class Launch:
+    """``kernel<<<grid, block>>>(*args)``, packed; ``launch(stream_ptr)`` enqueues it."""
+
+    __slots__ = ("_array", "_values", "block", "enqueue", "grid", "keep", "name", "params")
+
+    def __init__(self, kernel: cp.RawKernel, grid: int | tuple[int, ...],
+                 block: int | tuple[int, ...], args: tuple) -> None:
+        # kernel.kernel compiles (or loads from cache) the module on first use
+        self._pack(kernel.kernel.ptr, grid, block, [_pack(a) for a in args], args, kernel.name)
+
+    @classmethod
+    def from_values(cls, func_ptr: int, grid: int | tuple[int, ...],
+                    block: int | tuple[int, ...], values: list, keep: object,
+                    name: str) -> Launch:
+        """A launch of a CUfunction (or CUkernel) handle with ready C values; ``keep``
+        holds what they point at."""
+        self = cls.__new__(cls)
+        self._pack(func_ptr, grid, block, values, keep, name)
+        return self
+
+    def _pack(self, func_ptr: int, grid: int | tuple[int, ...], block: int | tuple[int, ...],
+              values: list, keep: object, name: str) -> None:
+        self.grid, self.block, self.keep, self.name = _dim3(grid), _dim3(block), keep, name
+        if min(self.grid) < 1 or min(self.block) < 1:
+            raise ValueError(f"{name}: empty launch grid={self.grid} block={self.block}")
+        self._values = values
+        self._array = (ctypes.c_void_p * max(1, len(values)))(
+            *(ctypes.addressof(v) for v in values))
+        self.params = ctypes.addressof(self._array)
+        self.enqueue = partial(driver.launchKernel, func_ptr, *self.grid, *self.block, 0)
+
+    def __call__(self, stream_ptr: int) -> None:
+        self.enqueue(stream_ptr, self.params, 0)

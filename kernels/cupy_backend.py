@@ -10,6 +10,7 @@ nothing but one driver call per kernel.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from functools import cache
 
@@ -25,7 +26,6 @@ from schedbench.errors import ConfigError
 from schedbench.model import ModelConfig, Weights, interleave_gate_up
 
 GEMM_WARPS, GEMM_ROWS, GEMM_K_CHUNK = 8, 32, 64  # match gemm.cu
-GEMM_MIN_SPLIT_CHUNKS = 2 * GEMM_WARPS  # a split gives each warp one full load (gemm.cu)
 ATTN_THREADS = 128  # matches attention.cu (ATTN_WARPS * 32)
 SPLIT_TOKENS, MAX_SPLITS = 64, 64  # match attention.cu
 NORM_THREADS = 256
@@ -43,12 +43,6 @@ def i32(v: int) -> np.int32:
 
 def f32(v: float) -> np.float32:
     return np.float32(v)
-
-
-@cache
-def sm_count() -> int:
-    return runtime.deviceGetAttribute(runtime.cudaDevAttrMultiProcessorCount,
-                                      runtime.getDevice())
 
 
 def attention_splits(context: int) -> int:
@@ -149,65 +143,27 @@ def gemm_tiles(batch: int) -> int:
     return 1 if batch <= 8 else 2 if batch <= 16 else 4
 
 
-def gemm_splits(n: int, k: int) -> int:
-    """K splits of an (n, k) weight: enough blocks for two per SM (their loads in flight are
-    what the bandwidth needs), each split a whole number of full loads per warp where one
-    exists. A function of the shape alone, so that the sum order, and every token, is the
-    same at any batch size."""
-    row_tiles, chunks = -(-n // GEMM_ROWS), k // GEMM_K_CHUNK
-    most = max(1, chunks // GEMM_MIN_SPLIT_CHUNKS)
-    want = min(most, -(-2 * sm_count() // row_tiles))
-    whole = [s for s in range(want, most + 1) if chunks % (s * GEMM_MIN_SPLIT_CHUNKS) == 0]
-    return whole[0] if whole else want
-
-
-@dataclass(frozen=True)
-class GemmScratch:
-    """The split-K partials (fp32) and per-tile arrival counters (zero between launches)
-    of the GEMMs of one stream; launches on one stream run one after another, so they
-    share it."""
-
-    ws: cp.ndarray
-    counters: cp.ndarray
-
-    @staticmethod
-    def sizes(n: int, k: int, batch: int, splits: int | None = None) -> tuple[int, int]:
-        splits = gemm_splits(n, k) if splits is None else splits
-        if splits == 1:
-            return 0, 0
-        bt = 8 * gemm_tiles(batch)
-        tiles = -(-batch // bt) * -(-n // GEMM_ROWS)
-        return tiles * splits * GEMM_ROWS * bt, tiles
-
-    @classmethod
-    def for_shapes(cls, shapes: list[tuple[int, int]], max_batch: int,
-                   max_splits: int = 1) -> GemmScratch:
-        """Room for any batch up to ``max_batch``, at the shapes' own splits or up to
-        ``max_splits`` (a benchmark's sweep)."""
-        # NOTE: both sizes grow with the batch and the splits, so the largest bound them
-        ws, counters = (max(v) for v in zip(*(
-            cls.sizes(n, k, max_batch, max(gemm_splits(n, k), max_splits)) for n, k in shapes)))
-        return cls(cp.zeros(max(ws, 1), cp.float32), cp.zeros(max(counters, 1), cp.int32))
+@cache
+def pdl_default() -> bool:
+    """Programmatic dependent launch for the GEMMs: on sm_90 and later, unless
+    ``SCHEDBENCH_PDL=0`` (to measure without it)."""
+    major = runtime.deviceGetAttribute(runtime.cudaDevAttrComputeCapabilityMajor,
+                                       runtime.getDevice())
+    return major >= 9 and os.environ.get("SCHEDBENCH_PDL", "1") != "0"
 
 
 def gemm_launch(x: cp.ndarray, w: cp.ndarray, batch: int, epilogue: str, out: cp.ndarray,
-                scratch: GemmScratch, splits: int | None = None) -> Launch:
-    """``out (+)= x[:batch] @ w.T`` with an epilogue; ``splits`` overrides the K split
-    (benchmarks only: the split count changes the sum order)."""
+                pdl: bool | None = None) -> Launch:
+    """``out (+)= x[:batch] @ w.T`` with an epilogue; ``pdl`` defaults to ``pdl_default()``."""
     n, k = w.shape
     if k % GEMM_K_CHUNK or x.dtype != cp.float16 or w.dtype != cp.float16:
         raise ValueError(f"tc_gemm needs fp16 x and w with K % {GEMM_K_CHUNK} == 0; got "
                          f"K={k}, {x.dtype}, {w.dtype}")
-    splits = gemm_splits(n, k) if splits is None else splits
-    ws, counters = GemmScratch.sizes(n, k, batch, splits)
-    if ws > scratch.ws.size or counters > scratch.counters.size:
-        raise ValueError(f"GEMM scratch too small for n={n} k={k} batch={batch} "
-                         f"splits={splits}: needs {ws} floats and {counters} counters")
     tiles = gemm_tiles(batch)
     fn = module("gemm", gemm_names()).get_function(gemm_name(tiles, epilogue))
-    grid = (-(-batch // (8 * tiles)), -(-n // GEMM_ROWS), splits)
-    return Launch(fn, grid, GEMM_WARPS * 32,
-                  (x, w, i32(n), i32(k), i32(batch), out, scratch.ws, scratch.counters))
+    grid = (-(-batch // (8 * tiles)), -(-n // GEMM_ROWS))
+    return Launch(fn, grid, GEMM_WARPS * 32, (x, w, i32(n), i32(k), i32(batch), out),
+                  pdl=pdl_default() if pdl is None else pdl)
 
 
 @dataclass(frozen=True)
@@ -263,7 +219,6 @@ class CupyDecodeStep(DecodeStep):
         self.act = cp.zeros((b, cfg.intermediate_size), cp.float16)
         self.logits = cp.zeros((b, cfg.vocab_size), cp.float32)
         self.attn_scratch = AttentionScratch.create(cfg, b, layout.max_blocks * cfg.block_size)
-        self.gemm_scratch = GemmScratch.for_shapes(weight_shapes(cfg), b)
         norm, sample = module("norm"), module("sample")
         self._embed_rmsnorm = norm.get_function("embed_rmsnorm")
         self._rmsnorm = norm.get_function("rmsnorm")
@@ -276,7 +231,7 @@ class CupyDecodeStep(DecodeStep):
 
     def plan(self, meta: cp.ndarray, out_tokens: cp.ndarray, batch: int) -> list[Launch]:
         """Every launch of one step, in stream order."""
-        cfg, w, gs = self.cfg, self.w, self.gemm_scratch
+        cfg, w = self.cfg, self.w
         ids, slots, positions, tables = self.layout.views(meta)
         eps, hid = f32(cfg.rms_eps), i32(cfg.hidden_size)
         plan = [Launch(self._embed_rmsnorm, batch, NORM_THREADS,
@@ -288,22 +243,22 @@ class CupyDecodeStep(DecodeStep):
                                    (self.x, w.attn_norm[layer], eps, hid, self.h)))
             kc, vc = self.k_cache[layer], self.v_cache[layer]
             plan += [
-                gemm_launch(self.h, w.wqkv[layer], batch, "store_half", self.qkv, gs),
+                gemm_launch(self.h, w.wqkv[layer], batch, "store_half", self.qkv),
                 Launch(self._rope, batch, 128,
                        (self.qkv, positions, tables, i32(self.layout.max_blocks),
                         i32(cfg.num_heads), i32(cfg.num_kv_heads), i32(cfg.head_dim),
                         i32(cfg.block_size), f32(math.log2(cfg.rope_theta)), kc, vc)),
                 attention_launch(cfg, self.qkv, positions, tables, kc, vc, batch,
                                  self.attn_scratch, self.attn),
-                gemm_launch(self.attn, w.wo[layer], batch, "add_residual", self.x, gs),
+                gemm_launch(self.attn, w.wo[layer], batch, "add_residual", self.x),
                 Launch(self._rmsnorm, batch, NORM_THREADS,
                        (self.x, w.mlp_norm[layer], eps, hid, self.h)),
-                gemm_launch(self.h, w.w_gate_up[layer], batch, "silu_mul", self.act, gs),
-                gemm_launch(self.act, w.w_down[layer], batch, "add_residual", self.x, gs),
+                gemm_launch(self.h, w.w_gate_up[layer], batch, "silu_mul", self.act),
+                gemm_launch(self.act, w.w_down[layer], batch, "add_residual", self.x),
             ]
         plan += [
             Launch(self._rmsnorm, batch, NORM_THREADS, (self.x, w.final_norm, eps, hid, self.h)),
-            gemm_launch(self.h, w.lm_head, batch, "store_float", self.logits, gs),
+            gemm_launch(self.h, w.lm_head, batch, "store_float", self.logits),
             Launch(self._argmax, batch, ARGMAX_THREADS,
                    (self.logits, i32(cfg.vocab_size), slots, self.token_buf, out_tokens)),
         ]
@@ -340,19 +295,11 @@ class CupySpinStep(DecodeStep):
                                     self._vocab, self.token_buf, out_tokens))
 
 
-def weight_shapes(cfg: ModelConfig) -> list[tuple[int, int]]:
-    """(N, K) of every projection: qkv, o, gate/up, down, LM head."""
-    h = cfg.hidden_size
-    return [(cfg.qkv_size, h), (h, cfg.q_size), (2 * cfg.intermediate_size, h),
-            (h, cfg.intermediate_size), (cfg.vocab_size, h)]
-
-
 def device_bytes_needed(cfg: ModelConfig, num_blocks: int, layout: StepLayout) -> int:
     weights = cfg.param_count * 2
     kv = 2 * cfg.num_layers * (num_blocks + 1) * cfg.block_size * cfg.kv_size * 2
     b = layout.max_batch
-    gemm_ws = max(GemmScratch.sizes(n, k, b)[0] for n, k in weight_shapes(cfg)) * 4
-    scratch = (b * cfg.vocab_size * 4 + gemm_ws
+    scratch = (b * cfg.vocab_size * 4
                + AttentionScratch.nbytes(cfg, b, layout.max_blocks * cfg.block_size))
     return weights + kv + scratch
 

@@ -7,12 +7,18 @@ and more. A decode step launches the same ~260 kernels with the same arguments e
 so each launch is packed once, when the step is planned, into the ``void**`` array
 ``cuLaunchKernel`` takes, and enqueuing it is one Cython call into the driver. What the
 packed values point at is kept referenced for as long as the launch lives.
+
+A launch may ask for programmatic dependent launch (PDL, sm_90+): its blocks may start
+before the previous kernel on the stream finishes, and must wait for it in the kernel
+(``pdl_wait`` in common.cuh). That needs ``cuLaunchKernelEx``, which CuPy does not wrap;
+it is called through ctypes from libcuda, with its launch config built once.
 """
 
 from __future__ import annotations
 
 import ctypes
-from functools import partial
+from collections.abc import Callable
+from functools import cache, partial
 
 import cupy as cp
 import numpy as np
@@ -31,6 +37,48 @@ def _pack(arg: object) -> ctypes._SimpleCData:
                     f"or a NumPy scalar of {sorted(str(d) for d in _CTYPES)}")
 
 
+class _LaunchAttribute(ctypes.Structure):  # CUlaunchAttribute: id, pad, a 64-byte union
+    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", ctypes.c_char * 64)]
+
+
+class _LaunchConfig(ctypes.Structure):  # CUlaunchConfig
+    _fields_ = [("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3),
+                ("shared_mem", ctypes.c_uint), ("stream", ctypes.c_void_p),
+                ("attrs", ctypes.POINTER(_LaunchAttribute)), ("num_attrs", ctypes.c_uint)]
+
+
+_PROGRAMMATIC_STREAM_SERIALIZATION = 6  # CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+
+
+@cache
+def _launch_kernel_ex() -> Callable[..., int]:
+    fn = ctypes.CDLL("libcuda.so.1").cuLaunchKernelEx
+    fn.argtypes = [ctypes.POINTER(_LaunchConfig), ctypes.c_void_p, ctypes.c_void_p,
+                   ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+class _PdlEnqueue:
+    """``enqueue(stream, params, extra)`` through ``cuLaunchKernelEx`` with PDL allowed."""
+
+    __slots__ = ("_attr", "_call", "_config", "_config_ref", "_func", "name")
+
+    def __init__(self, func_ptr: int, grid: tuple[int, int, int], block: tuple[int, int, int],
+                 name: str) -> None:
+        self._attr = _LaunchAttribute(id=_PROGRAMMATIC_STREAM_SERIALIZATION)
+        ctypes.memmove(self._attr.value, ctypes.byref(ctypes.c_int(1)), 4)
+        self._config = _LaunchConfig((ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block),
+                                     0, None, ctypes.pointer(self._attr), 1)
+        self._config_ref = ctypes.byref(self._config)
+        self._func, self._call, self.name = func_ptr, _launch_kernel_ex(), name
+
+    def __call__(self, stream_ptr: int, params: int, extra: int) -> None:
+        self._config.stream = stream_ptr
+        if err := self._call(self._config_ref, self._func, params, extra or None):
+            raise RuntimeError(f"cuLaunchKernelEx({self.name}) failed: CUDA error {err}")
+
+
 def _dim3(v: int | tuple[int, ...]) -> tuple[int, int, int]:
     t = (v,) if isinstance(v, int) else tuple(v)
     return (*t, *(1,) * (3 - len(t)))  # type: ignore[return-value]
@@ -42,9 +90,10 @@ class Launch:
     __slots__ = ("_array", "_values", "block", "enqueue", "grid", "keep", "name", "params")
 
     def __init__(self, kernel: cp.RawKernel, grid: int | tuple[int, ...],
-                 block: int | tuple[int, ...], args: tuple) -> None:
+                 block: int | tuple[int, ...], args: tuple, pdl: bool = False) -> None:
         # kernel.kernel compiles (or loads from cache) the module on first use
-        self._pack(kernel.kernel.ptr, grid, block, [_pack(a) for a in args], args, kernel.name)
+        self._pack(kernel.kernel.ptr, grid, block, [_pack(a) for a in args], args, kernel.name,
+                   pdl)
 
     @classmethod
     def from_values(cls, func_ptr: int, grid: int | tuple[int, ...],
@@ -57,7 +106,7 @@ class Launch:
         return self
 
     def _pack(self, func_ptr: int, grid: int | tuple[int, ...], block: int | tuple[int, ...],
-              values: list, keep: object, name: str) -> None:
+              values: list, keep: object, name: str, pdl: bool = False) -> None:
         self.grid, self.block, self.keep, self.name = _dim3(grid), _dim3(block), keep, name
         if min(self.grid) < 1 or min(self.block) < 1:
             raise ValueError(f"{name}: empty launch grid={self.grid} block={self.block}")
@@ -65,7 +114,9 @@ class Launch:
         self._array = (ctypes.c_void_p * max(1, len(values)))(
             *(ctypes.addressof(v) for v in values))
         self.params = ctypes.addressof(self._array)
-        self.enqueue = partial(driver.launchKernel, func_ptr, *self.grid, *self.block, 0)
+        self.enqueue: Callable[[int, int, int], object] = (
+            _PdlEnqueue(func_ptr, self.grid, self.block, name) if pdl
+            else partial(driver.launchKernel, func_ptr, *self.grid, *self.block, 0))
 
     def __call__(self, stream_ptr: int) -> None:
         self.enqueue(stream_ptr, self.params, 0)

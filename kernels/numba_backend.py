@@ -105,7 +105,7 @@ class NumbaDecodeStep(DecodeStep):
     def __init__(self, cfg: ModelConfig, weights: dict, num_blocks: int, layout: StepLayout,
                  num_slots: int) -> None:
         self.cfg, self.w, self.layout = cfg, weights, layout
-        self.kernels_per_step = 8 * cfg.num_layers + 3
+        self.kernels_per_step = 9 * cfg.num_layers + 3
         self.pad_slot, self.pad_block = num_slots, num_blocks
         shape = (cfg.num_layers, num_blocks + 1, cfg.block_size, cfg.num_kv_heads, cfg.head_dim)
         self.k_cache = cuda.to_device(np.zeros(shape, np.float16))
@@ -117,7 +117,10 @@ class NumbaDecodeStep(DecodeStep):
                  "act": (cfg.intermediate_size, np.float16),
                  "logits": (cfg.vocab_size, np.float32)}
         self.buf = {k: cuda.to_device(np.zeros((b, n), t)) for k, (n, t) in zeros.items()}
-        self.scores = cuda.to_device(np.zeros((b, cfg.num_heads, cfg.max_context), np.float32))
+        splits = nk.attention_splits(layout.max_blocks * cfg.block_size)
+        self.part_o = cuda.to_device(np.zeros((b, cfg.num_heads, splits, cfg.head_dim),
+                                              np.float32))
+        self.part_ml = cuda.to_device(np.zeros((b, cfg.num_heads, splits, 2), np.float32))
         self._plans: dict[tuple, list[tuple]] = {}
 
     def plan(self, meta, out_tokens, batch: int) -> list[tuple]:
@@ -138,7 +141,7 @@ class NumbaDecodeStep(DecodeStep):
             return kernel, batch, t
 
         def cols(kernel, n):
-            return kernel, nk.gemm_grid(batch, n), t
+            return kernel, nk.gemm_grid(batch, n), nk.GEMM_THREADS
 
         plan = [(*rows(nk.embed_rmsnorm), (ids, slots, self.token_buf, w["embed"],
                                           w["attn_norm"][0], eps, x, h))]
@@ -151,9 +154,11 @@ class NumbaDecodeStep(DecodeStep):
                 (*rows(nk.rope_kv_append), (qkv, positions, tables, kc, vc, cfg.num_heads,
                                            cfg.num_kv_heads, cfg.head_dim,
                                            math.log2(cfg.rope_theta))),
-                (nk.paged_attention, (batch, cfg.num_heads), t,
+                (nk.paged_attention, (batch, cfg.num_heads, self.part_o.shape[2]), t,
                  (qkv, positions, tables, kc, vc, cfg.num_heads, cfg.num_kv_heads,
-                  cfg.head_dim, cfg.head_dim ** -0.5, self.scores, attn)),
+                  cfg.head_dim, cfg.head_dim ** -0.5, self.part_o, self.part_ml)),
+                (nk.combine_splits, (batch, cfg.num_heads), t,
+                 (positions, self.part_o, self.part_ml, attn)),
                 (*cols(nk.gemm_add, cfg.hidden_size), (attn, w["wo"][layer], x)),
                 (*rows(nk.rmsnorm), (x, w["mlp_norm"][layer], eps, h)),
                 (*cols(nk.gemm_silu_mul, cfg.intermediate_size),

@@ -50,12 +50,18 @@ def _range(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"expected MIN:MAX integers, got {text!r}") from None
 
 
+# NOTE: the CPU backend's kernels are ~100x slower; 256 rows would dominate its sweep
+CPU_BATCH_SIZES, GPU_BATCH_SIZES = (1, 4, 16, 64), (1, 4, 16, 64, 256)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m schedbench", description=__doc__)
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="device backend; auto = cupy with a GPU, else cpu (default auto)")
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model shape")
-    p.add_argument("--batch-sizes", type=_ints, default=(1, 4, 16, 64), metavar="B,B,...")
+    p.add_argument("--batch-sizes", type=_ints, default=None, metavar="B,B,...",
+                   help=f"default {','.join(map(str, GPU_BATCH_SIZES))} on a GPU backend, "
+                        f"{','.join(map(str, CPU_BATCH_SIZES))} on the cpu one")
     p.add_argument("--modes", default=None, metavar="M,M,...",
                    help=f"from {', '.join(MODES)}; default all the backend supports")
     p.add_argument("--steps", type=int, default=200, help="measured steps per run (about)")
@@ -92,7 +98,8 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
     if any(v is not None for v in (args.scheduling_ms, args.compute_ms, args.postprocess_ms)):
         synthetic = Synthetic(args.scheduling_ms or 0.0, args.compute_ms or 0.0,
                               args.postprocess_ms or 0.0)
-    return SweepConfig(backend=backend, preset=args.preset, batch_sizes=args.batch_sizes,
+    batch_sizes = args.batch_sizes or (CPU_BATCH_SIZES if backend == "cpu" else GPU_BATCH_SIZES)
+    return SweepConfig(backend=backend, preset=args.preset, batch_sizes=batch_sizes,
                        modes=modes, steps=args.steps, warmup=args.warmup, repeats=args.repeats,
                        seed=args.seed, synthetic=synthetic, kv_blocks=args.kv_blocks,
                        workload=WorkloadConfig(args.prompt_len, args.output_len, args.seed))

@@ -34,8 +34,11 @@ class Nvtx:
                 from cupy.cuda import nvtx as cupy_nvtx
 
                 if cupy_nvtx.available:
-                    self._push, self._pop = cupy_nvtx.RangePush, cupy_nvtx.RangePop
-                    self._start, self._end = cupy_nvtx.RangeStart, cupy_nvtx.RangeEnd
+                    # NOTE: CuPy 14 made id_color a required argument; -1 is "no colour"
+                    self._push = lambda name: cupy_nvtx.RangePush(name, -1)
+                    self._pop = cupy_nvtx.RangePop
+                    self._start = lambda name: cupy_nvtx.RangeStart(name, -1)
+                    self._end = cupy_nvtx.RangeEnd
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:

@@ -1,6 +1,7 @@
 """Each decode kernel's device time, achieved GB/s and % of the copy bandwidth measured in
 the same run: the CuPy projection kernel beside cuBLAS (``cupy.matmul``) on the same
-shapes, its K-split sweep, paged attention, and the Numba kernels on the same shapes.
+shapes, with and without programmatic dependent launch, paged attention, and the Numba
+kernels on the same shapes.
 
 asv: ``asv run --python=same --bench bench_kernels`` (skipped without a GPU).
 Directly: ``python suites/bench_kernels.py [--preset llama3-8b] [--batch-sizes 1,4,16]``.
@@ -24,7 +25,6 @@ CONTEXTS = [2048, 4096, 8192]
 PROJECTIONS = ("qkv", "o", "gate_up", "down")
 EPILOGUES = {"qkv": "store_half", "o": "add_residual", "gate_up": "silu_mul",
              "down": "add_residual"}
-SPLIT_SWEEP = (1, 2, 3, 4, 6, 8)
 
 
 class Figures(dict):
@@ -40,7 +40,7 @@ class Figures(dict):
 
 
 def measure(preset: str, batch_sizes: list[int], contexts: list[int],
-            numba: bool = True, split_sweep: bool = True) -> Figures:
+            numba: bool = True) -> Figures:
     import cupy as cp
 
     from kernels import cupy_backend as cb
@@ -56,8 +56,6 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
     weights = {p: [rng.standard_normal(s, cp.float32).astype(cp.float16) * 0.02
                    for _ in range(n_layers)] for p, s in shapes.items()}
     step_bytes = sum(math.prod(s) * 2 * n_layers for s in shapes.values())
-    scratch = cb.GemmScratch.for_shapes(list(shapes.values()), max(batch_sizes),
-                                        max(SPLIT_SWEEP) if split_sweep else 1)
     inputs = {}
     for b in batch_sizes:
         xs = {p: rng.standard_normal((b, s[1]), cp.float32).astype(cp.float16)
@@ -66,13 +64,14 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
                 "gate_up": cp.zeros((b, i), cp.float16), "down": cp.zeros((b, h), cp.float32)}
         inputs[b] = xs, outs
         for p in PROJECTIONS:
-            launches = [cb.gemm_launch(xs[p], w, b, EPILOGUES[p], outs[p], scratch)
-                        for w in weights[p]]
+            launches = [cb.gemm_launch(xs[p], w, b, EPILOGUES[p], outs[p]) for w in weights[p]]
             fig.record(f"gemm_{p}", b, time_launches_ms(launches) / n_layers,
                        math.prod(shapes[p]) * 2)
-        every = [cb.gemm_launch(xs[p], weights[p][layer], b, EPILOGUES[p], outs[p], scratch)
-                 for layer in range(n_layers) for p in PROJECTIONS]
-        fig.record(f"all_{4 * n_layers}_projections", b, time_launches_ms(every), step_bytes)
+        for pdl, suffix in ((cb.pdl_default(), ""), (False, "_no_pdl")):
+            every = [cb.gemm_launch(xs[p], weights[p][layer], b, EPILOGUES[p], outs[p], pdl)
+                     for layer in range(n_layers) for p in PROJECTIONS]
+            fig.record(f"all_{4 * n_layers}_projections{suffix}", b, time_launches_ms(every),
+                       step_bytes)
 
         def cublas(s: cp.cuda.Stream, xs: dict = xs) -> None:
             for layer in range(n_layers):
@@ -80,16 +79,6 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
                     cp.matmul(xs[p], weights[p][layer].T)
 
         fig.record(f"cublas_{4 * n_layers}_projections", b, time_ms(cublas), step_bytes)
-        if split_sweep:
-            for p in ("qkv", "o", "down"):
-                n, k = shapes[p]
-                for s in SPLIT_SWEEP:
-                    if k // cb.GEMM_K_CHUNK // s < cb.GEMM_MIN_SPLIT_CHUNKS // 2:
-                        continue
-                    launches = [cb.gemm_launch(xs[p], w, b, EPILOGUES[p], outs[p], scratch,
-                                               splits=s) for w in weights[p]]
-                    fig.record(f"gemm_{p}_split{s}", b, time_launches_ms(launches) / n_layers,
-                               n * k * 2)
 
     kv = {}
     for ctx, b in ((c, b) for c in contexts for b in batch_sizes):
@@ -130,8 +119,8 @@ def measure_numba(fig: Figures, cfg, shapes: dict, weights: dict, inputs: dict,
         ext = cuda.external_stream(stream.ptr)
 
         def enqueue_all() -> None:
-            for kernel, grid, args in launches:
-                kernel[grid, nk.THREADS, ext](*args)
+            for kernel, grid, threads, args in launches:
+                kernel[grid, threads, ext](*args)
 
         enqueue_all()  # compile, and fault here rather than inside a graph
         stream.synchronize()
@@ -149,19 +138,24 @@ def measure_numba(fig: Figures, cfg, shapes: dict, weights: dict, inputs: dict,
         wts = [wrap(cp.ascontiguousarray(w.T)) for w in weights[p]]
         for b, (xs, outs) in inputs.items():
             x, out = wrap(xs[p]), wrap(outs[p])
-            launches = [(kernels[EPILOGUES[p]], nk.gemm_grid(b, outs[p].shape[1]), (x, wt, out))
-                        for wt in wts]
+            launches = [(kernels[EPILOGUES[p]], nk.gemm_grid(b, outs[p].shape[1]),
+                         nk.GEMM_THREADS, (x, wt, out)) for wt in wts]
             fig.record(f"numba_gemm_{p}", b, timed(launches) / len(launches),
                        math.prod(shapes[p]) * 2)
         del wts
     for (ctx, b), (kc, vc, tables, positions, qkv) in kv.items():
-        scores = cp.zeros((b, cfg.num_heads, ctx), cp.float32)
-        out = cp.zeros((b, cfg.q_size), cp.float16)
-        launch = (nk.paged_attention, (b, cfg.num_heads),
-                  (wrap(qkv), wrap(positions), wrap(tables), wrap(kc), wrap(vc), cfg.num_heads,
-                   cfg.num_kv_heads, cfg.head_dim, cfg.head_dim ** -0.5, wrap(scores),
-                   wrap(out)))
-        fig.record(f"numba_attention_ctx{ctx}", b, timed([launch]), 2 * kc.nbytes)
+        splits = nk.attention_splits(ctx)
+        part_o = wrap(cp.zeros((b, cfg.num_heads, splits, cfg.head_dim), cp.float32))
+        part_ml = wrap(cp.zeros((b, cfg.num_heads, splits, 2), cp.float32))
+        out = wrap(cp.zeros((b, cfg.q_size), cp.float16))
+        pos = wrap(positions)
+        launches = [
+            (nk.paged_attention, (b, cfg.num_heads, splits), nk.THREADS,
+             (wrap(qkv), pos, wrap(tables), wrap(kc), wrap(vc), cfg.num_heads,
+              cfg.num_kv_heads, cfg.head_dim, cfg.head_dim ** -0.5, part_o, part_ml)),
+            (nk.combine_splits, (b, cfg.num_heads), nk.THREADS, (pos, part_o, part_ml, out)),
+        ]
+        fig.record(f"numba_attention_ctx{ctx}", b, timed(launches), 2 * kc.nbytes)
 
 
 def main() -> None:
@@ -170,14 +164,12 @@ def main() -> None:
     p.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
     p.add_argument("--contexts", default=",".join(map(str, CONTEXTS)))
     p.add_argument("--no-numba", action="store_true", help="CuPy kernels only")
-    p.add_argument("--no-split-sweep", action="store_true", help="default K splits only")
     p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     args = p.parse_args()
     if why := gpu_unavailable_reason():
         raise SystemExit(f"bench_kernels needs a GPU: {why}")
     res = measure(args.preset, [int(x) for x in args.batch_sizes.split(",")],
-                  [int(x) for x in args.contexts.split(",")], numba=not args.no_numba,
-                  split_sweep=not args.no_split_sweep)
+                  [int(x) for x in args.contexts.split(",")], numba=not args.no_numba)
     rows = [[k, str(b or "-"), f"{v['ms'] * 1e3:.1f}" if v["ms"] else "-", f"{v['gbs']:.0f}",
              f"{v['pct_copy']:.1f}"] for (k, b), v in res.items()]
     print(f"preset {args.preset}; % copy = achieved GB/s over the device-to-device copy "
@@ -193,7 +185,8 @@ class Kernels:
     """asv: device time (events), GB/s and % of copy bandwidth of each kernel."""
 
     params = [["gemm_qkv", "gemm_o", "gemm_gate_up", "gemm_down", "all_128_projections",
-               "cublas_128_projections"] + [f"attention_ctx{c}" for c in CONTEXTS]
+               "all_128_projections_no_pdl", "cublas_128_projections"]
+              + [f"attention_ctx{c}" for c in CONTEXTS]
               + [f"numba_gemm_{p}" for p in PROJECTIONS]
               + [f"numba_attention_ctx{c}" for c in CONTEXTS], BATCH_SIZES]
     param_names = ["kernel", "batch_size"]
@@ -202,7 +195,7 @@ class Kernels:
     def setup_cache(self) -> dict:
         if gpu_unavailable_reason():
             return {}
-        return dict(measure(PRESET, BATCH_SIZES, CONTEXTS, split_sweep=False))
+        return dict(measure(PRESET, BATCH_SIZES, CONTEXTS))
 
     def setup(self, res: dict, kernel: str, batch_size: int) -> None:
         if (kernel, batch_size) not in res:

@@ -38,12 +38,6 @@ def run(packed: Launch) -> None:
     cp.cuda.Device().synchronize()
 
 
-def poisoned_gemm_scratch(n: int, k: int, batch: int, splits: int):
-    ws, counters = cb.GemmScratch.sizes(n, k, batch, splits)
-    return cb.GemmScratch(cp.full(max(ws, 1), np.nan, cp.float32),
-                          cp.zeros(max(counters, 1), cp.int32))
-
-
 @pytest.mark.parametrize("epilogue", ["store_half", "add_residual", "store_float", "silu_mul"])
 @pytest.mark.parametrize(("batch", "n", "k"), [(1, 6144, 4096), (3, 4096, 14336), (16, 512, 256),
                                                (33, 1000, 768)])
@@ -60,40 +54,38 @@ def test_gemm_matches_reference(rng, epilogue, batch, n, k):
     else:
         dtype = cp.float16 if epilogue == "store_half" else cp.float32
         out, wd, expect = cp.full((batch, n), np.nan, dtype), w, full
-    splits = cb.gemm_splits(n, k)
-    scratch = poisoned_gemm_scratch(n, k, batch, splits)
-    run(cb.gemm_launch(cp.asarray(x), cp.asarray(wd), batch, epilogue, out, scratch))
+    run(cb.gemm_launch(cp.asarray(x), cp.asarray(wd), batch, epilogue, out))
     got = cp.asnumpy(out)
     assert np.isfinite(got).all(), "unwritten (poisoned) outputs"
     assert rel_err(got, expect) < FP16_TOL
-    assert int(scratch.counters.sum()) == 0, "split counters not reset"
 
 
-@pytest.mark.parametrize("splits", [1, 2, 3, 5, 7])
-def test_gemm_split_k_matches_reference_and_repeats_bit_exactly(rng, splits):
-    batch, n, k = 12, 4096, 14336
-    x, w = half(rng, batch, k), half(rng, n, k, scale=k ** -0.5)
-    expect = x.astype(np.float64) @ w.T.astype(np.float64)
-    scratch = poisoned_gemm_scratch(n, k, batch, splits)  # NaN partials: each must be written
-    outs = []
-    for _ in range(2):  # the second launch needs the counters the first one reset
-        out = cp.full((batch, n), np.nan, cp.float32)
-        run(cb.gemm_launch(cp.asarray(x), cp.asarray(w), batch, "store_float", out, scratch,
-                           splits=splits))
-        outs.append(cp.asnumpy(out))
-    assert rel_err(outs[0], expect) < FP16_TOL
-    np.testing.assert_array_equal(outs[0], outs[1])
-    assert int(scratch.counters.sum()) == 0
+@pytest.mark.parametrize("pdl", [False, True])
+def test_gemm_waits_for_the_kernel_before_it(rng, pdl):
+    """With programmatic dependent launch the GEMM starts before the RMSNorm that writes its
+    input has finished; it must still read the finished input (h starts as NaN)."""
+    batch, hid, n = 64, 4096, 4096
+    x = rng.standard_normal((batch, hid)).astype(np.float32)
+    nw, w = half(rng, hid), half(rng, n, hid, scale=hid ** -0.5)
+    h, out = cp.full((batch, hid), np.nan, cp.float16), cp.full((batch, n), np.nan, cp.float32)
+    cp.cuda.Device().synchronize()
+    stream = cp.cuda.Stream(non_blocking=True)
+    Launch(cb.module("norm").get_function("rmsnorm"), batch, cb.NORM_THREADS,
+           (cp.asarray(x), cp.asarray(nw), cb.f32(1e-5), cb.i32(hid), h))(stream.ptr)
+    cb.gemm_launch(h, cp.asarray(w), batch, "store_float", out, pdl=pdl)(stream.ptr)
+    stream.synchronize()
+    expect = ref.rms_norm(x, nw, 1e-5).astype(np.float16).astype(np.float64) @ w.T
+    got = cp.asnumpy(out)
+    assert np.isfinite(got).all(), "the GEMM read its input before the RMSNorm wrote it"
+    assert rel_err(got, expect) < FP16_TOL
 
 
 def test_gemm_rows_do_not_depend_on_batch(rng):
     x, w = half(rng, 37, 1024), half(rng, 2048, 1024, scale=1 / 32)
     results = {}
-    scratch = cb.GemmScratch.for_shapes([(2048, 1024)], 37)
     for batch in (1, 5, 16, 37):
         out = cp.zeros((batch, 2048), cp.float32)
-        run(cb.gemm_launch(cp.asarray(x[:batch]), cp.asarray(w), batch, "store_float", out,
-                           scratch))
+        run(cb.gemm_launch(cp.asarray(x[:batch]), cp.asarray(w), batch, "store_float", out))
         results[batch] = cp.asnumpy(out)
     for batch, got in results.items():
         np.testing.assert_array_equal(got[0], results[1][0], err_msg=f"batch {batch}")

@@ -44,9 +44,9 @@ def test_row_stack_shim_is_in_place_before_numba_compiles():
             np.row_stack = saved
 
 
-def run(kernel, grid, *args):
+def run(kernel, grid, *args, threads=nk.THREADS):
     dev = [cuda.to_device(a) if isinstance(a, np.ndarray) else a for a in args]
-    kernel[grid, nk.THREADS](*dev)
+    kernel[grid, threads](*dev)
     cuda.synchronize()
     return [d.copy_to_host() if hasattr(d, "copy_to_host") else d for d in dev]
 
@@ -69,27 +69,29 @@ def test_norms_and_embedding(rng):
 
 @pytest.mark.parametrize("kind", ["store", "add", "silu_mul"])
 def test_gemm(rng, kind):
-    b, n, k = 3, 70, 51  # K % 4 != 0: the unrolled loop, then the remainder loop
+    b, n, k = 3, 70, 53  # K % 8 != 0: the unrolled loop, then the remainder loop
     x, w = half(rng, b, k), half(rng, n, k, scale=k ** -0.5)
     full = x.astype(np.float64) @ w.T.astype(np.float64)
     grid, wt = nk.gemm_grid(b, n), np.ascontiguousarray(w.T)
     if kind == "store":
-        got = run(nk.gemm_store, grid, x, wt, np.full((b, n), np.nan, np.float32))[2]
+        got = run(nk.gemm_store, grid, x, wt, np.full((b, n), np.nan, np.float32),
+                  threads=nk.GEMM_THREADS)[2]
         expect = full
     elif kind == "add":
         base = rng.standard_normal((b, n)).astype(np.float32)
-        got, expect = run(nk.gemm_add, grid, x, wt, base.copy())[2], base + full
+        got = run(nk.gemm_add, grid, x, wt, base.copy(), threads=nk.GEMM_THREADS)[2]
+        expect = base + full
     else:
         wi = np.ascontiguousarray(interleave_gate_up(w[None])[0].T)
         got = run(nk.gemm_silu_mul, nk.gemm_grid(b, n // 2), x, wi,
-                  np.full((b, n // 2), np.nan, np.float16))[2]
+                  np.full((b, n // 2), np.nan, np.float16), threads=nk.GEMM_THREADS)[2]
         expect = ref.silu_mul(full)
     assert np.isfinite(got).all() and rel_err(got, expect) < FP16_TOL
 
 
 
 def test_rope_append_and_attention(rng):
-    cfg, lengths = MICRO, [1, 17, 40]
+    cfg, lengths = MICRO, [1, 17, 64, 130]  # a full split; three splits
     b, d = len(lengths), MICRO.head_dim
     tables, kc, vc = paged_fp16(rng, cfg, lengths)
     positions = np.array(lengths, np.int32) - 1
@@ -100,13 +102,23 @@ def test_rope_append_and_attention(rng):
               cfg.num_kv_heads, d, math.log2(cfg.rope_theta))
     assert rel_err(out[0][:, :cfg.q_size], q_ref.reshape(b, -1)) < FP16_TOL
     assert rel_err(out[3], ek) < FP16_TOL
-    scores = np.full((b, cfg.num_heads, cfg.max_context), np.nan, np.float32)
-    attn = run(nk.paged_attention, (b, cfg.num_heads), out[0], positions, tables, out[3],
-               out[4], cfg.num_heads, cfg.num_kv_heads, d, d ** -0.5, scores,
-               np.full((b, cfg.q_size), np.nan, np.float16))[-1]
+    attn = attend(cfg, out[0], positions, tables, out[3], out[4])
     q = out[0][:, :cfg.q_size].reshape(b, cfg.num_heads, d)
     expect = ref.paged_attention(q, out[3], out[4], tables, positions + 1).reshape(b, -1)
     assert np.isfinite(attn).all() and rel_err(attn, expect) < FP16_TOL
+
+
+def attend(cfg, qkv, positions, tables, kc, vc) -> np.ndarray:
+    """paged_attention over every split (NaN-poisoned partials), then combine_splits."""
+    b = len(positions)
+    splits = nk.attention_splits(tables.shape[1] * cfg.block_size)
+    part_o = np.full((b, cfg.num_heads, splits, cfg.head_dim), np.nan, np.float32)
+    part_ml = np.full((b, cfg.num_heads, splits, 2), np.nan, np.float32)
+    parts = run(nk.paged_attention, (b, cfg.num_heads, splits), qkv, positions, tables, kc, vc,
+                cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.head_dim ** -0.5, part_o,
+                part_ml)
+    return run(nk.combine_splits, (b, cfg.num_heads), positions, parts[-2], parts[-1],
+               np.full((b, cfg.q_size), np.nan, np.float16))[-1]
 
 
 @pytest.mark.gpu
@@ -116,16 +128,13 @@ def test_real_shapes_on_a_gpu(rng):
     b, n, k = 4, 6144, 4096
     x, w = half(rng, b, k), half(rng, n, k, scale=k ** -0.5)
     got = run(nk.gemm_store, nk.gemm_grid(b, n), x, np.ascontiguousarray(w.T),
-              np.full((b, n), np.nan, np.float32))[2]
+              np.full((b, n), np.nan, np.float32), threads=nk.GEMM_THREADS)[2]
     assert rel_err(got, x.astype(np.float64) @ w.T.astype(np.float64)) < FP16_TOL
     lengths = [1, 2048, 8192]
     tables, kc, vc = paged_fp16(rng, cfg, lengths)
     positions = np.array(lengths, np.int32) - 1
     qkv = half(rng, len(lengths), cfg.qkv_size)
-    attn = run(nk.paged_attention, (len(lengths), cfg.num_heads), qkv, positions, tables, kc,
-               vc, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.head_dim ** -0.5,
-               np.zeros((len(lengths), cfg.num_heads, 8192), np.float32),
-               np.full((len(lengths), cfg.q_size), np.nan, np.float16))[-1]
+    attn = attend(cfg, qkv, positions, tables, kc, vc)
     q = qkv[:, :cfg.q_size].reshape(len(lengths), cfg.num_heads, cfg.head_dim)
     expect = ref.paged_attention(q, kc, vc, tables, positions + 1).reshape(len(lengths), -1)
     assert rel_err(attn, expect) < FP16_TOL

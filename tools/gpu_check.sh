@@ -1,50 +1,76 @@
 #!/usr/bin/env bash
-# One GPU check in one call: the GPU tests, a short run of each suite, the llama3-8b sweep,
-# then a compact table. Writes logs and JSON under $OUT (default /tmp/gpu_check).
-# Usage: bash tools/gpu_check.sh          (from the repository root, on a machine with a GPU)
+# One GPU check in one call: the GPU tests, a short run of each suite, the sweeps, the
+# sanitizers, then a compact table. Writes logs and JSON under $OUT (default /tmp/gpu_check).
+# Usage: bash tools/gpu_check.sh     (from the repository root, on a machine with a GPU)
+#   STAGES="tests kernels launch sweep numba default sanitize" picks stages (default: all);
+#   "default" times the full default sweeps (`python -m schedbench --backend cupy|numba`).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 out=${OUT:-/tmp/gpu_check}
 mkdir -p "$out"
 py=${PYTHON:-python3}
+stages=" ${STAGES:-tests kernels launch sweep numba default sanitize} "
 step() { echo; echo "=== $1"; }
+want() { [[ $stages == *" $1 "* ]]; }
 
 step "device"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
 $py -c "import cupy, numba, numpy, sys; print('python', sys.version.split()[0], 'cupy',
 cupy.__version__, 'numba', numba.__version__, 'numpy', numpy.__version__)"
 
-step "GPU tests (and the Numba tests, on the GPU, not the simulator)"
-timeout 240 $py -m pytest -q -m "gpu or not slow" -p no:cacheprovider tests/test_cupy_backend.py \
-  tests/test_numba_backend.py 2>&1 | tee "$out/pytest.log" | tail -30
+if want tests; then
+  step "GPU tests (and the Numba tests, on the GPU, not the simulator)"
+  timeout 240 $py -m pytest -q -p no:cacheprovider tests/test_cupy_backend.py \
+    tests/test_numba_backend.py tests/test_nvtx.py 2>&1 | tee "$out/pytest.log" | tail -30
+fi
 
-step "bench_kernels"
-timeout 200 $py suites/bench_kernels.py ${KERNEL_ARGS:-} --json "$out/kernels.json" 2>&1 | tee "$out/kernels.txt"
+if want kernels; then
+  step "bench_kernels"
+  timeout 240 $py suites/bench_kernels.py ${KERNEL_ARGS:-} --json "$out/kernels.json" 2>&1 \
+    | tee "$out/kernels.txt"
+fi
 
-step "bench_launch"
-timeout 60 $py suites/bench_launch.py --json "$out/launch.json" 2>&1 | tee "$out/launch.txt"
+if want launch; then
+  step "bench_launch"
+  timeout 90 $py suites/bench_launch.py --json "$out/launch.json" 2>&1 | tee "$out/launch.txt"
+fi
 
-step "sweep llama3-8b"
-start=$(date +%s)
-timeout 150 $py -m schedbench --backend cupy --preset llama3-8b ${SWEEP_ARGS:---batch-sizes 1,16,64,256 --repeats 1 --steps 60} \
-  --json "$out/sweep.json" 2>&1 | tee "$out/sweep.txt"
-echo "sweep wall time: $(( $(date +%s) - start )) s"
+if want sweep; then
+  step "sweep llama3-8b (short)"
+  timeout 150 $py -m schedbench --backend cupy --preset llama3-8b --batch-sizes 1,16,64,256 \
+    --repeats 1 --steps 60 --json "$out/sweep.json" 2>&1 | tee "$out/sweep.txt"
+fi
 
-step "sweep numba backend (llama-1b, short)"
-timeout 150 $py -m schedbench --backend numba --preset llama-1b --batch-sizes 1,4 --repeats 1 \
-  --steps 30 --warmup 5 --json "$out/numba.json" 2>&1 | tail -n 12
+if want numba; then
+  step "sweep numba backend (llama-1b, short)"
+  timeout 150 $py -m schedbench --backend numba --preset llama-1b --batch-sizes 1,4,16 \
+    --repeats 1 --steps 30 --warmup 5 --json "$out/numba.json" 2>&1 | tail -n 14
+fi
 
-step "compute-sanitizer: memcheck and racecheck over every mode (tiny preset)"
-if [ "${SANITIZE:-1}" = 1 ] && command -v compute-sanitizer >/dev/null 2>&1; then
-  for tool in memcheck racecheck; do
-    timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 9 \
-      $py -m schedbench --backend cupy --preset tiny --batch-sizes 3 --steps 6 --warmup 1 \
-      --repeats 1 --prompt-len 1:4 --output-len 2:6 > "$out/sanitizer-$tool.txt" 2>&1
-    echo "$tool: exit $? $(grep -hE 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer-$tool.txt" | tail -n 1)"
+if want default; then
+  for backend in cupy numba; do
+    preset=$([ $backend = cupy ] && echo llama3-8b || echo tiny)
+    step "default sweep: python -m schedbench --backend $backend --preset $preset"
+    start=$(date +%s)
+    timeout 240 $py -m schedbench --backend $backend --preset $preset \
+      --json "$out/default-$backend.json" > "$out/default-$backend.txt" 2>&1
+    echo "exit $?, wall time $(( $(date +%s) - start )) s"; tail -n 22 "$out/default-$backend.txt"
   done
-else
-  echo "skipped (SANITIZE=0 or no compute-sanitizer on PATH)"
+fi
+
+if want sanitize; then
+  step "compute-sanitizer: memcheck and racecheck over every mode (tiny preset)"
+  if command -v compute-sanitizer >/dev/null 2>&1; then
+    for tool in memcheck racecheck; do
+      timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 9 \
+        $py -m schedbench --backend cupy --preset tiny --batch-sizes 3 --steps 6 --warmup 1 \
+        --repeats 1 --prompt-len 1:4 --output-len 2:6 > "$out/sanitizer-$tool.txt" 2>&1
+      echo "$tool: exit $? $(grep -hE 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer-$tool.txt" | tail -n 1)"
+    done
+  else
+    echo "skipped: no compute-sanitizer on PATH"
+  fi
 fi
 
 step "summary"
@@ -75,7 +101,7 @@ if l:
           f"{l['numba_prepared_launch_us']:.2f} us, step enqueue {l['numba_step_enqueue_us']:.0f} us "
           f"({l['numba_enqueue_over_bare']:.2f}x bare), numba/cupy bare "
           f"{l['numba_over_cupy_launch']:.2f}x")
-for name in ("sweep.json", "numba.json"):
+for name in ("sweep.json", "numba.json", "default-cupy.json", "default-numba.json"):
   s = load(name)
   if s:
       print(f"sweep {s['preset']} on {s['device']}: tokens identical={s['tokens_identical']}")

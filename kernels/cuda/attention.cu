@@ -2,29 +2,41 @@
 //
 // One block per (sequence, kv head, split). The GROUP query heads that share a kv head are
 // handled by the same block, so each K/V row is read from memory once for all of them.
-// A token is owned by TG = HEAD_DIM / 8 lanes, each holding 8 dims (one 16-byte load of K and
-// one of V); a warp covers TPW = 32 / TG tokens per row and issues the loads of ATTN_ROWS
-// rows before it uses any (bytes in flight are what a memory-bound kernel runs on), then
-// updates its online softmax once per row chunk. Only the sequence's own blocks are read,
-// through its block table.
+// Only the sequence's own blocks are read, through its block table.
 //
-// Splits are SPLIT_TOKENS long (at most MAX_SPLITS of them, longer splits past that), so a
-// batch of one at 2k tokens still has 32 splits x 8 kv heads of blocks. The split count
-// depends only on the sequence length, never on the batch, so results are batch-invariant.
-// The splits' partial (max, sum, output) meet in the block of that (sequence, kv head) that
-// finishes last (a counter per pair, reset by that block), in split order: no second
-// kernel, and the same sum order every time.
+// Loads: the block copies its split's K and V rows (SPLIT_TOKENS tokens at a time) into
+// shared memory with cp.async, every 16-byte piece in flight at once, then computes from
+// there. Loading into registers instead held a warp's bytes in flight to what its registers
+// could take and left the memory idle while it computed: 10-36 % of the copy bandwidth on
+// an H200. In the compute, a token is owned by TG = HEAD_DIM / 8 lanes, each holding 8 dims;
+// a warp covers TPW = 32 / TG tokens per row and updates its online softmax once per
+// ATTN_ROWS rows.
+//
+// Splits are SPLIT_TOKENS long (at most MAX_SPLITS of them, longer past that), so a batch of
+// one at 2k tokens still has 32 splits x 8 kv heads of blocks. The split count depends only
+// on the sequence length, never on the batch, so results are batch-invariant. The splits'
+// partial (max, sum, output) meet in the block of that (sequence, kv head) that finishes
+// last (a counter per pair, reset by that block), in split order: no second kernel, and the
+// same sum order every time. That block weighs the splits first (lanes over splits), then
+// reads every split's output with all its loads in flight.
 #include "common.cuh"
 
 constexpr int ATTN_WARPS = 4;
-constexpr int ATTN_ROWS = 8;
+constexpr int ATTN_ROWS = 4;
 constexpr int SPLIT_TOKENS = 64;
-constexpr int MAX_SPLITS = 64;
+constexpr int MAX_SPLITS = 64;  // two per lane in the merge
 constexpr float LOG2E = 1.4426950408889634f;
 
 __device__ __forceinline__ int num_splits(int n) {
     return min(MAX_SPLITS, (n + SPLIT_TOKENS - 1) / SPLIT_TOKENS);
 }
+
+SB_DEVICE void cp_async16(void* smem, const void* gmem) {
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+}
+
+SB_DEVICE void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
 // Grid (batch, kv heads, split_stride), split_stride = num_splits(longest context) as the
 // host computes it; part_o [batch, heads, split_stride, HEAD_DIM], part_ml [.., 2] (fp32);
@@ -37,7 +49,10 @@ paged_attention(const __half* __restrict__ qkv, const int* __restrict__ position
                 const __half* __restrict__ v_cache, int split_stride,
                 float* __restrict__ part_o, float* __restrict__ part_ml,
                 int* __restrict__ counters, __half* __restrict__ out) {
-    constexpr int TG = HEAD_DIM / 8, TPW = 32 / TG;
+    constexpr int TG = HEAD_DIM / 8, TPW = 32 / TG, PIECES = HEAD_DIM / 8;
+    __shared__ __align__(16) __half sk[SPLIT_TOKENS * HEAD_DIM];
+    __shared__ __align__(16) __half sv[SPLIT_TOKENS * HEAD_DIM];
+    pdl_launch_dependents();  // the O projection after this may start prefetching
     const int b = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
     const int n = positions[b] + 1;
     const int splits = num_splits(n);
@@ -48,6 +63,8 @@ paged_attention(const __half* __restrict__ qkv, const int* __restrict__ position
     const int sub = lane / TG, dl = lane % TG;
     const int num_heads = num_kv_heads * GROUP;
     const int qkv_size = (num_heads + 2 * num_kv_heads) * HEAD_DIM;
+    const int kv_stride = num_kv_heads * HEAD_DIM;
+    const int* table = block_tables + (size_t)b * max_blocks;
 
     // Scores in the log2 domain: q carries scale * log2(e), so exp2f replaces expf.
     float q[GROUP][8];
@@ -71,59 +88,68 @@ paged_attention(const __half* __restrict__ qkv, const int* __restrict__ position
 #pragma unroll
         for (int i = 0; i < 8; ++i) acc[g][i] = 0.f;
     }
-    const int kv_stride = num_kv_heads * HEAD_DIM;
-    const int* table = block_tables + (size_t)b * max_blocks;
-    constexpr int WARP_TOKENS = TPW * ATTN_ROWS;
-    for (int base = t_begin + warp * WARP_TOKENS; base < t_end;
-         base += ATTN_WARPS * WARP_TOKENS) {
-        Half8 kr[ATTN_ROWS], vr[ATTN_ROWS];
-#pragma unroll
-        for (int u = 0; u < ATTN_ROWS; ++u) {
-            const int t = base + u * TPW + sub;
-            kr[u].u = vr[u].u = make_uint4(0, 0, 0, 0);
-            if (t < t_end) {
-                const size_t off = ((size_t)table[t / block_size] * block_size +
-                                    t % block_size) * kv_stride + kvh * HEAD_DIM + dl * 8;
-                kr[u].u = __ldg(reinterpret_cast<const uint4*>(k_cache + off));
-                vr[u].u = __ldg(reinterpret_cast<const uint4*>(v_cache + off));
-            }
+    for (int stage = t_begin; stage < t_end; stage += SPLIT_TOKENS) {
+        const int count = min(SPLIT_TOKENS, t_end - stage);
+        for (int i = threadIdx.x; i < count * PIECES; i += blockDim.x) {
+            const int t = stage + i / PIECES;
+            const size_t off = ((size_t)table[t / block_size] * block_size + t % block_size) *
+                                   kv_stride + kvh * HEAD_DIM + (i % PIECES) * 8;
+            cp_async16(sk + i * 8, k_cache + off);
+            cp_async16(sv + i * 8, v_cache + off);
         }
-#pragma unroll
-        for (int g = 0; g < GROUP; ++g) {
-            float s[ATTN_ROWS];
-            float chunk_max = -INFINITY;
+        cp_async_wait_all();
+        __syncthreads();
+        const int rows = (count + TPW - 1) / TPW;
+        for (int r0 = warp * ATTN_ROWS; r0 < rows; r0 += ATTN_WARPS * ATTN_ROWS) {
+            Half8 kr[ATTN_ROWS];
 #pragma unroll
             for (int u = 0; u < ATTN_ROWS; ++u) {
-                float d = 0.f;
-#pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    const float2 f = __half22float2(kr[u].h[i]);
-                    d = fmaf(q[g][2 * i], f.x, d);
-                    d = fmaf(q[g][2 * i + 1], f.y, d);
-                }
-                d = group_sum<TG>(d);
-                s[u] = base + u * TPW + sub < t_end ? d : -INFINITY;
-                chunk_max = fmaxf(chunk_max, s[u]);
+                const int tl = (r0 + u) * TPW + sub;
+                kr[u].u = tl < count ? *reinterpret_cast<const uint4*>(sk + tl * HEAD_DIM + dl * 8)
+                                     : make_uint4(0, 0, 0, 0);
             }
-            if (chunk_max == -INFINITY) continue;  // no token of this lane group here
-            const float m_new = fmaxf(m[g], chunk_max);
-            const float corr = exp2f(m[g] - m_new);  // 0 while m is still -inf
-            l[g] *= corr;
 #pragma unroll
-            for (int i = 0; i < 8; ++i) acc[g][i] *= corr;
+            for (int g = 0; g < GROUP; ++g) {
+                float s[ATTN_ROWS];
+                float chunk_max = -INFINITY;
 #pragma unroll
-            for (int u = 0; u < ATTN_ROWS; ++u) {
-                const float p = exp2f(s[u] - m_new);  // 0 for the tokens past the end
-                l[g] += p;
+                for (int u = 0; u < ATTN_ROWS; ++u) {
+                    float d = 0.f;
 #pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    const float2 f = __half22float2(vr[u].h[i]);
-                    acc[g][2 * i] = fmaf(p, f.x, acc[g][2 * i]);
-                    acc[g][2 * i + 1] = fmaf(p, f.y, acc[g][2 * i + 1]);
+                    for (int i = 0; i < 4; ++i) {
+                        const float2 f = __half22float2(kr[u].h[i]);
+                        d = fmaf(q[g][2 * i], f.x, d);
+                        d = fmaf(q[g][2 * i + 1], f.y, d);
+                    }
+                    d = group_sum<TG>(d);
+                    s[u] = (r0 + u) * TPW + sub < count ? d : -INFINITY;
+                    chunk_max = fmaxf(chunk_max, s[u]);
                 }
+                if (chunk_max == -INFINITY) continue;  // no token of this lane group here
+                const float m_new = fmaxf(m[g], chunk_max);
+                const float corr = exp2f(m[g] - m_new);  // 0 while m is still -inf
+                l[g] *= corr;
+#pragma unroll
+                for (int i = 0; i < 8; ++i) acc[g][i] *= corr;
+#pragma unroll
+                for (int u = 0; u < ATTN_ROWS; ++u) {
+                    if (s[u] == -INFINITY) continue;
+                    const float p = exp2f(s[u] - m_new);
+                    Half8 vr;
+                    vr.u = *reinterpret_cast<const uint4*>(sv + ((r0 + u) * TPW + sub) *
+                                                                    HEAD_DIM + dl * 8);
+                    l[g] += p;
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) {
+                        const float2 f = __half22float2(vr.h[i]);
+                        acc[g][2 * i] = fmaf(p, f.x, acc[g][2 * i]);
+                        acc[g][2 * i + 1] = fmaf(p, f.y, acc[g][2 * i + 1]);
+                    }
+                }
+                m[g] = m_new;
             }
-            m[g] = m_new;
         }
+        __syncthreads();  // the next stage overwrites sk and sv
     }
     // Merge the TPW token groups of the warp (lanes with the same dl), then the warps.
     __shared__ float sm_m[ATTN_WARPS][GROUP], sm_l[ATTN_WARPS][GROUP];
@@ -182,18 +208,41 @@ paged_attention(const __half* __restrict__ qkv, const int* __restrict__ position
     if (!last_split) return;
     __threadfence();
     if (threadIdx.x == 0) *counter = 0;  // ready for the next launch
-    for (int idx = threadIdx.x; idx < GROUP * HEAD_DIM; idx += blockDim.x) {
-        const int g = idx / HEAD_DIM, d = idx % HEAD_DIM;
-        const size_t base = (head0 + g) * split_stride;
-        float mx = -INFINITY;
-        for (int s = 0; s < splits; ++s) mx = fmaxf(mx, __ldcg(part_ml + 2 * (base + s)));
-        float lsum = 0.f, o = 0.f;
+
+    __shared__ float sm_c[GROUP][MAX_SPLITS], sm_inv_l[GROUP];
+    for (int g = warp; g < GROUP; g += ATTN_WARPS) {  // lanes over splits, two each
+        const float* ml = part_ml + 2 * (head0 + g) * split_stride;
+        const float m0 = lane < splits ? __ldcg(ml + 2 * lane) : -INFINITY;
+        const float m1 = lane + 32 < splits ? __ldcg(ml + 2 * (lane + 32)) : -INFINITY;
+        const float l0 = lane < splits ? __ldcg(ml + 2 * lane + 1) : 0.f;
+        const float l1 = lane + 32 < splits ? __ldcg(ml + 2 * (lane + 32) + 1) : 0.f;
+        const float mx = warp_max(fmaxf(m0, m1));
+        const float c0 = m0 == -INFINITY ? 0.f : exp2f(m0 - mx);
+        const float c1 = m1 == -INFINITY ? 0.f : exp2f(m1 - mx);
+        const float lsum = warp_sum(l0 * c0 + l1 * c1);
+        if (lane < splits) sm_c[g][lane] = c0;
+        if (lane + 32 < splits) sm_c[g][lane + 32] = c1;
+        if (lane == 0) sm_inv_l[g] = 1.f / lsum;
+    }
+    __syncthreads();
+    constexpr int QUADS = HEAD_DIM / 4;
+    for (int idx = threadIdx.x; idx < GROUP * QUADS; idx += blockDim.x) {
+        const int g = idx / QUADS, q4 = idx % QUADS;
+        const float4* po =
+            reinterpret_cast<const float4*>(part_o + (head0 + g) * split_stride * HEAD_DIM) + q4;
+        float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
         for (int s = 0; s < splits; ++s) {
-            const float ms = __ldcg(part_ml + 2 * (base + s));
-            const float c = ms == -INFINITY ? 0.f : exp2f(ms - mx);
-            lsum += __ldcg(part_ml + 2 * (base + s) + 1) * c;
-            o += __ldcg(part_o + (base + s) * HEAD_DIM + d) * c;
+            const float4 v = __ldcg(po + (size_t)s * QUADS);
+            const float c = sm_c[g][s];
+            o.x = fmaf(v.x, c, o.x);
+            o.y = fmaf(v.y, c, o.y);
+            o.z = fmaf(v.z, c, o.z);
+            o.w = fmaf(v.w, c, o.w);
         }
-        out[(head0 + g) * HEAD_DIM + d] = __float2half(o / lsum);
+        const float inv = sm_inv_l[g];
+        __half2* dst = reinterpret_cast<__half2*>(out + (head0 + g) * HEAD_DIM + 4 * q4);
+        dst[0] = __floats2half2_rn(o.x * inv, o.y * inv);
+        dst[1] = __floats2half2_rn(o.z * inv, o.w * inv);
     }
 }

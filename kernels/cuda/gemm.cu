@@ -12,19 +12,21 @@
 // straight from those registers (no shared memory, no ldmatrix).
 //
 // Bandwidth is bytes in flight: a warp issues the loads of CHUNKS_PER_LOAD 64-wide k chunks
-// (8 KB of weights) before its first MMA on them, and the K dimension is split over
-// `splits` blocks (gridDim.z) when the weight has too few 32-row tiles to give every SM two
-// blocks (o and down: 128 tiles for 132 SMs). Before the split, o reached 53 % of the copy
-// bandwidth and gate_up (896 tiles) 96 % on an H200.
+// (8 KB of weights) before its first MMA on them. That alone took o from 53 % to 74 % of
+// the copy bandwidth on an H200 and gate_up to the copy rate; splitting K over more blocks
+// was measured too and lost at every shape (its fix-up costs more than the extra blocks
+// give). What is left on the small projections is each kernel's fixed start and tail, so
+// the GEMMs are launched with programmatic dependent launch (PDL, sm_90): a GEMM's blocks
+// start while the previous kernel drains, prefetch their first weights into L2 (weights do
+// not depend on it), and only then wait for its results (griddepcontrol.wait). Every
+// kernel lets its dependents launch as soon as it starts (griddepcontrol.launch_dependents
+// in common.cuh); without PDL both instructions are no-ops.
 //
-// A block is 8 warps over 32 output features and one k range; warp i takes the chunks
-// i, i+8, ... of it; the warps' partial sums meet in shared memory in a fixed order, and the
-// splits' partials (fp32, in `ws`) are summed in split order by the block that finishes
-// last (a per-tile counter, reset by that block). The split count depends on the weight's
-// shape only, so every output element is summed in the same order whatever the batch size
-// or tile: a request's tokens never depend on its batch-mates. Batch tiles are blockIdx.x,
-// the fastest-varying index, so tiles that share a weight slice run together and read it
-// from L2 after the first.
+// A block is 8 warps over 32 output features; warp i takes the k chunks i, i+8, ...; the
+// warps' partial sums meet in shared memory in a fixed order, so every output element is
+// summed in the same order whatever the batch size or tile: a request's tokens never depend
+// on its batch-mates. Batch tiles are blockIdx.x, the fastest-varying index, so tiles that
+// share a weight slice run together and read it from L2 after the first.
 //
 // Epilogues fuse what the next kernel would otherwise re-read from memory:
 //   EPI_STORE_HALF   out fp16                                   (QKV)
@@ -62,21 +64,34 @@ SB_DEVICE void mma16816(float (&c)[4], unsigned a0, unsigned a1, unsigned a2, un
 }
 
 // NT: batch tiles of 8 per block (a block covers 8 * NT batch rows). Grid: (batch tiles,
-// 32-row tiles, splits). ws: splits * 32 * 8NT floats per tile; counters: one int per tile,
-// zero between launches. Both are unused when splits == 1.
+// 32-row tiles).
 template <int NT, int EPI>
 __global__ void __launch_bounds__(GEMM_WARPS * 32, NT <= 2 ? 2 : 1)
 tc_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows, int k_dim,
-        int batch, void* __restrict__ out, float* __restrict__ ws, int* __restrict__ counters) {
+        int batch, void* __restrict__ out) {
     constexpr int BT = 8 * NT;
     __shared__ float red[GEMM_WARPS][GEMM_ROWS][BT + 1];  // +1: no bank conflicts on writes
-    __shared__ bool last_split;
+    pdl_launch_dependents();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int n0 = blockIdx.y * GEMM_ROWS, b0 = blockIdx.x * BT;
-    const int splits = gridDim.z, chunks = k_dim / GEMM_K_CHUNK;
-    const int c_begin = (int)((long long)blockIdx.z * chunks / splits);
-    const int c_end = (int)((long long)(blockIdx.z + 1) * chunks / splits);
+    const int chunks = k_dim / GEMM_K_CHUNK;
+
+    // Before the wait: the first load's weights into L2, one 128-byte line per row and chunk
+    // (lanes t == 0 of each row group).
+    if (t == 0) {
+#pragma unroll
+        for (int u = 0; u < CHUNKS_PER_LOAD; ++u) {
+            const int c = warp + u * GEMM_WARPS;
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const int row = n0 + g + 8 * r;
+                if (c < chunks && row < n_rows)
+                    prefetch_l2(w + (size_t)row * k_dim + c * GEMM_K_CHUNK);
+            }
+        }
+    }
+    pdl_wait();  // x, and out for the residual add, come from earlier kernels
 
     float acc[2][NT][4];
 #pragma unroll
@@ -86,7 +101,7 @@ tc_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows, 
 #pragma unroll
             for (int i = 0; i < 4; ++i) acc[m][j][i] = 0.f;
 
-    for (int c0 = c_begin + warp; c0 < c_end; c0 += CHUNKS_PER_LOAD * GEMM_WARPS) {
+    for (int c0 = warp; c0 < chunks; c0 += CHUNKS_PER_LOAD * GEMM_WARPS) {
         Half16 wa[CHUNKS_PER_LOAD][2][2], xa[CHUNKS_PER_LOAD][NT];  // [chunk][m tile][g, g+8]
 #pragma unroll
         for (int u = 0; u < CHUNKS_PER_LOAD; ++u) {
@@ -97,12 +112,12 @@ tc_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows, 
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
                     const int row = n0 + 16 * m + g + 8 * h;
-                    load16(wa[u][m][h], w + (size_t)row * k_dim + k, c < c_end && row < n_rows);
+                    load16(wa[u][m][h], w + (size_t)row * k_dim + k, c < chunks && row < n_rows);
                 }
 #pragma unroll
             for (int j = 0; j < NT; ++j) {
                 const int row = b0 + 8 * j + g;
-                load16(xa[u][j], x + (size_t)row * k_dim + k, c < c_end && row < batch);
+                load16(xa[u][j], x + (size_t)row * k_dim + k, c < chunks && row < batch);
             }
         }
 #pragma unroll
@@ -129,34 +144,6 @@ tc_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows, 
         }
     __syncthreads();
 
-    // The block's sum over its warps, in warp order, into red[0].
-    for (int i = threadIdx.x; i < GEMM_ROWS * BT; i += blockDim.x) {
-        const int r = i / BT, c = i % BT;
-        float s = 0.f;
-#pragma unroll
-        for (int v = 0; v < GEMM_WARPS; ++v) s += red[v][r][c];
-        red[0][r][c] = s;
-    }
-    if (splits > 1) {
-        const int tile = blockIdx.y * gridDim.x + blockIdx.x;
-        float* tile_ws = ws + (size_t)tile * splits * GEMM_ROWS * BT;
-        for (int i = threadIdx.x; i < GEMM_ROWS * BT; i += blockDim.x)
-            tile_ws[blockIdx.z * GEMM_ROWS * BT + i] = red[0][i / BT][i % BT];
-        __threadfence();  // the partials are visible device-wide before the count says so
-        __syncthreads();
-        if (threadIdx.x == 0) last_split = atomicAdd(&counters[tile], 1) == splits - 1;
-        __syncthreads();
-        if (!last_split) return;
-        __threadfence();
-        for (int i = threadIdx.x; i < GEMM_ROWS * BT; i += blockDim.x) {
-            float s = 0.f;
-            for (int z = 0; z < splits; ++z) s += __ldcg(tile_ws + z * GEMM_ROWS * BT + i);
-            red[0][i / BT][i % BT] = s;
-        }
-        if (threadIdx.x == 0) counters[tile] = 0;  // ready for the next launch
-    }
-    __syncthreads();
-
     constexpr int ROWS_OUT = EPI == EPI_SILU_MUL ? GEMM_ROWS / 2 : GEMM_ROWS;
     for (int i = threadIdx.x; i < ROWS_OUT * BT; i += blockDim.x) {
         const int r = i % ROWS_OUT, c = i / ROWS_OUT;
@@ -165,13 +152,20 @@ tc_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows, 
         if constexpr (EPI == EPI_SILU_MUL) {
             const int n = n0 + 2 * r;
             if (n >= n_rows) continue;
-            const float gate = red[0][2 * r][c], up = red[0][2 * r + 1][c];
+            float gate = 0.f, up = 0.f;
+#pragma unroll
+            for (int v = 0; v < GEMM_WARPS; ++v) {
+                gate += red[v][2 * r][c];
+                up += red[v][2 * r + 1][c];
+            }
             static_cast<__half*>(out)[(size_t)brow * (n_rows / 2) + n / 2] =
                 __float2half(gate / (1.f + expf(-gate)) * up);
         } else {
             const int n = n0 + r;
             if (n >= n_rows) continue;
-            const float s = red[0][r][c];
+            float s = 0.f;
+#pragma unroll
+            for (int v = 0; v < GEMM_WARPS; ++v) s += red[v][r][c];
             const size_t o = (size_t)brow * n_rows + n;
             if constexpr (EPI == EPI_STORE_HALF)
                 static_cast<__half*>(out)[o] = __float2half(s);

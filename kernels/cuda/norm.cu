@@ -16,6 +16,7 @@ extern "C" __global__ void embed_rmsnorm(const int* __restrict__ input_ids,
                                          const __half* __restrict__ w, float eps, int hidden,
                                          float* __restrict__ x, __half* __restrict__ h) {
     __shared__ float scratch[32];
+    pdl_launch_dependents();  // the QKV GEMM after this may start prefetching its weights
     const int row = blockIdx.x;
     const int id = input_ids[row];
     const int tok = id >= 0 ? id : token_buf[slots[row]];
@@ -37,6 +38,7 @@ extern "C" __global__ void embed_rmsnorm(const int* __restrict__ input_ids,
 extern "C" __global__ void rmsnorm(const float* __restrict__ x, const __half* __restrict__ w,
                                    float eps, int hidden, __half* __restrict__ h) {
     __shared__ float scratch[32];
+    pdl_launch_dependents();  // the GEMM after this may start prefetching its weights
     const float* xr = x + (size_t)blockIdx.x * hidden;
     float ss = 0.f;
     for (int j = threadIdx.x; j < hidden; j += blockDim.x) ss += xr[j] * xr[j];

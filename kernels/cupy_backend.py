@@ -147,9 +147,8 @@ def gemm_tiles(batch: int) -> int:
 def pdl_default() -> bool:
     """Programmatic dependent launch for the GEMMs: on sm_90 and later, unless
     ``SCHEDBENCH_PDL=0`` (to measure without it)."""
-    major = runtime.deviceGetAttribute(runtime.cudaDevAttrComputeCapabilityMajor,
-                                       runtime.getDevice())
-    return major >= 9 and os.environ.get("SCHEDBENCH_PDL", "1") != "0"
+    capability = int(cp.cuda.Device().compute_capability)  # e.g. "90"
+    return capability >= 90 and os.environ.get("SCHEDBENCH_PDL", "1") != "0"
 
 
 def gemm_launch(x: cp.ndarray, w: cp.ndarray, batch: int, epilogue: str, out: cp.ndarray,

@@ -9,6 +9,7 @@ loop, so it is a start/end range.
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -31,14 +32,27 @@ class Nvtx:
             self._start, self._end = nvtx.start_range, nvtx.end_range
         except ImportError:
             if "cupy" in sys.modules:
-                from cupy.cuda import nvtx as cupy_nvtx
+                self._use_cupy()
 
-                if cupy_nvtx.available:
-                    # NOTE: CuPy 14 made id_color a required argument; -1 is "no colour"
-                    self._push = lambda name: cupy_nvtx.RangePush(name, -1)
-                    self._pop = cupy_nvtx.RangePop
-                    self._start = lambda name: cupy_nvtx.RangeStart(name, -1)
-                    self._end = cupy_nvtx.RangeEnd
+    def _use_cupy(self) -> None:
+        from cupy.cuda import nvtx as cupy_nvtx
+
+        if not cupy_nvtx.available:
+            return
+        # NOTE: CuPy 14 made the colour argument required and unsigned (earlier releases
+        # took an optional colour index, -1 for none); 0 is valid under both.
+        push = lambda name: cupy_nvtx.RangePush(name, 0)  # noqa: E731
+        start = lambda name: cupy_nvtx.RangeStart(name, 0)  # noqa: E731
+        try:  # a profiling aid must never stop a run: probe once, else stay a no-op
+            push("schedbench")
+            cupy_nvtx.RangePop()
+            cupy_nvtx.RangeEnd(start("schedbench"))
+        except (TypeError, ValueError, OverflowError) as exc:
+            warnings.warn(f"NVTX ranges off: CuPy's nvtx bindings refused a call ({exc})",
+                          stacklevel=3)
+            return
+        self._push, self._pop = push, cupy_nvtx.RangePop
+        self._start, self._end = start, cupy_nvtx.RangeEnd
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:

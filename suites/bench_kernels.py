@@ -115,6 +115,7 @@ def measure_numba(fig: Figures, cfg, shapes: dict, weights: dict, inputs: dict,
                "silu_mul": nk.gemm_silu_mul}
 
     def timed(launches: list) -> float:
+        cp.cuda.Device().synchronize()  # NOTE: inputs were made on the legacy stream
         stream = cp.cuda.Stream(non_blocking=True)
         ext = cuda.external_stream(stream.ptr)
 

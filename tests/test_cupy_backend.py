@@ -68,11 +68,15 @@ def test_gemm_waits_for_the_kernel_before_it(rng, pdl):
     x = rng.standard_normal((batch, hid)).astype(np.float32)
     nw, w = half(rng, hid), half(rng, n, hid, scale=hid ** -0.5)
     h, out = cp.full((batch, hid), np.nan, cp.float16), cp.full((batch, n), np.nan, cp.float32)
+    norm = Launch(cb.module("norm").get_function("rmsnorm"), batch, cb.NORM_THREADS,
+                  (cp.asarray(x), cp.asarray(nw), cb.f32(1e-5), cb.i32(hid), h))
+    gemm = cb.gemm_launch(h, cp.asarray(w), batch, "store_float", out, pdl=pdl)
+    # NOTE: the uploads above ran on the legacy stream (a pageable upload may still be in
+    # flight when cudaMemcpy returns), which the non-blocking stream below does not wait for
     cp.cuda.Device().synchronize()
     stream = cp.cuda.Stream(non_blocking=True)
-    Launch(cb.module("norm").get_function("rmsnorm"), batch, cb.NORM_THREADS,
-           (cp.asarray(x), cp.asarray(nw), cb.f32(1e-5), cb.i32(hid), h))(stream.ptr)
-    cb.gemm_launch(h, cp.asarray(w), batch, "store_float", out, pdl=pdl)(stream.ptr)
+    norm(stream.ptr)
+    gemm(stream.ptr)
     stream.synchronize()
     expect = ref.rms_norm(x, nw, 1e-5).astype(np.float16).astype(np.float64) @ w.T
     got = cp.asnumpy(out)

@@ -2,7 +2,7 @@
 # One GPU check in one call: the GPU tests, a short run of each suite, the sweeps, the
 # sanitizers, then a compact table. Writes logs and JSON under $OUT (default /tmp/gpu_check).
 # Usage: bash tools/gpu_check.sh     (from the repository root, on a machine with a GPU)
-#   STAGES="tests kernels launch sweep numba default sanitize" picks stages (default: all);
+#   STAGES="tests kernels launch sweep numba sanitize default" picks stages (default: all);
 #   "default" times the full default sweeps (`python -m schedbench --backend cupy|numba`).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +10,7 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 out=${OUT:-/tmp/gpu_check}
 mkdir -p "$out"
 py=${PYTHON:-python3}
-stages=" ${STAGES:-tests kernels launch sweep numba default sanitize} "
+stages=" ${STAGES:-tests kernels launch sweep numba sanitize default} "
 step() { echo; echo "=== $1"; }
 want() { [[ $stages == *" $1 "* ]]; }
 
@@ -48,17 +48,6 @@ if want numba; then
     --repeats 1 --steps 30 --warmup 5 --json "$out/numba.json" 2>&1 | tail -n 14
 fi
 
-if want default; then
-  for backend in cupy numba; do
-    preset=$([ $backend = cupy ] && echo llama3-8b || echo tiny)
-    step "default sweep: python -m schedbench --backend $backend --preset $preset"
-    start=$(date +%s)
-    timeout 240 $py -m schedbench --backend $backend --preset $preset \
-      --json "$out/default-$backend.json" > "$out/default-$backend.txt" 2>&1
-    echo "exit $?, wall time $(( $(date +%s) - start )) s"; tail -n 22 "$out/default-$backend.txt"
-  done
-fi
-
 if want sanitize; then
   step "compute-sanitizer: memcheck and racecheck over every mode (tiny preset)"
   if command -v compute-sanitizer >/dev/null 2>&1; then
@@ -71,6 +60,17 @@ if want sanitize; then
   else
     echo "skipped: no compute-sanitizer on PATH"
   fi
+fi
+
+if want default; then
+  for backend in cupy numba; do
+    preset=$([ $backend = cupy ] && echo llama3-8b || echo tiny)
+    step "default sweep: python -m schedbench --backend $backend --preset $preset"
+    start=$(date +%s)
+    timeout 240 $py -m schedbench --backend $backend --preset $preset \
+      --json "$out/default-$backend.json" > "$out/default-$backend.txt" 2>&1
+    echo "exit $?, wall time $(( $(date +%s) - start )) s"; tail -n 22 "$out/default-$backend.txt"
+  done
 fi
 
 step "summary"

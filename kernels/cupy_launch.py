@@ -52,6 +52,10 @@ _PROGRAMMATIC_STREAM_SERIALIZATION = 6  # CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREA
 
 @cache
 def _launch_kernel_ex() -> Callable[..., int]:
+    try:  # NOTE: on an H200 (cuda-bindings 13), importing cuda.bindings after this dlopen
+        import cuda.bindings.driver  # noqa: F401  # failed ("null bytes"): import it first
+    except ImportError:
+        pass
     fn = ctypes.CDLL("libcuda.so.1").cuLaunchKernelEx
     fn.argtypes = [ctypes.POINTER(_LaunchConfig), ctypes.c_void_p, ctypes.c_void_p,
                    ctypes.c_void_p]

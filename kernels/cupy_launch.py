@@ -11,7 +11,8 @@ packed values point at is kept referenced for as long as the launch lives.
 A launch may ask for programmatic dependent launch (PDL, sm_90+): its blocks may start
 before the previous kernel on the stream finishes, and must wait for it in the kernel
 (``pdl_wait`` in common.cuh). That needs ``cuLaunchKernelEx``, which CuPy does not wrap;
-it is called through ctypes from libcuda, with its launch config built once.
+it is called through ctypes from libcuda, with its launch config built once. PDL launches
+are meant for the engine's non-blocking streams, not the legacy default stream.
 """
 
 from __future__ import annotations
@@ -52,10 +53,6 @@ _PROGRAMMATIC_STREAM_SERIALIZATION = 6  # CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREA
 
 @cache
 def _launch_kernel_ex() -> Callable[..., int]:
-    try:  # NOTE: on an H200 (cuda-bindings 13), importing cuda.bindings after this dlopen
-        import cuda.bindings.driver  # noqa: F401  # failed ("null bytes"): import it first
-    except ImportError:
-        pass
     fn = ctypes.CDLL("libcuda.so.1").cuLaunchKernelEx
     fn.argtypes = [ctypes.POINTER(_LaunchConfig), ctypes.c_void_p, ctypes.c_void_p,
                    ctypes.c_void_p]

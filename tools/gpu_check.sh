@@ -2,15 +2,16 @@
 # One GPU check in one call: the GPU tests, a short run of each suite, the sweeps, the
 # sanitizers, then a compact table. Writes logs and JSON under $OUT (default /tmp/gpu_check).
 # Usage: bash tools/gpu_check.sh     (from the repository root, on a machine with a GPU)
-#   STAGES="tests kernels launch sweep numba sanitize default" picks stages (default: all);
-#   "default" times the full default sweeps (`python -m schedbench --backend cupy|numba`).
+#   STAGES="tests kernels launch sweep numba sanitize default pdl" picks stages (default: all);
+#   "default" times the full default sweeps (`python -m schedbench --backend cupy|numba`);
+#   "pdl" tries the opt-in programmatic dependent launch in processes of its own, last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 out=${OUT:-/tmp/gpu_check}
 mkdir -p "$out"
 py=${PYTHON:-python3}
-stages=" ${STAGES:-tests kernels launch sweep numba sanitize default} "
+stages=" ${STAGES:-tests kernels launch sweep numba sanitize default pdl} "
 step() { echo; echo "=== $1"; }
 want() { [[ $stages == *" $1 "* ]]; }
 
@@ -71,6 +72,25 @@ if want default; then
       --json "$out/default-$backend.json" > "$out/default-$backend.txt" 2>&1
     echo "exit $?, wall time $(( $(date +%s) - start )) s"; tail -n 22 "$out/default-$backend.txt"
   done
+fi
+
+if want pdl; then
+  step "PDL (opt-in): its test, the projections with it, then whether later imports still work"
+  SCHEDBENCH_PDL=1 timeout 120 $py -m pytest -q -p no:cacheprovider tests/test_cupy_backend.py \
+    -k "waits or whole_step or identical" 2>&1 | tail -n 4
+  SCHEDBENCH_PDL=1 timeout 200 $py suites/bench_kernels.py --no-numba --contexts 2048 \
+    --json "$out/kernels-pdl.json" 2>&1 | grep -E "projections|preset"
+  SCHEDBENCH_PDL=1 $py -c "
+import cupy as cp, numpy as np
+from kernels import cupy_backend as cb
+x, w = cp.ones((4, 4096), cp.float16), cp.ones((4096, 4096), cp.float16)
+out = cp.zeros((4, 4096), cp.float32)
+cp.cuda.Device().synchronize()
+s = cp.cuda.Stream(non_blocking=True)
+cb.gemm_launch(x, w, 4, 'store_float', out, pdl=True)(s.ptr)
+s.synchronize()
+import numpy.testing, cuda.bindings.driver
+print('imports after a PDL launch: ok')" 2>&1 | tail -n 2
 fi
 
 step "summary"

@@ -15,12 +15,12 @@
 // (8 KB of weights) before its first MMA on them. That alone took o from 53 % to 74 % of
 // the copy bandwidth on an H200 and gate_up to the copy rate; splitting K over more blocks
 // was measured too and lost at every shape (its fix-up costs more than the extra blocks
-// give). What is left on the small projections is each kernel's fixed start and tail, so
-// the GEMMs are launched with programmatic dependent launch (PDL, sm_90): a GEMM's blocks
-// start while the previous kernel drains, prefetch their first weights into L2 (weights do
-// not depend on it), and only then wait for its results (griddepcontrol.wait). Every
-// kernel lets its dependents launch as soon as it starts (griddepcontrol.launch_dependents
-// in common.cuh); without PDL both instructions are no-ops.
+// give). What is left on the small projections is each kernel's fixed start and tail
+// (about 3 us). Programmatic dependent launch (PDL, sm_90, opt-in: SCHEDBENCH_PDL=1) hides
+// it: a GEMM's blocks start while the previous kernel drains, prefetch their first weights
+// into L2 (weights do not depend on it), and only then wait for its results
+// (griddepcontrol.wait). Kernels before a GEMM let it launch as soon as they start
+// (griddepcontrol.launch_dependents, common.cuh); without PDL both are no-ops.
 //
 // A block is 8 warps over 32 output features; warp i takes the k chunks i, i+8, ...; the
 // warps' partial sums meet in shared memory in a fixed order, so every output element is

@@ -151,10 +151,10 @@ def pdl_default() -> bool:
     """Programmatic dependent launch for the GEMMs: opt-in with ``SCHEDBENCH_PDL=1``, and only
     on sm_90 and later.
 
-    NOTE: off by default until it is measured. The runs that first used it (H200, 2026-11)
-    also showed later imports in the same process failing with "source code string cannot
-    contain null bytes", a sign of corrupted host memory whose cause was not pinned down;
-    the engine's results (sweeps, sanitizers) were clean with it on.
+    NOTE: off by default until it is measured on a GPU. The first runs with it (H200,
+    2026-11) never enabled it: the attribute was written through a ctypes char-array field,
+    which corrupted the interpreter instead (later imports failed with "null bytes"); fixed
+    and tested in kernels/launch_ex.py, but not yet run on a GPU.
     """
     if os.environ.get("SCHEDBENCH_PDL", "0") != "1":
         return False

@@ -10,20 +10,21 @@ packed values point at is kept referenced for as long as the launch lives.
 
 A launch may ask for programmatic dependent launch (PDL, sm_90+): its blocks may start
 before the previous kernel on the stream finishes, and must wait for it in the kernel
-(``pdl_wait`` in common.cuh). That needs ``cuLaunchKernelEx``, which CuPy does not wrap;
-it is called through ctypes from libcuda, with its launch config built once. PDL launches
-are meant for the engine's non-blocking streams, not the legacy default stream.
+(``pdl_wait`` in common.cuh). That needs ``cuLaunchKernelEx``, which CuPy does not wrap
+(``kernels.launch_ex``). PDL launches are meant for the engine's non-blocking streams.
 """
 
 from __future__ import annotations
 
 import ctypes
 from collections.abc import Callable
-from functools import cache, partial
+from functools import partial
 
 import cupy as cp
 import numpy as np
 from cupy.cuda import driver
+
+from kernels.launch_ex import PdlEnqueue
 
 _CTYPES = {np.dtype(np.int32): ctypes.c_int32, np.dtype(np.int64): ctypes.c_int64,
            np.dtype(np.float32): ctypes.c_float, np.dtype(np.uint64): ctypes.c_uint64}
@@ -36,48 +37,6 @@ def _pack(arg: object) -> ctypes._SimpleCData:
         return _CTYPES[arg.dtype](arg.item())
     raise TypeError(f"kernel argument {arg!r} ({type(arg).__name__}) must be a cupy.ndarray "
                     f"or a NumPy scalar of {sorted(str(d) for d in _CTYPES)}")
-
-
-class _LaunchAttribute(ctypes.Structure):  # CUlaunchAttribute: id, pad, a 64-byte union
-    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", ctypes.c_char * 64)]
-
-
-class _LaunchConfig(ctypes.Structure):  # CUlaunchConfig
-    _fields_ = [("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3),
-                ("shared_mem", ctypes.c_uint), ("stream", ctypes.c_void_p),
-                ("attrs", ctypes.POINTER(_LaunchAttribute)), ("num_attrs", ctypes.c_uint)]
-
-
-_PROGRAMMATIC_STREAM_SERIALIZATION = 6  # CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
-
-
-@cache
-def _launch_kernel_ex() -> Callable[..., int]:
-    fn = ctypes.CDLL("libcuda.so.1").cuLaunchKernelEx
-    fn.argtypes = [ctypes.POINTER(_LaunchConfig), ctypes.c_void_p, ctypes.c_void_p,
-                   ctypes.c_void_p]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-class _PdlEnqueue:
-    """``enqueue(stream, params, extra)`` through ``cuLaunchKernelEx`` with PDL allowed."""
-
-    __slots__ = ("_attr", "_call", "_config", "_config_ref", "_func", "name")
-
-    def __init__(self, func_ptr: int, grid: tuple[int, int, int], block: tuple[int, int, int],
-                 name: str) -> None:
-        self._attr = _LaunchAttribute(id=_PROGRAMMATIC_STREAM_SERIALIZATION)
-        ctypes.memmove(self._attr.value, ctypes.byref(ctypes.c_int(1)), 4)
-        self._config = _LaunchConfig((ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block),
-                                     0, None, ctypes.pointer(self._attr), 1)
-        self._config_ref = ctypes.byref(self._config)
-        self._func, self._call, self.name = func_ptr, _launch_kernel_ex(), name
-
-    def __call__(self, stream_ptr: int, params: int, extra: int) -> None:
-        self._config.stream = stream_ptr
-        if err := self._call(self._config_ref, self._func, params, extra or None):
-            raise RuntimeError(f"cuLaunchKernelEx({self.name}) failed: CUDA error {err}")
 
 
 def _dim3(v: int | tuple[int, ...]) -> tuple[int, int, int]:
@@ -116,7 +75,7 @@ class Launch:
             *(ctypes.addressof(v) for v in values))
         self.params = ctypes.addressof(self._array)
         self.enqueue: Callable[[int, int, int], object] = (
-            _PdlEnqueue(func_ptr, self.grid, self.block, name) if pdl
+            PdlEnqueue(func_ptr, self.grid, self.block, name) if pdl
             else partial(driver.launchKernel, func_ptr, *self.grid, *self.block, 0))
 
     def __call__(self, stream_ptr: int) -> None:

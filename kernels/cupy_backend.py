@@ -20,7 +20,7 @@ from cupy.cuda import runtime
 
 from kernels.backend import Backend, DecodeStep, Event, Graph, Stream
 from kernels.cuda_sources import attention_names, gemm_name, gemm_names, source
-from kernels.cupy_launch import Launch
+from kernels.cupy_launch import Launch, LaunchSequence
 from kernels.layout import StepLayout
 from schedbench.errors import ConfigError
 from schedbench.model import ModelConfig, Weights, interleave_gate_up
@@ -234,12 +234,12 @@ class CupyDecodeStep(DecodeStep):
         self._rmsnorm = norm.get_function("rmsnorm")
         self._rope = norm.get_function("rope_kv_append")
         self._argmax = sample.get_function("argmax_tokens")
-        self._plans: dict[tuple[int, int, int], list[tuple]] = {}
+        self._plans: dict[tuple[int, int, int], LaunchSequence] = {}
         # NOTE: everything above was filled on the legacy default stream, which the engine's
         # non-blocking streams do not wait for: finish it before any step can run.
         cp.cuda.Device().synchronize()
 
-    def plan(self, meta: cp.ndarray, out_tokens: cp.ndarray, batch: int) -> list[Launch]:
+    def plan(self, meta: cp.ndarray, out_tokens: cp.ndarray, batch: int) -> LaunchSequence:
         """Every launch of one step, in stream order."""
         cfg, w = self.cfg, self.w
         ids, slots, positions, tables = self.layout.views(meta)
@@ -273,7 +273,7 @@ class CupyDecodeStep(DecodeStep):
                    (self.logits, i32(cfg.vocab_size), slots, self.token_buf, out_tokens)),
         ]
         assert len(plan) == self.kernels_per_step
-        return [(launch.enqueue, launch.params, launch) for launch in plan]
+        return LaunchSequence(plan)
 
     def launch(self, meta: cp.ndarray, out_tokens: cp.ndarray, batch_size: int,
                stream: Stream) -> None:
@@ -281,9 +281,7 @@ class CupyDecodeStep(DecodeStep):
         key = (batch_size, meta.data.ptr, out_tokens.data.ptr)
         if (plan := self._plans.get(key)) is None:
             plan = self._plans[key] = self.plan(meta, out_tokens, batch_size)
-        s = stream.raw.ptr
-        for enqueue, params, _ in plan:
-            enqueue(s, params, 0)
+        plan(stream.raw.ptr)
 
 
 class CupySpinStep(DecodeStep):

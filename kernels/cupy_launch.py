@@ -80,3 +80,21 @@ class Launch:
 
     def __call__(self, stream_ptr: int) -> None:
         self.enqueue(stream_ptr, self.params, 0)
+
+
+class LaunchSequence:
+    """Launches enqueued in stream order: a step's hot path. The bound call and the packed
+    parameters of each are looked up once, here, not on every step."""
+
+    __slots__ = ("_calls", "launches")
+
+    def __init__(self, launches: list[Launch]) -> None:
+        self.launches = launches  # NOTE: they own the packed values the calls point at
+        self._calls = [(launch.enqueue, launch.params) for launch in launches]
+
+    def __len__(self) -> int:
+        return len(self.launches)
+
+    def __call__(self, stream_ptr: int) -> None:
+        for enqueue, params in self._calls:
+            enqueue(stream_ptr, params, 0)

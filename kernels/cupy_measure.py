@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 import cupy as cp
 
-from kernels.cupy_launch import Launch
+from kernels.cupy_launch import Launch, LaunchSequence
 
 
 def copy_bandwidth_gbs(nbytes: int = 2 << 30, reps: int = 10) -> float:
@@ -39,27 +39,35 @@ def time_ms(enqueue: Callable[[cp.cuda.Stream], None], reps: int = 20,
     return statistics.median(times)
 
 
-def graph_of(launches: Sequence[Launch], stream: cp.cuda.Stream) -> cp.cuda.graph.Graph:
+def graph_of(enqueue: Callable[[cp.cuda.Stream], None],
+             stream: cp.cuda.Stream) -> cp.cuda.graph.Graph:
+    """What ``enqueue(stream)`` puts on ``stream``, captured as a graph."""
     with stream:
         stream.begin_capture()
         try:
-            for launch in launches:
-                launch(stream.ptr)
+            enqueue(stream)
         finally:
             graph = stream.end_capture()
     return graph
 
 
+def replay_ms(enqueue: Callable[[cp.cuda.Stream], None], stream: cp.cuda.Stream,
+              reps: int = 20) -> float:
+    """Device time of what ``enqueue`` puts on a stream, replayed from a graph so that launch
+    gaps do not count: what the kernels themselves take."""
+    graph = graph_of(enqueue, stream)
+    return time_ms(lambda s: graph.launch(s), reps=reps)
+
+
 def time_launches_ms(launches: Sequence[Launch], reps: int = 20) -> float:
-    """Device time of a sequence of launches, replayed from a graph so that launch gaps do
-    not count: what the kernels themselves take."""
+    """``replay_ms`` of a sequence of launches."""
     cp.cuda.Device().synchronize()  # NOTE: see time_ms
     stream = cp.cuda.Stream(non_blocking=True)
     for launch in launches:  # once directly, so a faulting kernel is named before any graph
         launch(stream.ptr)
         stream.synchronize()
-    graph = graph_of(launches, stream)
-    return time_ms(lambda s: graph.launch(s), reps=reps)
+    sequence = LaunchSequence(list(launches))
+    return replay_ms(lambda s: sequence(s.ptr), stream, reps)
 
 
 def host_us(call: Callable[[], None], n: int = 200, sync: Callable[[], None] | None = None,

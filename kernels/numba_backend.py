@@ -179,17 +179,16 @@ class NumbaDecodeStep(DecodeStep):
         if (plan := self._plans.get(key)) is None:
             plan = self._plans[key] = self.plan(meta, out_tokens, batch_size)
             if not SIMULATOR:
+                from kernels.cupy_launch import LaunchSequence
                 from kernels.numba_launch import prepare
 
-                plan = self._plans[key] = [prepare(*launch) for launch in plan]
+                plan = self._plans[key] = LaunchSequence([prepare(*launch) for launch in plan])
         if SIMULATOR:
             raw = stream.raw
             for kernel, grid, block, args in plan:
                 kernel[grid, block, raw](*args)
         else:
-            s = int(stream.raw.handle)
-            for launch in plan:
-                launch.enqueue(s, launch.params, 0)
+            plan(int(stream.raw.handle))
 
 
 class NumbaBackend(Backend):

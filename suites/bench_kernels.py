@@ -113,7 +113,7 @@ def measure_numba(fig: Figures, cfg, shapes: dict, weights: dict, inputs: dict,
     import cupy as cp
 
     from kernels import numba_kernels as nk
-    from kernels.cupy_measure import time_ms
+    from kernels.cupy_measure import replay_ms
 
     cuda = nk.cuda
     kernels = {"store_half": nk.gemm_store, "add_residual": nk.gemm_add,
@@ -124,19 +124,13 @@ def measure_numba(fig: Figures, cfg, shapes: dict, weights: dict, inputs: dict,
         stream = cp.cuda.Stream(non_blocking=True)
         ext = cuda.external_stream(stream.ptr)
 
-        def enqueue_all() -> None:
+        def enqueue_all(_: cp.cuda.Stream) -> None:
             for kernel, grid, threads, args in launches:
                 kernel[grid, threads, ext](*args)
 
-        enqueue_all()  # compile, and fault here rather than inside a graph
+        enqueue_all(stream)  # compile, and fault here rather than inside a graph
         stream.synchronize()
-        with stream:
-            stream.begin_capture()
-            try:
-                enqueue_all()
-            finally:
-                graph = stream.end_capture()
-        return time_ms(lambda s: graph.launch(s))
+        return replay_ms(enqueue_all, stream)
 
     wrap = cuda.as_cuda_array
     for p in PROJECTIONS:

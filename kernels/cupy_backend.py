@@ -172,8 +172,9 @@ def gemm_launch(x: cp.ndarray, w: cp.ndarray, batch: int, epilogue: str, out: cp
     tiles = gemm_tiles(batch)
     fn = module("gemm", gemm_names()).get_function(gemm_name(tiles, epilogue))
     grid = (-(-batch // (8 * tiles)), -(-n // GEMM_ROWS))
-    return Launch(fn, grid, GEMM_WARPS * 32, (x, w, i32(n), i32(k), i32(batch), out),
-                  pdl=pdl_default() if pdl is None else pdl)
+    pdl = pdl_default() if pdl is None else pdl
+    return Launch(fn, grid, GEMM_WARPS * 32, (x, w, i32(n), i32(k), i32(batch), out, i32(pdl)),
+                  pdl=pdl)
 
 
 @dataclass(frozen=True)

@@ -64,11 +64,12 @@ SB_DEVICE void mma16816(float (&c)[4], unsigned a0, unsigned a1, unsigned a2, un
 }
 
 // NT: batch tiles of 8 per block (a block covers 8 * NT batch rows). Grid: (batch tiles,
-// 32-row tiles).
+// 32-row tiles). prefetch: nonzero when launched with PDL (the prefetch is only worth its
+// instructions while the previous kernel is still draining).
 template <int NT, int EPI>
 __global__ void __launch_bounds__(GEMM_WARPS * 32, NT <= 2 ? 2 : 1)
 tc_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows, int k_dim,
-        int batch, void* __restrict__ out) {
+        int batch, void* __restrict__ out, int prefetch) {
     constexpr int BT = 8 * NT;
     __shared__ float red[GEMM_WARPS][GEMM_ROWS][BT + 1];  // +1: no bank conflicts on writes
     pdl_launch_dependents();
@@ -79,7 +80,7 @@ tc_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows, 
 
     // Before the wait: the first load's weights into L2, one 128-byte line per row and chunk
     // (lanes t == 0 of each row group).
-    if (t == 0) {
+    if (prefetch && t == 0) {
 #pragma unroll
         for (int u = 0; u < CHUNKS_PER_LOAD; ++u) {
             const int c = warp + u * GEMM_WARPS;

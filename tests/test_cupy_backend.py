@@ -24,7 +24,7 @@ pytestmark = pytest.mark.gpu
 
 cp = pytest.importorskip("cupy")
 cb = pytest.importorskip("kernels.cupy_backend")
-from kernels.cupy_launch import Launch  # noqa: E402
+from kernels.cupy_launch import Launch, LaunchSequence  # noqa: E402
 
 FP16_TOL = 3e-3  # fp16 storage of the result, fp32 accumulation
 LLAMA8B = get_preset("llama3-8b")
@@ -34,8 +34,9 @@ def launch(fn, grid, block, args) -> None:
     run(Launch(fn, grid, block, args))
 
 
-def run(packed: Launch) -> None:
-    """On a non-blocking stream, as the engine launches, after every upload has landed."""
+def run(packed: Launch | LaunchSequence) -> None:
+    """On a non-blocking stream, as the engine launches, after every upload has landed (a
+    pageable upload on the legacy stream may still be in flight when it returns)."""
     cp.cuda.Device().synchronize()
     stream = cp.cuda.Stream(non_blocking=True)
     packed(stream.ptr)
@@ -75,14 +76,8 @@ def test_gemm_waits_for_the_kernel_before_it(rng, pdl):
     h, out = cp.full((batch, hid), np.nan, cp.float16), cp.full((batch, n), np.nan, cp.float32)
     norm = Launch(cb.module("norm").get_function("rmsnorm"), batch, cb.NORM_THREADS,
                   (cp.asarray(x), cp.asarray(nw), cb.f32(1e-5), cb.i32(hid), h))
-    gemm = cb.gemm_launch(h, cp.asarray(w), batch, "store_float", out, pdl=pdl)
-    # NOTE: the uploads above ran on the legacy stream (a pageable upload may still be in
-    # flight when cudaMemcpy returns), which the non-blocking stream below does not wait for
-    cp.cuda.Device().synchronize()
-    stream = cp.cuda.Stream(non_blocking=True)
-    norm(stream.ptr)
-    gemm(stream.ptr)
-    stream.synchronize()
+    run(LaunchSequence([norm, cb.gemm_launch(h, cp.asarray(w), batch, "store_float", out,
+                                             pdl=pdl)]))
     expect = ref.rms_norm(x, nw, 1e-5).astype(np.float16).astype(np.float64) @ w.T
     got = cp.asnumpy(out)
     assert np.isfinite(got).all(), "the GEMM read its input before the RMSNorm wrote it"

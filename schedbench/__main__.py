@@ -70,6 +70,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="weights and workload seed")
     p.add_argument("--prompt-len", type=_range, default=(4, 32), metavar="MIN:MAX")
     p.add_argument("--output-len", type=_range, default=(16, 128), metavar="MIN:MAX")
+    p.add_argument("--drain", action="store_true",
+                   help="run every request to its end; by default a run stops after "
+                        "--warmup + --steps steps, cancelling what is left (the same steps "
+                        "are measured either way)")
     p.add_argument("--kv-blocks", type=int, default=None,
                    help="KV-cache budget in blocks (default: a full batch of longest requests)")
     syn = p.add_argument_group("synthetic mode (busy work of a fixed length, not sleep)")
@@ -102,6 +106,7 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
     return SweepConfig(backend=backend, preset=args.preset, batch_sizes=batch_sizes,
                        modes=modes, steps=args.steps, warmup=args.warmup, repeats=args.repeats,
                        seed=args.seed, synthetic=synthetic, kv_blocks=args.kv_blocks,
+                       drain=args.drain,
                        workload=WorkloadConfig(args.prompt_len, args.output_len, args.seed))
 
 
@@ -130,7 +135,7 @@ def print_report(cfg: SweepConfig, sweep: Sweep, results: list[RunResult],
     what = ("synthetic " + ", ".join(f"{k}={v:g}" for k, v in cfg.synthetic.__dict__.items())
             if cfg.synthetic else f"preset {cfg.preset}")
     print(f"\nschedbench: backend {sweep.backend_name} on {device}, {what}, "
-          f"median of {cfg.repeats} repeat(s), ~{cfg.steps} steady-state steps each")
+          f"median of {cfg.repeats} repeat(s), {cfg.steps} steady-state steps each")
     for mode in cfg.modes:
         print(f"\n{TITLES[mode]}\n{mode_table(results, mode)}")
     print("\nOverhead % = device idle time / wall time in steady state. Ideal speedup = "

@@ -117,23 +117,36 @@ def timeline(records: list[StepRecord], steps: int = 4, width: int = 96) -> str:
             f"  {span_ms:.3f} ms across, steps {chosen[0].index}-{chosen[-1].index}")
 
 
-def tokens_identical(results: list[RunResult]) -> dict[int, bool]:
-    by_batch: dict[int, set[str]] = {}
+def token_check(results: list[RunResult]) -> dict[int, dict]:
+    """Per batch size, every mode's tokens against the first mode's, request by request."""
+    first: dict[int, RunResult] = {}
+    checks: dict[int, dict] = {}
     for r in results:
-        by_batch.setdefault(r.batch_size, set()).add(r.tokens_sha256)
-    return {b: len(h) == 1 for b, h in by_batch.items()}
+        base = first.setdefault(r.batch_size, r)
+        c = checks.setdefault(r.batch_size, {"identical": True, "requests": r.requests,
+                                             "tokens_compared": 0, "mismatched_requests": []})
+        if r is base:
+            continue
+        bad = base.tokens.mismatches(r.tokens)
+        c["identical"] = c["identical"] and not bad
+        c["mismatched_requests"] = sorted(set(c["mismatched_requests"]) | set(bad))
+        c["tokens_compared"] += base.tokens.common_tokens(r.tokens)
+    return checks
 
 
 def identical_line(results: list[RunResult]) -> str:
-    modes = sorted({r.mode for r in results})
-    same = tokens_identical(results)
+    modes = list(dict.fromkeys(r.mode for r in results))
     if len(modes) < 2:
         return f"Token streams: only one mode ran ({modes[0]}), nothing to compare."
-    if all(same.values()):
+    checks = token_check(results)
+    if all(c["identical"] for c in checks.values()):
+        compared = sum(c["tokens_compared"] for c in checks.values())
         return (f"Token streams: identical across {', '.join(modes)} at every batch size "
-                f"(sha256 of every generated token).")
-    bad = ", ".join(str(b) for b, ok in same.items() if not ok)
-    return f"Token streams: DIFFERENT between modes at batch size {bad}."
+                f"({compared} tokens compared, request by request, each up to where the "
+                f"shorter run stopped it).")
+    bad = "; ".join(f"batch {b}: requests {', '.join(map(str, c['mismatched_requests'][:8]))}"
+                    for b, c in checks.items() if not c["identical"])
+    return f"Token streams: DIFFERENT between modes ({bad})."
 
 
 def git_commit(path: Path | None = None) -> str:
@@ -154,10 +167,12 @@ def document(cfg: SweepConfig, backend: str, device: str, versions: dict[str, st
     for r in results:
         run = {"mode": r.mode, "batch_size": r.batch_size,
                **{k: s.median for k, s in r.figures.items()},
-               "tokens_sha256": r.tokens_sha256, "requests": r.requests,
+               "tokens_sha256": r.tokens.sha256, "tokens": r.tokens.tokens,
+               "requests": r.requests,
                "spread": {k: {"min": s.min, "max": s.max} for k, s in r.figures.items()}}
         runs.append(run)
     syn = cfg.synthetic
+    checks = token_check(results)
     return {
         "schedbench": schedbench.__version__,
         "backend": backend,
@@ -171,10 +186,11 @@ def document(cfg: SweepConfig, backend: str, device: str, versions: dict[str, st
                    "prompt_len": list(cfg.workload.prompt_len),
                    "output_len": list(cfg.workload.output_len),
                    "synthetic": None if syn is None else syn.__dict__,
-                   "extra_us_per_request": cfg.extra_us_per_request},
+                   "extra_us_per_request": cfg.extra_us_per_request, "drain": cfg.drain},
         "statistic": f"median over {cfg.repeats} repeats; spread is min/max",
         "complete": complete,
-        "tokens_identical": all(tokens_identical(results).values()),
+        "tokens_identical": all(c["identical"] for c in checks.values()),
+        "token_check": {str(b): c for b, c in checks.items()},
         "runs": runs,
         "cpu_budget": cpu_budget(results),
     }

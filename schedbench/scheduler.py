@@ -78,8 +78,14 @@ class Batch:
 
 
 class Scheduler:
-    def __init__(self, cfg: SchedulerConfig, requests: list[Request]) -> None:
+    def __init__(self, cfg: SchedulerConfig, requests: list[Request],
+                 stop_at: int | None = None, drain: bool = True) -> None:
+        """``stop_at``: no request starts at or after this step; those still queued are
+        cancelled. ``drain``: once nothing is queued, the running requests finish (True) or
+        are cancelled at once (False), skipping the drain, a tail of ever smaller batches
+        that the steady window leaves out anyway."""
         self.cfg = cfg
+        self.stop_at, self.drain = stop_at, drain
         self.allocator = BlockAllocator(cfg.num_blocks)
         for r in requests:
             cfg.check_fits(r, f"request {r.rid}")
@@ -132,6 +138,11 @@ class Scheduler:
         """Pick step ``index``'s rows and write their metadata into ``meta`` (pinned views)."""
         self._arrive(index)
         self._admit()
+        if self.stop_at is not None and index >= self.stop_at:
+            self._cancel_queued()
+        if not (self.drain or self.waiting or self._arrivals):
+            for r in list(self.running):
+                self._cancel_running(r)
         if not self.running:
             return None
         if self.cfg.extra_us_per_request:
@@ -192,10 +203,19 @@ class Scheduler:
                 return True
         for r in self.running:
             if r.rid == rid:
-                r.cancelled = True
-                self._finish(r.slot)
+                self._cancel_running(r)
                 return True
         return False
+
+    def _cancel_queued(self) -> None:
+        for r in [*self.waiting, *self._arrivals]:
+            self._end_unstarted(r)
+        self.waiting.clear()
+        self._arrivals.clear()
+
+    def _cancel_running(self, r: Request) -> None:
+        r.cancelled = True
+        self._finish(r.slot)
 
     def _end_unstarted(self, r: Request) -> None:
         r.output, r.finished, r.cancelled = np.zeros(0, np.int32), True, True

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from schedbench.model import ModelConfig, get_preset
 from schedbench.scheduler import Scheduler, SchedulerConfig
 from schedbench.synthetic import Synthetic
 from schedbench.timing import RunFigures, Stat, StepRecord, aggregate, summarize
+from schedbench.tokens import TokenStreams
 from schedbench.workload import Request, WorkloadConfig, make_requests, requests_for_steps
 
 MAX_BATCH = 4096
@@ -37,6 +37,10 @@ class SweepConfig:
     kv_blocks: int | None = None
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     ring_depth: int = 3
+    # Run every request to its end, where by default a run stops after warm-up + steps,
+    # cancelling what is left. The window measured is the same; draining only makes the
+    # token check cover whole streams.
+    drain: bool = False
     # The regression knob; SCHEDBENCH_EXTRA_US_PER_REQUEST sets it for asv runs.
     extra_us_per_request: float = field(
         default_factory=lambda: float(os.environ.get("SCHEDBENCH_EXTRA_US_PER_REQUEST", "0")))
@@ -85,19 +89,12 @@ class RunResult:
     mode: str
     batch_size: int
     figures: dict[str, Stat]
-    tokens_sha256: str
-    requests: int
+    tokens: TokenStreams
     records: list[StepRecord]  # the last repeat's, for timelines and traces
 
-
-def tokens_sha256(requests: list[Request]) -> str:
-    """SHA-256 of every request's generated tokens, in request order, length-prefixed."""
-    h = hashlib.sha256()
-    for r in sorted(requests, key=lambda r: r.rid):
-        assert r.output is not None
-        h.update(np.int32(len(r.output)).tobytes())
-        h.update(r.output.astype("<i4").tobytes())
-    return h.hexdigest()
+    @property
+    def requests(self) -> int:
+        return len(self.tokens.outputs)
 
 
 class Sweep:
@@ -138,16 +135,19 @@ class Sweep:
                                           slots)
         return self.backend.decode_step(model, cfg.seed, cfg.num_blocks(), layout, slots)
 
-    def run_one(self, mode: str, batch_size: int) -> tuple[RunFigures, str, list[Request],
+    def run_one(self, mode: str, batch_size: int) -> tuple[RunFigures, TokenStreams,
                                                            list[StepRecord]]:
         cfg = self.cfg
         n = requests_for_steps(cfg.workload, batch_size, cfg.steps + cfg.warmup)
         requests = make_requests(cfg.workload, n, cfg.model.vocab_size)
-        scheduler = Scheduler(self.sched_cfgs[batch_size], requests)
+        # NOTE: +1: the window's last step only closes the interval of the one before it.
+        stop_at = None if cfg.drain else cfg.warmup + cfg.steps + 1
+        scheduler = Scheduler(self.sched_cfgs[batch_size], requests, stop_at, cfg.drain)
         records = self.engine.run(mode, scheduler)
         scheduler.check_drained()
-        figures = summarize(records, cfg.warmup, batch_size, overlapped=mode != "sequential")
-        return figures, tokens_sha256(requests), requests, records
+        figures = summarize(records, cfg.warmup, batch_size, overlapped=mode != "sequential",
+                            steps=cfg.steps)
+        return figures, TokenStreams.of(requests), records
 
     def results(self, progress: Callable[[str], None] | None = None) -> Iterator[RunResult]:
         cfg = self.cfg
@@ -157,13 +157,15 @@ class Sweep:
                 for rep in range(cfg.repeats):
                     if progress:
                         progress(f"{mode} batch {b} repeat {rep + 1}/{cfg.repeats}")
-                    figures, digest, requests, records = self.run_one(mode, b)
+                    figures, tokens, records = self.run_one(mode, b)
                     runs.append(figures)
-                    hashes.add(digest)
+                    hashes.add(tokens.sha256)
+                # NOTE: one loop schedules the same batches every time, so its repeats must
+                # agree on every token, including where the run stopped each request.
                 if len(hashes) != 1:
                     raise RuntimeError(f"{mode} batch {b}: token streams differ between "
                                        f"repeats of the same run")
-                yield RunResult(mode, b, aggregate(runs), hashes.pop(), len(requests), records)
+                yield RunResult(mode, b, aggregate(runs), tokens, records)
 
     def close(self) -> None:
         self.backend.close()

@@ -79,10 +79,13 @@ class RunFigures:
         return [f.name for f in fields(cls)]
 
 
-def steady_window(records: list[StepRecord], warmup: int, batch_size: int) -> list[StepRecord]:
+def steady_window(records: list[StepRecord], warmup: int, batch_size: int,
+                  steps: int | None = None) -> list[StepRecord]:
     """Steps after warm-up, from the first to the last that left requests waiting: the
-    system ran as full as the batch size (or the KV budget) allowed; the drain is excluded."""
-    busy = [i for i, r in enumerate(records) if i >= warmup and r.saturated]
+    system ran as full as the batch size (or the KV budget) allowed; the drain is excluded.
+    At most ``steps`` intervals (``steps + 1`` records) when given."""
+    end = len(records) if steps is None else warmup + steps + 1
+    busy = [i for i, r in enumerate(records[:end]) if i >= warmup and r.saturated]
     if len(busy) < 3:
         raise ConfigError(f"batch size {batch_size}: only {len(busy)} steps after {warmup} "
                           f"warm-up steps had requests waiting; raise --steps")
@@ -100,8 +103,8 @@ def ideal_step_ms(overlapped: bool, s: float, lau: float, c: float, p: float) ->
 
 
 def summarize(records: list[StepRecord], warmup: int, batch_size: int,
-              overlapped: bool) -> RunFigures:
-    w = steady_window(records, warmup, batch_size)
+              overlapped: bool, steps: int | None = None) -> RunFigures:
+    w = steady_window(records, warmup, batch_size, steps)
     spans = w[:-1]  # each step's interval ends where the next one starts
 
     def mean_ms(xs: list[float]) -> float:

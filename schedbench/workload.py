@@ -60,5 +60,6 @@ def make_requests(wl: WorkloadConfig, count: int, vocab_size: int) -> list[Reque
 
 
 def requests_for_steps(wl: WorkloadConfig, batch_size: int, steps: int) -> int:
-    """How many requests keep ``batch_size`` rows busy for about ``steps`` steps."""
-    return batch_size + int(np.ceil(batch_size * steps / wl.mean_tokens))
+    """Enough requests to keep ``batch_size`` rows busy for ``steps`` steps, with a margin for
+    requests longer than the mean (a run that stops after ``steps`` never starts the rest)."""
+    return batch_size + 2 + int(np.ceil(1.5 * batch_size * steps / wl.mean_tokens))

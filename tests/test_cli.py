@@ -8,6 +8,8 @@ import pytest
 
 from kernels.registry import gpu_unavailable_reason
 from schedbench.__main__ import main
+from schedbench.errors import ConfigError
+from schedbench.timing import StepRecord, steady_window
 
 FAST = ["--backend", "cpu", "--steps", "12", "--warmup", "2", "--repeats", "1",
         "--prompt-len", "1:4", "--output-len", "4:10"]
@@ -67,8 +69,18 @@ def test_report_and_json(tmp_path, capsys):
         assert keys <= run.keys()
         assert run["compute_ms"] > 0 and run["tokens_per_s"] > 0
         assert run["spread"]["step_ms"]["min"] <= run["step_ms"] <= run["spread"]["step_ms"]["max"]
-    assert len({r["tokens_sha256"] for r in doc["runs"] if r["batch_size"] == 3}) == 1
+    check = doc["token_check"]["3"]
+    assert check["identical"] and check["tokens_compared"] > 0
+    assert check["mismatched_requests"] == [] and doc["config"]["drain"] is False
     assert not list(out.parent.glob(".sweep.json.*"))  # no temporary file left behind
+
+
+def test_drained_runs_hash_alike(tmp_path):
+    out = tmp_path / "d.json"
+    assert main([*FAST, "--batch-sizes", "3", "--drain", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["config"]["drain"] is True
+    assert len({r["tokens_sha256"] for r in doc["runs"]}) == 1
 
 
 def test_a_kv_budget_below_a_full_batch_runs_fewer_rows(tmp_path):
@@ -80,9 +92,11 @@ def test_a_kv_budget_below_a_full_batch_runs_fewer_rows(tmp_path):
     assert all(r["mean_batch"] <= 2.5 for r in doc["runs"])
 
 
-def test_too_few_steps_is_explained(capsys):
-    assert main([*FAST, "--batch-sizes", "64", "--steps", "3", "--warmup", "500"]) == 2
-    assert "had requests waiting; raise --steps" in capsys.readouterr().err
+def test_a_window_without_waiting_requests_is_explained():
+    records = [StepRecord(i, 4, saturated=i < 5) for i in range(40)]
+    with pytest.raises(ConfigError, match="only 2 steps after 3 warm-up steps had requests "
+                                          "waiting; raise --steps"):
+        steady_window(records, 3, 4)
 
 
 def test_synthetic_flags_run_the_spin_step(capsys):

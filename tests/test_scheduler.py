@@ -115,3 +115,23 @@ def test_workload_is_seeded_per_request():
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x.prompt, y.prompt)
         assert x.max_new_tokens == y.max_new_tokens
+
+
+@pytest.mark.parametrize(("stop_at", "drain", "steps", "first_output"), [
+    (3, False, 3, [5, 5]),  # stopped at step 3, request 0 cut short
+    (3, True, 21, [5] * 20),  # stopped at step 3, the running requests drain
+    (100, False, 8, [5] * 7),  # request 2 empties the queue at step 8: cut there
+])
+def test_a_stop_step_and_the_drain_end_the_run(stop_at, drain, steps, first_output):
+    reqs = [request(0, 2, 20), request(1, 1, 8), request(2, 1, 30)]
+    s = Scheduler(config(max_batch=2), reqs, stop_at, drain)
+    meta = meta_views(2)
+    index = 0
+    while (batch := s.schedule(index, meta)) is not None:
+        s.postprocess(batch, np.full(batch.size, 5, np.int32))
+        s.release(index)
+        index += 1
+    assert index == steps
+    s.check_drained()  # the cancelled requests' blocks and slots are free
+    assert reqs[0].output.tolist() == first_output and reqs[0].cancelled != drain
+    assert reqs[2].cancelled and (stop_at > 8 or reqs[2].output.tolist() == [])

@@ -1,4 +1,5 @@
-"""Fuzz the scheduler: random arrivals, lengths, cancellations, both loop orders."""
+"""Fuzz the scheduler: random arrivals, lengths, cancellations, both loop orders, with and
+without a stop step and the drain."""
 
 from __future__ import annotations
 
@@ -18,15 +19,16 @@ requests_st = st.lists(st.tuples(st.integers(1, 10), st.integers(1, 12), st.inte
 
 @settings(max_examples=300, deadline=None)
 @given(specs=requests_st, max_batch=st.integers(1, 6), spare_blocks=st.integers(0, 20),
-       overlapped=st.booleans(), seed=st.integers(0, 2**31 - 1),
+       overlapped=st.booleans(), stop_at=st.none() | st.integers(0, 60), drain=st.booleans(),
+       seed=st.integers(0, 2**31 - 1),
        cancels=st.lists(st.tuples(st.integers(0, 60), st.integers(0, 24)), max_size=8))
 def test_every_request_ends_once_and_no_block_leaks(specs, max_batch, spare_blocks, overlapped,
-                                                    seed, cancels):
+                                                    stop_at, drain, seed, cancels):
     requests = [Request(i, np.full(p, 7, np.int32), n, arrival_step=a)
                 for i, (p, n, a) in enumerate(specs)]
     need = max(-(-r.max_len // BS) for r in requests)
     cfg = SchedulerConfig(max_batch, need + spare_blocks, BS, MAX_BLOCKS, EOS)
-    sched = Scheduler(cfg, requests)
+    sched = Scheduler(cfg, requests, stop_at, drain)
     layout = StepLayout(max_batch, MAX_BLOCKS)
     meta = layout.views(np.zeros(layout.size, np.int32))
     rng = np.random.default_rng(seed)
@@ -58,6 +60,7 @@ def test_every_request_ends_once_and_no_block_leaks(specs, max_batch, spare_bloc
         sched.check_invariants()
         if done:
             break
+        assert drain or stop_at is None or index <= stop_at
         assert index < 5000, "the scheduler stopped making progress"
 
     sched.check_drained()

@@ -104,6 +104,11 @@ def device_weights(cfg: ModelConfig, seed: int) -> dict:
 class NumbaDecodeStep(DecodeStep):
     def __init__(self, cfg: ModelConfig, weights: dict, num_blocks: int, layout: StepLayout,
                  num_slots: int) -> None:
+        if cfg.head_dim > nk.MAX_HEAD_DIM or cfg.num_heads // cfg.num_kv_heads > nk.MAX_GROUP:
+            raise ConfigError(f"model {cfg.name!r}: the Numba attention takes head_dim <= "
+                              f"{nk.MAX_HEAD_DIM} and <= {nk.MAX_GROUP} query heads per kv "
+                              f"head, not {cfg.head_dim} and "
+                              f"{cfg.num_heads // cfg.num_kv_heads}")
         self.cfg, self.w, self.layout = cfg, weights, layout
         self.kernels_per_step = 9 * cfg.num_layers + 3
         self.pad_slot, self.pad_block = num_slots, num_blocks
@@ -117,11 +122,15 @@ class NumbaDecodeStep(DecodeStep):
                  "act": (cfg.intermediate_size, np.float16),
                  "logits": (cfg.vocab_size, np.float32)}
         self.buf = {k: cuda.to_device(np.zeros((b, n), t)) for k, (n, t) in zeros.items()}
-        splits = nk.attention_splits(layout.max_blocks * cfg.block_size)
+        self.max_context = layout.max_blocks * cfg.block_size
+        splits = nk.attention_splits(self.max_context)
         self.part_o = cuda.to_device(np.zeros((b, cfg.num_heads, splits, cfg.head_dim),
                                               np.float32))
         self.part_ml = cuda.to_device(np.zeros((b, cfg.num_heads, splits, 2), np.float32))
         self._plans: dict[tuple, list[tuple]] = {}
+
+    def attention_grid(self, batch: int) -> tuple[int, int, int]:
+        return nk.attention_grid(batch, self.cfg.num_kv_heads, self.max_context)
 
     def plan(self, meta, out_tokens, batch: int) -> list[tuple]:
         """Every launch of one step as ``(kernel, grid, block, args)``, views and scalars
@@ -154,7 +163,7 @@ class NumbaDecodeStep(DecodeStep):
                 (*rows(nk.rope_kv_append), (qkv, positions, tables, kc, vc, cfg.num_heads,
                                            cfg.num_kv_heads, cfg.head_dim,
                                            math.log2(cfg.rope_theta))),
-                (nk.paged_attention, (batch, cfg.num_heads, self.part_o.shape[2]), t,
+                (nk.paged_attention, self.attention_grid(batch), t,
                  (qkv, positions, tables, kc, vc, cfg.num_heads, cfg.num_kv_heads,
                   cfg.head_dim, cfg.head_dim ** -0.5, self.part_o, self.part_ml)),
                 (nk.combine_splits, (batch, cfg.num_heads), t,

@@ -71,13 +71,16 @@ def rmsnorm(x, w, eps, h):  # pragma: no cover
 
 # GEMM over weights stored transposed, [K, N]: a block owns 32 output columns (a lane each,
 # so at each k a warp reads 32 consecutive n, one coalesced 64-byte load) and its
-# GEMM_WARPS warps split K, each with eight loads in flight; the warps' partial sums meet in
+# GEMM_WARPS warps split K, each with GEMM_UNROLL loads in flight; the warps' partial sums meet in
 # shared memory, in warp order, behind one barrier. A thread per column over the whole of K
 # (no split) left 1.5 warps per SM on an H200 and ran at 2-8 % of the copy bandwidth. One
 # barrier per block is also all the simulator can afford (each costs it milliseconds).
 # Batch rows are blockIdx.x, the fastest-varying index, so the blocks that read one weight
 # slice run together and all but the first read it from L2.
 GEMM_WARPS = 1 if config.ENABLE_CUDASIM else 32
+# Loads in flight per thread: 16 x 64 bytes per warp x 32 warps is 32 KB per SM, about what
+# an H200 needs in flight to stream at its bandwidth (4.8 TB/s x ~0.8 us / 132 SMs).
+GEMM_UNROLL = 16
 GEMM_THREADS = 32 * GEMM_WARPS
 
 
@@ -94,21 +97,20 @@ def _dot_col(x, wt, b, n, red, slot):  # pragma: no cover - device code
     per = (k_dim + GEMM_WARPS - 1) // GEMM_WARPS
     k, k_end = warp * per, min(k_dim, (warp + 1) * per)
     n = min(n, wt.shape[1] - 1)  # a column past the end reads the last; it is never stored
-    a0 = a1 = a2 = a3 = float32(0.0)
-    while k + 7 < k_end:
-        a0 += (float32(x[b, k]) * float32(wt[k, n])
-               + float32(x[b, k + 4]) * float32(wt[k + 4, n]))
-        a1 += (float32(x[b, k + 1]) * float32(wt[k + 1, n])
-               + float32(x[b, k + 5]) * float32(wt[k + 5, n]))
-        a2 += (float32(x[b, k + 2]) * float32(wt[k + 2, n])
-               + float32(x[b, k + 6]) * float32(wt[k + 6, n]))
-        a3 += (float32(x[b, k + 3]) * float32(wt[k + 3, n])
-               + float32(x[b, k + 7]) * float32(wt[k + 7, n]))
-        k += 8
+    acc = cuda.local.array(GEMM_UNROLL, float32)
+    for u in range(GEMM_UNROLL):
+        acc[u] = 0.0
+    while k + GEMM_UNROLL <= k_end:
+        for u in range(GEMM_UNROLL):  # unrolled: every load of the chunk in flight at once
+            acc[u] += float32(x[b, k + u]) * float32(wt[k + u, n])
+        k += GEMM_UNROLL
     while k < k_end:
-        a0 += float32(x[b, k]) * float32(wt[k, n])
+        acc[0] += float32(x[b, k]) * float32(wt[k, n])
         k += 1
-    red[slot, warp, lane] = (a0 + a1) + (a2 + a3)
+    total = float32(0.0)
+    for u in range(GEMM_UNROLL):
+        total += acc[u]
+    red[slot, warp, lane] = total
 
 
 @cuda.jit(device=True)
@@ -181,54 +183,95 @@ def rope_kv_append(qkv, positions, tables, k_cache, v_cache, num_heads, num_kv_h
 
 # Attention splits the context into ATTN_SPLIT-token blocks (flash-decoding): one block per
 # (row, head) over the whole context ran 32 blocks at batch 1 on an H200 (0.2 % of the copy
-# bandwidth at 2k tokens). A split's scores live in shared memory; its (max, sum, output)
-# are merged, in split order, by combine_splits.
+# bandwidth at 2k tokens). A block owns (row, kv head, split) and serves every query head of
+# the kv head's group, so each K/V row is read once, not once per query head (GQA). K, then
+# V, is staged in shared memory by loads in which consecutive threads read consecutive
+# elements of a token's row (one 64-byte piece per warp load, four loads in flight per
+# thread); a thread per token reading its own 256-byte row (the previous version) touched a
+# different row with every lane. Rows are padded by one float so that threads walking down
+# a column (the scores) hit different banks. The split's (max, sum, output) per head are
+# merged, in split order, by combine_splits.
 ATTN_SPLIT = 64
+MAX_HEAD_DIM, MAX_GROUP = 128, 8  # static shared memory: 33 KB of K/V, 2 KB of scores
+KV_PITCH = MAX_HEAD_DIM + 1
 
 
 def attention_splits(max_context: int) -> int:
     return -(-max_context // ATTN_SPLIT)
 
 
+def attention_grid(batch: int, num_kv_heads: int, max_context: int) -> tuple[int, int, int]:
+    return batch, num_kv_heads, attention_splits(max_context)
+
+
+@cuda.jit(device=True)
+def _stage(cache, tables, b, g, t0, ntok, head_dim, kv):  # pragma: no cover - device code
+    """kv[t, j] = cache[token t0 + t of row b, kv head g, dim j], for t < ntok."""
+    bs = cache.shape[1]
+    total = ntok * head_dim
+    vals = cuda.local.array(4, float32)
+    for e0 in range(cuda.threadIdx.x, total, 4 * THREADS):
+        for u in range(4):  # the four loads first, then the four stores
+            e = e0 + u * THREADS
+            if e < total:
+                tok = t0 + e // head_dim
+                vals[u] = float32(cache[tables[b, tok // bs], tok % bs, g, e % head_dim])
+        for u in range(4):
+            e = e0 + u * THREADS
+            if e < total:
+                kv[e // head_dim, e % head_dim] = vals[u]
+
+
 @cuda.jit
 def paged_attention(qkv, positions, tables, k_cache, v_cache, num_heads, num_kv_heads,
                     head_dim, scale, part_o, part_ml):  # pragma: no cover
-    """Block per (row, head, split): scores (a thread per token) over the row's own blocks,
-    softmax, weighted V (a thread per dim), GQA; grid (batch, heads, attention_splits)."""
-    b, hh, sp, tid = cuda.blockIdx.x, cuda.blockIdx.y, cuda.blockIdx.z, cuda.threadIdx.x
-    n = positions[b] + 1
+    """Block per (row, kv head, split), grid ``attention_grid``: the group's scores over the
+    split's tokens of the row's own blocks, its softmax partials and weighted V."""
+    b, g, sp, tid = cuda.blockIdx.x, cuda.blockIdx.y, cuda.blockIdx.z, cuda.threadIdx.x
     t0 = sp * ATTN_SPLIT
-    if t0 >= n:  # the whole block leaves: no barrier is left waiting
+    ntok = min(positions[b] + 1 - t0, ATTN_SPLIT)
+    if ntok <= 0:  # the whole block leaves: no barrier is left waiting
         return
-    t1 = min(n, t0 + ATTN_SPLIT)
-    sc = cuda.shared.array(ATTN_SPLIT, float32)
-    buf = cuda.shared.array(THREADS, float32)
-    g = hh // (num_heads // num_kv_heads)
-    bs = k_cache.shape[1]
-    q0 = hh * head_dim
-    m = float32(-math.inf)
-    for t in range(t0 + tid, t1, THREADS):
-        blk, off = tables[b, t // bs], t % bs
+    group = num_heads // num_kv_heads
+    kv = cuda.shared.array((ATTN_SPLIT, KV_PITCH), float32)
+    q = cuda.shared.array((MAX_GROUP, MAX_HEAD_DIM), float32)
+    sc = cuda.shared.array((MAX_GROUP, ATTN_SPLIT), float32)
+    mx = cuda.shared.array(MAX_GROUP, float32)
+    for e in range(tid, group * head_dim, THREADS):
+        q[e // head_dim, e % head_dim] = float32(qkv[b, g * group * head_dim + e]) * scale
+    _stage(k_cache, tables, b, g, t0, ntok, head_dim, kv)
+    cuda.syncthreads()
+    for p in range(tid, group * ntok, THREADS):  # consecutive threads: consecutive tokens
+        h, t = p // ntok, p % ntok
         s = float32(0.0)
         for j in range(head_dim):
-            s += float32(qkv[b, q0 + j]) * float32(k_cache[blk, off, g, j])
-        sc[t - t0] = s * scale
-        m = max(m, s * scale)
-    m = _block_reduce(buf, m, True)
-    total = float32(0.0)
-    for t in range(t0 + tid, t1, THREADS):
-        p = math.exp(sc[t - t0] - m)
-        sc[t - t0] = p
-        total += p
-    total = _block_reduce(buf, total, False)  # its barrier also publishes every score
-    for j in range(tid, head_dim, THREADS):
+            s += q[h, j] * kv[t, j]
+        sc[h, t] = s
+    cuda.syncthreads()  # every score is in; K is no longer needed
+    if tid < group:
+        m = float32(-math.inf)
+        for t in range(ntok):
+            m = max(m, sc[tid, t])
+        mx[tid] = m
+    _stage(v_cache, tables, b, g, t0, ntok, head_dim, kv)
+    cuda.syncthreads()
+    for p in range(tid, group * ntok, THREADS):
+        h, t = p // ntok, p % ntok
+        sc[h, t] = math.exp(sc[h, t] - mx[h])
+    cuda.syncthreads()
+    for p in range(tid, group * head_dim, THREADS):  # consecutive threads: consecutive dims
+        h, j = p // head_dim, p % head_dim
         acc = float32(0.0)
-        for t in range(t0, t1):
-            acc += sc[t - t0] * float32(v_cache[tables[b, t // bs], t % bs, g, j])
-        part_o[b, hh, sp, j] = acc
-    if tid == 0:
-        part_ml[b, hh, sp, 0] = m
-        part_ml[b, hh, sp, 1] = total
+        for t in range(ntok):
+            acc += sc[h, t] * kv[t, j]
+        head = g * group + h
+        part_o[b, head, sp, j] = acc
+        if j == 0:
+            total = float32(0.0)
+            for t in range(ntok):
+                total += sc[h, t]
+            part_ml[b, head, sp, 0] = mx[h]
+            part_ml[b, head, sp, 1] = total
 
 
 @cuda.jit

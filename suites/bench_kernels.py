@@ -150,7 +150,7 @@ def measure_numba(fig: Figures, cfg, shapes: dict, weights: dict, inputs: dict,
         out = wrap(cp.zeros((b, cfg.q_size), cp.float16))
         pos = wrap(positions)
         launches = [
-            (nk.paged_attention, (b, cfg.num_heads, splits), nk.THREADS,
+            (nk.paged_attention, nk.attention_grid(b, cfg.num_kv_heads, ctx), nk.THREADS,
              (wrap(qkv), pos, wrap(tables), wrap(kc), wrap(vc), cfg.num_heads,
               cfg.num_kv_heads, cfg.head_dim, cfg.head_dim ** -0.5, part_o, part_ml)),
             (nk.combine_splits, (b, cfg.num_heads), nk.THREADS, (pos, part_o, part_ml, out)),

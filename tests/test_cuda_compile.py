@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -34,7 +35,8 @@ def compile_for_sm90(module: str, names: tuple[str, ...]) -> str:
                                     f"{module}.cu".encode(), 0, None, None) == 0
     for n in names:
         assert nvrtc.nvrtcAddNameExpression(prog, n.encode()) == 0
-    opts = [b"--gpu-architecture=sm_90", b"-std=c++17", f"-I{include}".encode()]
+    opts = [b"--gpu-architecture=sm_90", b"-std=c++17", f"-I{include}".encode(),
+            b"--ptxas-options=-v"]
     status = nvrtc.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
     size = ctypes.c_size_t()
     nvrtc.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
@@ -47,17 +49,34 @@ def compile_for_sm90(module: str, names: tuple[str, ...]) -> str:
     return text
 
 
+def spills(log: str) -> list[str]:
+    """The kernels of a ptxas -v log that spill registers to local memory."""
+    names = re.findall(r"Function properties for (\S+)\n.*?(\d+) bytes spill stores", log)
+    return [name for name, stores in names if int(stores)]
+
+
 @pytest.mark.parametrize("module", MODULES)
-def test_module_compiles_for_sm90(module):
+def test_module_compiles_for_sm90_without_spills(module):
     log = compile_for_sm90(module, name_expressions(module))
     assert "warning" not in log.lower(), log
+    assert "Function properties" in log, log  # ptxas -v reported every kernel
+    assert not spills(log), log
+
+
+def test_the_spill_check_can_fail():
+    log = ("ptxas info    : Function properties for k1\nptxas         .     0 bytes stack "
+           "frame, 0 bytes spill stores, 0 bytes spill loads\nptxas info    : Function "
+           "properties for k2\nptxas         .     8 bytes stack frame, 8 bytes spill stores, "
+           "8 bytes spill loads\n")
+    assert spills(log) == ["k2"]
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_attention_compiles_for_every_preset_shape(preset):
     cfg = PRESETS[preset]
-    compile_for_sm90("attention", attention_names(cfg.head_dim,
-                                                  cfg.num_heads // cfg.num_kv_heads))
+    log = compile_for_sm90("attention", attention_names(cfg.head_dim,
+                                                        cfg.num_heads // cfg.num_kv_heads))
+    assert not spills(log), log
 
 
 def test_a_broken_kernel_fails_to_compile(monkeypatch):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -91,7 +92,8 @@ def test_gemm(rng, kind):
 
 
 def test_rope_append_and_attention(rng):
-    cfg, lengths = MICRO, [1, 17, 64, 130]  # a full split; three splits
+    # two kv heads of three query heads each; a full split, three splits
+    cfg, lengths = replace(MICRO, num_heads=6, num_kv_heads=2), [1, 17, 64, 130]
     b, d = len(lengths), MICRO.head_dim
     tables, kc, vc = paged_fp16(rng, cfg, lengths)
     positions = np.array(lengths, np.int32) - 1
@@ -114,9 +116,9 @@ def attend(cfg, qkv, positions, tables, kc, vc) -> np.ndarray:
     splits = nk.attention_splits(tables.shape[1] * cfg.block_size)
     part_o = np.full((b, cfg.num_heads, splits, cfg.head_dim), np.nan, np.float32)
     part_ml = np.full((b, cfg.num_heads, splits, 2), np.nan, np.float32)
-    parts = run(nk.paged_attention, (b, cfg.num_heads, splits), qkv, positions, tables, kc, vc,
-                cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.head_dim ** -0.5, part_o,
-                part_ml)
+    grid = nk.attention_grid(b, cfg.num_kv_heads, tables.shape[1] * cfg.block_size)
+    parts = run(nk.paged_attention, grid, qkv, positions, tables, kc, vc, cfg.num_heads,
+                cfg.num_kv_heads, cfg.head_dim, cfg.head_dim ** -0.5, part_o, part_ml)
     return run(nk.combine_splits, (b, cfg.num_heads), positions, parts[-2], parts[-1],
                np.full((b, cfg.q_size), np.nan, np.float16))[-1]
 
@@ -188,11 +190,12 @@ def test_sequential_and_overlapped_tokens_are_identical():
     from schedbench.sweep import Sweep, SweepConfig
     from schedbench.workload import WorkloadConfig
 
-    cfg = SweepConfig(backend="numba", preset="micro", batch_sizes=(2,), steps=3, warmup=0,
-                      repeats=1, workload=WorkloadConfig((1, 2), (2, 3), seed=4), drain=True)
+    cfg = SweepConfig(backend="numba", preset="micro", batch_sizes=(2,), steps=8, warmup=0,
+                      repeats=1, workload=WorkloadConfig((1, 2), (2, 3), seed=4))
     sweep = Sweep(cfg)
     try:
-        hashes = {m: sweep.run_one(m, 2)[1] for m in ("sequential", "overlapped")}
+        tokens = {m: sweep.run_one(m, 2)[1] for m in ("sequential", "overlapped")}
     finally:
         sweep.close()
-    assert hashes["sequential"].sha256 == hashes["overlapped"].sha256
+    seq, ovl = tokens["sequential"], tokens["overlapped"]
+    assert seq.mismatches(ovl) == [] and seq.common_tokens(ovl) >= 8

@@ -1,7 +1,9 @@
 """Host cost of launching work: a bare RawKernel launch, the same kernel packed once and
 enqueued through the driver (``kernels.cupy_launch``), an event record, the enqueue of one
-decode step (and per kernel), and one CUDA graph replay of the same step; the same for
-Numba (its own launch and a prepared one, ``kernels.numba_launch``).
+decode step (and per kernel), and one CUDA graph replay of the same step (on an idle
+stream, and queued behind running steps as the overlapped loop replays it), beside graphs
+of one and of as many empty kernels; the same for Numba (its own launch and a prepared
+one, ``kernels.numba_launch``).
 
 asv: ``asv run --python=same --bench bench_launch`` (skipped without a GPU).
 Directly: ``python suites/bench_launch.py [--preset llama3-8b] [--batch-size 1]``.
@@ -25,7 +27,7 @@ def measure(preset: str, batch: int = 1) -> dict[str, float]:
 
     from kernels import cupy_backend as cb
     from kernels.cupy_launch import Launch
-    from kernels.cupy_measure import host_us
+    from kernels.cupy_measure import graph_of, host_us
     from kernels.layout import StepLayout
 
     cfg = get_preset(preset)
@@ -40,6 +42,10 @@ def measure(preset: str, batch: int = 1) -> dict[str, float]:
     graph = backend.capture(step, meta, out, batch, stream)
     sync = stream.synchronize
     packed = Launch(empty, 1, 1, ())
+    # What a replay costs apart from the step's kernels: a graph of one empty kernel (the
+    # fixed cost) and one of as many empty kernels as the step has (the cost per node).
+    empty_graphs = [graph_of(lambda s, n=n: [packed(s.ptr) for _ in range(n)], stream.raw)
+                    for n in (1, step.kernels_per_step)]
     with stream.raw:  # the bare kernel launches on the current stream
         res = {
             "bare_launch_us": host_us(lambda: empty((1,), (1,), ()), 200, sync),
@@ -48,6 +54,12 @@ def measure(preset: str, batch: int = 1) -> dict[str, float]:
             "step_enqueue_us": host_us(lambda: step.launch(meta, out, batch, stream), 1, sync,
                                        30),
             "graph_replay_us": host_us(lambda: graph.launch(stream), 1, sync, 30),
+            # as the overlapped loop replays: while the step before it still runs
+            "graph_replay_queued_us": host_us(lambda: graph.launch(stream), 8, sync, 5),
+            "graph_1_empty_us": host_us(lambda: empty_graphs[0].launch(stream.raw), 1, sync,
+                                        30),
+            "graph_step_empty_us": host_us(lambda: empty_graphs[1].launch(stream.raw), 1,
+                                           sync, 30),
         }
     res["kernels_per_step"] = float(step.kernels_per_step)
     res["enqueue_per_kernel_us"] = res["step_enqueue_us"] / step.kernels_per_step
@@ -110,7 +122,8 @@ class Launch:
     """asv: host microseconds per operation (CuPy)."""
 
     params = [["bare_launch_us", "packed_launch_us", "event_record_us", "step_enqueue_us",
-               "enqueue_per_kernel_us", "graph_replay_us", "numba_bare_launch_us",
+               "enqueue_per_kernel_us", "graph_replay_us", "graph_replay_queued_us",
+               "graph_1_empty_us", "graph_step_empty_us", "numba_bare_launch_us",
                "numba_prepared_launch_us", "numba_step_enqueue_us"]]
     param_names = ["operation"]
     timeout = 600

@@ -117,6 +117,9 @@ if l:
           f"step enqueue {l['step_enqueue_us']:.0f} us ({l['kernels_per_step']:.0f} kernels, "
           f"{l['enqueue_over_bare']:.2f}x bare), graph replay {l['graph_replay_us']:.1f} us, "
           f"event record {l['event_record_us']:.2f} us")
+    print(f"graph replay queued {l['graph_replay_queued_us']:.1f} us; empty graphs: 1 kernel "
+          f"{l['graph_1_empty_us']:.1f} us, {l['kernels_per_step']:.0f} kernels "
+          f"{l['graph_step_empty_us']:.1f} us")
     print(f"numba: bare {l['numba_bare_launch_us']:.2f} us, prepared "
           f"{l['numba_prepared_launch_us']:.2f} us, step enqueue {l['numba_step_enqueue_us']:.0f} us "
           f"({l['numba_enqueue_over_bare']:.2f}x bare), numba/cupy bare "

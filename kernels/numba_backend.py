@@ -104,11 +104,12 @@ def device_weights(cfg: ModelConfig, seed: int) -> dict:
 class NumbaDecodeStep(DecodeStep):
     def __init__(self, cfg: ModelConfig, weights: dict, num_blocks: int, layout: StepLayout,
                  num_slots: int) -> None:
-        if cfg.head_dim > nk.MAX_HEAD_DIM or cfg.num_heads // cfg.num_kv_heads > nk.MAX_GROUP:
-            raise ConfigError(f"model {cfg.name!r}: the Numba attention takes head_dim <= "
-                              f"{nk.MAX_HEAD_DIM} and <= {nk.MAX_GROUP} query heads per kv "
-                              f"head, not {cfg.head_dim} and "
-                              f"{cfg.num_heads // cfg.num_kv_heads}")
+        group = cfg.num_heads // cfg.num_kv_heads
+        if cfg.head_dim > nk.MAX_HEAD_DIM or cfg.head_dim % 4 or group > nk.MAX_GROUP:
+            raise ConfigError(f"model {cfg.name!r}: the Numba attention takes a head_dim that "
+                              f"is a multiple of 4 up to {nk.MAX_HEAD_DIM} and at most "
+                              f"{nk.MAX_GROUP} query heads per kv head, not {cfg.head_dim} "
+                              f"and {group}")
         self.cfg, self.w, self.layout = cfg, weights, layout
         self.kernels_per_step = 9 * cfg.num_layers + 3
         self.pad_slot, self.pad_block = num_slots, num_blocks

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from kernels import numba_shim
 
 numba_shim.apply()  # NOTE: before numba.cuda compiles anything
 
-from numba import config, cuda, float32, int32  # noqa: E402
+from numba import config, cuda, float32, int32, int64  # noqa: E402
 
 # Every kernel below is launched with this many threads per block (a power of two). The
 # simulator runs each thread as a Python thread, so it gets one warp's worth.
@@ -184,16 +186,20 @@ def rope_kv_append(qkv, positions, tables, k_cache, v_cache, num_heads, num_kv_h
 # Attention splits the context into ATTN_SPLIT-token blocks (flash-decoding): one block per
 # (row, head) over the whole context ran 32 blocks at batch 1 on an H200 (0.2 % of the copy
 # bandwidth at 2k tokens). A block owns (row, kv head, split) and serves every query head of
-# the kv head's group, so each K/V row is read once, not once per query head (GQA). K, then
-# V, is staged in shared memory by loads in which consecutive threads read consecutive
-# elements of a token's row (one 64-byte piece per warp load, four loads in flight per
-# thread); a thread per token reading its own 256-byte row (the previous version) touched a
-# different row with every lane. Rows are padded by one float so that threads walking down
-# a column (the scores) hit different banks. The split's (max, sum, output) per head are
-# merged, in split order, by combine_splits.
+# the kv head's group, so each K/V row is read once, not once per query head (GQA).
+#
+# Loads: the split's K and V rows are copied to shared memory first, 8 bytes (4 halves) per
+# load through int64 views of the caches, consecutive threads on consecutive words of a
+# row, eight loads in flight per thread (8 KB per block); the compute then reads halves
+# through a float16 view of the same shared memory. (A thread per token reading its own row
+# a half at a time, the version before, had every lane of a load on a different row.) Rows
+# are padded by one word, so threads walking down a column (the scores) meet at most two to
+# a bank. The split's (max, sum, output) per head are merged, in split order, by
+# combine_splits.
 ATTN_SPLIT = 64
-MAX_HEAD_DIM, MAX_GROUP = 128, 8  # static shared memory: 33 KB of K/V, 2 KB of scores
-KV_PITCH = MAX_HEAD_DIM + 1
+MAX_HEAD_DIM, MAX_GROUP = 128, 8  # static shared memory: 33 KB of K and V, 6 KB of q, scores
+KV_WORDS = MAX_HEAD_DIM // 4 + 1  # int64 words per staged row, one of them padding
+STAGE_UNROLL = 4
 
 
 def attention_splits(max_context: int) -> int:
@@ -205,55 +211,60 @@ def attention_grid(batch: int, num_kv_heads: int, max_context: int) -> tuple[int
 
 
 @cuda.jit(device=True)
-def _stage(cache, tables, b, g, t0, ntok, head_dim, kv):  # pragma: no cover - device code
-    """kv[t, j] = cache[token t0 + t of row b, kv head g, dim j], for t < ntok."""
-    bs = cache.shape[1]
-    total = ntok * head_dim
-    vals = cuda.local.array(4, float32)
-    for e0 in range(cuda.threadIdx.x, total, 4 * THREADS):
-        for u in range(4):  # the four loads first, then the four stores
+def _stage_kv(k_words, v_words, tables, b, g, t0, ntok, kv):  # pragma: no cover - device code
+    """kv[0 / 1, t, w] = word w of the K / V row of token t0 + t of row b, kv head g."""
+    bs, words = k_words.shape[1], k_words.shape[3]
+    total = ntok * words
+    ks = cuda.local.array(STAGE_UNROLL, int64)
+    vs = cuda.local.array(STAGE_UNROLL, int64)
+    for e0 in range(cuda.threadIdx.x, total, STAGE_UNROLL * THREADS):
+        for u in range(STAGE_UNROLL):  # every load first, then every store
             e = e0 + u * THREADS
             if e < total:
-                tok = t0 + e // head_dim
-                vals[u] = float32(cache[tables[b, tok // bs], tok % bs, g, e % head_dim])
-        for u in range(4):
+                tok = t0 + e // words
+                blk, off, w = tables[b, tok // bs], tok % bs, e % words
+                ks[u], vs[u] = k_words[blk, off, g, w], v_words[blk, off, g, w]
+        for u in range(STAGE_UNROLL):
             e = e0 + u * THREADS
             if e < total:
-                kv[e // head_dim, e % head_dim] = vals[u]
+                kv[0, e // words, e % words] = ks[u]
+                kv[1, e // words, e % words] = vs[u]
 
 
 @cuda.jit
 def paged_attention(qkv, positions, tables, k_cache, v_cache, num_heads, num_kv_heads,
                     head_dim, scale, part_o, part_ml):  # pragma: no cover
     """Block per (row, kv head, split), grid ``attention_grid``: the group's scores over the
-    split's tokens of the row's own blocks, its softmax partials and weighted V."""
+    split's tokens of the row's own blocks, its softmax partials and weighted V. head_dim
+    is a multiple of 4 (8-byte loads)."""
     b, g, sp, tid = cuda.blockIdx.x, cuda.blockIdx.y, cuda.blockIdx.z, cuda.threadIdx.x
     t0 = sp * ATTN_SPLIT
     ntok = min(positions[b] + 1 - t0, ATTN_SPLIT)
     if ntok <= 0:  # the whole block leaves: no barrier is left waiting
         return
     group = num_heads // num_kv_heads
-    kv = cuda.shared.array((ATTN_SPLIT, KV_PITCH), float32)
+    kv_words = cuda.shared.array((2, ATTN_SPLIT, KV_WORDS), int64)
     q = cuda.shared.array((MAX_GROUP, MAX_HEAD_DIM), float32)
     sc = cuda.shared.array((MAX_GROUP, ATTN_SPLIT), float32)
     mx = cuda.shared.array(MAX_GROUP, float32)
     for e in range(tid, group * head_dim, THREADS):
         q[e // head_dim, e % head_dim] = float32(qkv[b, g * group * head_dim + e]) * scale
-    _stage(k_cache, tables, b, g, t0, ntok, head_dim, kv)
+    _stage_kv(k_cache.view(np.int64), v_cache.view(np.int64), tables, b, g, t0, ntok,
+              kv_words)
+    kv = kv_words.view(np.float16)  # [K / V, token, dim]
     cuda.syncthreads()
     for p in range(tid, group * ntok, THREADS):  # consecutive threads: consecutive tokens
         h, t = p // ntok, p % ntok
         s = float32(0.0)
         for j in range(head_dim):
-            s += q[h, j] * kv[t, j]
+            s += q[h, j] * float32(kv[0, t, j])
         sc[h, t] = s
-    cuda.syncthreads()  # every score is in; K is no longer needed
+    cuda.syncthreads()
     if tid < group:
         m = float32(-math.inf)
         for t in range(ntok):
             m = max(m, sc[tid, t])
         mx[tid] = m
-    _stage(v_cache, tables, b, g, t0, ntok, head_dim, kv)
     cuda.syncthreads()
     for p in range(tid, group * ntok, THREADS):
         h, t = p // ntok, p % ntok
@@ -263,7 +274,7 @@ def paged_attention(qkv, positions, tables, k_cache, v_cache, num_heads, num_kv_
         h, j = p // head_dim, p % head_dim
         acc = float32(0.0)
         for t in range(ntok):
-            acc += sc[h, t] * kv[t, j]
+            acc += sc[h, t] * float32(kv[1, t, j])
         head = g * group + h
         part_o[b, head, sp, j] = acc
         if j == 0:

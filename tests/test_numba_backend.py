@@ -199,3 +199,15 @@ def test_sequential_and_overlapped_tokens_are_identical():
         sweep.close()
     seq, ovl = tokens["sequential"], tokens["overlapped"]
     assert seq.mismatches(ovl) == [] and seq.common_tokens(ovl) >= 8
+
+
+@pytest.mark.parametrize(("change", "what"), [
+    ({"head_dim": 30}, "not 30 and 2"),  # 8-byte loads need a multiple of 4
+    ({"num_heads": 18, "num_kv_heads": 1}, "not 32 and 18"),
+])
+def test_shapes_the_attention_cannot_take_are_refused(change, what):
+    from schedbench.errors import ConfigError
+
+    cfg = replace(MICRO, **change)
+    with pytest.raises(ConfigError, match=what):
+        nbk.NumbaDecodeStep(cfg, {}, 4, StepLayout(2, cfg.max_blocks_per_seq), 4)

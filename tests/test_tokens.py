@@ -47,3 +47,21 @@ def test_of_requests_orders_by_id_and_marks_cancelled():
         TokenStreams.of([Request(0, np.zeros(1, np.int32), 4)])
     with pytest.raises(ValueError, match="cannot be compared"):
         t.mismatches(streams(([5, 6], True)))
+
+
+def test_the_report_names_the_requests_two_loops_disagree_on():
+    from schedbench.report import identical_line, token_check
+    from schedbench.sweep import RunResult
+
+    seq = streams(([1, 2, 3], True), ([4, 5], True))
+    runs = [RunResult("sequential", 2, {}, seq, []),
+            RunResult("overlapped", 2, {}, streams(([1, 2], False), ([4, 5], True)), []),
+            RunResult("sequential", 4, {}, seq, []),
+            RunResult("overlapped", 4, {}, streams(([1, 2, 3], True), ([4, 6], True)), [])]
+    checks = token_check(runs)
+    assert checks[2] == {"identical": True, "requests": 2, "tokens_compared": 4,
+                         "mismatched_requests": []}
+    assert not checks[4]["identical"] and checks[4]["mismatched_requests"] == [1]
+    assert identical_line(runs) == ("Token streams: DIFFERENT between modes (batch 4: "
+                                    "requests 1).")
+    assert "identical across sequential, overlapped" in identical_line(runs[:2])

@@ -1,11 +1,12 @@
 """The tokens a run generated, per request, and how two runs' tokens are compared.
 
-A run stops when its queue empties (the drain is outside the steady window, so it is not
-measured), cancelling the requests still running. Where that happens depends on the loop:
-the overlapped loop admits each replacement one step later than the sequential one. So two
-runs are compared request by request, up to where the shorter one stopped: every token
-both produced must match, and a request that ran to its end (EOS or its token limit) in one
-run must not have gone further in the other.
+A run stops after its measured steps (or when its queue empties), cancelling the requests
+still queued or running: the drain after them is never measured. Which requests have
+started by then, and how far each got, depends on the loop: the overlapped loop admits each
+replacement one step later than the sequential one. So two runs are compared request by
+request, up to where the shorter one stopped: every token both produced must match, and a
+request that ran to its end (EOS or its token limit) in one run must not have gone further
+in the other.
 """
 
 from __future__ import annotations

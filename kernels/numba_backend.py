@@ -66,21 +66,15 @@ class NumbaEvent(Event):
         return self.raw.elapsed_time(later.raw)
 
 
-PROJECTIONS = ("wqkv", "wo", "w_gate_up", "w_down", "lm_head")  # stored [.., K, N]
-
-
 def upload_weights(w: Weights) -> dict:
     host = {k: v.astype(np.float16) for k, v in w.__dict__.items()}
     host["w_gate_up"] = interleave_gate_up(host["w_gate_up"])
-    for k in PROJECTIONS:
-        host[k] = host[k].swapaxes(-1, -2)
     return {k: cuda.to_device(np.ascontiguousarray(v)) for k, v in host.items()}
 
 
 def device_weights(cfg: ModelConfig, seed: int) -> dict:
-    """Random fp16 weights: made by CuPy on a GPU (seconds for 8B parameters), projections
-    transposed there a matrix at a time, and wrapped zero-copy; made on the host in the
-    simulator, where shapes are small."""
+    """Random fp16 weights: made by CuPy on a GPU (seconds for 8B parameters) and wrapped
+    zero-copy; made on the host in the simulator, where shapes are small."""
     if SIMULATOR:
         return upload_weights(make_weights(cfg, seed))
     import cupy as cp
@@ -88,14 +82,7 @@ def device_weights(cfg: ModelConfig, seed: int) -> dict:
     from kernels.cupy_backend import random_weights
 
     arrays = dict(random_weights(cfg, seed).__dict__)
-    for k in PROJECTIONS:
-        w = arrays.pop(k)
-        t = cp.empty((*w.shape[:-2], w.shape[-1], w.shape[-2]), w.dtype)
-        for i in np.ndindex(w.shape[:-2]):  # one matrix at a time bounds the extra memory
-            t[i] = w[i].T
-        arrays[k] = t
-        del w
-    cp.cuda.Device().synchronize()  # NOTE: the copies ran on CuPy's legacy default stream
+    cp.cuda.Device().synchronize()  # NOTE: they were made on CuPy's legacy default stream
     views = {k: cuda.as_cuda_array(v) for k, v in arrays.items()}
     views["_owner"] = arrays  # NOTE: the CuPy arrays own the memory the views point at
     return views
@@ -110,6 +97,9 @@ class NumbaDecodeStep(DecodeStep):
                               f"is a multiple of 4 up to {nk.MAX_HEAD_DIM} and at most "
                               f"{nk.MAX_GROUP} query heads per kv head, not {cfg.head_dim} "
                               f"and {group}")
+        if (odd := [k for k in (cfg.hidden_size, cfg.intermediate_size) if k % 4]):
+            raise ConfigError(f"model {cfg.name!r}: the Numba GEMM loads 4 halves at a time; "
+                              f"{odd[0]} is not a multiple of 4")
         self.cfg, self.w, self.layout = cfg, weights, layout
         self.kernels_per_step = 9 * cfg.num_layers + 3
         self.pad_slot, self.pad_block = num_slots, num_blocks
@@ -150,8 +140,8 @@ class NumbaDecodeStep(DecodeStep):
         def rows(kernel):
             return kernel, batch, t
 
-        def cols(kernel, n):
-            return kernel, nk.gemm_grid(batch, n), nk.GEMM_THREADS
+        def gemm(kernel, weight_rows):
+            return kernel, nk.gemm_grid(batch, weight_rows), nk.GEMM_THREADS
 
         plan = [(*rows(nk.embed_rmsnorm), (ids, slots, self.token_buf, w["embed"],
                                           w["attn_norm"][0], eps, x, h))]
@@ -160,7 +150,7 @@ class NumbaDecodeStep(DecodeStep):
                 plan.append((*rows(nk.rmsnorm), (x, w["attn_norm"][layer], eps, h)))
             kc, vc = self.k_cache[layer], self.v_cache[layer]
             plan += [
-                (*cols(nk.gemm_store, cfg.qkv_size), (h, w["wqkv"][layer], qkv)),
+                (*gemm(nk.gemm_store, cfg.qkv_size), (h, w["wqkv"][layer], qkv)),
                 (*rows(nk.rope_kv_append), (qkv, positions, tables, kc, vc, cfg.num_heads,
                                            cfg.num_kv_heads, cfg.head_dim,
                                            math.log2(cfg.rope_theta))),
@@ -169,15 +159,15 @@ class NumbaDecodeStep(DecodeStep):
                   cfg.head_dim, cfg.head_dim ** -0.5, self.part_o, self.part_ml)),
                 (nk.combine_splits, (batch, cfg.num_heads), t,
                  (positions, self.part_o, self.part_ml, attn)),
-                (*cols(nk.gemm_add, cfg.hidden_size), (attn, w["wo"][layer], x)),
+                (*gemm(nk.gemm_add, cfg.hidden_size), (attn, w["wo"][layer], x)),
                 (*rows(nk.rmsnorm), (x, w["mlp_norm"][layer], eps, h)),
-                (*cols(nk.gemm_silu_mul, cfg.intermediate_size),
+                (*gemm(nk.gemm_silu_mul, 2 * cfg.intermediate_size),
                  (h, w["w_gate_up"][layer], act)),
-                (*cols(nk.gemm_add, cfg.hidden_size), (act, w["w_down"][layer], x)),
+                (*gemm(nk.gemm_add, cfg.hidden_size), (act, w["w_down"][layer], x)),
             ]
         plan += [
             (*rows(nk.rmsnorm), (x, w["final_norm"], eps, h)),
-            (*cols(nk.gemm_store, cfg.vocab_size), (h, w["lm_head"], logits)),
+            (*gemm(nk.gemm_store, cfg.vocab_size), (h, w["lm_head"], logits)),
             (*rows(nk.argmax_tokens), (logits, slots, self.token_buf, out_tokens[:batch])),
         ]
         assert len(plan) == self.kernels_per_step

@@ -1,8 +1,8 @@
 """The decode step as Numba CUDA kernels: the stages and data layouts of kernels/cuda/*.cu
-(fp16 storage, fp32 arithmetic, packed metadata, paged KV cache, interleaved gate/up rows),
-written plainly: a block per row, or per 32 output columns. Projection weights are stored
-transposed ([K, N]) for coalesced loads (see the GEMM below). They run on a GPU and,
-with ``NUMBA_ENABLE_CUDASIM=1``, in Numba's CUDA simulator on small shapes.
+(fp16 storage, fp32 arithmetic, packed metadata, paged KV cache, [N, K] weights with
+interleaved gate/up rows), written plainly: a block per row, per 8 output features, or per
+(row, kv head, context split). They run on a GPU and, with ``NUMBA_ENABLE_CUDASIM=1``, in
+Numba's CUDA simulator on small shapes.
 
 Each output element is summed in a fixed order by blocks that see only its own batch row,
 so rows never depend on their batch-mates and every loop produces the same tokens.
@@ -71,91 +71,104 @@ def rmsnorm(x, w, eps, h):  # pragma: no cover
         h[row, j] = x[row, j] * scale * float32(w[j])
 
 
-# GEMM over weights stored transposed, [K, N]: a block owns 32 output columns (a lane each,
-# so at each k a warp reads 32 consecutive n, one coalesced 64-byte load) and its
-# GEMM_WARPS warps split K, each with GEMM_UNROLL loads in flight; the warps' partial sums meet in
-# shared memory, in warp order, behind one barrier. A thread per column over the whole of K
-# (no split) left 1.5 warps per SM on an H200 and ran at 2-8 % of the copy bandwidth. One
-# barrier per block is also all the simulator can afford (each costs it milliseconds).
+# GEMM over weights in their natural [N, K] layout (the CuPy kernels' layout): a block owns
+# GEMM_ROWS output rows of one batch row; a warp owns a row at a time, its lanes splitting K.
+# Loads are 8 bytes (4 halves) through int64 views of x and w, a warp's load 256 contiguous
+# bytes of one weight row, GEMM_UNROLL loads in flight per lane; the words are read as halves
+# through a float16 view of the registers they were loaded into. The lanes' partial sums
+# meet in shared memory, in lane order, behind the block's one barrier (all the simulator
+# can afford: each costs it milliseconds). Blocks are small (8 warps, 8 rows) so that even
+# the 4096-row projections have 512 of them per batch row, several resident per SM.
+# The versions before, over weights stored [K, N] with a lane per output column, loaded 2
+# bytes per lane (64 per warp) and one thread per column ran at 2-8 % of the copy bandwidth
+# on an H200; a 2-byte load holds a whole register while in flight, so the register file
+# capped the bytes in flight at a quarter of this.
 # Batch rows are blockIdx.x, the fastest-varying index, so the blocks that read one weight
 # slice run together and all but the first read it from L2.
-GEMM_WARPS = 1 if config.ENABLE_CUDASIM else 32
-# Loads in flight per thread: 16 x 64 bytes per warp x 32 warps is 32 KB per SM, about what
-# an H200 needs in flight to stream at its bandwidth (4.8 TB/s x ~0.8 us / 132 SMs).
-GEMM_UNROLL = 16
+# The simulator runs a block's threads as Python threads, so it takes fewer, larger blocks.
+GEMM_ROWS = 32 if config.ENABLE_CUDASIM else 8
+GEMM_WARPS = 1 if config.ENABLE_CUDASIM else GEMM_ROWS
+ROWS_PER_WARP = GEMM_ROWS // GEMM_WARPS
+# x 8 bytes x 32 lanes: 2 KB of weights in flight per warp. The simulator pays for every
+# padded slot of a round (its shapes are small); two still exercise the unrolled indexing.
+GEMM_UNROLL = 2 if config.ENABLE_CUDASIM else 8
 GEMM_THREADS = 32 * GEMM_WARPS
 
 
-def gemm_grid(batch: int, out_cols: int) -> tuple[int, int]:
-    return batch, -(-out_cols // 32)
+def gemm_grid(batch: int, weight_rows: int) -> tuple[int, int]:
+    return batch, -(-weight_rows // GEMM_ROWS)
 
 
 @cuda.jit(device=True)
-def _dot_col(x, wt, b, n, red, slot):  # pragma: no cover - device code
-    """x[b] . wt[:, n], this warp's slice of K into red[slot, warp, lane]; after the barrier
-    (the caller's), the sum over warps is ``_warp_total``."""
+def _dot_rows(x, w, red):  # pragma: no cover - device code
+    """Each lane's share of x[b] . w[n] for this warp's rows n of the block into
+    red[n - n0, lane]; after the barrier (the caller's), ``_row_total`` sums the lanes."""
     lane, warp = cuda.threadIdx.x % 32, cuda.threadIdx.x // 32
-    k_dim = wt.shape[0]
-    per = (k_dim + GEMM_WARPS - 1) // GEMM_WARPS
-    k, k_end = warp * per, min(k_dim, (warp + 1) * per)
-    n = min(n, wt.shape[1] - 1)  # a column past the end reads the last; it is never stored
-    acc = cuda.local.array(GEMM_UNROLL, float32)
-    for u in range(GEMM_UNROLL):
-        acc[u] = 0.0
-    while k + GEMM_UNROLL <= k_end:
-        for u in range(GEMM_UNROLL):  # unrolled: every load of the chunk in flight at once
-            acc[u] += float32(x[b, k + u]) * float32(wt[k + u, n])
-        k += GEMM_UNROLL
-    while k < k_end:
-        acc[0] += float32(x[b, k]) * float32(wt[k, n])
-        k += 1
-    total = float32(0.0)
-    for u in range(GEMM_UNROLL):
-        total += acc[u]
-    red[slot, warp, lane] = total
+    b, n0 = cuda.blockIdx.x, cuda.blockIdx.y * GEMM_ROWS
+    xw, ww = x.view(np.int64), w.view(np.int64)  # 4 halves per word; K % 4 == 0
+    words = ww.shape[1]
+    wr = cuda.local.array(GEMM_UNROLL, int64)
+    xr = cuda.local.array(GEMM_UNROLL, int64)
+    wh, xh = wr.view(np.float16), xr.view(np.float16)
+    whole = words - words % (32 * GEMM_UNROLL)  # words that whole rounds cover
+    for r in range(warp * ROWS_PER_WARP, (warp + 1) * ROWS_PER_WARP):
+        n = min(n0 + r, ww.shape[0] - 1)  # a row past the end reads the last; never stored
+        acc = float32(0.0)
+        for c in range(lane, whole, 32 * GEMM_UNROLL):
+            for u in range(GEMM_UNROLL):  # no bounds branch: every load in flight at once
+                wr[u], xr[u] = ww[n, c + 32 * u], xw[b, c + 32 * u]
+            for e in range(4 * GEMM_UNROLL):
+                acc += float32(wh[e]) * float32(xh[e])
+        for i in range(whole + lane, words, 32):  # the rest, a word at a time
+            wr[0], xr[0] = ww[n, i], xw[b, i]
+            for e in range(4):
+                acc += float32(wh[e]) * float32(xh[e])
+        red[r, lane] = acc
 
 
 @cuda.jit(device=True)
-def _warp_total(red, slot):  # pragma: no cover - device code
+def _row_total(red, r):  # pragma: no cover - device code
     total = float32(0.0)
-    for w in range(GEMM_WARPS):
-        total += red[slot, w, cuda.threadIdx.x]
+    for lane in range(32):
+        total += red[r, lane]
     return total
 
 
 @cuda.jit
-def gemm_store(x, wt, out):  # pragma: no cover
-    """out[b, n] = x[b] . wt[:, n]; grid ``gemm_grid(batch, N)``, GEMM_THREADS threads."""
-    red = cuda.shared.array((1, GEMM_WARPS, 32), float32)
-    b, n = cuda.blockIdx.x, cuda.blockIdx.y * 32 + cuda.threadIdx.x % 32
-    _dot_col(x, wt, b, n, red, 0)
+def gemm_store(x, w, out):  # pragma: no cover
+    """out[b, n] = x[b] . w[n]; grid ``gemm_grid(batch, N)``, GEMM_THREADS threads."""
+    red = cuda.shared.array((GEMM_ROWS, 33), float32)  # +1: rows in different banks
+    _dot_rows(x, w, red)
     cuda.syncthreads()
-    if cuda.threadIdx.x < 32 and n < out.shape[1]:
-        out[b, n] = _warp_total(red, 0)
+    b, r = cuda.blockIdx.x, cuda.threadIdx.x
+    n = cuda.blockIdx.y * GEMM_ROWS + r
+    if r < GEMM_ROWS and n < out.shape[1]:
+        out[b, n] = _row_total(red, r)
 
 
 @cuda.jit
-def gemm_add(x, wt, out):  # pragma: no cover
-    """The residual add fused in: out (fp32) += x[b] . wt[:, n]."""
-    red = cuda.shared.array((1, GEMM_WARPS, 32), float32)
-    b, n = cuda.blockIdx.x, cuda.blockIdx.y * 32 + cuda.threadIdx.x % 32
-    _dot_col(x, wt, b, n, red, 0)
+def gemm_add(x, w, out):  # pragma: no cover
+    """The residual add fused in: out (fp32) += x[b] . w[n]."""
+    red = cuda.shared.array((GEMM_ROWS, 33), float32)
+    _dot_rows(x, w, red)
     cuda.syncthreads()
-    if cuda.threadIdx.x < 32 and n < out.shape[1]:
-        out[b, n] += _warp_total(red, 0)
+    b, r = cuda.blockIdx.x, cuda.threadIdx.x
+    n = cuda.blockIdx.y * GEMM_ROWS + r
+    if r < GEMM_ROWS and n < out.shape[1]:
+        out[b, n] += _row_total(red, r)
 
 
 @cuda.jit
-def gemm_silu_mul(x, wt, out):  # pragma: no cover
-    """Columns of wt come as (gate, up) pairs: out[b, j] = silu(gate_j) * up_j; grid
-    ``gemm_grid(batch, J)``."""
-    red = cuda.shared.array((2, GEMM_WARPS, 32), float32)
-    b, j = cuda.blockIdx.x, cuda.blockIdx.y * 32 + cuda.threadIdx.x % 32
-    _dot_col(x, wt, b, 2 * j, red, 0)
-    _dot_col(x, wt, b, 2 * j + 1, red, 1)
+def gemm_silu_mul(x, w, out):  # pragma: no cover
+    """Rows of w come as (gate, up) pairs: out[b, j] = silu(gate_j) * up_j; grid
+    ``gemm_grid(batch, 2 * J)``."""
+    red = cuda.shared.array((GEMM_ROWS, 33), float32)
+    _dot_rows(x, w, red)
     cuda.syncthreads()
-    if cuda.threadIdx.x < 32 and j < out.shape[1]:
-        g, u = _warp_total(red, 0), _warp_total(red, 1)
+    b, r = cuda.blockIdx.x, cuda.threadIdx.x
+    j = cuda.blockIdx.y * (GEMM_ROWS // 2) + r
+    if r < GEMM_ROWS // 2 and j < out.shape[1]:
+        g, u = _row_total(red, 2 * r), _row_total(red, 2 * r + 1)
         out[b, j] = g / (1.0 + math.exp(-g)) * u
 
 
@@ -215,20 +228,23 @@ def _stage_kv(k_words, v_words, tables, b, g, t0, ntok, kv):  # pragma: no cover
     """kv[0 / 1, t, w] = word w of the K / V row of token t0 + t of row b, kv head g."""
     bs, words = k_words.shape[1], k_words.shape[3]
     total = ntok * words
+    whole = total - total % (STAGE_UNROLL * THREADS)  # words that whole rounds cover
     ks = cuda.local.array(STAGE_UNROLL, int64)
     vs = cuda.local.array(STAGE_UNROLL, int64)
-    for e0 in range(cuda.threadIdx.x, total, STAGE_UNROLL * THREADS):
-        for u in range(STAGE_UNROLL):  # every load first, then every store
+    for e0 in range(cuda.threadIdx.x, whole, STAGE_UNROLL * THREADS):
+        for u in range(STAGE_UNROLL):  # no bounds branch: every load first, then the stores
             e = e0 + u * THREADS
-            if e < total:
-                tok = t0 + e // words
-                blk, off, w = tables[b, tok // bs], tok % bs, e % words
-                ks[u], vs[u] = k_words[blk, off, g, w], v_words[blk, off, g, w]
+            tok = t0 + e // words
+            blk, off, w = tables[b, tok // bs], tok % bs, e % words
+            ks[u], vs[u] = k_words[blk, off, g, w], v_words[blk, off, g, w]
         for u in range(STAGE_UNROLL):
             e = e0 + u * THREADS
-            if e < total:
-                kv[0, e // words, e % words] = ks[u]
-                kv[1, e // words, e % words] = vs[u]
+            kv[0, e // words, e % words], kv[1, e // words, e % words] = ks[u], vs[u]
+    for e in range(whole + cuda.threadIdx.x, total, THREADS):  # the rest, a word at a time
+        tok = t0 + e // words
+        blk, off, w = tables[b, tok // bs], tok % bs, e % words
+        kv[0, e // words, w], kv[1, e // words, w] = k_words[blk, off, g, w], \
+            v_words[blk, off, g, w]
 
 
 @cuda.jit

@@ -134,15 +134,13 @@ def measure_numba(fig: Figures, cfg, shapes: dict, weights: dict, inputs: dict,
 
     wrap = cuda.as_cuda_array
     for p in PROJECTIONS:
-        # the Numba backend's layout, [K, N]: one projection's copies at a time
-        wts = [wrap(cp.ascontiguousarray(w.T)) for w in weights[p]]
+        ws = [wrap(w) for w in weights[p]]
         for b, (xs, outs) in inputs.items():
             x, out = wrap(xs[p]), wrap(outs[p])
-            launches = [(kernels[EPILOGUES[p]], nk.gemm_grid(b, outs[p].shape[1]),
-                         nk.GEMM_THREADS, (x, wt, out)) for wt in wts]
+            launches = [(kernels[EPILOGUES[p]], nk.gemm_grid(b, w.shape[0]), nk.GEMM_THREADS,
+                         (x, w, out)) for w in ws]
             fig.record(f"numba_gemm_{p}", b, timed(launches) / len(launches),
                        math.prod(shapes[p]) * 2)
-        del wts
     for (ctx, b), (kc, vc, tables, positions, qkv) in kv.items():
         splits = nk.attention_splits(ctx)
         part_o = wrap(cp.zeros((b, cfg.num_heads, splits, cfg.head_dim), cp.float32))

@@ -70,22 +70,24 @@ def test_norms_and_embedding(rng):
 
 @pytest.mark.parametrize("kind", ["store", "add", "silu_mul"])
 def test_gemm(rng, kind):
-    b, n, k = 3, 70, 53  # K % 8 != 0: the unrolled loop, then the remainder loop
+    # 70 rows: a last block of 6; K = 1100 halves = 275 words, rounds of 32 lanes x
+    # GEMM_UNROLL words, the last one partly past the end
+    b, n, k = 3, 70, 1100
     x, w = half(rng, b, k), half(rng, n, k, scale=k ** -0.5)
     full = x.astype(np.float64) @ w.T.astype(np.float64)
-    grid, wt = nk.gemm_grid(b, n), np.ascontiguousarray(w.T)
+    grid = nk.gemm_grid(b, n)
     if kind == "store":
-        got = run(nk.gemm_store, grid, x, wt, np.full((b, n), np.nan, np.float32),
+        got = run(nk.gemm_store, grid, x, w, np.full((b, n), np.nan, np.float32),
                   threads=nk.GEMM_THREADS)[2]
         expect = full
     elif kind == "add":
         base = rng.standard_normal((b, n)).astype(np.float32)
-        got = run(nk.gemm_add, grid, x, wt, base.copy(), threads=nk.GEMM_THREADS)[2]
+        got = run(nk.gemm_add, grid, x, w, base.copy(), threads=nk.GEMM_THREADS)[2]
         expect = base + full
     else:
-        wi = np.ascontiguousarray(interleave_gate_up(w[None])[0].T)
-        got = run(nk.gemm_silu_mul, nk.gemm_grid(b, n // 2), x, wi,
-                  np.full((b, n // 2), np.nan, np.float16), threads=nk.GEMM_THREADS)[2]
+        wi = np.ascontiguousarray(interleave_gate_up(w[None])[0])
+        got = run(nk.gemm_silu_mul, grid, x, wi, np.full((b, n // 2), np.nan, np.float16),
+                  threads=nk.GEMM_THREADS)[2]
         expect = ref.silu_mul(full)
     assert np.isfinite(got).all() and rel_err(got, expect) < FP16_TOL
 
@@ -129,8 +131,8 @@ def test_real_shapes_on_a_gpu(rng):
     cfg = get_preset("llama3-8b")
     b, n, k = 4, 6144, 4096
     x, w = half(rng, b, k), half(rng, n, k, scale=k ** -0.5)
-    got = run(nk.gemm_store, nk.gemm_grid(b, n), x, np.ascontiguousarray(w.T),
-              np.full((b, n), np.nan, np.float32), threads=nk.GEMM_THREADS)[2]
+    got = run(nk.gemm_store, nk.gemm_grid(b, n), x, w, np.full((b, n), np.nan, np.float32),
+              threads=nk.GEMM_THREADS)[2]
     assert rel_err(got, x.astype(np.float64) @ w.T.astype(np.float64)) < FP16_TOL
     lengths = [1, 2048, 8192]
     tables, kc, vc = paged_fp16(rng, cfg, lengths)
@@ -204,6 +206,7 @@ def test_sequential_and_overlapped_tokens_are_identical():
 @pytest.mark.parametrize(("change", "what"), [
     ({"head_dim": 30}, "not 30 and 2"),  # 8-byte loads need a multiple of 4
     ({"num_heads": 18, "num_kv_heads": 1}, "not 32 and 18"),
+    ({"intermediate_size": 130}, "130 is not a multiple of 4"),
 ])
 def test_shapes_the_attention_cannot_take_are_refused(change, what):
     from schedbench.errors import ConfigError

@@ -70,7 +70,8 @@ if want default; then
     start=$(date +%s)
     timeout 240 $py -m schedbench --backend $backend --preset $preset \
       --json "$out/default-$backend.json" > "$out/default-$backend.txt" 2>&1
-    echo "exit $?, wall time $(( $(date +%s) - start )) s"; tail -n 22 "$out/default-$backend.txt"
+    rc=$?; wall=$(( $(date +%s) - start )); echo "$wall" > "$out/default-$backend.wall"
+    echo "exit $rc, wall time $wall s"; tail -n 22 "$out/default-$backend.txt"
   done
 fi
 
@@ -132,4 +133,41 @@ for name in ("sweep.json", "numba.json", "default-cupy.json", "default-numba.jso
           print(f"  {r['mode']:10s} b={r['batch_size']:<3d} step {r['step_ms']:8.3f} ms  "
                 f"S+L+P {r['schedule_ms']+r['launch_ms']+r['postprocess_ms']:7.3f}  "
                 f"C {r['compute_ms']:8.3f}  overhead {r['overhead_pct']:5.1f}%  eff {r['efficiency']:.2f}")
+
+# The targets of issues #3 (CuPy) and #4 (Numba), each against what this run measured.
+def verdict(ok):
+    return "met" if ok else "MISSED"
+print("targets:")
+if k:
+    for (name, b), r in rows.items():
+        if name.startswith("all_") and not name.endswith("_pdl"):
+            cub = rows.get((name.replace("all_", "cublas_"), b))
+            vs = f", cuBLAS {cub['pct_copy']:.1f}%" if cub else ""
+            print(f"  #3 projections b={b}: {r['pct_copy']:.1f}% of copy (>= 90){vs}: "
+                  f"{verdict(r['pct_copy'] >= 90 and (not cub or r['ms'] < cub['ms']))}")
+        m = re.fullmatch(r"attention_ctx(\d+)", name)
+        if m and int(m.group(1)) >= 2048:
+            print(f"  #3 attention ctx {m.group(1)} b={b}: {r['pct_copy']:.1f}% of copy (>= 70): "
+                  f"{verdict(r['pct_copy'] >= 70)}")
+        if name.startswith("numba_"):
+            twin = rows.get((name.replace("numba_", "", 1), b))
+            if twin:
+                ratio = twin["gbs"] / r["gbs"]
+                print(f"  #4 {name} b={b}: CuPy/Numba GB/s {ratio:.2f} (<= 1.5): "
+                      f"{verdict(ratio <= 1.5)}")
+if l:
+    print(f"  #3 step enqueue {l['enqueue_over_bare']:.2f}x bare (<= 1.3): "
+          f"{verdict(l['enqueue_over_bare'] <= 1.3)}")
+    print(f"  #3 graph replay {l['graph_replay_us']:.1f} us (<= 20): "
+          f"{verdict(l['graph_replay_us'] <= 20)}")
+    print(f"  #4 numba step enqueue {l['numba_enqueue_over_bare']:.2f}x bare (<= 1.2): "
+          f"{verdict(l['numba_enqueue_over_bare'] <= 1.2)}")
+s, wall = load("default-cupy.json"), out / "default-cupy.wall"
+if s and wall.exists():
+    secs = int(wall.read_text())
+    hidden = [r["efficiency"] for r in s["runs"] if r["mode"] != "sequential"
+              and r["schedule_ms"] + r["launch_ms"] + r["postprocess_ms"] < r["compute_ms"]]
+    print(f"  #3 default cupy sweep {secs} s (< 180): {verdict(secs < 180 and s['complete'])}; "
+          f"overlapped efficiency where S+L+P < C: min {min(hidden, default=float('nan')):.2f} "
+          f"(>= 0.95): {verdict(bool(hidden) and min(hidden) >= 0.95)}")
 PY

@@ -50,13 +50,16 @@ if want numba; then
 fi
 
 if want sanitize; then
-  step "compute-sanitizer: memcheck and racecheck over every mode (tiny preset)"
+  step "compute-sanitizer: memcheck and racecheck over every mode of both GPU backends (tiny)"
   if command -v compute-sanitizer >/dev/null 2>&1; then
-    for tool in memcheck racecheck; do
-      timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 9 \
-        $py -m schedbench --backend cupy --preset tiny --batch-sizes 3 --steps 6 --warmup 1 \
-        --repeats 1 --prompt-len 1:4 --output-len 2:6 > "$out/sanitizer-$tool.txt" 2>&1
-      echo "$tool: exit $? $(grep -hE 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer-$tool.txt" | tail -n 1)"
+    for backend in cupy numba; do
+      for tool in memcheck racecheck; do
+        log="$out/sanitizer-$backend-$tool.txt"
+        timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 9 \
+          $py -m schedbench --backend $backend --preset tiny --batch-sizes 3 --steps 6 \
+          --warmup 1 --repeats 1 --prompt-len 1:4 --output-len 2:6 > "$log" 2>&1
+        echo "$backend $tool: exit $? $(grep -hE 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -n 1)"
+      done
     done
   else
     echo "skipped: no compute-sanitizer on PATH"

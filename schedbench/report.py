@@ -141,6 +141,9 @@ def identical_line(results: list[RunResult]) -> str:
     checks = token_check(results)
     if all(c["identical"] for c in checks.values()):
         compared = sum(c["tokens_compared"] for c in checks.values())
+        if not compared:
+            return ("Token streams: nothing to compare: no request generated a token in two "
+                    "loops (raise --steps).")
         return (f"Token streams: identical across {', '.join(modes)} at every batch size "
                 f"({compared} tokens compared, request by request, each up to where the "
                 f"shorter run stopped it).")

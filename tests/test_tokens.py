@@ -65,3 +65,6 @@ def test_the_report_names_the_requests_two_loops_disagree_on():
     assert identical_line(runs) == ("Token streams: DIFFERENT between modes (batch 4: "
                                     "requests 1).")
     assert "identical across sequential, overlapped" in identical_line(runs[:2])
+    empty = streams(([], False), ([], False))
+    assert "nothing to compare" in identical_line(
+        [RunResult("sequential", 2, {}, empty, []), RunResult("overlapped", 2, {}, empty, [])])

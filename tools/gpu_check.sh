@@ -5,6 +5,8 @@
 #   STAGES="tests kernels launch sweep numba sanitize default pdl" picks stages (default: all);
 #   "default" times the full default sweeps (`python -m schedbench --backend cupy|numba`);
 #   "pdl" tries the opt-in programmatic dependent launch in processes of its own, last.
+#   Everything takes longer than one 10-minute device call: split it, the targets first, e.g.
+#   STAGES="tests kernels launch default", then STAGES="sanitize pdl sweep numba".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1

@@ -140,8 +140,9 @@ class NumbaDecodeStep(DecodeStep):
         def rows(kernel):
             return kernel, batch, t
 
-        def gemm(kernel, weight_rows):
-            return kernel, nk.gemm_grid(batch, weight_rows), nk.GEMM_THREADS
+        def gemm(epilogue, weight_rows):
+            return (nk.gemm_kernel(epilogue, batch), nk.gemm_grid(batch, weight_rows),
+                    nk.GEMM_THREADS)
 
         plan = [(*rows(nk.embed_rmsnorm), (ids, slots, self.token_buf, w["embed"],
                                           w["attn_norm"][0], eps, x, h))]
@@ -150,7 +151,7 @@ class NumbaDecodeStep(DecodeStep):
                 plan.append((*rows(nk.rmsnorm), (x, w["attn_norm"][layer], eps, h)))
             kc, vc = self.k_cache[layer], self.v_cache[layer]
             plan += [
-                (*gemm(nk.gemm_store, cfg.qkv_size), (h, w["wqkv"][layer], qkv)),
+                (*gemm("store", cfg.qkv_size), (h, w["wqkv"][layer], qkv)),
                 (*rows(nk.rope_kv_append), (qkv, positions, tables, kc, vc, cfg.num_heads,
                                            cfg.num_kv_heads, cfg.head_dim,
                                            math.log2(cfg.rope_theta))),
@@ -159,15 +160,15 @@ class NumbaDecodeStep(DecodeStep):
                   cfg.head_dim, cfg.head_dim ** -0.5, self.part_o, self.part_ml)),
                 (nk.combine_splits, (batch, cfg.num_heads), t,
                  (positions, self.part_o, self.part_ml, attn)),
-                (*gemm(nk.gemm_add, cfg.hidden_size), (attn, w["wo"][layer], x)),
+                (*gemm("add", cfg.hidden_size), (attn, w["wo"][layer], x)),
                 (*rows(nk.rmsnorm), (x, w["mlp_norm"][layer], eps, h)),
-                (*gemm(nk.gemm_silu_mul, 2 * cfg.intermediate_size),
+                (*gemm("silu_mul", 2 * cfg.intermediate_size),
                  (h, w["w_gate_up"][layer], act)),
-                (*gemm(nk.gemm_add, cfg.hidden_size), (act, w["w_down"][layer], x)),
+                (*gemm("add", cfg.hidden_size), (act, w["w_down"][layer], x)),
             ]
         plan += [
             (*rows(nk.rmsnorm), (x, w["final_norm"], eps, h)),
-            (*gemm(nk.gemm_store, cfg.vocab_size), (h, w["lm_head"], logits)),
+            (*gemm("store", cfg.vocab_size), (h, w["lm_head"], logits)),
             (*rows(nk.argmax_tokens), (logits, slots, self.token_buf, out_tokens[:batch])),
         ]
         assert len(plan) == self.kernels_per_step

@@ -1,15 +1,17 @@
 """The decode step as Numba CUDA kernels: the stages and data layouts of kernels/cuda/*.cu
 (fp16 storage, fp32 arithmetic, packed metadata, paged KV cache, [N, K] weights with
-interleaved gate/up rows), written plainly: a block per row, per 8 output features, or per
-(row, kv head, context split). They run on a GPU and, with ``NUMBA_ENABLE_CUDASIM=1``, in
-Numba's CUDA simulator on small shapes.
+interleaved gate/up rows): a block per row, per (tile of batch rows, group of output
+features), or per (row, kv head, context split). They run on a GPU and, with
+``NUMBA_ENABLE_CUDASIM=1``, in Numba's CUDA simulator on small shapes.
 
-Each output element is summed in a fixed order by blocks that see only its own batch row,
-so rows never depend on their batch-mates and every loop produces the same tokens.
+Each output element is summed in one fixed order, whatever the batch size and whichever
+rows share its tile or block, so rows never depend on their batch-mates and every loop
+produces the same tokens.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -71,105 +73,185 @@ def rmsnorm(x, w, eps, h):  # pragma: no cover
         h[row, j] = x[row, j] * scale * float32(w[j])
 
 
-# GEMM over weights in their natural [N, K] layout (the CuPy kernels' layout): a block owns
-# GEMM_ROWS output rows of one batch row; a warp owns a row at a time, its lanes splitting K.
-# Loads are 8 bytes (4 halves) through int64 views of x and w, a warp's load 256 contiguous
-# bytes of one weight row, GEMM_UNROLL loads in flight per lane; the words are read as halves
-# through a float16 view of the registers they were loaded into. The lanes' partial sums
-# meet in shared memory, in lane order, behind the block's one barrier (all the simulator
-# can afford: each costs it milliseconds). Blocks are small (8 warps, 8 rows) so that even
-# the 4096-row projections have 512 of them per batch row, several resident per SM.
-# The versions before, over weights stored [K, N] with a lane per output column, loaded 2
-# bytes per lane (64 per warp) and one thread per column ran at 2-8 % of the copy bandwidth
-# on an H200; a 2-byte load holds a whole register while in flight, so the register file
-# capped the bytes in flight at a quarter of this.
-# Batch rows are blockIdx.x, the fastest-varying index, so the blocks that read one weight
-# slice run together and all but the first read it from L2.
-# The simulator runs a block's threads as Python threads, so it takes fewer, larger blocks.
-GEMM_ROWS = 32 if config.ENABLE_CUDASIM else 8
-GEMM_WARPS = 1 if config.ENABLE_CUDASIM else GEMM_ROWS
-ROWS_PER_WARP = GEMM_ROWS // GEMM_WARPS
-# x 8 bytes x 32 lanes: 2 KB of weights in flight per warp. The simulator pays for every
-# padded slot of a round (its shapes are small); two still exercise the unrolled indexing.
-GEMM_UNROLL = 2 if config.ENABLE_CUDASIM else 8
+# GEMM over weights in their natural [N, K] layout (the CuPy kernels' layout). A block owns
+# gemm_rows(tile) output features for a tile of batch rows. Its warps go in KSPLIT-warp
+# teams, a team to a group of group_rows(tile) rows, the team's 32 * KSPLIT threads
+# splitting K; each thread carries all the group's rows at once for every batch row of the
+# tile. Loads are 8 bytes (4 halves) through int64 views of x and w, a warp's load 256
+# contiguous bytes of one weight row; the words are read as halves through a float16 view
+# of the registers they were loaded into.
+#
+# Why tiles and row groups: at batch 16, a warp per (batch row, weight row), the version
+# before, read each weight from L2 once per batch row (16 x the weight bytes) and spent 14
+# instructions per word per batch row (two loads, eight conversions, four FMAs). Here a
+# weight word is loaded and converted once per tile, and an x word once per row group, so
+# batch 8 costs about 6 instructions per word per batch row, four of them the FMAs. The
+# tile is a compile-time constant (a kernel per tile, the smallest that covers the batch)
+# so the accumulators stay in registers, and batch 1 does no work for rows it does not
+# have. Batch 16 runs two tiles of 8: the second reads the weights from L2.
+#
+# Loads in flight: each round's words are loaded during the round before (registers
+# double-buffered). Loaded in the round that uses them, ptxas interleaves them with the
+# FMAs that consume them, a row's word at a time (seen in the SASS: 5 loads in flight per
+# thread where 40 were written). The words per round, gemm_unroll(tile), shrink as the tile
+# grows: a round's arithmetic (rows x tile x words x 4 FMAs) must stay small enough for
+# NVVM to unroll it completely, or the register arrays go to the stack (tests/numba_ptx.py
+# fails a kernel with a stack frame); a tile of 16 fitted only with one word per round,
+# 1 KB in flight per warp, so 16 is two tiles of 8 (2 KB per warp, the same arithmetic).
+#
+# Each output's sum runs in one fixed order (each thread's words in order, 4 halves per
+# word, then the team's threads in order), whatever the tile, the batch size or the
+# batch-mates: every loop and batch size produces the same tokens. The partial sums meet
+# in shared memory behind the block's one barrier (all the simulator can afford: it has no
+# warp shuffles, and each barrier costs it milliseconds).
+# Batch tiles are blockIdx.x, the fastest-varying index, so the blocks that read one
+# weight slice run together and all but the first read it from L2.
+# The simulator runs a block's threads as Python threads: one warp per block, taking eight
+# row groups in turn.
+KSPLIT = 1 if config.ENABLE_CUDASIM else 2
+GEMM_WARPS = 1 if config.ENABLE_CUDASIM else 4
+GEMM_GROUPS = 8 if config.ENABLE_CUDASIM else 1  # row groups a team takes in turn
 GEMM_THREADS = 32 * GEMM_WARPS
+TEAM = 32 * KSPLIT  # threads splitting one row group's K
+BATCH_TILES = (1, 2, 4, 8)
+GEMM_EPILOGUES = ("store", "add", "silu_mul")  # out = x.w; out (fp32) += x.w; silu(g) * u
+
+
+def batch_tile(batch: int) -> int:
+    return next((t for t in BATCH_TILES if t >= batch), BATCH_TILES[-1])
+
+
+def group_rows(tile: int) -> int:
+    """Weight rows a thread carries at once: each x word serves this many (2: gate and up
+    of a silu_mul output stay in one thread); fewer rows, more warps at small batch."""
+    return 2 if tile <= 2 else 4
+
+
+def gemm_unroll(tile: int) -> int:
+    """Words of each row a thread loads per round (double-buffered). The simulator pays for
+    every padded slot of a round (its shapes are small); two exercise the indexing."""
+    if config.ENABLE_CUDASIM:
+        return 2
+    return {1: 8, 2: 4, 4: 4, 8: 2}[tile]
+
+
+def gemm_rows(tile: int) -> int:
+    """Output features (weight rows) per block."""
+    return GEMM_WARPS // KSPLIT * GEMM_GROUPS * group_rows(tile)
 
 
 def gemm_grid(batch: int, weight_rows: int) -> tuple[int, int]:
-    return batch, -(-weight_rows // GEMM_ROWS)
+    tile = batch_tile(batch)
+    return -(-batch // tile), -(-weight_rows // gemm_rows(tile))
+
+
+def gemm_kernel(epilogue: str, batch: int):
+    """The GEMM kernel for ``epilogue`` and this batch size; launch it with ``gemm_grid``
+    and GEMM_THREADS threads. ``silu_mul`` takes w's rows as (gate, up) pairs."""
+    if epilogue not in GEMM_EPILOGUES:
+        raise ValueError(f"unknown GEMM epilogue {epilogue!r}; one of {GEMM_EPILOGUES}")
+    return _gemm(GEMM_EPILOGUES.index(epilogue), batch_tile(batch))
 
 
 @cuda.jit(device=True)
-def _dot_rows(x, w, red):  # pragma: no cover - device code
-    """Each lane's share of x[b] . w[n] for this warp's rows n of the block into
-    red[n - n0, lane]; after the barrier (the caller's), ``_row_total`` sums the lanes."""
-    lane, warp = cuda.threadIdx.x % 32, cuda.threadIdx.x // 32
-    b, n0 = cuda.blockIdx.x, cuda.blockIdx.y * GEMM_ROWS
-    xw, ww = x.view(np.int64), w.view(np.int64)  # 4 halves per word; K % 4 == 0
-    words = ww.shape[1]
-    wr = cuda.local.array(GEMM_UNROLL, int64)
-    xr = cuda.local.array(GEMM_UNROLL, int64)
-    wh, xh = wr.view(np.float16), xr.view(np.float16)
-    whole = words - words % (32 * GEMM_UNROLL)  # words that whole rounds cover
-    for r in range(warp * ROWS_PER_WARP, (warp + 1) * ROWS_PER_WARP):
-        n = min(n0 + r, ww.shape[0] - 1)  # a row past the end reads the last; never stored
-        acc = float32(0.0)
-        for c in range(lane, whole, 32 * GEMM_UNROLL):
-            for u in range(GEMM_UNROLL):  # no bounds branch: every load in flight at once
-                wr[u], xr[u] = ww[n, c + 32 * u], xw[b, c + 32 * u]
-            for e in range(4 * GEMM_UNROLL):
-                acc += float32(wh[e]) * float32(xh[e])
-        for i in range(whole + lane, words, 32):  # the rest, a word at a time
-            wr[0], xr[0] = ww[n, i], xw[b, i]
+def _team_total(red, bb, r):  # pragma: no cover - device code
+    """The team's partial sums of output (bb, r), in thread order, four chains at once."""
+    s0, s1, s2, s3 = float32(0.0), float32(0.0), float32(0.0), float32(0.0)
+    for t in range(0, TEAM, 4):
+        s0 += red[bb, r, t]
+        s1 += red[bb, r, t + 1]
+        s2 += red[bb, r, t + 2]
+        s3 += red[bb, r, t + 3]
+    return (s0 + s1) + (s2 + s3)
+
+
+@functools.cache
+def _gemm(epilogue: int, tile: int):
+    rows, unroll, block_rows = group_rows(tile), gemm_unroll(tile), gemm_rows(tile)
+    rows_out = block_rows // 2 if epilogue == 2 else block_rows
+    step = TEAM * unroll  # words a round covers
+    red_shape = (tile, block_rows, TEAM + 1)  # +1: a row's partials start in another bank
+
+    @cuda.jit(device=True)
+    def fma_word(xw, i, b0, last_b, wh, h0, acc):  # pragma: no cover - device code
+        """acc[r, bb] += word i of x[b0 + bb] . halves h0..h0+3 of wh[r], for the tile."""
+        wf = cuda.local.array((rows, 4), float32)
+        for r in range(rows):
             for e in range(4):
-                acc += float32(wh[e]) * float32(xh[e])
-        red[r, lane] = acc
+                wf[r, e] = float32(wh[r, h0 + e])
+        xr = cuda.local.array(1, int64)
+        xh = xr.view(np.float16)
+        for bb in range(tile):
+            xr[0] = xw[min(b0 + bb, last_b), i]  # a row past the batch reads the last
+            for e in range(4):
+                xe = float32(xh[e])
+                for r in range(rows):
+                    acc[r, bb] += wf[r, e] * xe
 
+    @cuda.jit(device=True)
+    def load_round(ww, n0, last_n, c, into):  # pragma: no cover - device code
+        for r in range(rows):  # no bounds branch: every load in flight at once
+            n = min(n0 + r, last_n)  # a row past the end reads the last; never stored
+            for u in range(unroll):
+                into[r, u] = ww[n, c + TEAM * u]
 
-@cuda.jit(device=True)
-def _row_total(red, r):  # pragma: no cover - device code
-    total = float32(0.0)
-    for lane in range(32):
-        total += red[r, lane]
-    return total
+    @cuda.jit(device=True)
+    def dot_rows(x, w, red):  # pragma: no cover - device code
+        """Each team thread's share of x[b] . w[n] for the tile's rows b and the team's
+        rows n into red[b - b0, n - n0, thread]; ``_team_total`` sums them after a
+        barrier."""
+        t, team = cuda.threadIdx.x % TEAM, cuda.threadIdx.x // TEAM
+        b0 = cuda.blockIdx.x * tile
+        xw, ww = x.view(np.int64), w.view(np.int64)  # 4 halves per word; K % 4 == 0
+        last_b, last_n, words = xw.shape[0] - 1, ww.shape[0] - 1, ww.shape[1]
+        cur = cuda.local.array((rows, unroll), int64)
+        nxt = cuda.local.array((rows, unroll), int64)
+        wh = cur.view(np.float16)
+        acc = cuda.local.array((rows, tile), float32)
+        whole = words - words % step  # words that whole rounds cover
+        for grp in range(GEMM_GROUPS):
+            r0 = (team * GEMM_GROUPS + grp) * rows
+            n0 = cuda.blockIdx.y * block_rows + r0
+            for r in range(rows):
+                for bb in range(tile):
+                    acc[r, bb] = float32(0.0)
+            if whole:
+                load_round(ww, n0, last_n, t, cur)
+            for c in range(t, whole, step):
+                if c + step < whole:  # the same for the whole team
+                    load_round(ww, n0, last_n, c + step, nxt)
+                for u in range(unroll):
+                    fma_word(xw, c + TEAM * u, b0, last_b, wh, 4 * u, acc)
+                for r in range(rows):
+                    for u in range(unroll):
+                        cur[r, u] = nxt[r, u]
+            for i in range(whole + t, words, TEAM):  # the rest, a word at a time
+                for r in range(rows):
+                    cur[r, 0] = ww[min(n0 + r, last_n), i]
+                fma_word(xw, i, b0, last_b, wh, 0, acc)
+            for r in range(rows):
+                for bb in range(tile):
+                    red[bb, r0 + r, t] = acc[r, bb]
 
+    def gemm(x, w, out):  # pragma: no cover - device code
+        red = cuda.shared.array(red_shape, float32)
+        dot_rows(x, w, red)
+        cuda.syncthreads()
+        b0, n0 = cuda.blockIdx.x * tile, cuda.blockIdx.y * rows_out
+        for o in range(cuda.threadIdx.x, tile * rows_out, GEMM_THREADS):
+            bb, r = o // rows_out, o % rows_out  # consecutive threads: consecutive features
+            b, n = b0 + bb, n0 + r
+            if b < out.shape[0] and n < out.shape[1]:
+                if epilogue == 2:
+                    g, u = _team_total(red, bb, 2 * r), _team_total(red, bb, 2 * r + 1)
+                    out[b, n] = g / (1.0 + math.exp(-g)) * u
+                elif epilogue == 1:
+                    out[b, n] += _team_total(red, bb, r)
+                else:
+                    out[b, n] = _team_total(red, bb, r)
 
-@cuda.jit
-def gemm_store(x, w, out):  # pragma: no cover
-    """out[b, n] = x[b] . w[n]; grid ``gemm_grid(batch, N)``, GEMM_THREADS threads."""
-    red = cuda.shared.array((GEMM_ROWS, 33), float32)  # +1: rows in different banks
-    _dot_rows(x, w, red)
-    cuda.syncthreads()
-    b, r = cuda.blockIdx.x, cuda.threadIdx.x
-    n = cuda.blockIdx.y * GEMM_ROWS + r
-    if r < GEMM_ROWS and n < out.shape[1]:
-        out[b, n] = _row_total(red, r)
-
-
-@cuda.jit
-def gemm_add(x, w, out):  # pragma: no cover
-    """The residual add fused in: out (fp32) += x[b] . w[n]."""
-    red = cuda.shared.array((GEMM_ROWS, 33), float32)
-    _dot_rows(x, w, red)
-    cuda.syncthreads()
-    b, r = cuda.blockIdx.x, cuda.threadIdx.x
-    n = cuda.blockIdx.y * GEMM_ROWS + r
-    if r < GEMM_ROWS and n < out.shape[1]:
-        out[b, n] += _row_total(red, r)
-
-
-@cuda.jit
-def gemm_silu_mul(x, w, out):  # pragma: no cover
-    """Rows of w come as (gate, up) pairs: out[b, j] = silu(gate_j) * up_j; grid
-    ``gemm_grid(batch, 2 * J)``."""
-    red = cuda.shared.array((GEMM_ROWS, 33), float32)
-    _dot_rows(x, w, red)
-    cuda.syncthreads()
-    b, r = cuda.blockIdx.x, cuda.threadIdx.x
-    j = cuda.blockIdx.y * (GEMM_ROWS // 2) + r
-    if r < GEMM_ROWS // 2 and j < out.shape[1]:
-        g, u = _row_total(red, 2 * r), _row_total(red, 2 * r + 1)
-        out[b, j] = g / (1.0 + math.exp(-g)) * u
+    gemm.__name__ = gemm.__qualname__ = f"gemm_{GEMM_EPILOGUES[epilogue]}"
+    return cuda.jit(gemm)
 
 
 @cuda.jit
@@ -203,8 +285,11 @@ def rope_kv_append(qkv, positions, tables, k_cache, v_cache, num_heads, num_kv_h
 #
 # Loads: the split's K and V rows are copied to shared memory first, 8 bytes (4 halves) per
 # load through int64 views of the caches, consecutive threads on consecutive words of a
-# row, eight loads in flight per thread (8 KB per block); the compute then reads halves
-# through a float16 view of the same shared memory. (A thread per token reading its own row
+# row, sixteen loads in flight per thread (16 KB per block: a whole 64-token split of
+# 128-dim heads in one round); the compute then reads halves through a float16 view of the
+# same shared memory. Each token's cache block and offset are looked up once, into shared
+# memory: per load, the divisions (64-bit: subroutine calls) stood between the loads in
+# the SASS and kept one or two of them in flight. (A thread per token reading its own row
 # a half at a time, the version before, had every lane of a load on a different row.) Rows
 # are padded by one word, so threads walking down a column (the scores) meet at most two to
 # a bank. The split's (max, sum, output) per head are merged, in split order, by
@@ -212,7 +297,7 @@ def rope_kv_append(qkv, positions, tables, k_cache, v_cache, num_heads, num_kv_h
 ATTN_SPLIT = 64
 MAX_HEAD_DIM, MAX_GROUP = 128, 8  # static shared memory: 33 KB of K and V, 6 KB of q, scores
 KV_WORDS = MAX_HEAD_DIM // 4 + 1  # int64 words per staged row, one of them padding
-STAGE_UNROLL = 4
+STAGE_UNROLL = 8
 
 
 def attention_splits(max_context: int) -> int:
@@ -224,27 +309,30 @@ def attention_grid(batch: int, num_kv_heads: int, max_context: int) -> tuple[int
 
 
 @cuda.jit(device=True)
-def _stage_kv(k_words, v_words, tables, b, g, t0, ntok, kv):  # pragma: no cover - device code
-    """kv[0 / 1, t, w] = word w of the K / V row of token t0 + t of row b, kv head g."""
+def _stage_kv(k_words, v_words, tables, b, g, t0, ntok, kv, rows):  # pragma: no cover
+    """kv[0 / 1, t, w] = word w of the K / V row of token t0 + t of row b, kv head g.
+    ``rows`` (shared, [ATTN_SPLIT, 2]) gets each token's (cache block, offset) first: the
+    divisions are done once per token, not per load (64-bit ones are subroutine calls)."""
+    tid = cuda.threadIdx.x
     bs, words = k_words.shape[1], k_words.shape[3]
-    total = ntok * words
-    whole = total - total % (STAGE_UNROLL * THREADS)  # words that whole rounds cover
+    for t in range(tid, ntok, THREADS):
+        rows[t, 0], rows[t, 1] = tables[b, (t0 + t) // bs], (t0 + t) % bs
+    cuda.syncthreads()
+    per_pass = THREADS // words  # tokens the block's threads cover a word each of
+    t, w = tid // words, tid % words  # the thread's first token and its word of every row
     ks = cuda.local.array(STAGE_UNROLL, int64)
     vs = cuda.local.array(STAGE_UNROLL, int64)
-    for e0 in range(cuda.threadIdx.x, whole, STAGE_UNROLL * THREADS):
+    if t >= per_pass:
+        return
+    for t0_pass in range(t, ntok, STAGE_UNROLL * per_pass):
         for u in range(STAGE_UNROLL):  # no bounds branch: every load first, then the stores
-            e = e0 + u * THREADS
-            tok = t0 + e // words
-            blk, off, w = tables[b, tok // bs], tok % bs, e % words
-            ks[u], vs[u] = k_words[blk, off, g, w], v_words[blk, off, g, w]
+            r = min(t0_pass + u * per_pass, ntok - 1)  # past the split: reload the last
+            ks[u] = k_words[rows[r, 0], rows[r, 1], g, w]
+            vs[u] = v_words[rows[r, 0], rows[r, 1], g, w]
         for u in range(STAGE_UNROLL):
-            e = e0 + u * THREADS
-            kv[0, e // words, e % words], kv[1, e // words, e % words] = ks[u], vs[u]
-    for e in range(whole + cuda.threadIdx.x, total, THREADS):  # the rest, a word at a time
-        tok = t0 + e // words
-        blk, off, w = tables[b, tok // bs], tok % bs, e % words
-        kv[0, e // words, w], kv[1, e // words, w] = k_words[blk, off, g, w], \
-            v_words[blk, off, g, w]
+            r = t0_pass + u * per_pass
+            if r < ntok:
+                kv[0, r, w], kv[1, r, w] = ks[u], vs[u]
 
 
 @cuda.jit
@@ -263,10 +351,11 @@ def paged_attention(qkv, positions, tables, k_cache, v_cache, num_heads, num_kv_
     q = cuda.shared.array((MAX_GROUP, MAX_HEAD_DIM), float32)
     sc = cuda.shared.array((MAX_GROUP, ATTN_SPLIT), float32)
     mx = cuda.shared.array(MAX_GROUP, float32)
+    rows = cuda.shared.array((ATTN_SPLIT, 2), int32)
     for e in range(tid, group * head_dim, THREADS):
         q[e // head_dim, e % head_dim] = float32(qkv[b, g * group * head_dim + e]) * scale
     _stage_kv(k_cache.view(np.int64), v_cache.view(np.int64), tables, b, g, t0, ntok,
-              kv_words)
+              kv_words, rows)
     kv = kv_words.view(np.float16)  # [K / V, token, dim]
     cuda.syncthreads()
     for p in range(tid, group * ntok, THREADS):  # consecutive threads: consecutive tokens

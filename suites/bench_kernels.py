@@ -116,8 +116,7 @@ def measure_numba(fig: Figures, cfg, shapes: dict, weights: dict, inputs: dict,
     from kernels.cupy_measure import replay_ms
 
     cuda = nk.cuda
-    kernels = {"store_half": nk.gemm_store, "add_residual": nk.gemm_add,
-               "silu_mul": nk.gemm_silu_mul}
+    epilogues = {"store_half": "store", "add_residual": "add", "silu_mul": "silu_mul"}
 
     def timed(launches: list) -> float:
         cp.cuda.Device().synchronize()  # NOTE: inputs were made on the legacy stream
@@ -137,8 +136,9 @@ def measure_numba(fig: Figures, cfg, shapes: dict, weights: dict, inputs: dict,
         ws = [wrap(w) for w in weights[p]]
         for b, (xs, outs) in inputs.items():
             x, out = wrap(xs[p]), wrap(outs[p])
-            launches = [(kernels[EPILOGUES[p]], nk.gemm_grid(b, w.shape[0]), nk.GEMM_THREADS,
-                         (x, w, out)) for w in ws]
+            kernel = nk.gemm_kernel(epilogues[EPILOGUES[p]], b)
+            launches = [(kernel, nk.gemm_grid(b, w.shape[0]), nk.GEMM_THREADS, (x, w, out))
+                        for w in ws]
             fig.record(f"numba_gemm_{p}", b, timed(launches) / len(launches),
                        math.prod(shapes[p]) * 2)
     for (ctx, b), (kc, vc, tables, positions, qkv) in kv.items():

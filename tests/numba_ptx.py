@@ -4,17 +4,22 @@ ptxas allots it.
 Run as ``python -m tests.numba_ptx`` in a process without the CUDA simulator (the test in
 test_numba_compile.py does): the simulator never compiles, so a kernel that fails to type
 or lower for a real GPU, or asks for more registers or shared memory than a launch of its
-block size can get, would otherwise pass CI and fail on the first GPU. The argument types
-and block sizes are those of the backend's own plan, built over host arrays, for batch 1
-and 3. NVVM makes the PTX, nvJitLink assembles it (both from pip wheels). Prints one JSON
-object per kernel and signature.
+block size can get, or keeps a register array in local memory, would otherwise pass CI
+and show up only on a GPU. The argument types and block sizes are those of the backend's
+own plan, built over host arrays, for batch 1, 2, 3 and 8 (the GEMM is a kernel per batch
+tile: 1, 2, 4, 8). NVVM makes the PTX, nvJitLink assembles it, nvdisasm shows the SASS
+(all three from pip wheels): a GEMM whose loads ptxas has spread out between the FMAs
+fails too. Prints one JSON object per kernel and signature.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
+import subprocess
 import sys
+import tempfile
 import types
 
 import numba
@@ -26,10 +31,12 @@ from kernels.layout import StepLayout
 from schedbench.model import get_preset, make_weights
 
 ARCH = "sm_90"
+BATCHES = (1, 2, 3, 8)
 
 
 def link_info(ptx: str) -> dict[str, int]:
-    """ptxas's resource line for the one kernel in ``ptx``, through nvJitLink."""
+    """ptxas's resource line for the one kernel in ``ptx``, through nvJitLink, and the
+    longest burst of global loads in its SASS where nvdisasm is at hand."""
     from cuda.bindings import nvjitlink
 
     data = ptx.encode()
@@ -39,20 +46,63 @@ def link_info(ptx: str) -> dict[str, int]:
         nvjitlink.complete(handle)
         log = bytearray(nvjitlink.get_info_log_size(handle))
         nvjitlink.get_info_log(handle, log)
+        cubin = bytearray(nvjitlink.get_linked_cubin_size(handle))
+        nvjitlink.get_linked_cubin(handle, cubin)
     finally:
         nvjitlink.destroy(handle)
     text = log.decode(errors="replace")
     fields = {"registers": r"used (\d+) registers", "smem": r"(\d+) bytes smem",
-              "lmem": r"(\d+) bytes lmem", "spill_stores": r"(\d+) bytes spill stores"}
+              "lmem": r"(\d+) bytes lmem", "stack": r"(\d+) stack",
+              "spill_stores": r"(\d+) bytes spill stores"}
     found = {k: re.search(p, text) for k, p in fields.items()}
     if not all(found.values()):
         raise RuntimeError(f"no resource line from nvJitLink:\n{text}")
-    return {k: int(m.group(1)) for k, m in found.items()}
+    info = {k: int(m.group(1)) for k, m in found.items()}
+    if (sass := disassemble(bytes(cubin))) is not None:
+        info["load_burst"] = load_burst(sass)
+    return info
+
+
+def disassemble(cubin: bytes) -> str | None:
+    from cuda.pathfinder import find_nvidia_binary_utility
+
+    if (nvdisasm := find_nvidia_binary_utility("nvdisasm")) is None:
+        return None
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run([nvdisasm, "-c", f.name], capture_output=True, text=True,
+                              check=True).stdout
+
+
+def load_burst(sass: str) -> int:
+    """The most global loads issued one after another with no FMA between them: at best,
+    the loads a thread has in flight at once. (ptxas moves a load next to its first use
+    when nothing keeps it earlier, whatever order the source wrote them in.)"""
+    best = run = 0
+    for op in re.findall(r"\b(LDG|FFMA)\b", sass):
+        run = run + 1 if op == "LDG" else 0
+        best = max(best, run)
+    return best
+
+
+def loads_written(kernel: str, batch: int) -> int:
+    """The global loads a GEMM thread issues together, as the source writes them: a round
+    of words for each of its rows."""
+    if not kernel.startswith("gemm_"):
+        return 0
+    tile = nbk.nk.batch_tile(batch)
+    return nbk.nk.group_rows(tile) * nbk.nk.gemm_unroll(tile)
 
 
 # sm_90 per block: 48 KB of static shared memory (ptxas counts 1 KB more, which the GPU
 # reserves per block), 64 K registers, allocated per thread in multiples of 8.
 SMEM_LIMIT, RESERVED_SMEM, REGISTER_FILE = 48 * 1024, 1024, 64 * 1024
+# Kernels that keep arrays in registers (cuda.local.array): a stack frame there means NVVM
+# left a loop over one rolled and the array went to local memory, traffic in the inner
+# loop. (rope_kv_append's frame is libdevice's sin/cos argument reduction, which only
+# angles beyond any context length take.)
+REGISTER_ARRAYS = ("gemm_", "paged_attention")
 
 
 def problems(row: dict) -> list[str]:
@@ -64,6 +114,11 @@ def problems(row: dict) -> list[str]:
         out.append(f"{row['registers']} registers x {row['threads']} threads > 64 K registers")
     if row["spill_stores"] or row["lmem"]:
         out.append(f"{row['spill_stores']} bytes of register spills, {row['lmem']} of lmem")
+    if row["stack"] and row["kernel"].startswith(REGISTER_ARRAYS):
+        out.append(f"a {row['stack']}-byte stack frame: a register array in local memory")
+    if row.get("load_burst", math.inf) < row.get("loads_written", 0):
+        out.append(f"at most {row['load_burst']} global loads in flight, where the source "
+                   f"issues {row['loads_written']} together")
     return out
 
 
@@ -76,18 +131,20 @@ def main() -> int:
     dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=cc)
     nbk.cuda = types.SimpleNamespace(to_device=np.ascontiguousarray)  # host arrays
     cfg = get_preset("tiny")
-    layout = StepLayout(4, cfg.max_blocks_per_seq)
+    layout = StepLayout(max(BATCHES), cfg.max_blocks_per_seq)
     step = nbk.NumbaDecodeStep(cfg, nbk.upload_weights(make_weights(cfg, 0)), 8, layout, 8)
     seen = set()
-    for batch in (1, 3):
+    for batch in BATCHES:
         for kernel, _, block, args in step.plan(np.zeros(layout.size, np.int32),
-                                                np.zeros(4, np.int32), batch):
+                                                np.zeros(layout.max_batch, np.int32), batch):
             sig = tuple(numba.typeof(a) for a in args)
             if (kernel, sig) in seen:
                 continue
             seen.add((kernel, sig))
             ptx, _ = numba.cuda.compile_ptx(kernel.py_func, sig, cc=cc)
-            print(json.dumps({"kernel": kernel.py_func.__name__, "threads": block,
+            name = kernel.py_func.__name__
+            print(json.dumps({"kernel": name, "batch": batch, "threads": block,
+                              "loads_written": loads_written(name, batch),
                               **link_info(ptx)}))
     return 0
 

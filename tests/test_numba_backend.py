@@ -68,35 +68,54 @@ def test_norms_and_embedding(rng):
     assert rel_err(out[7], ref.rms_norm(table[toks], w, 1e-5)) < FP16_TOL
 
 
-@pytest.mark.parametrize("kind", ["store", "add", "silu_mul"])
-def test_gemm(rng, kind):
-    # 70 rows: a last block of 6; K = 1100 halves = 275 words, rounds of 32 lanes x
-    # GEMM_UNROLL words, the last one partly past the end
-    b, n, k = 3, 70, 1100
+def gemm(kind: str, x, w, out):
+    b, n = x.shape[0], w.shape[0]
+    return run(nk.gemm_kernel(kind, b), nk.gemm_grid(b, n), x, w, out,
+               threads=nk.GEMM_THREADS)[2]
+
+
+# Batch 1, 3 and 11: tiles of 1, 4 and 8 (the second tile of 11 partly past the batch).
+# 70 rows: a last block of 6 (16 or 32 per simulated block); K = 1100 halves = 275 words,
+# whole rounds of 32 threads x 2 words and the rest a word at a time.
+@pytest.mark.parametrize(("kind", "b"), [("store", 1), ("store", 11), ("add", 3),
+                                         ("silu_mul", 3)])
+def test_gemm(rng, kind, b):
+    n, k = 70, 1100
     x, w = half(rng, b, k), half(rng, n, k, scale=k ** -0.5)
     full = x.astype(np.float64) @ w.T.astype(np.float64)
-    grid = nk.gemm_grid(b, n)
     if kind == "store":
-        got = run(nk.gemm_store, grid, x, w, np.full((b, n), np.nan, np.float32),
-                  threads=nk.GEMM_THREADS)[2]
+        got = gemm(kind, x, w, np.full((b, n), np.nan, np.float32))
         expect = full
     elif kind == "add":
         base = rng.standard_normal((b, n)).astype(np.float32)
-        got = run(nk.gemm_add, grid, x, w, base.copy(), threads=nk.GEMM_THREADS)[2]
+        got = gemm(kind, x, w, base.copy())
         expect = base + full
     else:
         wi = np.ascontiguousarray(interleave_gate_up(w[None])[0])
-        got = run(nk.gemm_silu_mul, grid, x, wi, np.full((b, n // 2), np.nan, np.float16),
-                  threads=nk.GEMM_THREADS)[2]
+        got = gemm(kind, x, wi, np.full((b, n // 2), np.nan, np.float16))
         expect = ref.silu_mul(full)
     assert np.isfinite(got).all() and rel_err(got, expect) < FP16_TOL
 
 
+def test_gemm_rows_do_not_depend_on_the_batch(rng):
+    """A row's outputs are the same bits alone, in a tile of 2, and in the second tile of
+    a batch of 9: the loops batch requests differently and must agree token for token."""
+    n, k = 20, 1100
+    x, w = half(rng, 9, k), half(rng, n, k, scale=k ** -0.5)
+    alone = gemm("store", x[8:9], w, np.full((1, n), np.nan, np.float32))
+    pair = gemm("store", x[7:9], w, np.full((2, n), np.nan, np.float32))
+    nine = gemm("store", x, w, np.full((9, n), np.nan, np.float32))
+    np.testing.assert_array_equal(pair[1], alone[0])
+    np.testing.assert_array_equal(nine[8], alone[0])
 
-def test_rope_append_and_attention(rng):
+
+# head_dim 20: 5 words a row, so the staging leaves some threads without a token
+@pytest.mark.parametrize("head_dim", [32, 20])
+def test_rope_append_and_attention(rng, head_dim):
     # two kv heads of three query heads each; a full split, three splits
-    cfg, lengths = replace(MICRO, num_heads=6, num_kv_heads=2), [1, 17, 64, 130]
-    b, d = len(lengths), MICRO.head_dim
+    cfg = replace(MICRO, num_heads=6, num_kv_heads=2, head_dim=head_dim)
+    lengths = [1, 17, 64, 130]
+    b, d = len(lengths), cfg.head_dim
     tables, kc, vc = paged_fp16(rng, cfg, lengths)
     positions = np.array(lengths, np.int32) - 1
     qkv = half(rng, b, cfg.qkv_size)
@@ -129,11 +148,12 @@ def attend(cfg, qkv, positions, tables, kc, vc) -> np.ndarray:
 def test_real_shapes_on_a_gpu(rng):
     """Llama-3-8B projection and attention shapes (too large for the simulator)."""
     cfg = get_preset("llama3-8b")
-    b, n, k = 4, 6144, 4096
-    x, w = half(rng, b, k), half(rng, n, k, scale=k ** -0.5)
-    got = run(nk.gemm_store, nk.gemm_grid(b, n), x, w, np.full((b, n), np.nan, np.float32),
-              threads=nk.GEMM_THREADS)[2]
-    assert rel_err(got, x.astype(np.float64) @ w.T.astype(np.float64)) < FP16_TOL
+    n, k = 6144, 4096
+    w = half(rng, n, k, scale=k ** -0.5)
+    for b in (1, 2, 4, 13):  # every tile; 13 is two tiles of 8, the second partial
+        x = half(rng, b, k)
+        got = gemm("store", x, w, np.full((b, n), np.nan, np.float32))
+        assert rel_err(got, x.astype(np.float64) @ w.T.astype(np.float64)) < FP16_TOL, b
     lengths = [1, 2048, 8192]
     tables, kc, vc = paged_fp16(rng, cfg, lengths)
     positions = np.array(lengths, np.int32) - 1

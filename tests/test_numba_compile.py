@@ -1,5 +1,6 @@
-"""Every Numba kernel compiles for sm_90 and fits a launch of its block size, without a GPU
-(tests/numba_ptx.py, in a process without the simulator)."""
+"""Without a GPU: every Numba kernel compiles for sm_90 and fits a launch of its block size,
+and the GEMMs keep their loads in flight together (tests/numba_ptx.py, in a process
+without the simulator)."""
 
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ KERNELS = {"embed_rmsnorm", "rmsnorm", "gemm_store", "gemm_add", "gemm_silu_mul"
 
 def _missing_tools() -> str | None:
     try:
-        from cuda.pathfinder import load_nvidia_dynamic_lib
+        from cuda.pathfinder import find_nvidia_binary_utility, load_nvidia_dynamic_lib
 
         for lib in ("nvvm", "nvJitLink"):
             load_nvidia_dynamic_lib(lib)
+        if find_nvidia_binary_utility("nvdisasm") is None:
+            return "no nvdisasm"
     except Exception as exc:  # any failure means the tool cannot be used
         return f"{exc!r}"
     return None
@@ -30,14 +33,15 @@ def _missing_tools() -> str | None:
 
 def test_every_numba_kernel_compiles_for_sm90_and_fits_its_launch():
     if why := _missing_tools():
-        pytest.skip(f"NVVM or nvJitLink is missing ({why}): pip install the test extra "
-                    f"(nvidia-nvvm, nvidia-nvjitlink)")
+        pytest.skip(f"NVVM, nvJitLink or nvdisasm is missing ({why}): pip install the test "
+                    f"extra (nvidia-nvvm, nvidia-nvjitlink, nvidia-cuda-nvdisasm)")
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     r = subprocess.run([sys.executable, "-m", "tests.numba_ptx"], env=env, text=True,
                        capture_output=True, timeout=600, cwd=Path(__file__).parent.parent)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert {row["kernel"] for row in rows} == KERNELS
+    assert all("load_burst" in row for row in rows)
     bad = {row["kernel"]: p for row in rows if (p := problems(row))}
     assert not bad, bad
 
@@ -46,7 +50,11 @@ def test_every_numba_kernel_compiles_for_sm90_and_fits_its_launch():
     ({"smem": 50 * 1024, "registers": 32, "threads": 128}, "static shared memory"),
     ({"smem": 0, "registers": 65, "threads": 1024}, "registers x 1024 threads"),
     ({"smem": 0, "registers": 32, "threads": 128, "spill_stores": 8}, "spills"),
+    ({"smem": 0, "registers": 32, "threads": 128, "stack": 256, "kernel": "gemm_add"},
+     "stack frame"),
+    ({"smem": 0, "registers": 32, "threads": 128, "load_burst": 5, "loads_written": 40},
+     "5 global loads in flight"),
 ])
 def test_a_kernel_that_cannot_launch_is_reported(row, what):
-    row = {"spill_stores": 0, "lmem": 0, **row}
+    row = {"kernel": "rmsnorm", "spill_stores": 0, "lmem": 0, "stack": 0, **row}
     assert any(what in p for p in problems(row))

@@ -22,12 +22,13 @@ def source(module: str) -> str:
     return re.sub(r'#include "(\w+\.cuh)"', lambda m: (CUDA_DIR / m.group(1)).read_text(), text)
 
 
-def gemm_name(tiles: int, epilogue: str) -> str:
-    return f"tc_gemm<{tiles}, {GEMM_EPILOGUES[epilogue]}>"
+def gemm_name(tiles: int, epilogue: str, weights_no_l1: bool = False) -> str:
+    return f"tc_gemm<{tiles}, {GEMM_EPILOGUES[epilogue]}, {int(weights_no_l1)}>"
 
 
 def gemm_names() -> tuple[str, ...]:
-    return tuple(gemm_name(t, e) for t in GEMM_TILES for e in GEMM_EPILOGUES)
+    return tuple(gemm_name(t, e, no_l1) for t in GEMM_TILES for e in GEMM_EPILOGUES
+                 for no_l1 in (False, True))
 
 
 def attention_names(head_dim: int, group: int) -> tuple[str, ...]:

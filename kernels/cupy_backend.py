@@ -163,14 +163,15 @@ def pdl_default() -> bool:
 
 
 def gemm_launch(x: cp.ndarray, w: cp.ndarray, batch: int, epilogue: str, out: cp.ndarray,
-                pdl: bool | None = None) -> Launch:
-    """``out (+)= x[:batch] @ w.T`` with an epilogue; ``pdl`` defaults to ``pdl_default()``."""
+                pdl: bool | None = None, weights_no_l1: bool = False) -> Launch:
+    """``out (+)= x[:batch] @ w.T`` with an epilogue; ``pdl`` defaults to ``pdl_default()``;
+    ``weights_no_l1`` picks the kernel that loads weights without L1 lines (gemm.cu)."""
     n, k = w.shape
     if k % GEMM_K_CHUNK or x.dtype != cp.float16 or w.dtype != cp.float16:
         raise ValueError(f"tc_gemm needs fp16 x and w with K % {GEMM_K_CHUNK} == 0; got "
                          f"K={k}, {x.dtype}, {w.dtype}")
     tiles = gemm_tiles(batch)
-    fn = module("gemm", gemm_names()).get_function(gemm_name(tiles, epilogue))
+    fn = module("gemm", gemm_names()).get_function(gemm_name(tiles, epilogue, weights_no_l1))
     grid = (-(-batch // (8 * tiles)), -(-n // GEMM_ROWS))
     pdl = pdl_default() if pdl is None else pdl
     return Launch(fn, grid, GEMM_WARPS * 32, (x, w, i32(n), i32(k), i32(batch), out, i32(pdl)),

@@ -1,7 +1,7 @@
 """Each decode kernel's device time, achieved GB/s and % of the copy bandwidth measured in
 the same run: the CuPy projection kernel beside cuBLAS (``cupy.matmul``) on the same
-shapes (also with programmatic dependent launch when ``SCHEDBENCH_PDL=1``), paged
-attention, and the Numba kernels on the same shapes.
+shapes (also loading weights without L1 lines, and with programmatic dependent launch when
+``SCHEDBENCH_PDL=1``), paged attention, and the Numba kernels on the same shapes.
 
 asv: ``asv run --python=same --bench bench_kernels`` (skipped without a GPU).
 Directly: ``python suites/bench_kernels.py [--preset llama3-8b] [--batch-sizes 1,4,16]``.
@@ -68,8 +68,13 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
             launches = [cb.gemm_launch(xs[p], w, b, EPILOGUES[p], outs[p]) for w in weights[p]]
             fig.record(f"gemm_{p}", b, time_launches_ms(launches) / n_layers,
                        math.prod(shapes[p]) * 2)
-        for pdl, suffix in ((False, ""),) + (((True, "_pdl"),) if cb.pdl_default() else ()):
-            every = [cb.gemm_launch(xs[p], weights[p][layer], b, EPILOGUES[p], outs[p], pdl)
+        # The whole step's projections, and beside them in the same run the candidates:
+        # PDL (opt-in) and weights loaded without L1 lines (gemm.cu, W_NO_L1).
+        variants = {"": {"pdl": False}, "_w_no_l1": {"pdl": False, "weights_no_l1": True}}
+        if cb.pdl_default():
+            variants["_pdl"] = {"pdl": True}
+        for suffix, how in variants.items():
+            every = [cb.gemm_launch(xs[p], weights[p][layer], b, EPILOGUES[p], outs[p], **how)
                      for layer in range(n_layers) for p in PROJECTIONS]
             fig.record(f"all_{4 * n_layers}_projections{suffix}", b, time_launches_ms(every),
                        step_bytes)
@@ -183,7 +188,8 @@ class Kernels:
     """asv: device time (events), GB/s and % of copy bandwidth of each kernel."""
 
     params = [["gemm_qkv", "gemm_o", "gemm_gate_up", "gemm_down", "all_128_projections",
-               "all_128_projections_pdl", "cublas_128_projections"]
+               "all_128_projections_w_no_l1", "all_128_projections_pdl",
+               "cublas_128_projections"]
               + [f"attention_ctx{c}" for c in CONTEXTS]
               + [f"numba_gemm_{p}" for p in PROJECTIONS]
               + [f"numba_attention_ctx{c}" for c in CONTEXTS], BATCH_SIZES]

@@ -145,10 +145,10 @@ def verdict(ok):
 print("targets:")
 if k:
     for (name, b), r in rows.items():
-        if name.startswith("all_") and not name.endswith("_pdl"):
-            cub = rows.get((name.replace("all_", "cublas_"), b))
+        if name.startswith("all_"):  # the default kernels, then each candidate
+            cub = rows.get((re.sub(r"^all_(\d+_projections).*", r"cublas_\1", name), b))
             vs = f", cuBLAS {cub['pct_copy']:.1f}%" if cub else ""
-            print(f"  #3 projections b={b}: {r['pct_copy']:.1f}% of copy (>= 90){vs}: "
+            print(f"  #3 {name} b={b}: {r['pct_copy']:.1f}% of copy (>= 90){vs}: "
                   f"{verdict(r['pct_copy'] >= 90 and (not cub or r['ms'] < cub['ms']))}")
         m = re.fullmatch(r"attention_ctx(\d+)", name)
         if m and int(m.group(1)) >= 2048:

@@ -11,7 +11,7 @@ from functools import cache
 from pathlib import Path
 
 CUDA_DIR = Path(__file__).resolve().parent / "cuda"
-MODULES = ("norm", "gemm", "attention", "sample")
+MODULES = ("norm", "gemm", "attention", "sample")  # RawModules; graph_launch.cu: kernels/nvrtc.py
 GEMM_EPILOGUES = {"store_half": 0, "add_residual": 1, "store_float": 2, "silu_mul": 3}
 GEMM_TILES = (1, 2, 4)  # batch tiles of 8 rows per block
 

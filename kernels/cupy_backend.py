@@ -21,6 +21,7 @@ from cupy.cuda import runtime
 from kernels.backend import Backend, DecodeStep, Event, Graph, Stream
 from kernels.cuda_sources import attention_names, gemm_name, gemm_names, source
 from kernels.cupy_launch import Launch, LaunchSequence
+from kernels.device_graph import DeviceLaunchedGraph, device_launch_default
 from kernels.layout import StepLayout
 from schedbench.errors import ConfigError
 from schedbench.model import ModelConfig, Weights, interleave_gate_up
@@ -82,7 +83,10 @@ class CupyEvent(Event):
 
 
 class CupyGraph(Graph):
-    def __init__(self, raw: cp.cuda.graph.Graph) -> None:
+    """A captured step: a CuPy graph launched from the host, or, with
+    ``SCHEDBENCH_GRAPH_LAUNCH=device``, one launched from the device (kernels/device_graph.py)."""
+
+    def __init__(self, raw: cp.cuda.graph.Graph | DeviceLaunchedGraph) -> None:
         self.raw = raw
 
     def launch(self, stream: Stream) -> None:
@@ -370,6 +374,9 @@ class CupyBackend(Backend):
     def capture(self, step: DecodeStep, meta: cp.ndarray, out_tokens: cp.ndarray,
                 batch_size: int, stream: Stream) -> CupyGraph:
         assert isinstance(stream, CupyStream)
+        if device_launch_default():
+            return CupyGraph(DeviceLaunchedGraph(
+                lambda _: step.launch(meta, out_tokens, batch_size, stream), stream.raw))
         stream.synchronize()
         with stream.raw:
             stream.raw.begin_capture()

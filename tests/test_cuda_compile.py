@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import glob
 import os
 import re
@@ -12,41 +11,34 @@ from pathlib import Path
 import pytest
 
 from kernels.cuda_sources import MODULES, attention_names, name_expressions, source
+from kernels.nvrtc import CompileError, compile_ptx, device_runtime_cubin
 from schedbench.model import PRESETS
 
 
-def _nvrtc_and_include() -> tuple[ctypes.CDLL, Path]:
+def _include() -> Path:
+    """The CUDA headers (cuda_fp16.h) of the pip wheels or a toolkit; skip if NVRTC or they
+    are missing."""
     roots = [Path(p) for p in glob.glob(f"{sys.prefix}/lib/python3*/site-packages/nvidia/cu1*")]
     roots += [Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))]
-    libs = [lib for r in roots for lib in sorted(r.glob("lib*/libnvrtc.so*"))
-            if "builtins" not in lib.name]
     includes = [r / "include" for r in roots if (r / "include" / "cuda_fp16.h").exists()]
-    if not libs or not includes:
-        pytest.skip("NVRTC or the CUDA headers are missing: pip install the test extra "
+    try:
+        from cuda.pathfinder import load_nvidia_dynamic_lib
+
+        load_nvidia_dynamic_lib("nvrtc")
+    except Exception as exc:  # any failure means NVRTC cannot be used
+        pytest.skip(f"NVRTC is missing ({exc!r}): pip install the test extra "
                     "(nvidia-cuda-nvrtc, nvidia-cuda-runtime)")
-    return ctypes.CDLL(str(libs[0])), includes[0]
+    if not includes:
+        pytest.skip("the CUDA headers are missing: pip install the test extra "
+                    "(nvidia-cuda-runtime)")
+    return includes[0]
 
 
 def compile_for_sm90(module: str, names: tuple[str, ...]) -> str:
-    """Compile one module with NVRTC; return the log, raise on failure."""
-    nvrtc, include = _nvrtc_and_include()
-    prog = ctypes.c_void_p()
-    assert nvrtc.nvrtcCreateProgram(ctypes.byref(prog), source(module).encode(),
-                                    f"{module}.cu".encode(), 0, None, None) == 0
-    for n in names:
-        assert nvrtc.nvrtcAddNameExpression(prog, n.encode()) == 0
-    opts = [b"--gpu-architecture=sm_90", b"-std=c++17", f"-I{include}".encode(),
-            b"--ptxas-options=-v"]
-    status = nvrtc.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
-    size = ctypes.c_size_t()
-    nvrtc.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
-    log = ctypes.create_string_buffer(size.value)
-    nvrtc.nvrtcGetProgramLog(prog, log)
-    nvrtc.nvrtcDestroyProgram(ctypes.byref(prog))
-    text = log.value.decode(errors="replace")
-    if status != 0:
-        raise AssertionError(f"{module}.cu does not compile for sm_90:\n{text}")
-    return text
+    """Compile one module with NVRTC; return ptxas's log, raise on failure."""
+    opts = ["--gpu-architecture=sm_90", "-std=c++17", f"-I{_include()}",
+            "--ptxas-options=-v"]
+    return compile_ptx(source(module), f"{module}.cu", opts, names)[1]
 
 
 def spills(log: str) -> list[str]:
@@ -82,5 +74,21 @@ def test_attention_compiles_for_every_preset_shape(preset):
 def test_a_broken_kernel_fails_to_compile(monkeypatch):
     """The check above can fail: a syntax error is reported, not skipped."""
     monkeypatch.setattr("tests.test_cuda_compile.source", lambda m: "__global__ void k( {")
-    with pytest.raises(AssertionError, match="does not compile"):
+    with pytest.raises(CompileError, match="does not compile"):
         compile_for_sm90("sample", ())
+
+
+def test_the_device_graph_launcher_links_with_the_device_runtime():
+    """kernels/device_graph.py builds its launcher at run time: relocatable, linked with
+    cudadevrt. Here it is built for sm_90 without a GPU."""
+    _include()  # skips without NVRTC
+    try:
+        from cuda.pathfinder import find_static_lib, load_nvidia_dynamic_lib
+
+        load_nvidia_dynamic_lib("nvJitLink")
+        find_static_lib("cudadevrt")
+    except Exception as exc:  # any failure means the link cannot be tried
+        pytest.skip(f"nvJitLink or cudadevrt is missing ({exc!r}): pip install the test "
+                    "extra (nvidia-nvjitlink, nvidia-cuda-runtime)")
+    cubin = device_runtime_cubin(source("graph_launch"), "graph_launch.cu", "sm_90")
+    assert cubin.startswith(b"\x7fELF") and b"launch_device_graph" in cubin

@@ -286,14 +286,15 @@ def rope_kv_append(qkv, positions, tables, k_cache, v_cache, num_heads, num_kv_h
 # Loads: the split's K and V rows are copied to shared memory first, 8 bytes (4 halves) per
 # load through int64 views of the caches, consecutive threads on consecutive words of a
 # row, sixteen loads in flight per thread (16 KB per block: a whole 64-token split of
-# 128-dim heads in one round); the compute then reads halves through a float16 view of the
-# same shared memory. Each token's cache block and offset are looked up once, into shared
-# memory: per load, the divisions (64-bit: subroutine calls) stood between the loads in
-# the SASS and kept one or two of them in flight. (A thread per token reading its own row
-# a half at a time, the version before, had every lane of a load on a different row.) Rows
-# are padded by one word, so threads walking down a column (the scores) meet at most two to
-# a bank. The split's (max, sum, output) per head are merged, in split order, by
-# combine_splits.
+# 128-dim heads in one round). Each token's cache block and offset are looked up once, into
+# shared memory: per load, the divisions (64-bit: subroutine calls) stood between the loads
+# in the SASS and kept one or two of them in flight. (A thread per token reading its own row
+# a half at a time, the version before, had every lane of a load on a different row.)
+# The compute reads the staged rows a word at a time too (a 2-byte shared load per FMA was
+# the version before), into a register it views as 4 halves: a thread per (head, token) for
+# the scores, per (head, word of 4 dims) for the weighted V. Rows are padded by one word,
+# so threads walking down a column (the scores) meet at most two to a bank. The split's
+# (max, sum, output) per head are merged, in split order, by combine_splits.
 ATTN_SPLIT = 64
 MAX_HEAD_DIM, MAX_GROUP = 128, 8  # static shared memory: 33 KB of K and V, 6 KB of q, scores
 KV_WORDS = MAX_HEAD_DIM // 4 + 1  # int64 words per staged row, one of them padding
@@ -356,13 +357,17 @@ def paged_attention(qkv, positions, tables, k_cache, v_cache, num_heads, num_kv_
         q[e // head_dim, e % head_dim] = float32(qkv[b, g * group * head_dim + e]) * scale
     _stage_kv(k_cache.view(np.int64), v_cache.view(np.int64), tables, b, g, t0, ntok,
               kv_words, rows)
-    kv = kv_words.view(np.float16)  # [K / V, token, dim]
+    words = head_dim // 4
+    word = cuda.local.array(1, int64)  # a staged word, read as 4 halves
+    halves = word.view(np.float16)
     cuda.syncthreads()
     for p in range(tid, group * ntok, THREADS):  # consecutive threads: consecutive tokens
         h, t = p // ntok, p % ntok
         s = float32(0.0)
-        for j in range(head_dim):
-            s += q[h, j] * float32(kv[0, t, j])
+        for w in range(words):  # a word (4 halves) of K per shared-memory load
+            word[0] = kv_words[0, t, w]
+            for e in range(4):
+                s += q[h, 4 * w + e] * float32(halves[e])
         sc[h, t] = s
     cuda.syncthreads()
     if tid < group:
@@ -375,14 +380,19 @@ def paged_attention(qkv, positions, tables, k_cache, v_cache, num_heads, num_kv_
         h, t = p // ntok, p % ntok
         sc[h, t] = math.exp(sc[h, t] - mx[h])
     cuda.syncthreads()
-    for p in range(tid, group * head_dim, THREADS):  # consecutive threads: consecutive dims
-        h, j = p // head_dim, p % head_dim
-        acc = float32(0.0)
+    acc = cuda.local.array(4, float32)
+    for p in range(tid, group * words, THREADS):  # consecutive threads: consecutive words
+        h, w = p // words, p % words
+        for e in range(4):
+            acc[e] = float32(0.0)
         for t in range(ntok):
-            acc += sc[h, t] * float32(kv[1, t, j])
+            word[0] = kv_words[1, t, w]
+            for e in range(4):
+                acc[e] += sc[h, t] * float32(halves[e])
         head = g * group + h
-        part_o[b, head, sp, j] = acc
-        if j == 0:
+        for e in range(4):
+            part_o[b, head, sp, 4 * w + e] = acc[e]
+        if w == 0:
             total = float32(0.0)
             for t in range(ntok):
                 total += sc[h, t]

@@ -209,32 +209,17 @@ def test_whole_step_matches_reference(rng, cfg):
     assert rel_err(cp.asnumpy(step.k_cache[:, :len(kc)]), k_ref) < FP16_TOL
 
 
-def test_modes_give_identical_tokens():
+# device: SCHEDBENCH_GRAPH_LAUNCH=device, each replay a one-kernel host graph whose kernel
+# tail-launches the step's graph (kernels/device_graph.py). A launch that never ran the
+# step, or let the next step's copies overtake it, would change the tokens.
+@pytest.mark.parametrize("graph_launch", ["host", "device"])
+def test_modes_give_identical_tokens(monkeypatch, graph_launch):
     from schedbench.sweep import Sweep, SweepConfig
     from schedbench.workload import WorkloadConfig
 
+    monkeypatch.setenv("SCHEDBENCH_GRAPH_LAUNCH", graph_launch)
     cfg = SweepConfig(backend="cupy", batch_sizes=(1, 5, 16), steps=30, warmup=2, repeats=1,
                       modes=("sequential", "overlapped", "graphs"),
-                      workload=WorkloadConfig((1, 8), (4, 24)), drain=True)
-    sweep = Sweep(cfg)
-    try:
-        for b in cfg.batch_sizes:
-            hashes = {m: sweep.run_one(m, b)[1] for m in cfg.modes}
-            assert len({t.sha256 for t in hashes.values()}) == 1, (b, hashes)
-    finally:
-        sweep.close()
-
-
-def test_device_launched_graphs_give_the_same_tokens(monkeypatch):
-    """SCHEDBENCH_GRAPH_LAUNCH=device: each replay is a one-kernel host graph whose kernel
-    tail-launches the step's graph (kernels/device_graph.py). A launch that never ran the
-    step, or let the next step's copies overtake it, would change the tokens."""
-    from schedbench.sweep import Sweep, SweepConfig
-    from schedbench.workload import WorkloadConfig
-
-    monkeypatch.setenv("SCHEDBENCH_GRAPH_LAUNCH", "device")
-    cfg = SweepConfig(backend="cupy", batch_sizes=(1, 5), steps=30, warmup=2, repeats=1,
-                      modes=("sequential", "graphs"),
                       workload=WorkloadConfig((1, 8), (4, 24)), drain=True)
     sweep = Sweep(cfg)
     try:

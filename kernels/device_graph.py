@@ -63,10 +63,9 @@ class DeviceLaunchedGraph:
             enqueue(stream.ptr)
         finally:
             (self._graph,) = _check(driver.cuStreamEndCapture(raw), "end of capture")
-        (self._exec,) = _check(driver.cuGraphInstantiate(
-            self._graph,
-            driver.CUgraphInstantiate_flags.CUDA_GRAPH_INSTANTIATE_FLAG_DEVICE_LAUNCH),
-            "instantiation for device launch")
+        flags = int(driver.CUgraphInstantiate_flags.CUDA_GRAPH_INSTANTIATE_FLAG_DEVICE_LAUNCH)
+        (self._exec,) = _check(driver.cuGraphInstantiate(self._graph, flags),
+                               "instantiation for device launch")
         _check(driver.cuGraphUpload(self._exec, raw), "upload")
         launch = Launch.from_values(_launcher()[1].ptr, 1, 1,
                                     [ctypes.c_void_p(int(self._exec))], None,

@@ -106,10 +106,10 @@ def rmsnorm(x, w, eps, h):  # pragma: no cover
 # warp shuffles, and each barrier costs it milliseconds).
 # Batch tiles are blockIdx.x, the fastest-varying index, so the blocks that read one
 # weight slice run together and all but the first read it from L2.
-# The simulator runs a block's threads as Python threads: one warp per block, taking eight
-# row groups in turn.
-KSPLIT = 1 if config.ENABLE_CUDASIM else 2
-GEMM_WARPS = 1 if config.ENABLE_CUDASIM else 4
+# The simulator runs a block's threads as Python threads: one team per block (the GPU's
+# team, so the same sums in the same order), taking eight row groups in turn.
+KSPLIT = 2
+GEMM_WARPS = 2 if config.ENABLE_CUDASIM else 4
 GEMM_GROUPS = 8 if config.ENABLE_CUDASIM else 1  # row groups a team takes in turn
 GEMM_THREADS = 32 * GEMM_WARPS
 TEAM = 32 * KSPLIT  # threads splitting one row group's K

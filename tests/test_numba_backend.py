@@ -76,7 +76,7 @@ def gemm(kind: str, x, w, out):
 
 # Batch 1, 3 and 11: tiles of 1, 4 and 8 (the second tile of 11 partly past the batch).
 # 70 rows: a last block of 6 (16 or 32 per simulated block); K = 1100 halves = 275 words,
-# whole rounds of 32 threads x 2 words and the rest a word at a time.
+# two whole rounds of a team's 64 threads x 2 words, and the rest a word at a time.
 @pytest.mark.parametrize(("kind", "b"), [("store", 1), ("store", 11), ("add", 3),
                                          ("silu_mul", 3)])
 def test_gemm(rng, kind, b):

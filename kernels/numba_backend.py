@@ -1,6 +1,6 @@
-"""Numba CUDA backend: the same decode step as kernels/numba_kernels.py, on Numba's own
-streams, events, device arrays and pinned host buffers, so one code path runs on a GPU and
-in the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) that CI uses.
+"""Numba CUDA backend: the same decode step as kernels/numba_kernels.py and numba_gemm.py,
+on Numba's own streams, events, device arrays and pinned host buffers, so one code path
+runs on a GPU and in the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) that CI uses.
 
 Arrays: the facts measured on an H200 (2026-11) put a Numba launch at about 30 us of host
 time with Numba device arrays as arguments and about 67 us with CuPy arrays (each CuPy
@@ -17,6 +17,7 @@ import time
 import numba
 import numpy as np
 
+from kernels import numba_gemm as ng
 from kernels import numba_kernels as nk
 from kernels.backend import Backend, DecodeStep, Event, Stream
 from kernels.layout import StepLayout
@@ -141,8 +142,8 @@ class NumbaDecodeStep(DecodeStep):
             return kernel, batch, t
 
         def gemm(epilogue, weight_rows):
-            return (nk.gemm_kernel(epilogue, batch), nk.gemm_grid(batch, weight_rows),
-                    nk.GEMM_THREADS)
+            return (ng.gemm_kernel(epilogue, batch), ng.gemm_grid(batch, weight_rows),
+                    ng.GEMM_THREADS)
 
         plan = [(*rows(nk.embed_rmsnorm), (ids, slots, self.token_buf, w["embed"],
                                           w["attn_norm"][0], eps, x, h))]

@@ -117,6 +117,7 @@ def measure_numba(fig: Figures, cfg, shapes: dict, weights: dict, inputs: dict,
     and captured into a graph exactly like the CuPy kernels, so both are timed alike."""
     import cupy as cp
 
+    from kernels import numba_gemm as ng
     from kernels import numba_kernels as nk
     from kernels.cupy_measure import replay_ms
 
@@ -141,8 +142,8 @@ def measure_numba(fig: Figures, cfg, shapes: dict, weights: dict, inputs: dict,
         ws = [wrap(w) for w in weights[p]]
         for b, (xs, outs) in inputs.items():
             x, out = wrap(xs[p]), wrap(outs[p])
-            kernel = nk.gemm_kernel(epilogues[EPILOGUES[p]], b)
-            launches = [(kernel, nk.gemm_grid(b, w.shape[0]), nk.GEMM_THREADS, (x, w, out))
+            kernel = ng.gemm_kernel(epilogues[EPILOGUES[p]], b)
+            launches = [(kernel, ng.gemm_grid(b, w.shape[0]), ng.GEMM_THREADS, (x, w, out))
                         for w in ws]
             fig.record(f"numba_gemm_{p}", b, timed(launches) / len(launches),
                        math.prod(shapes[p]) * 2)

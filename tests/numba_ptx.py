@@ -27,6 +27,7 @@ import numba.cuda.dispatcher as dispatcher
 import numpy as np
 
 from kernels import numba_backend as nbk
+from kernels import numba_gemm as ng
 from kernels.layout import StepLayout
 from schedbench.model import get_preset, make_weights
 
@@ -91,8 +92,8 @@ def loads_written(kernel: str, batch: int) -> int:
     of words for each of its rows."""
     if not kernel.startswith("gemm_"):
         return 0
-    tile = nbk.nk.batch_tile(batch)
-    return nbk.nk.group_rows(tile) * nbk.nk.gemm_unroll(tile)
+    tile = ng.batch_tile(batch)
+    return ng.group_rows(tile) * ng.gemm_unroll(tile)
 
 
 # sm_90 per block: 48 KB of static shared memory (ptxas counts 1 KB more, which the GPU

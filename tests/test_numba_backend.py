@@ -26,6 +26,7 @@ if not available("numba"):
     pytest.skip("no GPU and NUMBA_ENABLE_CUDASIM is not set", allow_module_level=True)
 
 from kernels import numba_backend as nbk
+from kernels import numba_gemm as ng
 from kernels import numba_kernels as nk
 
 cuda = nk.cuda
@@ -70,8 +71,8 @@ def test_norms_and_embedding(rng):
 
 def gemm(kind: str, x, w, out):
     b, n = x.shape[0], w.shape[0]
-    return run(nk.gemm_kernel(kind, b), nk.gemm_grid(b, n), x, w, out,
-               threads=nk.GEMM_THREADS)[2]
+    return run(ng.gemm_kernel(kind, b), ng.gemm_grid(b, n), x, w, out,
+               threads=ng.GEMM_THREADS)[2]
 
 
 # Batch 1, 3 and 11: tiles of 1, 4 and 8 (the second tile of 11 partly past the batch).

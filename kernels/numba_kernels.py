@@ -143,13 +143,13 @@ def _stage_kv(k_words, v_words, tables, b, g, t0, ntok, kv, rows):  # pragma: no
     vs = cuda.local.array(STAGE_UNROLL, int64)
     if t >= per_pass:
         return
-    for t0_pass in range(t, ntok, STAGE_UNROLL * per_pass):
+    for first in range(t, ntok, STAGE_UNROLL * per_pass):  # STAGE_UNROLL tokens a round
         for u in range(STAGE_UNROLL):  # no bounds branch: every load first, then the stores
-            r = min(t0_pass + u * per_pass, ntok - 1)  # past the split: reload the last
+            r = min(first + u * per_pass, ntok - 1)  # past the split: reload the last
             ks[u] = k_words[rows[r, 0], rows[r, 1], g, w]
             vs[u] = v_words[rows[r, 0], rows[r, 1], g, w]
         for u in range(STAGE_UNROLL):
-            r = t0_pass + u * per_pass
+            r = first + u * per_pass
             if r < ntok:
                 kv[0, r, w], kv[1, r, w] = ks[u], vs[u]
 

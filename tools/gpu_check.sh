@@ -14,7 +14,7 @@ out=${OUT:-/tmp/gpu_check}
 mkdir -p "$out"
 py=${PYTHON:-python3}
 stages=" ${STAGES:-tests kernels launch sweep numba sanitize default pdl} "
-step() { echo; echo "=== $1"; }
+step() { echo; echo "=== $1 (at ${SECONDS} s)"; }  # when each stage starts: for splitting
 want() { [[ $stages == *" $1 "* ]]; }
 
 step "device"

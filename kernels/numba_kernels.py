@@ -109,10 +109,11 @@ def rope_kv_append(qkv, positions, tables, k_cache, v_cache, num_heads, num_kv_h
 # in the SASS and kept one or two of them in flight. (A thread per token reading its own row
 # a half at a time, the version before, had every lane of a load on a different row.)
 # The compute reads the staged rows a word at a time too (a 2-byte shared load per FMA was
-# the version before), into a register it views as 4 halves: a thread per (head, token) for
-# the scores, per (head, word of 4 dims) for the weighted V. Rows are padded by one word,
-# so threads walking down a column (the scores) meet at most two to a bank. The split's
-# (max, sum, output) per head are merged, in split order, by combine_splits.
+# the version before), into a register it views as 4 halves, and q two floats a load: a
+# thread per (head, token) for the scores, per (head, word of 4 dims) for the weighted V.
+# Rows are padded by one word, so threads walking down a column (the scores) meet at most
+# two to a bank. The split's (max, sum, output) per head are merged, in split order, by
+# combine_splits.
 ATTN_SPLIT = 64
 MAX_HEAD_DIM, MAX_GROUP = 128, 8  # static shared memory: 33 KB of K and V, 6 KB of q, scores
 KV_WORDS = MAX_HEAD_DIM // 4 + 1  # int64 words per staged row, one of them padding
@@ -178,14 +179,18 @@ def paged_attention(qkv, positions, tables, k_cache, v_cache, num_heads, num_kv_
     words = head_dim // 4
     word = cuda.local.array(1, int64)  # a staged word, read as 4 halves
     halves = word.view(np.float16)
+    q_words = q.view(np.int64)  # [head, pair of dims]
+    qpair = cuda.local.array(2, int64)  # 4 dims of q, read as floats
+    qf = qpair.view(np.float32)
     cuda.syncthreads()
     for p in range(tid, group * ntok, THREADS):  # consecutive threads: consecutive tokens
         h, t = p // ntok, p % ntok
         s = float32(0.0)
-        for w in range(words):  # a word (4 halves) of K per shared-memory load
+        for w in range(words):  # a word (4 halves) of K, two of q (2 floats each) per load
             word[0] = kv_words[0, t, w]
+            qpair[0], qpair[1] = q_words[h, 2 * w], q_words[h, 2 * w + 1]
             for e in range(4):
-                s += q[h, 4 * w + e] * float32(halves[e])
+                s += qf[e] * float32(halves[e])
         sc[h, t] = s
     cuda.syncthreads()
     if tid < group:

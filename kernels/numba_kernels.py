@@ -103,8 +103,8 @@ def rope_kv_append(qkv, positions, tables, k_cache, v_cache, num_heads, num_kv_h
 #
 # Loads: the split's K and V rows are copied to shared memory first, 8 bytes (4 halves) per
 # load through int64 views of the caches, consecutive threads on consecutive words of a
-# row, sixteen loads in flight per thread (16 KB per block: a whole 64-token split of
-# 128-dim heads in one round). Each token's cache block and offset are looked up once, into
+# row, sixteen loads in flight per thread (16 KB per block: half a 64-token split of
+# 128-dim K and V a round). Each token's cache block and offset are looked up once, into
 # shared memory: per load, the divisions (64-bit: subroutine calls) stood between the loads
 # in the SASS and kept one or two of them in flight. (A thread per token reading its own row
 # a half at a time, the version before, had every lane of a load on a different row.)

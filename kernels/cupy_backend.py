@@ -147,9 +147,6 @@ def gemm_tiles(batch: int) -> int:
     return 1 if batch <= 8 else 2 if batch <= 16 else 4
 
 
-CUDA_DEV_ATTR_COMPUTE_CAPABILITY_MAJOR = 75  # cudaDevAttrComputeCapabilityMajor
-
-
 @cache
 def pdl_default() -> bool:
     """Programmatic dependent launch for the GEMMs: opt-in with ``SCHEDBENCH_PDL=1``, and only
@@ -162,8 +159,7 @@ def pdl_default() -> bool:
     """
     if os.environ.get("SCHEDBENCH_PDL", "0") != "1":
         return False
-    return runtime.deviceGetAttribute(CUDA_DEV_ATTR_COMPUTE_CAPABILITY_MAJOR,
-                                      runtime.getDevice()) >= 9
+    return int(cp.cuda.Device().compute_capability) >= 90
 
 
 def gemm_launch(x: cp.ndarray, w: cp.ndarray, batch: int, epilogue: str, out: cp.ndarray,

@@ -60,6 +60,7 @@ GEMM_THREADS = 32 * GEMM_WARPS
 TEAM = 32 * KSPLIT  # threads splitting one row group's K
 BATCH_TILES = (1, 2, 4, 8)
 GEMM_EPILOGUES = ("store", "add", "silu_mul")  # out = x.w; out (fp32) += x.w; silu(g) * u
+STORE, ADD, SILU_MUL = range(len(GEMM_EPILOGUES))  # the kernels' compile-time epilogue
 
 
 def batch_tile(batch: int) -> int:
@@ -113,7 +114,7 @@ def _team_total(red, bb, r):  # pragma: no cover - device code
 @functools.cache
 def _gemm(epilogue: int, tile: int):
     rows, unroll, block_rows = group_rows(tile), gemm_unroll(tile), gemm_rows(tile)
-    rows_out = block_rows // 2 if epilogue == 2 else block_rows
+    rows_out = block_rows // 2 if epilogue == SILU_MUL else block_rows
     step = TEAM * unroll  # words a round covers
     red_shape = (tile, block_rows, TEAM + 1)  # +1: a row's partials start in another bank
 
@@ -187,10 +188,10 @@ def _gemm(epilogue: int, tile: int):
             bb, r = o // rows_out, o % rows_out  # consecutive threads: consecutive features
             b, n = b0 + bb, n0 + r
             if b < out.shape[0] and n < out.shape[1]:
-                if epilogue == 2:
+                if epilogue == SILU_MUL:
                     g, u = _team_total(red, bb, 2 * r), _team_total(red, bb, 2 * r + 1)
                     out[b, n] = g / (1.0 + math.exp(-g)) * u
-                elif epilogue == 1:
+                elif epilogue == ADD:
                     out[b, n] += _team_total(red, bb, r)
                 else:
                     out[b, n] = _team_total(red, bb, r)

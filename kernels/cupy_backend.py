@@ -21,6 +21,7 @@ from cupy.cuda import runtime
 from kernels.backend import Backend, DecodeStep, Event, Graph, Stream
 from kernels.cuda_sources import attention_names, gemm_name, gemm_names, source
 from kernels.cupy_launch import Launch, LaunchSequence
+from kernels.cupy_measure import graph_of
 from kernels.device_graph import DeviceLaunchedGraph, device_launch_default
 from kernels.layout import StepLayout
 from schedbench.errors import ConfigError
@@ -370,17 +371,10 @@ class CupyBackend(Backend):
     def capture(self, step: DecodeStep, meta: cp.ndarray, out_tokens: cp.ndarray,
                 batch_size: int, stream: Stream) -> CupyGraph:
         assert isinstance(stream, CupyStream)
-        if device_launch_default():
-            return CupyGraph(DeviceLaunchedGraph(
-                lambda _: step.launch(meta, out_tokens, batch_size, stream), stream.raw))
         stream.synchronize()
-        with stream.raw:
-            stream.raw.begin_capture()
-            try:
-                step.launch(meta, out_tokens, batch_size, stream)
-            finally:
-                graph = stream.raw.end_capture()
-        return CupyGraph(graph)
+        graph = DeviceLaunchedGraph if device_launch_default() else graph_of
+        return CupyGraph(graph(lambda _: step.launch(meta, out_tokens, batch_size, stream),
+                               stream.raw))
 
     def versions(self) -> dict[str, str]:
         return {"cupy": cp.__version__, "cuda_runtime": str(runtime.runtimeGetVersion()),

@@ -14,6 +14,7 @@ from schedbench.engine import MODES
 from schedbench.errors import ConfigError
 from schedbench.model import PRESETS
 from schedbench.report import (
+    beyond_model_line,
     budget_table,
     cpu_budget,
     document,
@@ -141,6 +142,8 @@ def print_report(cfg: SweepConfig, sweep: Sweep, results: list[RunResult],
     print("\nOverhead % = device idle time / wall time in steady state. Ideal speedup = "
           "(S + max(L, C) + P) / max(C, S+L+P)\non the sequential run's phases; efficiency = ideal "
           "step / measured step.")
+    if beyond := beyond_model_line(results):
+        print(beyond)
     b = min(cfg.batch_sizes)  # where the overhead is largest
     for mode in cfg.modes:
         run = next(r for r in results if r.mode == mode and r.batch_size == b)

@@ -92,10 +92,6 @@ class RunResult:
     tokens: TokenStreams
     records: list[StepRecord]  # the last repeat's, for timelines and traces
 
-    @property
-    def requests(self) -> int:
-        return len(self.tokens.outputs)
-
 
 class Sweep:
     """Owns the backend, the device step and the engine for one configuration."""

@@ -47,6 +47,17 @@ class TokenStreams:
     def tokens(self) -> int:
         return sum(len(o) for o in self.outputs)
 
+    @property
+    def served(self) -> int:
+        """Requests that generated a token: a run stopped after its measured steps never
+        starts the rest of those it was given."""
+        return sum(len(o) > 0 for o in self.outputs)
+
+    @property
+    def finished(self) -> int:
+        """Requests that ran to their end (EOS or their output length) before the run stopped."""
+        return sum(len(o) > 0 and done for o, done in zip(self.outputs, self.complete))
+
     def mismatches(self, other: TokenStreams) -> list[int]:
         """Ids of the requests whose tokens the two runs disagree on."""
         if len(self.outputs) != len(other.outputs):

@@ -69,6 +69,8 @@ def test_report_and_json(tmp_path, capsys):
         assert keys <= run.keys()
         assert run["compute_ms"] > 0 and run["tokens_per_s"] > 0
         assert run["spread"]["step_ms"]["min"] <= run["step_ms"] <= run["spread"]["step_ms"]["max"]
+        assert run["batch_size"] <= run["requests_served"]
+        assert 0 < run["requests_finished"] <= run["requests_served"]
     check = doc["token_check"]["3"]
     assert check["identical"] and check["tokens_compared"] > 0
     assert check["mismatched_requests"] == [] and doc["config"]["drain"] is False
@@ -103,3 +105,22 @@ def test_synthetic_flags_run_the_spin_step(capsys):
     assert main([*FAST, "--batch-sizes", "2", "--compute-ms", "1", "--scheduling-ms",
                  "0.5"]) == 0
     assert "synthetic schedule_ms=0.5, compute_ms=1" in capsys.readouterr().out
+
+
+def test_a_speedup_above_the_ideal_is_explained_by_the_sequential_gap():
+    from schedbench.report import beyond_model_line
+    from schedbench.sweep import RunResult
+    from schedbench.timing import Stat
+    from schedbench.tokens import TokenStreams
+
+    def run(mode: str, b: int, step: float, ideal: float) -> RunResult:
+        phases = {"schedule_ms": 0.02, "launch_ms": 0.03, "compute_ms": 0.15,
+                  "postprocess_ms": 0.02, "step_ms": step, "ideal_step_ms": ideal}
+        return RunResult(mode, b, {k: Stat(v, v, v) for k, v in phases.items()},
+                         TokenStreams((), ()), [])
+
+    # sequential ideal 0.19, overlapped ideal 0.15: the model allows 1.27x
+    seq, fast, slow = run("sequential", 1, 0.30, 0.19), run("overlapped", 1, 0.15, 0.15), \
+        run("overlapped", 1, 0.25, 0.15)
+    assert beyond_model_line([seq, fast]).endswith("(sequential step - its ideal: 0.110 ms).")
+    assert beyond_model_line([seq, slow]) is None  # 1.20x: within the model

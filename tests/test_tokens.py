@@ -18,6 +18,7 @@ def test_a_cut_stream_agrees_with_its_continuation():
     full = streams(([1, 2, 3], True), ([4, 5], True))
     cut = streams(([1, 2], False), ([], False))
     assert full.mismatches(cut) == cut.mismatches(full) == []
+    assert (full.served, full.finished, cut.served, cut.finished) == (2, 2, 1, 0)
     assert full.common_tokens(cut) == 2 and cut.tokens == 2
 
 
@@ -59,7 +60,7 @@ def test_the_report_names_the_requests_two_loops_disagree_on():
             RunResult("sequential", 4, {}, seq, []),
             RunResult("overlapped", 4, {}, streams(([1, 2, 3], True), ([4, 6], True)), [])]
     checks = token_check(runs)
-    assert checks[2] == {"identical": True, "requests": 2, "tokens_compared": 4,
+    assert checks[2] == {"identical": True, "requests_served": 2, "tokens_compared": 4,
                          "mismatched_requests": []}
     assert not checks[4]["identical"] and checks[4]["mismatched_requests"] == [1]
     assert identical_line(runs) == ("Token streams: DIFFERENT between modes (batch 4: "

@@ -1,0 +1,118 @@
+"""The compact table that closes tools/gpu_check.sh, from the logs and JSON it leaves in a
+folder, with each target of issues #3 (CuPy) and #4 (Numba) against what was measured. Run it
+here on the files a device call brought back, also when the call was cut off before its end.
+
+Usage: python tools/gpu_summary.py DIR
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def load(out: Path, name: str) -> dict | None:
+    p = out / name
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def kernel_lines(k: dict) -> tuple[list[str], list[str]]:
+    rows = {(r["kernel"], r["batch_size"]): r for r in k["kernels"]}
+    lines = [f"copy bandwidth: {rows['copy', 0]['gbs']:.0f} GB/s"]
+    targets = []
+    for (name, b), r in rows.items():
+        if name.startswith(("all_", "cublas_", "attention_", "numba_")) or "_split" in name:
+            lines.append(f"  {name:28s} b={b:<3d} {r['ms'] * 1e3:9.1f} us "
+                         f"{r['pct_copy']:6.1f}% copy")
+        if name.startswith("all_"):  # the default kernels, then each candidate
+            cub = rows.get((re.sub(r"^all_(\d+_projections).*", r"cublas_\1", name), b))
+            vs = f", cuBLAS {cub['pct_copy']:.1f}%" if cub else ""
+            targets.append(f"  #3 {name} b={b}: {r['pct_copy']:.1f}% of copy (>= 90){vs}: "
+                           f"{verdict(r['pct_copy'] >= 90 and (not cub or r['ms'] < cub['ms']))}")
+        m = re.fullmatch(r"attention_ctx(\d+)", name)
+        if m and int(m.group(1)) >= 2048:
+            targets.append(f"  #3 attention ctx {m.group(1)} b={b}: {r['pct_copy']:.1f}% of copy "
+                           f"(>= 70): {verdict(r['pct_copy'] >= 70)}")
+        if name.startswith("numba_") and (twin := rows.get((name.replace("numba_", "", 1), b))):
+            ratio = twin["gbs"] / r["gbs"]
+            targets.append(f"  #4 {name} b={b}: CuPy/Numba GB/s {ratio:.2f} (<= 1.5): "
+                           f"{verdict(ratio <= 1.5)}")
+    return lines, targets
+
+
+def launch_lines(lc: dict) -> tuple[list[str], list[str]]:
+    lines = [
+        f"launch: bare {lc['bare_launch_us']:.2f} us, packed {lc['packed_launch_us']:.2f} us, "
+        f"step enqueue {lc['step_enqueue_us']:.0f} us ({lc['kernels_per_step']:.0f} kernels, "
+        f"{lc['enqueue_over_bare']:.2f}x bare), graph replay {lc['graph_replay_us']:.1f} us, "
+        f"event record {lc['event_record_us']:.2f} us",
+        f"graph replay queued {lc['graph_replay_queued_us']:.1f} us; empty graphs: 1 kernel "
+        f"{lc['graph_1_empty_us']:.1f} us, {lc['kernels_per_step']:.0f} kernels "
+        f"{lc['graph_step_empty_us']:.1f} us",
+        f"graph replay launched from the device {lc['graph_replay_device_us']:.1f} us, queued "
+        f"{lc['graph_replay_device_queued_us']:.1f} us" if "graph_replay_device_us" in lc
+        else "graph replay launched from the device: FAILED (see the launch log)",
+        f"numba: bare {lc['numba_bare_launch_us']:.2f} us, prepared "
+        f"{lc['numba_prepared_launch_us']:.2f} us, step enqueue "
+        f"{lc['numba_step_enqueue_us']:.0f} us ({lc['numba_enqueue_over_bare']:.2f}x bare), "
+        f"numba/cupy bare {lc['numba_over_cupy_launch']:.2f}x",
+    ]
+    targets = [f"  #3 step enqueue {lc['enqueue_over_bare']:.2f}x bare (<= 1.3): "
+               f"{verdict(lc['enqueue_over_bare'] <= 1.3)}"]
+    for key, how in (("graph_replay_us", "host"), ("graph_replay_device_us", "device")):
+        if key in lc:
+            targets.append(f"  #3 graph replay, {how} launch, {lc[key]:.1f} us (<= 20): "
+                           f"{verdict(lc[key] <= 20)}")
+    targets.append(f"  #4 numba step enqueue {lc['numba_enqueue_over_bare']:.2f}x bare (<= 1.2): "
+                   f"{verdict(lc['numba_enqueue_over_bare'] <= 1.2)}")
+    return lines, targets
+
+
+def sweep_lines(s: dict) -> list[str]:
+    lines = [f"sweep {s['preset']} on {s['device']}: tokens identical={s['tokens_identical']}"
+             f"{'' if s['complete'] else ' (INCOMPLETE)'}"]
+    for r in s["runs"]:
+        cpu = r["schedule_ms"] + r["launch_ms"] + r["postprocess_ms"]
+        lines.append(f"  {r['mode']:10s} b={r['batch_size']:<3d} step {r['step_ms']:8.3f} ms  "
+                     f"S+L+P {cpu:7.3f}  C {r['compute_ms']:8.3f}  "
+                     f"overhead {r['overhead_pct']:5.1f}%  eff {r['efficiency']:.2f}")
+    return lines
+
+
+def default_sweep_target(s: dict, secs: int) -> str:
+    hidden = [r["efficiency"] for r in s["runs"] if r["mode"] != "sequential"
+              and r["schedule_ms"] + r["launch_ms"] + r["postprocess_ms"] < r["compute_ms"]]
+    return (f"  #3 default cupy sweep {secs} s (< 180): {verdict(secs < 180 and s['complete'])}; "
+            f"overlapped efficiency where S+L+P < C: min {min(hidden, default=float('nan')):.2f}"
+            f" (>= 0.95): {verdict(bool(hidden) and min(hidden) >= 0.95)}")
+
+
+def summary(out: Path) -> str:
+    log = out / "pytest.log"
+    counts = re.findall(r"(\d+ (?:passed|failed|skipped|error)\w*)",
+                        log.read_text() if log.exists() else "")
+    lines, targets = [f"tests: {', '.join(counts[-3:]) or 'no result'}"], []
+    for name, read in (("kernels.json", kernel_lines), ("launch.json", launch_lines)):
+        if doc := load(out, name):
+            try:
+                more, met = read(doc)
+            except KeyError as e:  # a file from an older gpu_check
+                more, met = [f"{name}: no {e}"], []
+            lines, targets = lines + more, targets + met
+    for name in ("sweep.json", "numba.json", "default-cupy.json", "default-numba.json"):
+        if s := load(out, name):
+            lines += sweep_lines(s)
+    wall = out / "default-cupy.wall"
+    if (s := load(out, "default-cupy.json")) and wall.exists():
+        targets.append(default_sweep_target(s, int(wall.read_text())))
+    return "\n".join([*lines, "targets:", *targets])
+
+
+if __name__ == "__main__":
+    print(summary(Path(sys.argv[1])))

@@ -1,7 +1,9 @@
 """Each decode kernel's device time, achieved GB/s and % of the copy bandwidth measured in
 the same run: the CuPy projection kernel beside cuBLAS (``cupy.matmul``) on the same
 shapes (also loading weights without L1 lines, and with programmatic dependent launch when
-``SCHEDBENCH_PDL=1``), paged attention, and the Numba kernels on the same shapes.
+``SCHEDBENCH_PDL=1``), paged attention, and the Numba kernels on the same shapes. Each
+figure is per layer, timed over a graph of every layer's launches, each layer with its own
+weights or KV cache as in a step, so nothing is served from L2.
 
 asv: ``asv run --python=same --bench bench_kernels`` (skipped without a GPU).
 Directly: ``python suites/bench_kernels.py [--preset llama3-8b] [--batch-sizes 1,4,16]``.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -85,81 +88,108 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
                     cp.matmul(xs[p], weights[p][layer].T)
 
         fig.record(f"cublas_{4 * n_layers}_projections", b, time_ms(cublas), step_bytes)
+    if numba:
+        numba_rows("GEMM", numba_gemms, fig, shapes, weights, inputs)
 
-    kv = {}
     for ctx, b in ((c, b) for c in contexts for b in batch_sizes):
         blocks_per_seq = ctx // cfg.block_size
         nblocks = b * blocks_per_seq
-        kv_shape = (nblocks, cfg.block_size, cfg.num_kv_heads, cfg.head_dim)
-        kc = rng.standard_normal(kv_shape, cp.float32).astype(cp.float16)
-        vc = rng.standard_normal(kv_shape, cp.float32).astype(cp.float16)
+        # Every layer's own cache, as in a real step: a layer's KV (8 MB at batch 1, 2k
+        # tokens) would otherwise be served from L2 by the second replay.
+        shape = (n_layers, nblocks, cfg.block_size, cfg.num_kv_heads, cfg.head_dim)
+        kc, vc = cp.empty(shape, cp.float16), cp.empty(shape, cp.float16)
+        for layer in range(n_layers):  # one layer at a time bounds the fp32 temporary
+            kc[layer] = rng.standard_normal(shape[1:], cp.float32)
+            vc[layer] = rng.standard_normal(shape[1:], cp.float32)
         tables = cp.asarray(np.random.default_rng(0).permutation(nblocks).astype(np.int32)
                             .reshape(b, blocks_per_seq))
         positions = cp.full(b, ctx - 1, cp.int32)
         qkv = rng.standard_normal((b, cfg.qkv_size), cp.float32).astype(cp.float16)
-        attn_scratch = cb.AttentionScratch.create(cfg, b, ctx)
+        scratch = cb.AttentionScratch.create(cfg, b, ctx)
         out = cp.zeros((b, cfg.q_size), cp.float16)
-        launch = cb.attention_launch(cfg, qkv, positions, tables, kc, vc, b, attn_scratch, out)
-        fig.record(f"attention_ctx{ctx}", b, time_launches_ms([launch]), 2 * kc.nbytes)
-        kv[ctx, b] = kc, vc, tables, positions, qkv
-    if numba:
-        try:
-            measure_numba(fig, cfg, shapes, weights, inputs, kv)
-        except Exception as exc:  # keep the CuPy figures; say loudly what is missing
-            print(f"bench_kernels: the Numba rows failed and are missing: {exc!r}",
-                  file=sys.stderr)
+        launches = [cb.attention_launch(cfg, qkv, positions, tables, kc[layer], vc[layer], b,
+                                        scratch, out) for layer in range(n_layers)]
+        layer_bytes = 2 * kc[0].nbytes
+        fig.record(f"attention_ctx{ctx}", b, time_launches_ms(launches) / n_layers, layer_bytes)
+        if numba:
+            numba_rows("attention", numba_attention, fig, cfg, ctx, qkv, positions, tables,
+                       kc, vc)
+        del kc, vc, launches
+        cp.get_default_memory_pool().free_all_blocks()  # the next context's caches fit
     return fig
 
 
-def measure_numba(fig: Figures, cfg, shapes: dict, weights: dict, inputs: dict,
-                  kv: dict) -> None:
-    """The Numba kernels on the same arrays (wrapped zero-copy), launched on a CuPy stream
-    and captured into a graph exactly like the CuPy kernels, so both are timed alike."""
+def numba_rows(what: str, measure_rows: Callable[..., None], *args: object) -> None:
+    """``measure_rows(*args)``, keeping the CuPy figures when Numba rows fail, and saying
+    loudly which are missing."""
+    try:
+        measure_rows(*args)
+    except Exception as exc:
+        print(f"bench_kernels: the Numba {what} rows failed and are missing: {exc!r}",
+              file=sys.stderr)
+
+
+def numba_timed_ms(launches: list[tuple]) -> float:
+    """Device time of Numba launches ``(kernel, grid, threads, args)`` on a CuPy stream,
+    captured into a graph exactly like the CuPy kernels, so both are timed alike."""
     import cupy as cp
 
-    from kernels import numba_gemm as ng
-    from kernels import numba_kernels as nk
     from kernels.cupy_measure import replay_ms
+    from kernels.numba_kernels import cuda
 
-    cuda = nk.cuda
+    cp.cuda.Device().synchronize()  # NOTE: inputs were made on the legacy stream
+    stream = cp.cuda.Stream(non_blocking=True)
+    ext = cuda.external_stream(stream.ptr)
+
+    def enqueue_all(_: cp.cuda.Stream) -> None:
+        for kernel, grid, threads, args in launches:
+            kernel[grid, threads, ext](*args)
+
+    enqueue_all(stream)  # compile, and fault here rather than inside a graph
+    stream.synchronize()
+    return replay_ms(enqueue_all, stream)
+
+
+def numba_gemms(fig: Figures, shapes: dict, weights: dict, inputs: dict) -> None:
+    """The Numba GEMM on the CuPy rows' arrays (wrapped zero-copy), every layer's weights."""
+    from kernels import numba_gemm as ng
+    from kernels.numba_kernels import cuda
+
     epilogues = {"store_half": "store", "add_residual": "add", "silu_mul": "silu_mul"}
-
-    def timed(launches: list) -> float:
-        cp.cuda.Device().synchronize()  # NOTE: inputs were made on the legacy stream
-        stream = cp.cuda.Stream(non_blocking=True)
-        ext = cuda.external_stream(stream.ptr)
-
-        def enqueue_all(_: cp.cuda.Stream) -> None:
-            for kernel, grid, threads, args in launches:
-                kernel[grid, threads, ext](*args)
-
-        enqueue_all(stream)  # compile, and fault here rather than inside a graph
-        stream.synchronize()
-        return replay_ms(enqueue_all, stream)
-
-    wrap = cuda.as_cuda_array
     for p in PROJECTIONS:
-        ws = [wrap(w) for w in weights[p]]
+        ws = [cuda.as_cuda_array(w) for w in weights[p]]
         for b, (xs, outs) in inputs.items():
-            x, out = wrap(xs[p]), wrap(outs[p])
+            x, out = cuda.as_cuda_array(xs[p]), cuda.as_cuda_array(outs[p])
             kernel = ng.gemm_kernel(epilogues[EPILOGUES[p]], b)
             launches = [(kernel, ng.gemm_grid(b, w.shape[0]), ng.GEMM_THREADS, (x, w, out))
                         for w in ws]
-            fig.record(f"numba_gemm_{p}", b, timed(launches) / len(launches),
+            fig.record(f"numba_gemm_{p}", b, numba_timed_ms(launches) / len(launches),
                        math.prod(shapes[p]) * 2)
-    for (ctx, b), (kc, vc, tables, positions, qkv) in kv.items():
-        splits = nk.attention_splits(ctx)
-        part_o = wrap(cp.zeros((b, cfg.num_heads, splits, cfg.head_dim), cp.float32))
-        part_ml = wrap(cp.zeros((b, cfg.num_heads, splits, 2), cp.float32))
-        out = wrap(cp.zeros((b, cfg.q_size), cp.float16))
-        pos = wrap(positions)
-        launches = [
+
+
+def numba_attention(fig: Figures, cfg, ctx: int, qkv, positions, tables, kc, vc) -> None:
+    """The Numba attention (and its split merge) on the CuPy row's caches, every layer's."""
+    import cupy as cp
+
+    from kernels import numba_kernels as nk
+
+    wrap = nk.cuda.as_cuda_array
+    b, n_layers = qkv.shape[0], kc.shape[0]
+    splits = nk.attention_splits(ctx)
+    part_o = wrap(cp.zeros((b, cfg.num_heads, splits, cfg.head_dim), cp.float32))
+    part_ml = wrap(cp.zeros((b, cfg.num_heads, splits, 2), cp.float32))
+    out, q, pos, tab = wrap(cp.zeros((b, cfg.q_size), cp.float16)), wrap(qkv), \
+        wrap(positions), wrap(tables)
+    launches = []
+    for layer in range(n_layers):
+        launches += [
             (nk.paged_attention, nk.attention_grid(b, cfg.num_kv_heads, ctx), nk.THREADS,
-             (wrap(qkv), pos, wrap(tables), wrap(kc), wrap(vc), cfg.num_heads,
-              cfg.num_kv_heads, cfg.head_dim, cfg.head_dim ** -0.5, part_o, part_ml)),
+             (q, pos, tab, wrap(kc[layer]), wrap(vc[layer]), cfg.num_heads, cfg.num_kv_heads,
+              cfg.head_dim, cfg.head_dim ** -0.5, part_o, part_ml)),
             (nk.combine_splits, (b, cfg.num_heads), nk.THREADS, (pos, part_o, part_ml, out)),
         ]
-        fig.record(f"numba_attention_ctx{ctx}", b, timed(launches), 2 * kc.nbytes)
+    fig.record(f"numba_attention_ctx{ctx}", b, numba_timed_ms(launches) / n_layers,
+               2 * kc[0].nbytes)
 
 
 def main() -> None:

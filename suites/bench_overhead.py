@@ -11,7 +11,7 @@ import argparse
 import os
 
 from kernels.registry import available, describe, describe_available
-from schedbench.report import mode_table
+from schedbench.report import beyond_model_line, mode_table
 from schedbench.sweep import Sweep, SweepConfig
 
 FULL = os.environ.get("SCHEDBENCH_ASV_FULL") == "1"
@@ -131,6 +131,8 @@ def main() -> None:
     print(f"{describe(args.backend)}; preset {preset}, median of {args.repeats}")
     for mode in modes_for(args.backend):
         print(f"\n{mode}\n{mode_table(results, mode)}")
+    if beyond := beyond_model_line(results):
+        print(f"\n{beyond}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ look for cudadevrt in a CUDA toolkit, which the pip wheels do not make.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 
 class CompileError(RuntimeError):
@@ -48,18 +50,33 @@ def compile_ptx(source: str, name: str, options: Sequence[str],
         nvrtc.nvrtcDestroyProgram(prog)
 
 
+def cudadevrt_path() -> str:
+    """The device runtime library: found by cuda.pathfinder (pip wheels, conda, CUDA_HOME)
+    where it is recent enough to look for static libraries, else in a CUDA toolkit."""
+    try:
+        from cuda.pathfinder import find_static_lib
+    except ImportError:  # NOTE: an older cuda-pathfinder, as a machine's image may hold
+        roots = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+        for root in filter(None, roots):
+            if (lib := Path(root) / "lib64" / "libcudadevrt.a").exists():
+                return str(lib)
+        raise CompileError("libcudadevrt.a not found: this cuda-pathfinder cannot look for "
+                           "it and no CUDA toolkit has it (CUDA_HOME, /usr/local/cuda); "
+                           "pip install -U cuda-pathfinder nvidia-cuda-runtime") from None
+    return find_static_lib("cudadevrt")
+
+
 def device_runtime_cubin(source: str, name: str, arch: str) -> bytes:
     """``source`` compiled relocatable for ``arch`` (e.g. ``sm_90``) and linked with the
-    device runtime (cudadevrt, found by cuda.pathfinder): a cubin CuPy can load."""
+    device runtime (``cudadevrt_path``): a cubin CuPy can load."""
     from cuda.bindings import nvjitlink
-    from cuda.pathfinder import find_static_lib
 
     ptx, _ = compile_ptx(source, name, [f"--gpu-architecture={arch.replace('sm_', 'compute_')}",
                                         "-rdc=true"])
     handle = nvjitlink.create(1, [f"-arch={arch}"])
     try:
         nvjitlink.add_data(handle, nvjitlink.InputType.PTX, ptx, len(ptx), f"{name}.ptx")
-        nvjitlink.add_file(handle, nvjitlink.InputType.LIBRARY, find_static_lib("cudadevrt"))
+        nvjitlink.add_file(handle, nvjitlink.InputType.LIBRARY, cudadevrt_path())
         nvjitlink.complete(handle)
         cubin = bytearray(nvjitlink.get_linked_cubin_size(handle))
         nvjitlink.get_linked_cubin(handle, cubin)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kernels.cuda_sources import MODULES, attention_names, name_expressions, source
-from kernels.nvrtc import CompileError, compile_ptx, device_runtime_cubin
+from kernels.nvrtc import CompileError, compile_ptx, cudadevrt_path, device_runtime_cubin
 from schedbench.model import PRESETS
 
 
@@ -83,12 +83,27 @@ def test_the_device_graph_launcher_links_with_the_device_runtime():
     cudadevrt. Here it is built for sm_90 without a GPU."""
     _include()  # skips without NVRTC
     try:
-        from cuda.pathfinder import find_static_lib, load_nvidia_dynamic_lib
+        from cuda.pathfinder import load_nvidia_dynamic_lib
 
         load_nvidia_dynamic_lib("nvJitLink")
-        find_static_lib("cudadevrt")
+        cudadevrt_path()
     except Exception as exc:  # any failure means the link cannot be tried
         pytest.skip(f"nvJitLink or cudadevrt is missing ({exc!r}): pip install the test "
                     "extra (nvidia-nvjitlink, nvidia-cuda-runtime)")
     cubin = device_runtime_cubin(source("graph_launch"), "graph_launch.cu", "sm_90")
     assert cubin.startswith(b"\x7fELF") and b"launch_device_graph" in cubin
+
+
+def test_cudadevrt_is_found_in_a_toolkit_by_an_older_cuda_pathfinder(tmp_path, monkeypatch):
+    import types
+
+    monkeypatch.setitem(sys.modules, "cuda.pathfinder", types.ModuleType("cuda.pathfinder"))
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path))
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    (tmp_path / "lib64").mkdir()
+    (tmp_path / "lib64" / "libcudadevrt.a").write_bytes(b"!<arch>\n")
+    assert cudadevrt_path() == str(tmp_path / "lib64" / "libcudadevrt.a")
+    if not os.path.exists("/usr/local/cuda/lib64/libcudadevrt.a"):
+        monkeypatch.setenv("CUDA_HOME", str(tmp_path / "none"))
+        with pytest.raises(CompileError, match=r"libcudadevrt\.a not found"):
+            cudadevrt_path()

@@ -124,3 +124,16 @@ def test_a_speedup_above_the_ideal_is_explained_by_the_sequential_gap():
         run("overlapped", 1, 0.25, 0.15)
     assert beyond_model_line([seq, fast]).endswith("(sequential step - its ideal: 0.110 ms).")
     assert beyond_model_line([seq, slow]) is None  # 1.20x: within the model
+
+
+def test_defaults_follow_the_backend(monkeypatch):
+    import schedbench.__main__ as cli
+
+    cpu = cli.config_from_args(cli.parser().parse_args(["--backend", "cpu"]))
+    assert (cpu.steps, cpu.batch_sizes, cpu.modes) == (200, (1, 4, 16, 64),
+                                                       ("sequential", "overlapped"))
+    monkeypatch.setattr(cli, "resolve", lambda name: "cupy")  # no GPU needed to read defaults
+    gpu = cli.config_from_args(cli.parser().parse_args([]))
+    assert (gpu.steps, gpu.batch_sizes, gpu.modes) == (100, (1, 4, 16, 64, 256),
+                                                       ("sequential", "overlapped", "graphs"))
+    assert cli.config_from_args(cli.parser().parse_args(["--steps", "7"])).steps == 7

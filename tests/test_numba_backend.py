@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -44,6 +46,38 @@ def test_row_stack_shim_is_in_place_before_numba_compiles():
     finally:
         if saved is not None:
             np.row_stack = saved
+
+
+def test_simulated_shared_arrays_are_one_per_site_when_threads_race(monkeypatch):
+    """Two threads reach one shared.array site together (the allocation waits for both):
+    with the shim's lock they share one array; without it each made its own."""
+    from numba import config
+
+    if not config.ENABLE_CUDASIM:
+        pytest.skip("only the simulator has this shared memory")
+    from numba.cuda.simulator import kernelapi
+
+    both = threading.Barrier(2, timeout=0.5)
+
+    def empty(shape, dtype):
+        try:
+            both.wait()  # the unlocked lookup lets the second thread in: both meet here
+        except threading.BrokenBarrierError:
+            pass  # the lock kept it out
+        return np.zeros(shape, dtype)
+
+    monkeypatch.setattr(numba_shim, "np", SimpleNamespace(empty=empty))
+    block, got = kernelapi.FakeCUDAShared(0), [None, None]
+
+    def thread(i: int) -> None:
+        got[i] = block.array(4, np.float32)
+
+    threads = [threading.Thread(target=thread, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got[0] is got[1]
 
 
 def run(kernel, grid, *args, threads=nk.THREADS):

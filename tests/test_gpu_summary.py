@@ -1,0 +1,73 @@
+"""tools/gpu_summary.py, the table that closes a GPU check, on files shaped like the suites'
+output: it runs only on a lent GPU machine, where a crash in it would cost device time."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location("gpu_summary", ROOT / "tools" / "gpu_summary.py")
+gpu_summary = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gpu_summary)
+
+LAUNCH = {"bare_launch_us": 6.0, "packed_launch_us": 4.0, "event_record_us": 1.0,
+          "step_enqueue_us": 1300.0, "kernels_per_step": 259.0, "enqueue_over_bare": 0.84,
+          "graph_replay_us": 25.0, "graph_replay_queued_us": 24.0, "graph_1_empty_us": 3.0,
+          "graph_step_empty_us": 22.0}
+NUMBA = {"numba_bare_launch_us": 13.0, "numba_prepared_launch_us": 4.0,
+         "numba_step_enqueue_us": 1100.0, "numba_enqueue_over_bare": 0.33,
+         "numba_over_cupy_launch": 2.2}
+
+
+def kernel(name: str, b: int, ms: float, gbs: float, pct: float) -> dict:
+    return {"kernel": name, "batch_size": b, "ms": ms, "gbs": gbs, "pct_copy": pct}
+
+
+def write(out: Path, name: str, doc: dict) -> None:
+    (out / name).write_text(json.dumps(doc))
+
+
+def test_every_target_gets_a_verdict(tmp_path):
+    write(tmp_path, "kernels.json", {"kernels": [
+        kernel("copy", 0, 0.0, 4000.0, 100.0),
+        kernel("all_128_projections", 16, 3.9, 3640.0, 91.0),
+        kernel("cublas_128_projections", 16, 4.1, 3480.0, 87.0),
+        kernel("attention_ctx4096", 16, 0.01, 2400.0, 60.0),
+        kernel("gemm_qkv", 16, 0.015, 3400.0, 85.0),
+        kernel("numba_gemm_qkv", 16, 0.03, 1700.0, 42.5)]})
+    write(tmp_path, "launch.json", {**LAUNCH, **NUMBA, "graph_replay_device_us": 4.0,
+                                    "graph_replay_device_queued_us": 4.5})
+    runs = [{"mode": m, "batch_size": 1, "step_ms": 5.5, "schedule_ms": 0.04,
+             "launch_ms": 0.1 if m == "graphs" else 1.1, "postprocess_ms": 0.05,
+             "compute_ms": 5.4, "overhead_pct": 0.0, "efficiency": e}
+            for m, e in (("sequential", 0.99), ("overlapped", 0.97), ("graphs", 0.94))]
+    write(tmp_path, "default-cupy.json", {"preset": "llama3-8b", "device": "H100",
+                                          "tokens_identical": True, "complete": True,
+                                          "runs": runs})
+    (tmp_path / "default-cupy.wall").write_text("150\n")
+    (tmp_path / "pytest.log").write_text("== 40 passed, 1 skipped in 60.0s ==\n")
+    text = gpu_summary.summary(tmp_path)
+    assert text.startswith("tests: 40 passed, 1 skipped")
+    targets = text.split("targets:\n")[1].splitlines()
+    assert targets == [
+        "  #3 all_128_projections b=16: 91.0% of copy (>= 90), cuBLAS 87.0%: met",
+        "  #3 attention ctx 4096 b=16: 60.0% of copy (>= 70): MISSED",
+        "  #4 numba_gemm_qkv b=16: CuPy/Numba GB/s 2.00 (<= 1.5): MISSED",
+        "  #3 step enqueue 0.84x bare (<= 1.3): met",
+        "  #3 graph replay, host launch, 25.0 us (<= 20): MISSED",
+        "  #3 graph replay, device launch, 4.0 us (<= 20): met",
+        "  #4 numba step enqueue 0.33x bare (<= 1.2): met",
+        "  #3 default cupy sweep 150 s (< 180): met; overlapped efficiency where S+L+P < C: "
+        "min 0.94 (>= 0.95): MISSED",
+    ]
+
+
+def test_rows_a_failed_section_left_out_are_named_not_fatal(tmp_path):
+    write(tmp_path, "launch.json", LAUNCH)  # the Numba and device-graph rows failed
+    text = gpu_summary.summary(tmp_path)
+    assert "launched from the device: FAILED" in text and "numba launches: FAILED" in text
+    assert "tests: no result" in text and "#3 graph replay, host launch" in text
+    write(tmp_path, "launch.json", {"bare_launch_us": 6.0})  # an older gpu_check's file
+    assert "launch.json: no 'packed_launch_us'" in gpu_summary.summary(tmp_path)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -209,15 +212,11 @@ def test_whole_step_matches_reference(rng, cfg):
     assert rel_err(cp.asnumpy(step.k_cache[:, :len(kc)]), k_ref) < FP16_TOL
 
 
-# device: SCHEDBENCH_GRAPH_LAUNCH=device, each replay a one-kernel host graph whose kernel
-# tail-launches the step's graph (kernels/device_graph.py). A launch that never ran the
-# step, or let the next step's copies overtake it, would change the tokens.
-@pytest.mark.parametrize("graph_launch", ["host", "device"])
-def test_modes_give_identical_tokens(monkeypatch, graph_launch):
+def test_modes_give_identical_tokens(monkeypatch):
     from schedbench.sweep import Sweep, SweepConfig
     from schedbench.workload import WorkloadConfig
 
-    monkeypatch.setenv("SCHEDBENCH_GRAPH_LAUNCH", graph_launch)
+    monkeypatch.setenv("SCHEDBENCH_GRAPH_LAUNCH", "host")
     cfg = SweepConfig(backend="cupy", batch_sizes=(1, 5, 16), steps=30, warmup=2, repeats=1,
                       modes=("sequential", "overlapped", "graphs"),
                       workload=WorkloadConfig((1, 8), (4, 24)), drain=True)
@@ -228,6 +227,25 @@ def test_modes_give_identical_tokens(monkeypatch, graph_launch):
             assert len({t.sha256 for t in hashes.values()}) == 1, (b, hashes)
     finally:
         sweep.close()
+
+
+def test_graphs_launched_from_the_device_give_identical_tokens(tmp_path):
+    """SCHEDBENCH_GRAPH_LAUNCH=device: each replay a one-kernel host graph whose kernel
+    tail-launches the step's graph (kernels/device_graph.py). A launch that never ran the
+    step, or let the next step's copies overtake it, would change the tokens. In a process
+    of its own: a launcher that traps ends its CUDA context, and every GPU test after it in
+    this process would fail too."""
+    out = tmp_path / "device.json"
+    argv = [sys.executable, "-m", "schedbench", "--backend", "cupy", "--preset", "tiny",
+            "--batch-sizes", "1,5,16", "--steps", "30", "--warmup", "2", "--repeats", "1",
+            "--prompt-len", "1:8", "--output-len", "4:24", "--drain", "--json", str(out)]
+    proc = subprocess.run(argv, env={**os.environ, "SCHEDBENCH_GRAPH_LAUNCH": "device"},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert {r["mode"] for r in doc["runs"]} == {"sequential", "overlapped", "graphs"}
+    for b in (1, 5, 16):  # drained: whole streams, one hash per batch size
+        assert len({r["tokens_sha256"] for r in doc["runs"] if r["batch_size"] == b}) == 1
 
 
 def test_synthetic_spin_lasts_its_length():

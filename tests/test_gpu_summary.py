@@ -47,9 +47,11 @@ def test_every_target_gets_a_verdict(tmp_path):
                                           "tokens_identical": True, "complete": True,
                                           "runs": runs})
     (tmp_path / "default-cupy.wall").write_text("150\n")
-    (tmp_path / "pytest.log").write_text("== 40 passed, 1 skipped in 60.0s ==\n")
+    (tmp_path / "pytest-cupy.log").write_text("== 20 passed, 1 skipped in 60.0s ==\n")
+    (tmp_path / "pytest-numba.log").write_text("== 2 failed, 14 passed in 30.0s ==\n")
     text = gpu_summary.summary(tmp_path)
-    assert text.startswith("tests: 40 passed, 1 skipped")
+    assert text.startswith("tests (cupy): 20 passed, 1 skipped\ntests (numba): 2 failed, "
+                           "14 passed\n")
     targets = text.split("targets:\n")[1].splitlines()
     assert targets == [
         "  #3 all_128_projections b=16: 91.0% of copy (>= 90), cuBLAS 87.0%: met",
@@ -68,6 +70,6 @@ def test_rows_a_failed_section_left_out_are_named_not_fatal(tmp_path):
     write(tmp_path, "launch.json", LAUNCH)  # the Numba and device-graph rows failed
     text = gpu_summary.summary(tmp_path)
     assert "launched from the device: FAILED" in text and "numba launches: FAILED" in text
-    assert "tests: no result" in text and "#3 graph replay, host launch" in text
+    assert "tests (cupy): no result" in text and "#3 graph replay, host launch" in text
     write(tmp_path, "launch.json", {"bare_launch_us": 6.0})  # an older gpu_check's file
     assert "launch.json: no 'packed_launch_us'" in gpu_summary.summary(tmp_path)

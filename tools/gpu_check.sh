@@ -35,8 +35,14 @@ $py -m pip list 2>/dev/null | grep -iE '^(cuda-bindings|cuda-pathfinder|nvidia-n
 
 if want tests; then
   step "GPU tests (and the Numba tests, on the GPU, not the simulator)"
-  timeout $(lim 240) $py -m pytest -q -p no:cacheprovider tests/test_cupy_backend.py \
-    tests/test_numba_backend.py tests/test_nvtx.py 2>&1 | tee "$out/pytest.log" | tail -30
+  # A process per backend: a kernel that faults ends its process's CUDA context, and every
+  # test after it there would fail too.
+  for part in cupy numba; do
+    files=$([ $part = cupy ] && echo tests/test_cupy_backend.py tests/test_nvtx.py \
+            || echo tests/test_numba_backend.py)
+    timeout $(lim 150) $py -m pytest -q -p no:cacheprovider $files 2>&1 \
+      | tee "$out/pytest-$part.log" | tail -20
+  done
 fi
 
 if want kernels; then

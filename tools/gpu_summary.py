@@ -96,10 +96,12 @@ def default_sweep_target(s: dict, secs: int) -> str:
 
 
 def summary(out: Path) -> str:
-    log = out / "pytest.log"
-    counts = re.findall(r"(\d+ (?:passed|failed|skipped|error)\w*)",
-                        log.read_text() if log.exists() else "")
-    lines, targets = [f"tests: {', '.join(counts[-3:]) or 'no result'}"], []
+    lines, targets = [], []
+    for part in ("cupy", "numba"):
+        log = out / f"pytest-{part}.log"
+        counts = re.findall(r"(\d+ (?:passed|failed|skipped|error)\w*)",
+                            log.read_text() if log.exists() else "")
+        lines.append(f"tests ({part}): {', '.join(counts[-3:]) or 'no result'}")
     for name, read in (("kernels.json", kernel_lines), ("launch.json", launch_lines)):
         if doc := load(out, name):
             try:

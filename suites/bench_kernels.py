@@ -88,42 +88,54 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
                     cp.matmul(xs[p], weights[p][layer].T)
 
         fig.record(f"cublas_{4 * n_layers}_projections", b, time_ms(cublas), step_bytes)
-    if numba:
-        numba_rows("GEMM", numba_gemms, fig, shapes, weights, inputs)
 
-    for ctx, b in ((c, b) for c in contexts for b in batch_sizes):
-        blocks_per_seq = ctx // cfg.block_size
-        nblocks = b * blocks_per_seq
-        # Every layer's own cache, as in a real step: a layer's KV (8 MB at batch 1, 2k
-        # tokens) would otherwise be served from L2 by the second replay.
-        shape = (n_layers, nblocks, cfg.block_size, cfg.num_kv_heads, cfg.head_dim)
-        kc, vc = cp.empty(shape, cp.float16), cp.empty(shape, cp.float16)
-        for layer in range(n_layers):  # one layer at a time bounds the fp32 temporary
-            kc[layer] = rng.standard_normal(shape[1:], cp.float32)
-            vc[layer] = rng.standard_normal(shape[1:], cp.float32)
-        tables = cp.asarray(np.random.default_rng(0).permutation(nblocks).astype(np.int32)
-                            .reshape(b, blocks_per_seq))
-        positions = cp.full(b, ctx - 1, cp.int32)
-        qkv = rng.standard_normal((b, cfg.qkv_size), cp.float32).astype(cp.float16)
+    combos = [(c, b) for c in contexts for b in batch_sizes]
+    for ctx, b in combos:
+        qkv, positions, tables, kc, vc = attention_inputs(cfg, ctx, b)
         scratch = cb.AttentionScratch.create(cfg, b, ctx)
         out = cp.zeros((b, cfg.q_size), cp.float16)
         launches = [cb.attention_launch(cfg, qkv, positions, tables, kc[layer], vc[layer], b,
                                         scratch, out) for layer in range(n_layers)]
-        layer_bytes = 2 * kc[0].nbytes
-        fig.record(f"attention_ctx{ctx}", b, time_launches_ms(launches) / n_layers, layer_bytes)
-        if numba:
-            numba_rows("attention", numba_attention, fig, cfg, ctx, qkv, positions, tables,
-                       kc, vc)
+        fig.record(f"attention_ctx{ctx}", b, time_launches_ms(launches) / n_layers,
+                   2 * kc[0].nbytes)
         del kc, vc, launches
         cp.get_default_memory_pool().free_all_blocks()  # the next context's caches fit
+    if numba:  # last: a Numba kernel that faults ends the process's CUDA context
+        numba_rows("GEMM", numba_gemms, fig, shapes, weights, inputs)
+        for ctx, b in combos:
+            numba_rows("attention", numba_attention, fig, cfg, ctx, b)
     return fig
+
+
+def attention_inputs(cfg, ctx: int, b: int) -> tuple:
+    """(qkv, positions, tables, k cache, v cache) of ``b`` rows at ``ctx`` tokens, the same
+    for every call. Every layer has its own cache, as in a real step: a layer's KV (8 MB at
+    batch 1 and 2k tokens) would otherwise be served from L2 by the second replay."""
+    import cupy as cp
+
+    rng = cp.random.default_rng(ctx + b)
+    blocks_per_seq = ctx // cfg.block_size
+    nblocks = b * blocks_per_seq
+    shape = (cfg.num_layers, nblocks, cfg.block_size, cfg.num_kv_heads, cfg.head_dim)
+    kc, vc = cp.empty(shape, cp.float16), cp.empty(shape, cp.float16)
+    for layer in range(cfg.num_layers):  # one layer at a time bounds the fp32 temporary
+        kc[layer] = rng.standard_normal(shape[1:], cp.float32)
+        vc[layer] = rng.standard_normal(shape[1:], cp.float32)
+    tables = cp.asarray(np.random.default_rng(0).permutation(nblocks).astype(np.int32)
+                        .reshape(b, blocks_per_seq))
+    positions = cp.full(b, ctx - 1, cp.int32)
+    qkv = rng.standard_normal((b, cfg.qkv_size), cp.float32).astype(cp.float16)
+    return qkv, positions, tables, kc, vc
 
 
 def numba_rows(what: str, measure_rows: Callable[..., None], *args: object) -> None:
     """``measure_rows(*args)``, keeping the CuPy figures when Numba rows fail, and saying
     loudly which are missing."""
+    import cupy as cp
+
     try:
         measure_rows(*args)
+        cp.get_default_memory_pool().free_all_blocks()  # what they made, before the next
     except Exception as exc:
         print(f"bench_kernels: the Numba {what} rows failed and are missing: {exc!r}",
               file=sys.stderr)
@@ -167,14 +179,15 @@ def numba_gemms(fig: Figures, shapes: dict, weights: dict, inputs: dict) -> None
                        math.prod(shapes[p]) * 2)
 
 
-def numba_attention(fig: Figures, cfg, ctx: int, qkv, positions, tables, kc, vc) -> None:
-    """The Numba attention (and its split merge) on the CuPy row's caches, every layer's."""
+def numba_attention(fig: Figures, cfg, ctx: int, b: int) -> None:
+    """The Numba attention (and its split merge) on the CuPy row's inputs, every layer's."""
     import cupy as cp
 
     from kernels import numba_kernels as nk
 
     wrap = nk.cuda.as_cuda_array
-    b, n_layers = qkv.shape[0], kc.shape[0]
+    qkv, positions, tables, kc, vc = attention_inputs(cfg, ctx, b)
+    n_layers = kc.shape[0]
     splits = nk.attention_splits(ctx)
     part_o = wrap(cp.zeros((b, cfg.num_heads, splits, cfg.head_dim), cp.float32))
     part_ml = wrap(cp.zeros((b, cfg.num_heads, splits, 2), cp.float32))

@@ -54,8 +54,8 @@ def _range(text: str) -> tuple[int, int]:
 # NOTE: the CPU backend's kernels are ~100x slower; 256 rows would dominate its sweep
 CPU_BATCH_SIZES, GPU_BATCH_SIZES = (1, 4, 16, 64), (1, 4, 16, 64, 256)
 # A GPU step's time varies far less than a CPU-backend step's, so half the steps measure it
-# as well, and the default llama3-8b sweep (45 runs) stays within #3's three minutes where
-# copies are slower than on the H200 it was first timed on (225 s with 200 steps and drains).
+# as well, and the default llama3-8b sweep (45 runs; 225 s on an H200 with 200 steps and
+# drains) gets room under #3's three minutes on slower memory (an H100's) too.
 CPU_STEPS, GPU_STEPS = 200, 100
 
 

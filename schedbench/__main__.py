@@ -20,6 +20,7 @@ from schedbench.report import (
     document,
     git_commit,
     identical_line,
+    latency_table,
     mode_table,
     timeline,
     write_json,
@@ -158,6 +159,7 @@ def print_report(cfg: SweepConfig, sweep: Sweep, results: list[RunResult],
         print(f"\nTimeline, {mode}, batch {b} (measured):\n{timeline(run.records, timeline_steps)}")
     if budget := cpu_budget(results):
         print("\n" + budget_table(budget))
+    print("\n" + latency_table(results))
     print("\n" + identical_line(results))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -91,6 +92,24 @@ def cpu_budget(results: list[RunResult]) -> list[dict]:
         rows.append({"mode": r.mode, "batch_size": r.batch_size, "budget_ms": c - lau,
                      "cpu_ms": s + p, "cpu_bound": s + p > c - lau})
     return rows
+
+
+def latency_table(results: list[RunResult]) -> str:
+    """Inter-token latency, p50 / p99 (ms), a row per batch size and a column per mode."""
+    modes = list(dict.fromkeys(r.mode for r in results))
+    figures = {(r.batch_size, r.mode): r.figures for r in results}
+
+    def cell(b: int, mode: str) -> str:
+        f = figures.get((b, mode))
+        if f is None or not math.isfinite(f["itl_p50_ms"].median):
+            return "-"
+        return f"{f['itl_p50_ms'].median:.3f} / {f['itl_p99_ms'].median:.3f}"
+
+    rows = [[str(b), *(cell(b, m) for m in modes)]
+            for b in dict.fromkeys(r.batch_size for r in results)]
+    return ("Inter-token latency as the host sees it (ms, p50 / p99 over every two consecutive "
+            "tokens of a request, steady state)\n"
+            + format_table(["Batch Size", *modes], rows))
 
 
 def budget_table(rows: list[dict]) -> str:
@@ -186,15 +205,21 @@ def git_commit(path: Path | None = None) -> str:
     return sha + ("-dirty" if dirty else "")
 
 
+def _json_number(v: float) -> float | None:
+    """JSON has no NaN: a figure with nothing to measure (see RunFigures) is null."""
+    return v if math.isfinite(v) else None
+
+
 def document(cfg: SweepConfig, backend: str, device: str, versions: dict[str, str],
              results: list[RunResult], complete: bool) -> dict:
     runs = []
     for r in results:
         run = {"mode": r.mode, "batch_size": r.batch_size,
-               **{k: s.median for k, s in r.figures.items()},
+               **{k: _json_number(s.median) for k, s in r.figures.items()},
                "tokens_sha256": r.tokens.sha256, "tokens": r.tokens.tokens,
                "requests_served": r.tokens.served, "requests_finished": r.tokens.finished,
-               "spread": {k: {"min": s.min, "max": s.max} for k, s in r.figures.items()}}
+               "spread": {k: {"min": _json_number(s.min), "max": _json_number(s.max)}
+                          for k, s in r.figures.items()}}
         runs.append(run)
     syn = cfg.synthetic
     checks = token_check(results)

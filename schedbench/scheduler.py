@@ -107,6 +107,7 @@ class Scheduler:
         self._generated = np.zeros(n, np.int32)
         self._max_new = np.zeros(n, np.int32)
         self._outputs = np.zeros((n, max_new), np.int32)
+        self._token_t = np.zeros((n, max_new), np.float64)  # per-request latency, as engines keep
         self._done = np.zeros(n, bool)
         self._last_step = np.full(n, -1, np.int64)
         self._pending: dict[int, list[Request]] = {}  # step -> finished, blocks not yet free
@@ -185,6 +186,7 @@ class Scheduler:
         gs, toks = slots[gen], tokens[gen]
         n = self._generated[gs]
         self._outputs[gs, n] = toks
+        self._token_t[gs, n] = time.perf_counter()
         self._generated[gs] = n + 1
         for s in gs[(toks == self.cfg.eos_token_id) | (n + 1 >= self._max_new[gs])]:
             self._finish(int(s))
@@ -219,12 +221,14 @@ class Scheduler:
 
     def _end_unstarted(self, r: Request) -> None:
         r.output, r.finished, r.cancelled = np.zeros(0, np.int32), True, True
+        r.token_times = np.zeros(0)
         self.finished.append(r)
 
     def _finish(self, slot: int) -> None:
         r = self._slot_req[slot]
         assert r is not None
         r.output = self._outputs[slot, :self._generated[slot]].copy()
+        r.token_times = self._token_t[slot, :self._generated[slot]].copy()
         r.finished = True
         self._done[slot] = True
         self.running.remove(r)

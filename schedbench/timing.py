@@ -7,8 +7,12 @@ events recorded on the compute stream, placed on the host clock through an ancho
 from __future__ import annotations
 
 import itertools
+import math
 import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
+
+import numpy as np
 
 from schedbench.errors import ConfigError
 
@@ -73,6 +77,8 @@ class RunFigures:
     tokens_per_s: float
     ideal_step_ms: float
     efficiency: float
+    itl_p50_ms: float  # inter-token latency: NaN where no request made two tokens in the window
+    itl_p99_ms: float
 
     @classmethod
     def names(cls) -> list[str]:
@@ -102,8 +108,18 @@ def ideal_step_ms(overlapped: bool, s: float, lau: float, c: float, p: float) ->
     return max(c, s + lau + p) if overlapped else s + max(lau, c) + p
 
 
+def inter_token_ms(token_times: Iterable[np.ndarray], t0: float, t1: float) -> np.ndarray:
+    """The gaps (ms) between consecutive tokens of each request as the host appended them
+    (``Request.token_times``), for the pairs that both fall within [t0, t1]."""
+    gaps = [np.diff(t[(t >= t0) & (t <= t1)]) for t in token_times]
+    return np.concatenate([np.zeros(0), *gaps]) * 1e3
+
+
 def summarize(records: list[StepRecord], warmup: int, batch_size: int,
-              overlapped: bool, steps: int | None = None) -> RunFigures:
+              overlapped: bool, steps: int | None = None,
+              token_times: Iterable[np.ndarray] = ()) -> RunFigures:
+    """The run's figures over its steady window; ``token_times`` (each request's) give the
+    inter-token latency within it."""
     w = steady_window(records, warmup, batch_size, steps)
     spans = w[:-1]  # each step's interval ends where the next one starts
 
@@ -117,6 +133,8 @@ def summarize(records: list[StepRecord], warmup: int, batch_size: int,
                     for a in ("schedule_s", "launch_s", "compute_s", "postprocess_s"))
     step_ms = wall / len(spans) * 1e3
     ideal = ideal_step_ms(overlapped, s, lau, c, p)
+    itl = inter_token_ms(token_times, w[0].schedule_start, w[-1].schedule_start)
+    itl_p50, itl_p99 = np.percentile(itl, [50, 99]) if len(itl) else (math.nan, math.nan)
     return RunFigures(
         steps=len(spans),
         mean_batch=statistics.fmean(r.batch_size for r in spans),
@@ -132,6 +150,8 @@ def summarize(records: list[StepRecord], warmup: int, batch_size: int,
         tokens_per_s=sum(r.useful_tokens for r in spans) / wall,
         ideal_step_ms=ideal,
         efficiency=ideal / step_ms,
+        itl_p50_ms=float(itl_p50),
+        itl_p99_ms=float(itl_p99),
     )
 
 

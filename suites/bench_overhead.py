@@ -87,6 +87,12 @@ class Overhead:
 
     track_efficiency.unit = "ideal/measured"
 
+    def track_itl_p99_ms(self, figures, backend, preset, mode, batch_size, device) -> float:
+        """Inter-token latency a request sees, p99: where the loop's hiccups show."""
+        return figures[backend, preset, mode, batch_size]["itl_p99_ms"]
+
+    track_itl_p99_ms.unit = "ms"
+
 
 class Steps:
     """Wall time of one whole fixed workload (the same requests every time)."""

@@ -55,6 +55,7 @@ def test_report_and_json(tmp_path, capsys):
     assert "Batch Size | Schedule (ms) | Launch (ms) | Compute (ms) | Postprocess (ms) | " \
            "Overhead %" in text
     assert "Ideal speedup" in text and "Timeline, overlapped" in text
+    assert "Inter-token latency as the host sees it" in text
     assert "Token streams: identical" in text
     doc = json.loads(out.read_text())
     assert doc["backend"] == "cpu" and doc["preset"] == "tiny" and doc["complete"]
@@ -64,12 +65,13 @@ def test_report_and_json(tmp_path, capsys):
         ("sequential", 1), ("overlapped", 1), ("sequential", 3), ("overlapped", 3)]
     keys = {"mode", "batch_size", "step_ms", "schedule_ms", "launch_ms", "compute_ms",
             "postprocess_ms", "overhead_pct", "bubble_us", "tokens_per_s", "ideal_step_ms",
-            "efficiency", "tokens_sha256", "spread"}
+            "efficiency", "itl_p50_ms", "itl_p99_ms", "tokens_sha256", "spread"}
     for run in doc["runs"]:
         assert keys <= run.keys()
         assert run["compute_ms"] > 0 and run["tokens_per_s"] > 0
         assert run["spread"]["step_ms"]["min"] <= run["step_ms"] <= run["spread"]["step_ms"]["max"]
         assert run["batch_size"] <= run["requests_served"]
+        assert 0 < run["itl_p50_ms"] <= run["itl_p99_ms"]
         assert 0 < run["requests_finished"] <= run["requests_served"]
     check = doc["token_check"]["3"]
     assert check["identical"] and check["tokens_compared"] > 0
@@ -137,3 +139,15 @@ def test_defaults_follow_the_backend(monkeypatch):
     assert (gpu.steps, gpu.batch_sizes, gpu.modes) == (100, (1, 4, 16, 64, 256),
                                                        ("sequential", "overlapped", "graphs"))
     assert cli.config_from_args(cli.parser().parse_args(["--steps", "7"])).steps == 7
+
+
+def test_a_latency_with_nothing_to_measure_is_null_in_json_and_a_dash_in_the_table(
+        tmp_path, capsys):
+    out = tmp_path / "p.json"
+    # prompts of 30+ tokens: no request makes two tokens within 6 steps
+    assert main(["--backend", "cpu", "--steps", "5", "--warmup", "0", "--repeats", "1",
+                 "--batch-sizes", "2", "--prompt-len", "30:32", "--output-len", "4:8",
+                 "--json", str(out)]) == 0
+    assert "         2 |          - |          -" in capsys.readouterr().out
+    for run in json.loads(out.read_text())["runs"]:
+        assert run["itl_p50_ms"] is None and run["spread"]["itl_p99_ms"]["max"] is None

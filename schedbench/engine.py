@@ -194,7 +194,7 @@ class Engine:
             self.scheduler.release(index)
             if self.synthetic.postprocess_ms:
                 busy_until(t0 + self.synthetic.postprocess_ms / 1e3)
-        rec.useful_tokens = f.batch.useful_tokens
+        rec.useful_tokens, rec.token_gaps = f.batch.useful_tokens, f.batch.token_gaps
         rec.post_end = time.perf_counter()
         self._nvtx.end(f.step_range)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -71,6 +71,9 @@ class Batch:
     positions: np.ndarray
     saturated: bool  # requests were left waiting: as many rows as the limits allow
     useful_tokens: int = 0  # rows that advanced a live request, counted at postprocess
+    # Host-clock gaps (s) since each request's previous token, for the tokens this step gave
+    # requests that already had one: their inter-token latency, set at postprocess.
+    token_gaps: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
     def size(self) -> int:
@@ -107,7 +110,7 @@ class Scheduler:
         self._generated = np.zeros(n, np.int32)
         self._max_new = np.zeros(n, np.int32)
         self._outputs = np.zeros((n, max_new), np.int32)
-        self._token_t = np.zeros((n, max_new), np.float64)  # per-request latency, as engines keep
+        self._last_token_t = np.zeros(n, np.float64)  # host clock of each slot's last token
         self._done = np.zeros(n, bool)
         self._last_step = np.full(n, -1, np.int64)
         self._pending: dict[int, list[Request]] = {}  # step -> finished, blocks not yet free
@@ -186,7 +189,9 @@ class Scheduler:
         gs, toks = slots[gen], tokens[gen]
         n = self._generated[gs]
         self._outputs[gs, n] = toks
-        self._token_t[gs, n] = time.perf_counter()
+        now = time.perf_counter()  # per-request latency, as engines keep it
+        batch.token_gaps = now - self._last_token_t[gs[n > 0]]
+        self._last_token_t[gs] = now
         self._generated[gs] = n + 1
         for s in gs[(toks == self.cfg.eos_token_id) | (n + 1 >= self._max_new[gs])]:
             self._finish(int(s))
@@ -221,14 +226,12 @@ class Scheduler:
 
     def _end_unstarted(self, r: Request) -> None:
         r.output, r.finished, r.cancelled = np.zeros(0, np.int32), True, True
-        r.token_times = np.zeros(0)
         self.finished.append(r)
 
     def _finish(self, slot: int) -> None:
         r = self._slot_req[slot]
         assert r is not None
         r.output = self._outputs[slot, :self._generated[slot]].copy()
-        r.token_times = self._token_t[slot, :self._generated[slot]].copy()
         r.finished = True
         self._done[slot] = True
         self.running.remove(r)

@@ -142,7 +142,7 @@ class Sweep:
         records = self.engine.run(mode, scheduler)
         scheduler.check_drained()
         figures = summarize(records, cfg.warmup, batch_size, overlapped=mode != "sequential",
-                            steps=cfg.steps, token_times=[r.token_times for r in requests])
+                            steps=cfg.steps)
         return figures, TokenStreams.of(requests), records
 
     def results(self, progress: Callable[[str], None] | None = None) -> Iterator[RunResult]:

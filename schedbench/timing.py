@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
-from collections.abc import Iterable
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -34,6 +33,7 @@ class StepRecord:
     device_end: float = 0.0
     copy_end: float = 0.0  # the step's tokens are in pinned host memory (copy stream)
     useful_tokens: int = 0
+    token_gaps: np.ndarray | None = None  # inter-token latencies (s) of the step's tokens
 
     @property
     def schedule_s(self) -> float:
@@ -108,18 +108,8 @@ def ideal_step_ms(overlapped: bool, s: float, lau: float, c: float, p: float) ->
     return max(c, s + lau + p) if overlapped else s + max(lau, c) + p
 
 
-def inter_token_ms(token_times: Iterable[np.ndarray], t0: float, t1: float) -> np.ndarray:
-    """The gaps (ms) between consecutive tokens of each request as the host appended them
-    (``Request.token_times``), for the pairs that both fall within [t0, t1]."""
-    gaps = [np.diff(t[(t >= t0) & (t <= t1)]) for t in token_times]
-    return np.concatenate([np.zeros(0), *gaps]) * 1e3
-
-
 def summarize(records: list[StepRecord], warmup: int, batch_size: int,
-              overlapped: bool, steps: int | None = None,
-              token_times: Iterable[np.ndarray] = ()) -> RunFigures:
-    """The run's figures over its steady window; ``token_times`` (each request's) give the
-    inter-token latency within it."""
+              overlapped: bool, steps: int | None = None) -> RunFigures:
     w = steady_window(records, warmup, batch_size, steps)
     spans = w[:-1]  # each step's interval ends where the next one starts
 
@@ -133,7 +123,8 @@ def summarize(records: list[StepRecord], warmup: int, batch_size: int,
                     for a in ("schedule_s", "launch_s", "compute_s", "postprocess_s"))
     step_ms = wall / len(spans) * 1e3
     ideal = ideal_step_ms(overlapped, s, lau, c, p)
-    itl = inter_token_ms(token_times, w[0].schedule_start, w[-1].schedule_start)
+    itl = np.concatenate([np.zeros(0), *(r.token_gaps for r in spans
+                                         if r.token_gaps is not None)]) * 1e3
     itl_p50, itl_p99 = np.percentile(itl, [50, 99]) if len(itl) else (math.nan, math.nan)
     return RunFigures(
         steps=len(spans),

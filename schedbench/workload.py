@@ -16,7 +16,6 @@ class Request:
     max_new_tokens: int
     arrival_step: int = 0  # the request joins the queue at this step
     output: np.ndarray | None = None  # the generated tokens, set when it finishes
-    token_times: np.ndarray | None = None  # host clock (s) as each was appended, set with it
     cancelled: bool = False
     # Scheduler state.
     slot: int = -1

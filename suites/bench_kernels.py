@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from kernels.registry import gpu_unavailable_reason
-from schedbench.model import get_preset
+from schedbench.model import ModelConfig, get_preset
 from schedbench.report import format_table, write_json
 
 PRESET = "llama3-8b"
@@ -107,7 +107,7 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
     return fig
 
 
-def attention_inputs(cfg, ctx: int, b: int) -> tuple:
+def attention_inputs(cfg: ModelConfig, ctx: int, b: int) -> tuple:
     """(qkv, positions, tables, k cache, v cache) of ``b`` rows at ``ctx`` tokens, the same
     for every call. Every layer has its own cache, as in a real step: a layer's KV (8 MB at
     batch 1 and 2k tokens) would otherwise be served from L2 by the second replay."""
@@ -179,7 +179,7 @@ def numba_gemms(fig: Figures, shapes: dict, weights: dict, inputs: dict) -> None
                        math.prod(shapes[p]) * 2)
 
 
-def numba_attention(fig: Figures, cfg, ctx: int, b: int) -> None:
+def numba_attention(fig: Figures, cfg: ModelConfig, ctx: int, b: int) -> None:
     """The Numba attention (and its split merge) on the CuPy row's inputs, every layer's."""
     import cupy as cp
 

@@ -41,7 +41,7 @@ def test_every_target_gets_a_verdict(tmp_path):
                                     "graph_replay_device_queued_us": 4.5})
     runs = [{"mode": m, "batch_size": 1, "step_ms": 5.5, "schedule_ms": 0.04,
              "launch_ms": 0.1 if m == "graphs" else 1.1, "postprocess_ms": 0.05,
-             "compute_ms": 5.4, "overhead_pct": 0.0, "efficiency": e}
+             "compute_ms": 5.4, "overhead_pct": 0.0, "efficiency": e, "itl_p99_ms": 5.6}
             for m, e in (("sequential", 0.99), ("overlapped", 0.97), ("graphs", 0.94))]
     write(tmp_path, "default-cupy.json", {"preset": "llama3-8b", "device": "H100",
                                           "tokens_identical": True, "complete": True,
@@ -52,6 +52,7 @@ def test_every_target_gets_a_verdict(tmp_path):
     text = gpu_summary.summary(tmp_path)
     assert text.startswith("tests (cupy): 20 passed, 1 skipped\ntests (numba): 2 failed, "
                            "14 passed\n")
+    assert "  graphs     b=1   step    5.500 ms" in text and text.count("itl p99 5.600") == 3
     targets = text.split("targets:\n")[1].splitlines()
     assert targets == [
         "  #3 all_128_projections b=16: 91.0% of copy (>= 90), cuBLAS 87.0%: met",

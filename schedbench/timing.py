@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -33,7 +33,7 @@ class StepRecord:
     device_end: float = 0.0
     copy_end: float = 0.0  # the step's tokens are in pinned host memory (copy stream)
     useful_tokens: int = 0
-    token_gaps: np.ndarray | None = None  # inter-token latencies (s) of the step's tokens
+    token_gaps: np.ndarray = field(default_factory=lambda: np.zeros(0))  # see Batch.token_gaps
 
     @property
     def schedule_s(self) -> float:
@@ -123,8 +123,7 @@ def summarize(records: list[StepRecord], warmup: int, batch_size: int,
                     for a in ("schedule_s", "launch_s", "compute_s", "postprocess_s"))
     step_ms = wall / len(spans) * 1e3
     ideal = ideal_step_ms(overlapped, s, lau, c, p)
-    itl = np.concatenate([np.zeros(0), *(r.token_gaps for r in spans
-                                         if r.token_gaps is not None)]) * 1e3
+    itl = np.concatenate([r.token_gaps for r in spans]) * 1e3
     itl_p50, itl_p99 = np.percentile(itl, [50, 99]) if len(itl) else (math.nan, math.nan)
     return RunFigures(
         steps=len(spans),

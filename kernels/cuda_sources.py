@@ -14,6 +14,7 @@ CUDA_DIR = Path(__file__).resolve().parent / "cuda"
 MODULES = ("norm", "gemm", "attention", "sample")  # RawModules; graph_launch.cu: kernels/nvrtc.py
 GEMM_EPILOGUES = {"store_half": 0, "add_residual": 1, "store_float": 2, "silu_mul": 3}
 GEMM_TILES = (1, 2, 4)  # batch tiles of 8 rows per block
+WIDE_GEMM_ROWS = (64, 128)  # weight rows per wide_gemm block
 
 
 @cache
@@ -26,9 +27,14 @@ def gemm_name(tiles: int, epilogue: str, weights_no_l1: bool = False) -> str:
     return f"tc_gemm<{tiles}, {GEMM_EPILOGUES[epilogue]}, {int(weights_no_l1)}>"
 
 
+def wide_gemm_name(rows: int, epilogue: str) -> str:
+    return f"wide_gemm<{rows}, {GEMM_EPILOGUES[epilogue]}>"
+
+
 def gemm_names() -> tuple[str, ...]:
     return tuple(gemm_name(t, e, no_l1) for t in GEMM_TILES for e in GEMM_EPILOGUES
-                 for no_l1 in (False, True))
+                 for no_l1 in (False, True)) + tuple(
+        wide_gemm_name(r, e) for r in WIDE_GEMM_ROWS for e in GEMM_EPILOGUES)
 
 
 def attention_names(head_dim: int, group: int) -> tuple[str, ...]:

@@ -19,7 +19,13 @@ import numpy as np
 from cupy.cuda import runtime
 
 from kernels.backend import Backend, DecodeStep, Event, Graph, Stream
-from kernels.cuda_sources import attention_names, gemm_name, gemm_names, source
+from kernels.cuda_sources import (
+    attention_names,
+    gemm_name,
+    gemm_names,
+    source,
+    wide_gemm_name,
+)
 from kernels.cupy_launch import Launch, LaunchSequence
 from kernels.cupy_measure import graph_of
 from kernels.device_graph import DeviceLaunchedGraph, device_launch_default
@@ -28,6 +34,7 @@ from schedbench.errors import ConfigError
 from schedbench.model import ModelConfig, Weights, interleave_gate_up
 
 GEMM_WARPS, GEMM_ROWS, GEMM_K_CHUNK = 8, 32, 64  # match gemm.cu
+WIDE_BN, WIDE_STAGES = 128, 3  # match gemm.cu
 ATTN_THREADS = 128  # matches attention.cu (ATTN_WARPS * 32)
 SPLIT_TOKENS, MAX_SPLITS = 64, 64  # match attention.cu
 NORM_THREADS = 256
@@ -163,19 +170,66 @@ def pdl_default() -> bool:
     return int(cp.cuda.Device().compute_capability) >= 90
 
 
+@cache
+def wide_gemm_from() -> int:
+    """The smallest batch that wide_gemm serves, ``SCHEDBENCH_WIDE_GEMM=N``; 0, the default:
+    none.
+
+    NOTE: opt-in until measured on a GPU (bench_kernels' ``_wide`` rows at batch 64 and 256).
+    Its sums are tc_gemm's, bit for bit, so where the line falls changes no token.
+    """
+    raw = os.environ.get("SCHEDBENCH_WIDE_GEMM", "0")
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(f"SCHEDBENCH_WIDE_GEMM={raw!r}: must be a batch size, or 0 for never")
+    return value
+
+
+@cache
+def sm_count() -> int:
+    return int(cp.cuda.Device().attributes["MultiProcessorCount"])
+
+
+def wide_rows(n: int, batch: int) -> int:
+    """Weight rows per wide_gemm block: 128 where that still gives every SM a block (fewer
+    re-reads of the activations), else 64."""
+    return 128 if -(-n // 128) * -(-batch // WIDE_BN) >= sm_count() else 64
+
+
+def wide_smem_bytes(rows: int) -> int:
+    """wide_gemm's dynamic shared memory: its staged chunks, later the fp32 tile of its sums."""
+    return max(WIDE_STAGES * (rows + WIDE_BN) * GEMM_K_CHUNK * 2, rows * (WIDE_BN + 1) * 4)
+
+
 def gemm_launch(x: cp.ndarray, w: cp.ndarray, batch: int, epilogue: str, out: cp.ndarray,
-                pdl: bool | None = None, weights_no_l1: bool = False) -> Launch:
+                pdl: bool | None = None, weights_no_l1: bool = False,
+                wide: bool | None = None) -> Launch:
     """``out (+)= x[:batch] @ w.T`` with an epilogue; ``pdl`` defaults to ``pdl_default()``;
-    ``weights_no_l1`` picks the kernel that loads weights without L1 lines (gemm.cu)."""
+    ``weights_no_l1`` picks the kernel that loads weights without L1 lines, ``wide`` the one
+    that stages operands in shared memory for large batches (gemm.cu), by default from
+    ``wide_gemm_from()``."""
     n, k = w.shape
-    if k % GEMM_K_CHUNK or x.dtype != cp.float16 or w.dtype != cp.float16:
-        raise ValueError(f"tc_gemm needs fp16 x and w with K % {GEMM_K_CHUNK} == 0; got "
+    if k < GEMM_K_CHUNK or k % GEMM_K_CHUNK or x.dtype != cp.float16 or w.dtype != cp.float16:
+        raise ValueError(f"tc_gemm needs fp16 x and w with K a multiple of {GEMM_K_CHUNK}; got "
                          f"K={k}, {x.dtype}, {w.dtype}")
+    pdl = pdl_default() if pdl is None else pdl
+    args = (x, w, i32(n), i32(k), i32(batch), out, i32(pdl))
+    if wide is None:
+        wide = 0 < wide_gemm_from() <= batch and not weights_no_l1
+    if wide:
+        if weights_no_l1:
+            raise ValueError("wide_gemm has no weights_no_l1 variant")
+        rows = wide_rows(n, batch)
+        fn = module("gemm", gemm_names()).get_function(wide_gemm_name(rows, epilogue))
+        fn.max_dynamic_shared_size_bytes = smem = wide_smem_bytes(rows)
+        return Launch(fn, (-(-batch // WIDE_BN), -(-n // rows)), GEMM_WARPS * 32, args, pdl=pdl,
+                      shared_mem=smem)
     tiles = gemm_tiles(batch)
     fn = module("gemm", gemm_names()).get_function(gemm_name(tiles, epilogue, weights_no_l1))
-    grid = (-(-batch // (8 * tiles)), -(-n // GEMM_ROWS))
-    pdl = pdl_default() if pdl is None else pdl
-    return Launch(fn, grid, GEMM_WARPS * 32, (x, w, i32(n), i32(k), i32(batch), out, i32(pdl)),
+    return Launch(fn, (-(-batch // (8 * tiles)), -(-n // GEMM_ROWS)), GEMM_WARPS * 32, args,
                   pdl=pdl)
 
 
@@ -320,6 +374,7 @@ class CupyBackend(Backend):
     supports_graphs = True
 
     def __init__(self, device: int = 0) -> None:
+        wide_gemm_from()  # a bad SCHEDBENCH_WIDE_GEMM fails here, before any run
         self._device = cp.cuda.Device(device)
         self._device.use()
         self._props = runtime.getDeviceProperties(device)
@@ -377,8 +432,11 @@ class CupyBackend(Backend):
                                stream.raw))
 
     def versions(self) -> dict[str, str]:
+        # the opt-in candidates too: a figure must say which kernels and launches made it
         return {"cupy": cp.__version__, "cuda_runtime": str(runtime.runtimeGetVersion()),
-                "cuda_driver": str(runtime.driverGetVersion()), "numpy": np.__version__}
+                "cuda_driver": str(runtime.driverGetVersion()), "numpy": np.__version__,
+                "gemm_pdl": str(pdl_default()), "wide_gemm_from": str(wide_gemm_from()),
+                "graph_launch": "device" if device_launch_default() else "host"}
 
     def close(self) -> None:
         cp.cuda.Device().synchronize()

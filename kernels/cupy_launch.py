@@ -50,10 +50,13 @@ class Launch:
     __slots__ = ("_array", "_values", "block", "enqueue", "grid", "keep", "name", "params")
 
     def __init__(self, kernel: cp.RawKernel, grid: int | tuple[int, ...],
-                 block: int | tuple[int, ...], args: tuple, pdl: bool = False) -> None:
+                 block: int | tuple[int, ...], args: tuple, pdl: bool = False,
+                 shared_mem: int = 0) -> None:
+        """``shared_mem``: bytes of dynamic shared memory (above 48 KB the kernel's
+        ``max_dynamic_shared_size_bytes`` must allow it)."""
         # kernel.kernel compiles (or loads from cache) the module on first use
         self._pack(kernel.kernel.ptr, grid, block, [_pack(a) for a in args], args, kernel.name,
-                   pdl)
+                   pdl, shared_mem)
 
     @classmethod
     def from_values(cls, func_ptr: int, grid: int | tuple[int, ...],
@@ -66,7 +69,8 @@ class Launch:
         return self
 
     def _pack(self, func_ptr: int, grid: int | tuple[int, ...], block: int | tuple[int, ...],
-              values: list, keep: object, name: str, pdl: bool = False) -> None:
+              values: list, keep: object, name: str, pdl: bool = False,
+              shared_mem: int = 0) -> None:
         self.grid, self.block, self.keep, self.name = _dim3(grid), _dim3(block), keep, name
         if min(self.grid) < 1 or min(self.block) < 1:
             raise ValueError(f"{name}: empty launch grid={self.grid} block={self.block}")
@@ -75,8 +79,8 @@ class Launch:
             *(ctypes.addressof(v) for v in values))
         self.params = ctypes.addressof(self._array)
         self.enqueue: Callable[[int, int, int], object] = (
-            PdlEnqueue(func_ptr, self.grid, self.block, name) if pdl
-            else partial(driver.launchKernel, func_ptr, *self.grid, *self.block, 0))
+            PdlEnqueue(func_ptr, self.grid, self.block, shared_mem, name) if pdl
+            else partial(driver.launchKernel, func_ptr, *self.grid, *self.block, shared_mem))
 
     def __call__(self, stream_ptr: int) -> None:
         self.enqueue(stream_ptr, self.params, 0)

@@ -49,10 +49,10 @@ class PdlEnqueue:
     __slots__ = ("_attr", "_call", "_config", "_config_ref", "_func", "name")
 
     def __init__(self, func_ptr: int, grid: tuple[int, int, int], block: tuple[int, int, int],
-                 name: str) -> None:
+                 shared_mem: int, name: str) -> None:
         self._attr = LaunchAttribute(id=PROGRAMMATIC_STREAM_SERIALIZATION, value=1)
         self._config = LaunchConfig((ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block),
-                                    0, None, ctypes.pointer(self._attr), 1)
+                                    shared_mem, None, ctypes.pointer(self._attr), 1)
         self._config_ref = ctypes.byref(self._config)
         self._func, self.name = func_ptr, name
         self._call: Callable[..., int] | None = None  # libcuda, at the first launch

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -98,9 +99,30 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_writable(flag: str, path: Path | None, is_dir: bool = False) -> None:
+    """Fail before the sweep, not after it, where an output cannot be written."""
+    if path is None:
+        return
+    folder = path if is_dir else path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot create {folder} ({exc.strerror})") from None
+    if not is_dir and path.is_dir():
+        raise ConfigError(f"{flag} {path}: is a folder, not a file")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot write in {folder} ({exc.strerror})") from None
+
+
 def config_from_args(args: argparse.Namespace) -> SweepConfig:
     if args.timeline_steps < 1:
         raise ConfigError(f"--timeline-steps {args.timeline_steps}: must be at least 1")
+    check_writable("--json", args.json)
+    check_writable("--trace", args.trace)
+    check_writable("--plot", args.plot, is_dir=True)
     backend = resolve(args.backend)
     if args.modes is None:
         modes = ("sequential", "overlapped") + (("graphs",) if backend == "cupy" else ())

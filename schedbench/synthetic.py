@@ -18,10 +18,12 @@ class Synthetic:
     postprocess_ms: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("schedule_ms", "compute_ms", "postprocess_ms"):
+        flags = {"schedule_ms": "--scheduling-ms", "compute_ms": "--compute-ms",
+                 "postprocess_ms": "--postprocess-ms"}
+        for name, flag in flags.items():
             v = getattr(self, name)
             if not 0.0 <= v <= 10_000.0:
-                raise ConfigError(f"--{name.replace('_', '-')} {v}: must be in [0, 10000] ms")
+                raise ConfigError(f"{flag} {v}: must be in [0, 10000] ms")
 
 
 def busy_until(deadline: float) -> None:

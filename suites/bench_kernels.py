@@ -1,7 +1,8 @@
 """Each decode kernel's device time, achieved GB/s and % of the copy bandwidth measured in
 the same run: the CuPy projection kernel beside cuBLAS (``cupy.matmul``) on the same
 shapes (also loading weights without L1 lines, and with programmatic dependent launch when
-``SCHEDBENCH_PDL=1``), paged attention, and the Numba kernels on the same shapes. Each
+``SCHEDBENCH_PDL=1``; at large batches also the candidate ``wide_gemm``), paged attention,
+and the Numba kernels on the same shapes. Each
 figure is per layer, timed over a graph of every layer's launches, each layer with its own
 weights or KV cache as in a step, so nothing is served from L2.
 
@@ -25,6 +26,7 @@ from schedbench.report import format_table, write_json
 
 PRESET = "llama3-8b"
 BATCH_SIZES = [1, 4, 16]
+WIDE_BATCH_SIZES = [64, 256]  # the step's projections only, tc_gemm against wide_gemm
 CONTEXTS = [2048, 4096, 8192]
 PROJECTIONS = ("qkv", "o", "gate_up", "down")
 EPILOGUES = {"qkv": "store_half", "o": "add_residual", "gate_up": "silu_mul",
@@ -44,7 +46,7 @@ class Figures(dict):
 
 
 def measure(preset: str, batch_sizes: list[int], contexts: list[int],
-            numba: bool = True) -> Figures:
+            wide_batch_sizes: list[int] = WIDE_BATCH_SIZES, numba: bool = True) -> Figures:
     import cupy as cp
 
     from kernels import cupy_backend as cb
@@ -60,35 +62,44 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
     weights = {p: [rng.standard_normal(s, cp.float32).astype(cp.float16) * 0.02
                    for _ in range(n_layers)] for p, s in shapes.items()}
     step_bytes = sum(math.prod(s) * 2 * n_layers for s in shapes.values())
-    inputs = {}
-    for b in batch_sizes:
+
+    def projection_inputs(b: int) -> tuple[dict, dict]:
         xs = {p: rng.standard_normal((b, s[1]), cp.float32).astype(cp.float16)
               for p, s in shapes.items()}
         outs = {"qkv": cp.zeros((b, cfg.qkv_size), cp.float16), "o": cp.zeros((b, h), cp.float32),
                 "gate_up": cp.zeros((b, i), cp.float16), "down": cp.zeros((b, h), cp.float32)}
-        inputs[b] = xs, outs
-        for p in PROJECTIONS:
-            launches = [cb.gemm_launch(xs[p], w, b, EPILOGUES[p], outs[p]) for w in weights[p]]
-            fig.record(f"gemm_{p}", b, time_launches_ms(launches) / n_layers,
-                       math.prod(shapes[p]) * 2)
-        # The whole step's projections, and beside them in the same run the candidates:
-        # PDL (opt-in) and weights loaded without L1 lines (gemm.cu, W_NO_L1).
-        variants = {"": {"pdl": False}, "_w_no_l1": {"pdl": False, "weights_no_l1": True}}
-        if cb.pdl_default():
-            variants["_pdl"] = {"pdl": True}
+        return xs, outs
+
+    def step_rows(b: int, xs: dict, outs: dict, variants: dict[str, dict]) -> None:
+        """A step's projections with each variant of gemm_launch, then cuBLAS's."""
         for suffix, how in variants.items():
             every = [cb.gemm_launch(xs[p], weights[p][layer], b, EPILOGUES[p], outs[p], **how)
                      for layer in range(n_layers) for p in PROJECTIONS]
             fig.record(f"all_{4 * n_layers}_projections{suffix}", b, time_launches_ms(every),
                        step_bytes)
 
-        def cublas(s: cp.cuda.Stream, xs: dict = xs) -> None:
+        def cublas(s: cp.cuda.Stream) -> None:
             for layer in range(n_layers):
                 for p in PROJECTIONS:
                     cp.matmul(xs[p], weights[p][layer].T)
 
         fig.record(f"cublas_{4 * n_layers}_projections", b, time_ms(cublas), step_bytes)
 
+    inputs = {}
+    for b in batch_sizes:
+        inputs[b] = xs, outs = projection_inputs(b)
+        for p in PROJECTIONS:
+            launches = [cb.gemm_launch(xs[p], w, b, EPILOGUES[p], outs[p], wide=False)
+                        for w in weights[p]]
+            fig.record(f"gemm_{p}", b, time_launches_ms(launches) / n_layers,
+                       math.prod(shapes[p]) * 2)
+        # Beside the default, in the same run, the candidates: weights loaded without L1
+        # lines (gemm.cu, W_NO_L1) and PDL (opt-in, SCHEDBENCH_PDL=1).
+        variants = {"": {"pdl": False, "wide": False},
+                    "_w_no_l1": {"pdl": False, "weights_no_l1": True, "wide": False}}
+        if cb.pdl_default():
+            variants["_pdl"] = {"pdl": True, "wide": False}
+        step_rows(b, xs, outs, variants)
     combos = [(c, b) for c in contexts for b in batch_sizes]
     for ctx, b in combos:
         qkv, positions, tables, kc, vc = attention_inputs(cfg, ctx, b)
@@ -100,10 +111,21 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
                    2 * kc[0].nbytes)
         del kc, vc, launches
         cp.get_default_memory_pool().free_all_blocks()  # the next context's caches fit
-    if numba:  # last: a Numba kernel that faults ends the process's CUDA context
-        numba_rows("GEMM", numba_gemms, fig, shapes, weights, inputs)
+
+    def wide_rows() -> None:
+        """Large batches: tc_gemm beside wide_gemm, the candidate that stages operands in
+        shared memory (gemm.cu), and cuBLAS."""
+        for b in wide_batch_sizes:
+            step_rows(b, *projection_inputs(b), {"": {"pdl": False, "wide": False},
+                                                 "_wide": {"pdl": False, "wide": True}})
+
+    # The kernels not yet run on a GPU come last, each section guarded: a kernel that faults
+    # ends the process's CUDA context, and the figures before it must survive.
+    guarded_rows("large-batch projection", wide_rows)
+    if numba:
+        guarded_rows("Numba GEMM", numba_gemms, fig, shapes, weights, inputs)
         for ctx, b in combos:
-            numba_rows("attention", numba_attention, fig, cfg, ctx, b)
+            guarded_rows("Numba attention", numba_attention, fig, cfg, ctx, b)
     return fig
 
 
@@ -128,8 +150,8 @@ def attention_inputs(cfg: ModelConfig, ctx: int, b: int) -> tuple:
     return qkv, positions, tables, kc, vc
 
 
-def numba_rows(what: str, measure_rows: Callable[..., None], *args: object) -> None:
-    """``measure_rows(*args)``, keeping the CuPy figures when Numba rows fail, and saying
+def guarded_rows(what: str, measure_rows: Callable[..., None], *args: object) -> None:
+    """``measure_rows(*args)``, keeping the figures before them when they fail, and saying
     loudly which are missing."""
     import cupy as cp
 
@@ -137,7 +159,7 @@ def numba_rows(what: str, measure_rows: Callable[..., None], *args: object) -> N
         measure_rows(*args)
         cp.get_default_memory_pool().free_all_blocks()  # what they made, before the next
     except Exception as exc:
-        print(f"bench_kernels: the Numba {what} rows failed and are missing: {exc!r}",
+        print(f"bench_kernels: the {what} rows failed and are missing: {exc!r}",
               file=sys.stderr)
 
 
@@ -205,18 +227,25 @@ def numba_attention(fig: Figures, cfg: ModelConfig, ctx: int, b: int) -> None:
                2 * kc[0].nbytes)
 
 
+def ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--preset", default=PRESET)
     p.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
     p.add_argument("--contexts", default=",".join(map(str, CONTEXTS)))
+    p.add_argument("--wide-batch-sizes", default=",".join(map(str, WIDE_BATCH_SIZES)),
+                   help="batch sizes of the step's projections only: tc_gemm, wide_gemm, "
+                        "cuBLAS ('' for none)")
     p.add_argument("--no-numba", action="store_true", help="CuPy kernels only")
     p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     args = p.parse_args()
     if why := gpu_unavailable_reason():
         raise SystemExit(f"bench_kernels needs a GPU: {why}")
-    res = measure(args.preset, [int(x) for x in args.batch_sizes.split(",")],
-                  [int(x) for x in args.contexts.split(",")], numba=not args.no_numba)
+    res = measure(args.preset, ints(args.batch_sizes), ints(args.contexts),
+                  ints(args.wide_batch_sizes), numba=not args.no_numba)
     rows = [[k, str(b or "-"), f"{v['ms'] * 1e3:.1f}" if v["ms"] else "-", f"{v['gbs']:.0f}",
              f"{v['pct_copy']:.1f}"] for (k, b), v in res.items()]
     print(f"preset {args.preset}; % copy = achieved GB/s over the device-to-device copy "
@@ -233,17 +262,17 @@ class Kernels:
 
     params = [["gemm_qkv", "gemm_o", "gemm_gate_up", "gemm_down", "all_128_projections",
                "all_128_projections_w_no_l1", "all_128_projections_pdl",
-               "cublas_128_projections"]
+               "all_128_projections_wide", "cublas_128_projections"]
               + [f"attention_ctx{c}" for c in CONTEXTS]
               + [f"numba_gemm_{p}" for p in PROJECTIONS]
-              + [f"numba_attention_ctx{c}" for c in CONTEXTS], BATCH_SIZES]
+              + [f"numba_attention_ctx{c}" for c in CONTEXTS], BATCH_SIZES + WIDE_BATCH_SIZES]
     param_names = ["kernel", "batch_size"]
     timeout = 900
 
     def setup_cache(self) -> dict:
         if gpu_unavailable_reason():
             return {}
-        return dict(measure(PRESET, BATCH_SIZES, CONTEXTS))
+        return dict(measure(PRESET, BATCH_SIZES, CONTEXTS, WIDE_BATCH_SIZES))
 
     def setup(self, res: dict, kernel: str, batch_size: int) -> None:
         if (kernel, batch_size) not in res:

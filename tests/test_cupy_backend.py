@@ -98,6 +98,37 @@ def test_gemm_rows_do_not_depend_on_batch(rng):
         np.testing.assert_array_equal(got[0], results[1][0], err_msg=f"batch {batch}")
 
 
+@pytest.mark.parametrize("rows", [64, 128])
+@pytest.mark.parametrize("epilogue", ["store_half", "add_residual", "store_float", "silu_mul"])
+@pytest.mark.parametrize(("batch", "n", "k"), [(256, 6144, 4096), (130, 1000, 768),
+                                               (40, 512, 256), (3, 384, 14336), (129, 256, 64)])
+def test_wide_gemm_sums_are_tc_gemms_bit_for_bit(rng, monkeypatch, rows, epilogue, batch, n, k):
+    """wide_gemm (large batches) must give every output tc_gemm's bits: a request's tokens
+    may not depend on which kernel its batch size picks. Shapes: partial tiles of both
+    operands, K chunks fewer than tc_gemm's eight partial sums (256, 64) or not a multiple of
+    them (768), a long K (14336)."""
+    monkeypatch.setattr(cb, "wide_rows", lambda n, batch: rows)
+    x, w = half(rng, batch, k), half(rng, n, k, scale=k ** -0.5)
+    full = x.astype(np.float64) @ w.T.astype(np.float64)
+    if epilogue == "silu_mul":
+        w, expect = interleave_gate_up(w[None])[0], ref.silu_mul(full)
+        base = np.full((batch, n // 2), np.nan, np.float16)
+    elif epilogue == "add_residual":
+        base = rng.standard_normal((batch, n)).astype(np.float32)
+        expect = base + full
+    else:
+        base = np.full((batch, n), np.nan, np.float16 if epilogue == "store_half" else np.float32)
+        expect = full
+    xd, wd = cp.asarray(x), cp.asarray(w)
+    outs = {}
+    for wide in (False, True):
+        outs[wide] = cp.asarray(base)
+        run(cb.gemm_launch(xd, wd, batch, epilogue, outs[wide], wide=wide))
+    got = cp.asnumpy(outs[True])
+    assert np.isfinite(got).all(), "unwritten (poisoned) outputs"
+    np.testing.assert_array_equal(got, cp.asnumpy(outs[False]))
+    assert rel_err(got, expect) < FP16_TOL
+
 
 @pytest.mark.parametrize("cfg", [get_preset("tiny"), get_preset("llama-1b"), LLAMA8B],
                          ids=lambda c: c.name)
@@ -227,6 +258,48 @@ def test_modes_give_identical_tokens(monkeypatch):
             assert len({t.sha256 for t in hashes.values()}) == 1, (b, hashes)
     finally:
         sweep.close()
+
+
+def test_the_wide_gemm_changes_no_token(monkeypatch):
+    """SCHEDBENCH_WIDE_GEMM=5: the projections of batches of 5 and more run on wide_gemm,
+    bucket-padded graphs included; every loop's tokens stay those of tc_gemm."""
+    from schedbench.sweep import Sweep, SweepConfig
+    from schedbench.workload import WorkloadConfig
+
+    monkeypatch.setenv("SCHEDBENCH_GRAPH_LAUNCH", "host")
+    cfg = SweepConfig(backend="cupy", batch_sizes=(1, 5, 16), steps=30, warmup=2, repeats=1,
+                      modes=("sequential", "overlapped", "graphs"),
+                      workload=WorkloadConfig((1, 8), (4, 24)), drain=True)
+    hashes = {}
+    try:
+        for setting in ("0", "5"):
+            monkeypatch.setenv("SCHEDBENCH_WIDE_GEMM", setting)
+            cb.wide_gemm_from.cache_clear()
+            sweep = Sweep(cfg)
+            try:
+                hashes[setting] = {(m, b): sweep.run_one(m, b)[1].sha256
+                                   for b in cfg.batch_sizes for m in cfg.modes}
+            finally:
+                sweep.close()
+    finally:
+        monkeypatch.delenv("SCHEDBENCH_WIDE_GEMM")
+        cb.wide_gemm_from.cache_clear()
+    assert hashes["0"] == hashes["5"]
+    assert len({h for (_, b), h in hashes["5"].items() if b == 16}) == 1
+
+
+@pytest.mark.parametrize("value", ["abc", "-1"])
+def test_a_bad_wide_gemm_setting_is_named(monkeypatch, value):
+    from schedbench.errors import ConfigError
+
+    monkeypatch.setenv("SCHEDBENCH_WIDE_GEMM", value)
+    cb.wide_gemm_from.cache_clear()
+    try:
+        with pytest.raises(ConfigError, match=f"SCHEDBENCH_WIDE_GEMM='{value}'"):
+            cb.CupyBackend()
+    finally:
+        monkeypatch.delenv("SCHEDBENCH_WIDE_GEMM")
+        cb.wide_gemm_from.cache_clear()
 
 
 def test_graphs_launched_from_the_device_give_identical_tokens(tmp_path):

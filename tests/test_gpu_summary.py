@@ -34,6 +34,9 @@ def test_every_target_gets_a_verdict(tmp_path):
         kernel("copy", 0, 0.0, 4000.0, 100.0),
         kernel("all_128_projections", 16, 3.9, 3640.0, 91.0),
         kernel("cublas_128_projections", 16, 4.1, 3480.0, 87.0),
+        kernel("all_128_projections", 256, 40.0, 360.0, 9.0),
+        kernel("all_128_projections_wide", 256, 10.0, 1440.0, 36.0),
+        kernel("cublas_128_projections", 256, 8.0, 1800.0, 45.0),
         kernel("attention_ctx4096", 16, 0.01, 2400.0, 60.0),
         kernel("gemm_qkv", 16, 0.015, 3400.0, 85.0),
         kernel("numba_gemm_qkv", 16, 0.03, 1700.0, 42.5)]})
@@ -45,6 +48,7 @@ def test_every_target_gets_a_verdict(tmp_path):
             for m, e in (("sequential", 0.99), ("overlapped", 0.97), ("graphs", 0.94))]
     write(tmp_path, "default-cupy.json", {"preset": "llama3-8b", "device": "H100",
                                           "tokens_identical": True, "complete": True,
+                                          "versions": {"cupy": "14.2.0", "wide_gemm_from": "0"},
                                           "runs": runs})
     (tmp_path / "default-cupy.wall").write_text("150\n")
     (tmp_path / "pytest-cupy.log").write_text("== 20 passed, 1 skipped in 60.0s ==\n")
@@ -53,9 +57,12 @@ def test_every_target_gets_a_verdict(tmp_path):
     assert text.startswith("tests (cupy): 20 passed, 1 skipped\ntests (numba): 2 failed, "
                            "14 passed\n")
     assert "  graphs     b=1   step    5.500 ms" in text and text.count("itl p99 5.600") == 3
+    assert "sweep llama3-8b on H100: tokens identical=True, wide_gemm_from=0\n" in text
     targets = text.split("targets:\n")[1].splitlines()
     assert targets == [
         "  #3 all_128_projections b=16: 91.0% of copy (>= 90), cuBLAS 87.0%: met",
+        "  candidate wide_gemm b=256: 10.00 ms a step, tc_gemm 40.00 ms, cuBLAS 8.00 ms: "
+        "faster, adopt (SCHEDBENCH_WIDE_GEMM)",
         "  #3 attention ctx 4096 b=16: 60.0% of copy (>= 70): MISSED",
         "  #4 numba_gemm_qkv b=16: CuPy/Numba GB/s 2.00 (<= 1.5): MISSED",
         "  #3 step enqueue 0.84x bare (<= 1.3): met",

@@ -25,14 +25,14 @@ def test_layouts_match_cuda_h():
 
 def test_the_pdl_attribute_is_set_in_the_struct_and_nowhere_else():
     empty = b""
-    enqueue = PdlEnqueue(0x1234, (2, 3, 1), (256, 1, 1), "tc_gemm")
+    enqueue = PdlEnqueue(0x1234, (2, 3, 1), (256, 1, 1), 98304, "wide_gemm")
     raw = bytes(enqueue._attr)
     assert int.from_bytes(raw[:4], "little") == PROGRAMMATIC_STREAM_SERIALIZATION
     assert int.from_bytes(raw[8:12], "little") == 1  # programmaticStreamSerializationAllowed
     assert raw[12:] == bytes(60)
     config = enqueue._config
-    assert (list(config.grid), list(config.block), config.num_attrs) == ([2, 3, 1],
-                                                                         [256, 1, 1], 1)
+    assert (list(config.grid), list(config.block), config.shared_mem, config.num_attrs) == (
+        [2, 3, 1], [256, 1, 1], 98304, 1)
     assert ctypes.addressof(config.attrs.contents) == ctypes.addressof(enqueue._attr)
     # an earlier version wrote the value into ctypes' copy of a char-array field: b""
     assert empty == b"" and len(empty) == 0 and ctypes.string_at(empty, 1) == b"\x00"

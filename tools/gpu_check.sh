@@ -60,6 +60,9 @@ if want sweep; then
   step "sweep llama3-8b (short)"
   timeout $(lim 150) $py -m schedbench --backend cupy --preset llama3-8b --batch-sizes 1,16,64,256 \
     --repeats 1 --steps 60 --json "$out/sweep.json" 2>&1 | tee "$out/sweep.txt"
+  step "sweep llama3-8b, large batches on the wide_gemm candidate (SCHEDBENCH_WIDE_GEMM=32)"
+  SCHEDBENCH_WIDE_GEMM=32 timeout $(lim 120) $py -m schedbench --backend cupy --preset llama3-8b \
+    --batch-sizes 64,256 --repeats 1 --steps 60 --json "$out/sweep-wide.json" 2>&1 | tail -n 12
 fi
 
 if want numba; then
@@ -102,6 +105,7 @@ if want pdl; then
   SCHEDBENCH_PDL=1 timeout $(lim 120) $py -m pytest -q -p no:cacheprovider tests/test_cupy_backend.py \
     -k "waits or whole_step or identical" 2>&1 | tail -n 4
   SCHEDBENCH_PDL=1 timeout $(lim 200) $py suites/bench_kernels.py --no-numba --contexts 2048 \
+    --wide-batch-sizes "" \
     --json "$out/kernels-pdl.json" 2>&1 | grep -E "projections|preset"
   SCHEDBENCH_PDL=1 $py -c "
 import cupy as cp, numpy as np

@@ -30,11 +30,18 @@ def kernel_lines(k: dict) -> tuple[list[str], list[str]]:
         if name.startswith(("all_", "cublas_", "attention_", "numba_")) or "_split" in name:
             lines.append(f"  {name:28s} b={b:<3d} {r['ms'] * 1e3:9.1f} us "
                          f"{r['pct_copy']:6.1f}% copy")
-        if name.startswith("all_"):  # the default kernels, then each candidate
-            cub = rows.get((re.sub(r"^all_(\d+_projections).*", r"cublas_\1", name), b))
+        cub = rows.get((re.sub(r"^all_(\d+_projections).*", r"cublas_\1", name), b))
+        if name.startswith("all_") and b <= 16:  # the default kernels, then each candidate
             vs = f", cuBLAS {cub['pct_copy']:.1f}%" if cub else ""
             targets.append(f"  #3 {name} b={b}: {r['pct_copy']:.1f}% of copy (>= 90){vs}: "
                            f"{verdict(r['pct_copy'] >= 90 and (not cub or r['ms'] < cub['ms']))}")
+        if name.startswith("all_") and name.endswith("_wide"):
+            tc = rows.get((name.removesuffix("_wide"), b))
+            vs = f", cuBLAS {cub['ms']:.2f} ms" if cub else ""
+            faster = bool(tc) and r["ms"] < tc["ms"]
+            targets.append(f"  candidate wide_gemm b={b}: {r['ms']:.2f} ms a step, tc_gemm "
+                           f"{tc['ms'] if tc else float('nan'):.2f} ms{vs}: "
+                           f"{'faster, adopt (SCHEDBENCH_WIDE_GEMM)' if faster else 'not faster'}")
         m = re.fullmatch(r"attention_ctx(\d+)", name)
         if m and int(m.group(1)) >= 2048:
             targets.append(f"  #3 attention ctx {m.group(1)} b={b}: {r['pct_copy']:.1f}% of copy "
@@ -77,8 +84,11 @@ def launch_lines(lc: dict) -> tuple[list[str], list[str]]:
 
 
 def sweep_lines(s: dict) -> list[str]:
+    options = {k: v for k, v in s.get("versions", {}).items()
+               if k in ("gemm_pdl", "wide_gemm_from", "graph_launch")}
     lines = [f"sweep {s['preset']} on {s['device']}: tokens identical={s['tokens_identical']}"
-             f"{'' if s['complete'] else ' (INCOMPLETE)'}"]
+             f"{'' if s['complete'] else ' (INCOMPLETE)'}"
+             + "".join(f", {k}={v}" for k, v in options.items())]
     for r in s["runs"]:
         cpu = r["schedule_ms"] + r["launch_ms"] + r["postprocess_ms"]
         lines.append(f"  {r['mode']:10s} b={r['batch_size']:<3d} step {r['step_ms']:8.3f} ms  "
@@ -110,7 +120,8 @@ def summary(out: Path) -> str:
             except KeyError as e:  # a file from an older gpu_check
                 more, met = [f"{name}: no {e}"], []
             lines, targets = lines + more, targets + met
-    for name in ("sweep.json", "numba.json", "default-cupy.json", "default-numba.json"):
+    for name in ("sweep.json", "sweep-wide.json", "numba.json", "default-cupy.json",
+                 "default-numba.json"):
         if s := load(out, name):
             lines += sweep_lines(s)
     wall = out / "default-cupy.wall"

@@ -31,13 +31,6 @@ __device__ __forceinline__ int num_splits(int n) {
     return min(MAX_SPLITS, (n + SPLIT_TOKENS - 1) / SPLIT_TOKENS);
 }
 
-SB_DEVICE void cp_async16(void* smem, const void* gmem) {
-    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
-}
-
-SB_DEVICE void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
-
 // Grid (batch, kv heads, split_stride), split_stride = num_splits(longest context) as the
 // host computes it; part_o [batch, heads, split_stride, HEAD_DIM], part_ml [.., 2] (fp32);
 // counters [batch * kv heads], zero between launches; out [batch, heads * HEAD_DIM] fp16.

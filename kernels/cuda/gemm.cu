@@ -76,6 +76,24 @@ SB_DEVICE void mma16816(float (&c)[4], unsigned a0, unsigned a1, unsigned a2, un
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+// One output of the epilogue, out[brow, n], from the row's sum s; for EPI_SILU_MUL, s is the
+// gate row's (n even) and up the up row's (n + 1).
+template <int EPI>
+SB_DEVICE void store_out(void* out, int n_rows, int brow, int n, float s, float up) {
+    if constexpr (EPI == EPI_SILU_MUL) {
+        static_cast<__half*>(out)[(size_t)brow * (n_rows / 2) + n / 2] =
+            __float2half(s / (1.f + expf(-s)) * up);
+    } else {
+        const size_t o = (size_t)brow * n_rows + n;
+        if constexpr (EPI == EPI_STORE_HALF)
+            static_cast<__half*>(out)[o] = __float2half(s);
+        else if constexpr (EPI == EPI_ADD_RESIDUAL)
+            static_cast<float*>(out)[o] += s;
+        else
+            static_cast<float*>(out)[o] = s;
+    }
+}
+
 // NT: batch tiles of 8 per block (a block covers 8 * NT batch rows). Grid: (batch tiles,
 // 32-row tiles). prefetch: nonzero when launched with PDL (the prefetch is only worth its
 // instructions while the previous kernel is still draining).
@@ -177,21 +195,191 @@ tc_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows, 
                 gate += red[v][2 * r][c];
                 up += red[v][2 * r + 1][c];
             }
-            static_cast<__half*>(out)[(size_t)brow * (n_rows / 2) + n / 2] =
-                __float2half(gate / (1.f + expf(-gate)) * up);
+            store_out<EPI>(out, n_rows, brow, n, gate, up);
         } else {
             const int n = n0 + r;
             if (n >= n_rows) continue;
             float s = 0.f;
 #pragma unroll
             for (int v = 0; v < GEMM_WARPS; ++v) s += red[v][r][c];
-            const size_t o = (size_t)brow * n_rows + n;
-            if constexpr (EPI == EPI_STORE_HALF)
-                static_cast<__half*>(out)[o] = __float2half(s);
-            else if constexpr (EPI == EPI_ADD_RESIDUAL)
-                static_cast<float*>(out)[o] += s;
-            else
-                static_cast<float*>(out)[o] = s;
+            store_out<EPI>(out, n_rows, brow, n, s, 0.f);
+        }
+    }
+}
+
+// Large batches: wide_gemm, the same sums as tc_gemm, bit for bit, with operand reuse.
+//
+// At batch 256 tc_gemm reads each weight once per 32-row batch tile and each activation once
+// per 32 weight rows, straight into registers: about 16x a step's weight bytes from L2
+// (~256 GB for llama3-8b), and that is most of the 40 ms step on an H200. wide_gemm stages
+// 64-wide k chunks of BM weight rows and 128 batch rows in shared memory (cp.async, three
+// stages in flight), where 8 warps share them: each weight byte is read once per 128 batch
+// rows and each activation byte once per BM weight rows.
+//
+// Same bits: tc_gemm's warp v sums the k chunks v, v+8, v+16, ... in that order (four k16
+// MMAs per chunk, each lane holding the same 16 consecutive k of its rows), and the eight
+// partial sums are added in order v = 0..7 to 0.f. wide_gemm walks the chunks in the same
+// order (all of partial 0's, then partial 1's, ...), keeps the running partial in one set of
+// accumulators and adds it to the total when the next partial starts, with the same
+// fragments, MMAs and epilogue; an output element keeps its row and column position in its
+// MMA tile (weight rows in 16s, batch rows in 8s from multiples of those). So a request's
+// tokens are the same whichever kernel its batch size picks. (One difference that cannot
+// change a token: where K is not a multiple of 1024, some tc_gemm warps run MMAs on zero
+// padding, which turn a sum of exactly -0 into +0.)
+constexpr int WIDE_BN = 128;  // batch rows per block
+constexpr int WIDE_STAGES = 3;
+
+// Chunk after c in tc_gemm's summation order; -1 after the last.
+SB_DEVICE int next_chunk(int c, int chunks) {
+    if (c + GEMM_WARPS < chunks) return c + GEMM_WARPS;
+    const int v = c % GEMM_WARPS + 1;
+    return v < GEMM_WARPS && v < chunks ? v : -1;
+}
+
+// Row r of a staged 64-wide chunk, the 16 halves at k = 16t: its 16-byte unit u is stored at
+// unit u ^ (r % 8), so the eight rows (g) of a warp's fragment load hit different banks.
+SB_DEVICE void load_row16(Half16& dst, const __half* tile, int r, int t) {
+    const uint4* row = reinterpret_cast<const uint4*>(tile + r * GEMM_K_CHUNK);
+    dst.v[0] = row[(2 * t) ^ (r % 8)];
+    dst.v[1] = row[(2 * t + 1) ^ (r % 8)];
+}
+
+// BM: weight rows per block, 128 or 64 (the host picks 64 where 128 leaves SMs idle).
+// Warps: BM / 32 over the weight rows (32 each, two m16 tiles, as in tc_gemm) by the rest over
+// the batch rows. Dynamic shared memory: wide_smem_bytes in kernels/cupy_backend.py.
+template <int BM, int EPI>
+__global__ void __launch_bounds__(GEMM_WARPS * 32, 1)
+wide_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows, int k_dim,
+          int batch, void* __restrict__ out, int prefetch) {
+    constexpr int WARPS_M = BM / 32, WARPS_N = GEMM_WARPS / WARPS_M;
+    constexpr int NT = WIDE_BN / WARPS_N / 8;  // n8 tiles per warp
+    constexpr int ROWS = BM + WIDE_BN;         // staged rows: weights, then activations
+    constexpr int STAGE = ROWS * GEMM_K_CHUNK;  // halves
+    constexpr int LOADS = ROWS * 8 / (GEMM_WARPS * 32);  // 16-byte copies per thread and chunk
+    constexpr int LD = WIDE_BN + 1;            // fp32 output tile row: +1, no bank conflicts
+    static_assert(BM % 32 == 0 && GEMM_WARPS % WARPS_M == 0 && NT >= 1);
+    static_assert(ROWS * 8 % (GEMM_WARPS * 32) == 0 && BM * 8 % (GEMM_WARPS * 32) == 0);
+    extern __shared__ uint4 wide_smem[];
+    __half* stages = reinterpret_cast<__half*>(wide_smem);
+    pdl_launch_dependents();
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int wm = warp % WARPS_M, wn = warp / WARPS_M;
+    const int n0 = blockIdx.y * BM, b0 = blockIdx.x * WIDE_BN;
+    const int chunks = k_dim / GEMM_K_CHUNK;
+
+    if (prefetch) {  // the first stages' weights into L2, before the wait (see tc_gemm)
+        for (int c = 0, s = 0; c >= 0 && s < WIDE_STAGES - 1; c = next_chunk(c, chunks), ++s)
+            for (int r = threadIdx.x; r < BM; r += blockDim.x)
+                if (n0 + r < n_rows)
+                    prefetch_l2(w + (size_t)(n0 + r) * k_dim + c * GEMM_K_CHUNK);
+    }
+    pdl_wait();
+
+    // Thread i copies 16-byte unit i % 8 of staged row i / 8, then rows 32 further on; the
+    // first BM rows are weights (a copy's row is known at compile time per unrolled step).
+    auto stage_chunk = [&](int stage, int c) {
+        __half* dst = stages + stage * STAGE;
+#pragma unroll
+        for (int l = 0; l < LOADS; ++l) {
+            const int r = threadIdx.x / 8 + l * (GEMM_WARPS * 32 / 8), u = threadIdx.x % 8;
+            const bool is_w = l < BM * 8 / (GEMM_WARPS * 32);
+            const int row = is_w ? n0 + r : b0 + r - BM;
+            const bool ok = row < (is_w ? n_rows : batch);
+            const __half* src = (is_w ? w : x) + (size_t)(ok ? row : 0) * k_dim +
+                                c * GEMM_K_CHUNK + 8 * u;
+            cp_async16(dst + r * GEMM_K_CHUNK + 8 * (u ^ (r % 8)), src, ok);
+        }
+    };
+
+    float acc[2][NT][4], sum[2][NT][4];
+#pragma unroll
+    for (int m = 0; m < 2; ++m)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc[m][j][i] = sum[m][j][i] = 0.f;
+    int part = 0;  // the partial sum (tc_gemm's warp) that acc holds
+    auto close_partial = [&]() {
+#pragma unroll
+        for (int m = 0; m < 2; ++m)
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    sum[m][j][i] += acc[m][j][i];
+                    acc[m][j][i] = 0.f;
+                }
+        ++part;
+    };
+
+    int c_next = 0;  // the next chunk to stage
+    for (int s = 0; s < WIDE_STAGES - 1; ++s) {
+        if (c_next >= 0) {
+            stage_chunk(s, c_next);
+            c_next = next_chunk(c_next, chunks);
+        }
+        cp_async_commit();  // empty groups too: one per step keeps the wait count uniform
+    }
+    for (int i = 0, c = 0; c >= 0; ++i, c = next_chunk(c, chunks)) {
+        cp_async_wait_group<WIDE_STAGES - 2>();  // chunk i has landed (this thread's copies)
+        __syncthreads();  // everyone's; and every warp is done with chunk i - 1's stage
+        if (c_next >= 0) {
+            stage_chunk((i + WIDE_STAGES - 1) % WIDE_STAGES, c_next);
+            c_next = next_chunk(c_next, chunks);
+        }
+        cp_async_commit();
+        while (part < c % GEMM_WARPS) close_partial();
+
+        const __half* sw = stages + (i % WIDE_STAGES) * STAGE;
+        const __half* sx = sw + BM * GEMM_K_CHUNK;
+        Half16 wa[2][2];  // [m tile][g, g+8], as in tc_gemm
+#pragma unroll
+        for (int m = 0; m < 2; ++m)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) load_row16(wa[m][h], sw, wm * 32 + 16 * m + g + 8 * h, t);
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+            Half16 xa;
+            load_row16(xa, sx, wn * 8 * NT + 8 * j + g, t);
+#pragma unroll
+            for (int s = 0; s < 4; ++s)
+#pragma unroll
+                for (int m = 0; m < 2; ++m)
+                    mma16816(acc[m][j], wa[m][0].w[2 * s], wa[m][1].w[2 * s],
+                             wa[m][0].w[2 * s + 1], wa[m][1].w[2 * s + 1], xa.w[2 * s],
+                             xa.w[2 * s + 1]);
+        }
+    }
+    while (part < GEMM_WARPS) close_partial();  // the last partial, then any empty ones
+
+    cp_async_wait_all();  // only empty groups are left; the tile below reuses the stages
+    __syncthreads();
+    float* tile = reinterpret_cast<float*>(wide_smem);  // [BM][LD]: the sums
+#pragma unroll
+    for (int m = 0; m < 2; ++m)
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+            const int r = wm * 32 + 16 * m + g, c = wn * 8 * NT + 8 * j + 2 * t;
+            tile[r * LD + c] = sum[m][j][0];
+            tile[r * LD + c + 1] = sum[m][j][1];
+            tile[(r + 8) * LD + c] = sum[m][j][2];
+            tile[(r + 8) * LD + c + 1] = sum[m][j][3];
+        }
+    __syncthreads();
+
+    constexpr int ROWS_OUT = EPI == EPI_SILU_MUL ? BM / 2 : BM;
+    for (int i = threadIdx.x; i < ROWS_OUT * WIDE_BN; i += blockDim.x) {
+        const int r = i % ROWS_OUT, c = i / ROWS_OUT;
+        const int brow = b0 + c;
+        if (brow >= batch) continue;
+        if constexpr (EPI == EPI_SILU_MUL) {
+            const int n = n0 + 2 * r;
+            if (n < n_rows)
+                store_out<EPI>(out, n_rows, brow, n, tile[2 * r * LD + c], tile[(2 * r + 1) * LD + c]);
+        } else {
+            const int n = n0 + r;
+            if (n < n_rows) store_out<EPI>(out, n_rows, brow, n, tile[r * LD + c], 0.f);
         }
     }
 }

@@ -74,6 +74,16 @@ def test_every_target_gets_a_verdict(tmp_path):
     ]
 
 
+def test_sanitizer_logs_are_summed_up(tmp_path):
+    (tmp_path / "sanitizer-cupy-wide-racecheck.txt").write_text(
+        "========= COMPUTE-SANITIZER\n========= RACECHECK SUMMARY: 2 hazards displayed (2 errors, "
+        "0 warnings)\n")
+    (tmp_path / "sanitizer-numba-memcheck.txt").write_text("========= COMPUTE-SANITIZER\n")
+    text = gpu_summary.summary(tmp_path)
+    assert ("sanitizer-cupy-wide-racecheck: RACECHECK SUMMARY: 2 hazards displayed (2 errors, "
+            "0 warnings)\nsanitizer-numba-memcheck: no summary (cut off?)\n") in text
+
+
 def test_rows_a_failed_section_left_out_are_named_not_fatal(tmp_path):
     write(tmp_path, "launch.json", LAUNCH)  # the Numba and device-graph rows failed
     text = gpu_summary.summary(tmp_path)

@@ -74,13 +74,15 @@ fi
 if want sanitize; then
   step "compute-sanitizer: memcheck and racecheck over every mode of both GPU backends (tiny)"
   if command -v compute-sanitizer >/dev/null 2>&1; then
-    for backend in cupy numba; do
+    # cupy-wide: the projections on wide_gemm (SCHEDBENCH_WIDE_GEMM=1), the others on tc_gemm
+    for run in cupy cupy-wide numba; do
+      backend=${run%-wide}; wide=$([ $run = cupy-wide ] && echo 1 || echo 0)
       for tool in memcheck racecheck; do
-        log="$out/sanitizer-$backend-$tool.txt"
-        timeout $(lim 300) compute-sanitizer --tool "$tool" --error-exitcode 9 \
-          $py -m schedbench --backend $backend --preset tiny --batch-sizes 3 --steps 6 \
-          --warmup 1 --repeats 1 --prompt-len 1:4 --output-len 2:6 > "$log" 2>&1
-        echo "$backend $tool: exit $? $(grep -hE 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -n 1)"
+        log="$out/sanitizer-$run-$tool.txt"
+        SCHEDBENCH_WIDE_GEMM=$wide timeout $(lim 300) compute-sanitizer --tool "$tool" \
+          --error-exitcode 9 $py -m schedbench --backend $backend --preset tiny --batch-sizes 3 \
+          --steps 6 --warmup 1 --repeats 1 --prompt-len 1:4 --output-len 2:6 > "$log" 2>&1
+        echo "$run $tool: exit $? $(grep -hE 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -n 1)"
       done
     done
   else

@@ -124,6 +124,9 @@ def summary(out: Path) -> str:
                  "default-numba.json"):
         if s := load(out, name):
             lines += sweep_lines(s)
+    for log in sorted(out.glob("sanitizer-*.txt")):
+        found = re.findall(r"(?:ERROR|RACECHECK) SUMMARY: .*", log.read_text(errors="replace"))
+        lines.append(f"{log.stem}: {found[-1] if found else 'no summary (cut off?)'}")
     wall = out / "default-cupy.wall"
     if (s := load(out, "default-cupy.json")) and wall.exists():
         targets.append(default_sweep_target(s, int(wall.read_text())))

@@ -38,7 +38,9 @@ SB_DEVICE void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "
 
 // Wait until at most N of this thread's committed groups are still in flight.
 template <int N>
-SB_DEVICE void cp_async_wait_group() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+SB_DEVICE void cp_async_wait_group() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
 
 SB_DEVICE void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 

@@ -76,21 +76,43 @@ SB_DEVICE void mma16816(float (&c)[4], unsigned a0, unsigned a1, unsigned a2, un
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// One output of the epilogue, out[brow, n], from the row's sum s; for EPI_SILU_MUL, s is the
-// gate row's (n even) and up the up row's (n + 1).
-template <int EPI>
-SB_DEVICE void store_out(void* out, int n_rows, int brow, int n, float s, float up) {
-    if constexpr (EPI == EPI_SILU_MUL) {
-        static_cast<__half*>(out)[(size_t)brow * (n_rows / 2) + n / 2] =
-            __float2half(s / (1.f + expf(-s)) * up);
-    } else {
-        const size_t o = (size_t)brow * n_rows + n;
-        if constexpr (EPI == EPI_STORE_HALF)
-            static_cast<__half*>(out)[o] = __float2half(s);
-        else if constexpr (EPI == EPI_ADD_RESIDUAL)
-            static_cast<float*>(out)[o] += s;
-        else
-            static_cast<float*>(out)[o] = s;
+// Lane (g, t)'s m16n8 accumulator into a row-major fp32 tile (row stride ld): (r, c) = (row g,
+// column 2t) of the MMA tile there.
+SB_DEVICE void store_fragment(float* tile, int ld, int r, int c, const float (&f)[4]) {
+    tile[r * ld + c] = f[0];
+    tile[r * ld + c + 1] = f[1];
+    tile[(r + 8) * ld + c] = f[2];
+    tile[(r + 8) * ld + c + 1] = f[3];
+}
+
+// The epilogue of a block's ROWS x COLS outputs from n0, b0, given sum(r, c), the finished
+// sum of its row r and batch row c. Consecutive threads take consecutive rows of one batch
+// row, so the stores are coalesced. EPI_SILU_MUL rows come as (gate, up) pairs.
+template <int EPI, int ROWS, int COLS, typename Sum>
+SB_DEVICE void epilogue(void* out, int n_rows, int batch, int n0, int b0, Sum sum) {
+    constexpr int ROWS_OUT = EPI == EPI_SILU_MUL ? ROWS / 2 : ROWS;
+    for (int i = threadIdx.x; i < ROWS_OUT * COLS; i += blockDim.x) {
+        const int r = i % ROWS_OUT, c = i / ROWS_OUT;
+        const int brow = b0 + c;
+        if (brow >= batch) continue;
+        if constexpr (EPI == EPI_SILU_MUL) {
+            const int n = n0 + 2 * r;
+            if (n >= n_rows) continue;
+            const float gate = sum(2 * r, c), up = sum(2 * r + 1, c);
+            static_cast<__half*>(out)[(size_t)brow * (n_rows / 2) + n / 2] =
+                __float2half(gate / (1.f + expf(-gate)) * up);
+        } else {
+            const int n = n0 + r;
+            if (n >= n_rows) continue;
+            const float s = sum(r, c);
+            const size_t o = (size_t)brow * n_rows + n;
+            if constexpr (EPI == EPI_STORE_HALF)
+                static_cast<__half*>(out)[o] = __float2half(s);
+            else if constexpr (EPI == EPI_ADD_RESIDUAL)
+                static_cast<float*>(out)[o] += s;
+            else
+                static_cast<float*>(out)[o] = s;
+        }
     }
 }
 
@@ -172,39 +194,16 @@ tc_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows, 
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
-        for (int j = 0; j < NT; ++j) {
-            const int r = 16 * m + g, c = 8 * j + 2 * t;
-            red[warp][r][c] = acc[m][j][0];
-            red[warp][r][c + 1] = acc[m][j][1];
-            red[warp][r + 8][c] = acc[m][j][2];
-            red[warp][r + 8][c + 1] = acc[m][j][3];
-        }
+        for (int j = 0; j < NT; ++j)
+            store_fragment(&red[warp][0][0], BT + 1, 16 * m + g, 8 * j + 2 * t, acc[m][j]);
     __syncthreads();
 
-    constexpr int ROWS_OUT = EPI == EPI_SILU_MUL ? GEMM_ROWS / 2 : GEMM_ROWS;
-    for (int i = threadIdx.x; i < ROWS_OUT * BT; i += blockDim.x) {
-        const int r = i % ROWS_OUT, c = i / ROWS_OUT;
-        const int brow = b0 + c;
-        if (brow >= batch) continue;
-        if constexpr (EPI == EPI_SILU_MUL) {
-            const int n = n0 + 2 * r;
-            if (n >= n_rows) continue;
-            float gate = 0.f, up = 0.f;
+    epilogue<EPI, GEMM_ROWS, BT>(out, n_rows, batch, n0, b0, [&](int r, int c) {
+        float s = 0.f;
 #pragma unroll
-            for (int v = 0; v < GEMM_WARPS; ++v) {
-                gate += red[v][2 * r][c];
-                up += red[v][2 * r + 1][c];
-            }
-            store_out<EPI>(out, n_rows, brow, n, gate, up);
-        } else {
-            const int n = n0 + r;
-            if (n >= n_rows) continue;
-            float s = 0.f;
-#pragma unroll
-            for (int v = 0; v < GEMM_WARPS; ++v) s += red[v][r][c];
-            store_out<EPI>(out, n_rows, brow, n, s, 0.f);
-        }
-    }
+        for (int v = 0; v < GEMM_WARPS; ++v) s += red[v][r][c];
+        return s;
+    });
 }
 
 // Large batches: wide_gemm, the same sums as tc_gemm, bit for bit, with operand reuse.
@@ -359,27 +358,10 @@ wide_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
-        for (int j = 0; j < NT; ++j) {
-            const int r = wm * 32 + 16 * m + g, c = wn * 8 * NT + 8 * j + 2 * t;
-            tile[r * LD + c] = sum[m][j][0];
-            tile[r * LD + c + 1] = sum[m][j][1];
-            tile[(r + 8) * LD + c] = sum[m][j][2];
-            tile[(r + 8) * LD + c + 1] = sum[m][j][3];
-        }
+        for (int j = 0; j < NT; ++j)
+            store_fragment(tile, LD, wm * 32 + 16 * m + g, wn * 8 * NT + 8 * j + 2 * t, sum[m][j]);
     __syncthreads();
 
-    constexpr int ROWS_OUT = EPI == EPI_SILU_MUL ? BM / 2 : BM;
-    for (int i = threadIdx.x; i < ROWS_OUT * WIDE_BN; i += blockDim.x) {
-        const int r = i % ROWS_OUT, c = i / ROWS_OUT;
-        const int brow = b0 + c;
-        if (brow >= batch) continue;
-        if constexpr (EPI == EPI_SILU_MUL) {
-            const int n = n0 + 2 * r;
-            if (n < n_rows)
-                store_out<EPI>(out, n_rows, brow, n, tile[2 * r * LD + c], tile[(2 * r + 1) * LD + c]);
-        } else {
-            const int n = n0 + r;
-            if (n < n_rows) store_out<EPI>(out, n_rows, brow, n, tile[r * LD + c], 0.f);
-        }
-    }
+    epilogue<EPI, BM, WIDE_BN>(out, n_rows, batch, n0, b0,
+                               [&](int r, int c) { return tile[r * LD + c]; });
 }

@@ -2,9 +2,9 @@
 the same run: the CuPy projection kernel beside cuBLAS (``cupy.matmul``) on the same
 shapes (also loading weights without L1 lines, and with programmatic dependent launch when
 ``SCHEDBENCH_PDL=1``; at large batches also the candidate ``wide_gemm``), paged attention,
-and the Numba kernels on the same shapes. Each
-figure is per layer, timed over a graph of every layer's launches, each layer with its own
-weights or KV cache as in a step, so nothing is served from L2.
+and the Numba kernels on the same shapes. Each figure is per layer, timed over a graph of
+every layer's launches, each layer with its own weights or KV cache as in a step, so nothing
+is served from L2.
 
 asv: ``asv run --python=same --bench bench_kernels`` (skipped without a GPU).
 Directly: ``python suites/bench_kernels.py [--preset llama3-8b] [--batch-sizes 1,4,16]``.

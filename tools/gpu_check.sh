@@ -105,7 +105,7 @@ fi
 if want pdl; then
   step "PDL (opt-in): its test, the projections with it, then whether later imports still work"
   SCHEDBENCH_PDL=1 timeout $(lim 120) $py -m pytest -q -p no:cacheprovider tests/test_cupy_backend.py \
-    -k "waits or whole_step or identical" 2>&1 | tail -n 4
+    -k "waits or whole_step or modes_give_identical_tokens" 2>&1 | tail -n 4
   SCHEDBENCH_PDL=1 timeout $(lim 200) $py suites/bench_kernels.py --no-numba --contexts 2048 \
     --wide-batch-sizes "" \
     --json "$out/kernels-pdl.json" 2>&1 | grep -E "projections|preset"

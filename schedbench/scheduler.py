@@ -141,9 +141,9 @@ class Scheduler:
     def schedule(self, index: int, meta: tuple[np.ndarray, ...]) -> Batch | None:
         """Pick step ``index``'s rows and write their metadata into ``meta`` (pinned views)."""
         self._arrive(index)
-        self._admit()
         if self.stop_at is not None and index >= self.stop_at:
             self._cancel_queued()
+        self._admit()
         if not (self.drain or self.waiting or self._arrivals):
             for r in list(self.running):
                 self._cancel_running(r)

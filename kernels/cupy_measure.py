@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -85,3 +86,13 @@ def host_us(call: Callable[[], None], n: int = 200, sync: Callable[[], None] | N
     if sync:
         sync()
     return statistics.median(per_call)
+
+
+def guarded(what: str, measure: Callable[..., None], *args: object) -> None:
+    """``measure(*args)``, which adds rows to a suite's figures. When it fails, the figures
+    made before it are kept and stderr says loudly which rows are missing (``what``)."""
+    try:
+        measure(*args)
+        cp.get_default_memory_pool().free_all_blocks()  # what it made, before the next
+    except Exception as exc:
+        print(f"{what} rows failed and are missing: {exc!r}", file=sys.stderr)

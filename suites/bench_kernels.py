@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +48,7 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
     import cupy as cp
 
     from kernels import cupy_backend as cb
-    from kernels.cupy_measure import copy_bandwidth_gbs, time_launches_ms, time_ms
+    from kernels.cupy_measure import copy_bandwidth_gbs, guarded, time_launches_ms, time_ms
 
     cfg = get_preset(preset)
     fig = Figures(copy_bandwidth_gbs())
@@ -121,11 +119,11 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
 
     # The kernels not yet run on a GPU come last, each section guarded: a kernel that faults
     # ends the process's CUDA context, and the figures before it must survive.
-    guarded_rows("large-batch projection", wide_rows)
+    guarded("bench_kernels: the large-batch projection", wide_rows)
     if numba:
-        guarded_rows("Numba GEMM", numba_gemms, fig, shapes, weights, inputs)
+        guarded("bench_kernels: the Numba GEMM", numba_gemms, fig, shapes, weights, inputs)
         for ctx, b in combos:
-            guarded_rows("Numba attention", numba_attention, fig, cfg, ctx, b)
+            guarded("bench_kernels: the Numba attention", numba_attention, fig, cfg, ctx, b)
     return fig
 
 
@@ -148,19 +146,6 @@ def attention_inputs(cfg: ModelConfig, ctx: int, b: int) -> tuple:
     positions = cp.full(b, ctx - 1, cp.int32)
     qkv = rng.standard_normal((b, cfg.qkv_size), cp.float32).astype(cp.float16)
     return qkv, positions, tables, kc, vc
-
-
-def guarded_rows(what: str, measure_rows: Callable[..., None], *args: object) -> None:
-    """``measure_rows(*args)``, keeping the figures before them when they fail, and saying
-    loudly which are missing."""
-    import cupy as cp
-
-    try:
-        measure_rows(*args)
-        cp.get_default_memory_pool().free_all_blocks()  # what they made, before the next
-    except Exception as exc:
-        print(f"bench_kernels: the {what} rows failed and are missing: {exc!r}",
-              file=sys.stderr)
 
 
 def numba_timed_ms(launches: list[tuple]) -> float:

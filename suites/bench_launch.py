@@ -14,7 +14,6 @@ Directly: ``python suites/bench_launch.py [--preset llama3-8b] [--batch-size 1]`
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from kernels.registry import gpu_unavailable_reason
@@ -45,7 +44,7 @@ def measure(preset: str, batch: int = 1) -> dict[str, float]:
     """Host microseconds of each operation, medians of many, the device never the limit."""
     from kernels import cupy_backend as cb
     from kernels.cupy_launch import Launch
-    from kernels.cupy_measure import graph_of, host_us
+    from kernels.cupy_measure import graph_of, guarded, host_us
 
     cfg = get_preset(preset)
     backend, stream, step, meta, out = cupy_step(cfg, batch)
@@ -78,16 +77,15 @@ def measure(preset: str, batch: int = 1) -> dict[str, float]:
     res["enqueue_over_bare"] = res["enqueue_per_kernel_us"] / res["bare_launch_us"]
     res["enqueue_over_packed"] = res["enqueue_per_kernel_us"] / res["packed_launch_us"]
     backend.close()
-    try:
+
+    def numba_rows() -> None:
         res.update(measure_numba(cfg, batch))
         res["numba_over_cupy_launch"] = res["numba_bare_launch_us"] / res["bare_launch_us"]
-    except Exception as exc:  # keep the CuPy figures; say loudly what is missing
-        print(f"bench_launch: the Numba rows failed and are missing: {exc!r}", file=sys.stderr)
-    try:  # last: a launcher that traps leaves the process no working context
-        res.update(measure_device_graph(cfg, batch))
-    except Exception as exc:  # keep the other figures; say loudly what is missing
-        print(f"bench_launch: the device-launched graph failed, its rows are missing: "
-              f"{exc!r}", file=sys.stderr)
+
+    guarded("bench_launch: the Numba", numba_rows)
+    # last: a launcher that traps leaves the process no working context
+    guarded("bench_launch: the device-launched graph",
+            lambda: res.update(measure_device_graph(cfg, batch)))
     return res
 
 

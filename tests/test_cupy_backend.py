@@ -46,23 +46,29 @@ def run(packed: Launch | LaunchSequence) -> None:
     stream.synchronize()
 
 
+def gemm_case(rng, epilogue: str, batch: int, n: int, k: int) -> tuple[np.ndarray, ...]:
+    """Random inputs of one GEMM: x, w in the kernel's layout (gate/up rows interleaved for
+    silu_mul), the output's first value (poisoned with NaN, or the residual to add to) and
+    the float64 expectation."""
+    x, w = half(rng, batch, k), half(rng, n, k, scale=k ** -0.5)
+    full = x.astype(np.float64) @ w.T.astype(np.float64)
+    if epilogue == "silu_mul":
+        return (x, interleave_gate_up(w[None])[0],
+                np.full((batch, n // 2), np.nan, np.float16), ref.silu_mul(full))
+    if epilogue == "add_residual":
+        base = rng.standard_normal((batch, n)).astype(np.float32)
+        return x, w, base, base + full
+    dtype = np.float16 if epilogue == "store_half" else np.float32
+    return x, w, np.full((batch, n), np.nan, dtype), full
+
+
 @pytest.mark.parametrize("epilogue", ["store_half", "add_residual", "store_float", "silu_mul"])
 @pytest.mark.parametrize(("batch", "n", "k"), [(1, 6144, 4096), (3, 4096, 14336), (16, 512, 256),
                                                (33, 1000, 768)])
 def test_gemm_matches_reference(rng, epilogue, batch, n, k):
-    x, w = half(rng, batch, k), half(rng, n, k, scale=k ** -0.5)
-    full = x.astype(np.float64) @ w.T.astype(np.float64)
-    if epilogue == "silu_mul":
-        out = cp.full((batch, n // 2), np.nan, cp.float16)
-        wd = interleave_gate_up(w[None])[0]
-        expect = ref.silu_mul(full)
-    elif epilogue == "add_residual":
-        base = rng.standard_normal((batch, n)).astype(np.float32)
-        out, wd, expect = cp.asarray(base), w, base + full
-    else:
-        dtype = cp.float16 if epilogue == "store_half" else cp.float32
-        out, wd, expect = cp.full((batch, n), np.nan, dtype), w, full
-    run(cb.gemm_launch(cp.asarray(x), cp.asarray(wd), batch, epilogue, out))
+    x, w, base, expect = gemm_case(rng, epilogue, batch, n, k)
+    out = cp.asarray(base)
+    run(cb.gemm_launch(cp.asarray(x), cp.asarray(w), batch, epilogue, out))
     got = cp.asnumpy(out)
     assert np.isfinite(got).all(), "unwritten (poisoned) outputs"
     assert rel_err(got, expect) < FP16_TOL
@@ -108,17 +114,7 @@ def test_wide_gemm_sums_are_tc_gemms_bit_for_bit(rng, monkeypatch, rows, epilogu
     operands, K chunks fewer than tc_gemm's eight partial sums (256, 64) or not a multiple of
     them (768), a long K (14336)."""
     monkeypatch.setattr(cb, "wide_rows", lambda n, batch: rows)
-    x, w = half(rng, batch, k), half(rng, n, k, scale=k ** -0.5)
-    full = x.astype(np.float64) @ w.T.astype(np.float64)
-    if epilogue == "silu_mul":
-        w, expect = interleave_gate_up(w[None])[0], ref.silu_mul(full)
-        base = np.full((batch, n // 2), np.nan, np.float16)
-    elif epilogue == "add_residual":
-        base = rng.standard_normal((batch, n)).astype(np.float32)
-        expect = base + full
-    else:
-        base = np.full((batch, n), np.nan, np.float16 if epilogue == "store_half" else np.float32)
-        expect = full
+    x, w, base, expect = gemm_case(rng, epilogue, batch, n, k)
     xd, wd = cp.asarray(x), cp.asarray(w)
     outs = {}
     for wide in (False, True):

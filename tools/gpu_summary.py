@@ -22,6 +22,25 @@ def load(out: Path, name: str) -> dict | None:
     return json.loads(p.read_text()) if p.exists() else None
 
 
+def projection_targets(rows: dict, name: str, b: int, r: dict) -> list[str]:
+    """A step's projections: #3's target at batch 1-16, cuBLAS beside; at large batches, the
+    wide_gemm candidate against tc_gemm."""
+    cub = rows.get((re.sub(r"^all_(\d+_projections).*", r"cublas_\1", name), b))
+    targets = []
+    if b <= 16:
+        vs = f", cuBLAS {cub['pct_copy']:.1f}%" if cub else ""
+        targets.append(f"  #3 {name} b={b}: {r['pct_copy']:.1f}% of copy (>= 90){vs}: "
+                       f"{verdict(r['pct_copy'] >= 90 and (not cub or r['ms'] < cub['ms']))}")
+    if name.endswith("_wide"):
+        tc = rows.get((name.removesuffix("_wide"), b))
+        vs = f", cuBLAS {cub['ms']:.2f} ms" if cub else ""
+        faster = bool(tc) and r["ms"] < tc["ms"]
+        targets.append(f"  candidate wide_gemm b={b}: {r['ms']:.2f} ms a step, tc_gemm "
+                       f"{tc['ms'] if tc else float('nan'):.2f} ms{vs}: "
+                       f"{'faster, adopt (SCHEDBENCH_WIDE_GEMM)' if faster else 'not faster'}")
+    return targets
+
+
 def kernel_lines(k: dict) -> tuple[list[str], list[str]]:
     rows = {(r["kernel"], r["batch_size"]): r for r in k["kernels"]}
     lines = [f"copy bandwidth: {rows['copy', 0]['gbs']:.0f} GB/s"]
@@ -30,18 +49,8 @@ def kernel_lines(k: dict) -> tuple[list[str], list[str]]:
         if name.startswith(("all_", "cublas_", "attention_", "numba_")) or "_split" in name:
             lines.append(f"  {name:28s} b={b:<3d} {r['ms'] * 1e3:9.1f} us "
                          f"{r['pct_copy']:6.1f}% copy")
-        cub = rows.get((re.sub(r"^all_(\d+_projections).*", r"cublas_\1", name), b))
-        if name.startswith("all_") and b <= 16:  # the default kernels, then each candidate
-            vs = f", cuBLAS {cub['pct_copy']:.1f}%" if cub else ""
-            targets.append(f"  #3 {name} b={b}: {r['pct_copy']:.1f}% of copy (>= 90){vs}: "
-                           f"{verdict(r['pct_copy'] >= 90 and (not cub or r['ms'] < cub['ms']))}")
-        if name.startswith("all_") and name.endswith("_wide"):
-            tc = rows.get((name.removesuffix("_wide"), b))
-            vs = f", cuBLAS {cub['ms']:.2f} ms" if cub else ""
-            faster = bool(tc) and r["ms"] < tc["ms"]
-            targets.append(f"  candidate wide_gemm b={b}: {r['ms']:.2f} ms a step, tc_gemm "
-                           f"{tc['ms'] if tc else float('nan'):.2f} ms{vs}: "
-                           f"{'faster, adopt (SCHEDBENCH_WIDE_GEMM)' if faster else 'not faster'}")
+        if name.startswith("all_"):  # the default kernels, then each candidate
+            targets += projection_targets(rows, name, b, r)
         m = re.fullmatch(r"attention_ctx(\d+)", name)
         if m and int(m.group(1)) >= 2048:
             targets.append(f"  #3 attention ctx {m.group(1)} b={b}: {r['pct_copy']:.1f}% of copy "

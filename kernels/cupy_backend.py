@@ -9,7 +9,6 @@ nothing but one driver call per kernel.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from functools import cache
@@ -19,26 +18,24 @@ import numpy as np
 from cupy.cuda import runtime
 
 from kernels.backend import Backend, DecodeStep, Event, Graph, Stream
-from kernels.cuda_sources import (
-    attention_names,
-    gemm_name,
-    gemm_names,
-    source,
-    wide_gemm_name,
-)
+from kernels.cuda_sources import source
 from kernels.cupy_launch import Launch, LaunchSequence
 from kernels.cupy_measure import graph_of
 from kernels.device_graph import DeviceLaunchedGraph, device_launch_default
+from kernels.kernel_calls import (
+    WIDE_BN,
+    AttentionScratch,
+    KernelCall,
+    StepBuffers,
+    attention_call,
+    gemm_call,
+    i32,
+    kernels_per_step,
+    step_calls,
+)
 from kernels.layout import StepLayout
 from schedbench.errors import ConfigError
 from schedbench.model import ModelConfig, Weights, interleave_gate_up
-
-GEMM_WARPS, GEMM_ROWS, GEMM_K_CHUNK = 8, 32, 64  # match gemm.cu
-WIDE_BN, WIDE_STAGES = 128, 3  # match gemm.cu
-ATTN_THREADS = 128  # matches attention.cu (ATTN_WARPS * 32)
-SPLIT_TOKENS, MAX_SPLITS = 64, 64  # match attention.cu
-NORM_THREADS = 256
-ARGMAX_THREADS = 1024
 
 
 @cache
@@ -46,17 +43,12 @@ def module(name: str, names: tuple[str, ...] = ()) -> cp.RawModule:
     return cp.RawModule(code=source(name), options=("-std=c++17",), name_expressions=names)
 
 
-def i32(v: int) -> np.int32:
-    return np.int32(v)
-
-
-def f32(v: float) -> np.float32:
-    return np.float32(v)
-
-
-def attention_splits(context: int) -> int:
-    """Splits of a sequence of ``context`` tokens: ``num_splits`` in attention.cu."""
-    return min(MAX_SPLITS, -(-context // SPLIT_TOKENS))
+def launch_of(call: KernelCall) -> Launch:
+    """A kernel call (``kernels.kernel_calls``), packed for the driver."""
+    fn = module(call.module, call.names).get_function(call.name)
+    if call.shared_mem:  # above 48 KB the kernel's limit must allow it
+        fn.max_dynamic_shared_size_bytes = call.shared_mem
+    return Launch(fn, call.grid, call.block, call.args, pdl=call.pdl, shared_mem=call.shared_mem)
 
 
 class CupyStream(Stream):
@@ -150,11 +142,6 @@ def random_weights(cfg: ModelConfig, seed: int) -> DeviceWeights:
     )
 
 
-def gemm_tiles(batch: int) -> int:
-    """Batch tiles of 8 rows per GEMM block."""
-    return 1 if batch <= 8 else 2 if batch <= 16 else 4
-
-
 @cache
 def pdl_default() -> bool:
     """Programmatic dependent launch for the GEMMs: opt-in with ``SCHEDBENCH_PDL=1``, and only
@@ -199,98 +186,43 @@ def wide_rows(n: int, batch: int) -> int:
     return 128 if -(-n // 128) * -(-batch // WIDE_BN) >= sm_count() else 64
 
 
-def wide_smem_bytes(rows: int) -> int:
-    """wide_gemm's dynamic shared memory: its staged chunks, later the fp32 tile of its sums."""
-    return max(WIDE_STAGES * (rows + WIDE_BN) * GEMM_K_CHUNK * 2, rows * (WIDE_BN + 1) * 4)
+def gemm_choice(x: cp.ndarray, w: cp.ndarray, batch: int, epilogue: str, out: cp.ndarray,
+                pdl: bool | None = None, weights_no_l1: bool = False,
+                wide: bool | None = None) -> KernelCall:
+    """``out (+)= x[:batch] @ w.T`` with an epilogue, on the kernel this device and these
+    settings pick: ``pdl`` defaults to ``pdl_default()``; ``weights_no_l1`` picks the kernel
+    that loads weights without L1 lines, ``wide`` the one that stages operands in shared
+    memory for large batches (gemm.cu), by default from ``wide_gemm_from()``."""
+    pdl = pdl_default() if pdl is None else pdl
+    if wide is None:
+        wide = 0 < wide_gemm_from() <= batch and not weights_no_l1
+    rows = wide_rows(w.shape[0], batch) if wide else 0
+    return gemm_call(x, w, batch, epilogue, out, pdl, weights_no_l1, rows)
 
 
 def gemm_launch(x: cp.ndarray, w: cp.ndarray, batch: int, epilogue: str, out: cp.ndarray,
                 pdl: bool | None = None, weights_no_l1: bool = False,
                 wide: bool | None = None) -> Launch:
-    """``out (+)= x[:batch] @ w.T`` with an epilogue; ``pdl`` defaults to ``pdl_default()``;
-    ``weights_no_l1`` picks the kernel that loads weights without L1 lines, ``wide`` the one
-    that stages operands in shared memory for large batches (gemm.cu), by default from
-    ``wide_gemm_from()``."""
-    n, k = w.shape
-    if k < GEMM_K_CHUNK or k % GEMM_K_CHUNK or x.dtype != cp.float16 or w.dtype != cp.float16:
-        raise ValueError(f"tc_gemm needs fp16 x and w with K a multiple of {GEMM_K_CHUNK}; got "
-                         f"K={k}, {x.dtype}, {w.dtype}")
-    pdl = pdl_default() if pdl is None else pdl
-    args = (x, w, i32(n), i32(k), i32(batch), out, i32(pdl))
-    if wide is None:
-        wide = 0 < wide_gemm_from() <= batch and not weights_no_l1
-    if wide:
-        if weights_no_l1:
-            raise ValueError("wide_gemm has no weights_no_l1 variant")
-        rows = wide_rows(n, batch)
-        fn = module("gemm", gemm_names()).get_function(wide_gemm_name(rows, epilogue))
-        fn.max_dynamic_shared_size_bytes = smem = wide_smem_bytes(rows)
-        return Launch(fn, (-(-batch // WIDE_BN), -(-n // rows)), GEMM_WARPS * 32, args, pdl=pdl,
-                      shared_mem=smem)
-    tiles = gemm_tiles(batch)
-    fn = module("gemm", gemm_names()).get_function(gemm_name(tiles, epilogue, weights_no_l1))
-    return Launch(fn, (-(-batch // (8 * tiles)), -(-n // GEMM_ROWS)), GEMM_WARPS * 32, args,
-                  pdl=pdl)
-
-
-@dataclass(frozen=True)
-class AttentionScratch:
-    """Per-split partials and per-(sequence, kv head) counters of paged_attention."""
-
-    split_stride: int
-    part_o: cp.ndarray
-    part_ml: cp.ndarray
-    counters: cp.ndarray
-
-    @staticmethod
-    def nbytes(cfg: ModelConfig, max_batch: int, max_context: int) -> int:
-        return max_batch * cfg.num_heads * attention_splits(max_context) * (cfg.head_dim + 2) * 4
-
-    @classmethod
-    def create(cls, cfg: ModelConfig, max_batch: int, max_context: int) -> AttentionScratch:
-        s = attention_splits(max_context)
-        return cls(s, cp.zeros((max_batch, cfg.num_heads, s, cfg.head_dim), cp.float32),
-                   cp.zeros((max_batch, cfg.num_heads, s, 2), cp.float32),
-                   cp.zeros(max_batch * cfg.num_kv_heads, cp.int32))
+    """``gemm_choice``, packed for the driver."""
+    return launch_of(gemm_choice(x, w, batch, epilogue, out, pdl, weights_no_l1, wide))
 
 
 def attention_launch(cfg: ModelConfig, qkv: cp.ndarray, positions: cp.ndarray,
                      tables: cp.ndarray, k_cache: cp.ndarray, v_cache: cp.ndarray,
                      batch: int, scratch: AttentionScratch, out: cp.ndarray) -> Launch:
     """Paged attention of ``batch`` rows; ``tables`` is [rows, max_blocks] (int32)."""
-    names = attention_names(cfg.head_dim, cfg.num_heads // cfg.num_kv_heads)
-    fn = module("attention", names).get_function(names[0])
-    return Launch(fn, (batch, cfg.num_kv_heads, scratch.split_stride), ATTN_THREADS,
-                  (qkv, positions, tables, i32(tables.shape[-1]), i32(cfg.num_kv_heads),
-                   i32(cfg.block_size), f32(cfg.head_dim ** -0.5), k_cache, v_cache,
-                   i32(scratch.split_stride), scratch.part_o, scratch.part_ml,
-                   scratch.counters, out))
+    return launch_of(attention_call(cfg, qkv, positions, tables, k_cache, v_cache, batch,
+                                    scratch, out))
 
 
 class CupyDecodeStep(DecodeStep):
     def __init__(self, cfg: ModelConfig, weights: DeviceWeights, num_blocks: int,
                  layout: StepLayout, num_slots: int) -> None:
         self.cfg, self.w, self.layout = cfg, weights, layout
-        self.kernels_per_step = 8 * cfg.num_layers + 3
+        self.kernels_per_step = kernels_per_step(cfg)
         # NOTE: one extra slot and block: padding rows of graph buckets write there.
         self.pad_slot, self.pad_block = num_slots, num_blocks
-        shape = (cfg.num_layers, num_blocks + 1, cfg.block_size, cfg.num_kv_heads, cfg.head_dim)
-        self.k_cache = cp.zeros(shape, cp.float16)
-        self.v_cache = cp.zeros(shape, cp.float16)
-        self.token_buf = cp.zeros(num_slots + 1, cp.int32)
-        b = layout.max_batch
-        self.x = cp.zeros((b, cfg.hidden_size), cp.float32)
-        self.h = cp.zeros((b, cfg.hidden_size), cp.float16)
-        self.qkv = cp.zeros((b, cfg.qkv_size), cp.float16)
-        self.attn = cp.zeros((b, cfg.q_size), cp.float16)
-        self.act = cp.zeros((b, cfg.intermediate_size), cp.float16)
-        self.logits = cp.zeros((b, cfg.vocab_size), cp.float32)
-        self.attn_scratch = AttentionScratch.create(cfg, b, layout.max_blocks * cfg.block_size)
-        norm, sample = module("norm"), module("sample")
-        self._embed_rmsnorm = norm.get_function("embed_rmsnorm")
-        self._rmsnorm = norm.get_function("rmsnorm")
-        self._rope = norm.get_function("rope_kv_append")
-        self._argmax = sample.get_function("argmax_tokens")
+        self.bufs = StepBuffers.create(cfg, num_blocks, layout, num_slots, cp)
         self._plans: dict[tuple[int, int, int], LaunchSequence] = {}
         # NOTE: everything above was filled on the legacy default stream, which the engine's
         # non-blocking streams do not wait for: finish it before any step can run.
@@ -298,39 +230,8 @@ class CupyDecodeStep(DecodeStep):
 
     def plan(self, meta: cp.ndarray, out_tokens: cp.ndarray, batch: int) -> LaunchSequence:
         """Every launch of one step, in stream order."""
-        cfg, w = self.cfg, self.w
-        ids, slots, positions, tables = self.layout.views(meta)
-        eps, hid = f32(cfg.rms_eps), i32(cfg.hidden_size)
-        plan = [Launch(self._embed_rmsnorm, batch, NORM_THREADS,
-                       (ids, slots, self.token_buf, w.embed, w.attn_norm[0], eps, hid, self.x,
-                        self.h))]
-        for layer in range(cfg.num_layers):
-            if layer:
-                plan.append(Launch(self._rmsnorm, batch, NORM_THREADS,
-                                   (self.x, w.attn_norm[layer], eps, hid, self.h)))
-            kc, vc = self.k_cache[layer], self.v_cache[layer]
-            plan += [
-                gemm_launch(self.h, w.wqkv[layer], batch, "store_half", self.qkv),
-                Launch(self._rope, batch, 128,
-                       (self.qkv, positions, tables, i32(self.layout.max_blocks),
-                        i32(cfg.num_heads), i32(cfg.num_kv_heads), i32(cfg.head_dim),
-                        i32(cfg.block_size), f32(math.log2(cfg.rope_theta)), kc, vc)),
-                attention_launch(cfg, self.qkv, positions, tables, kc, vc, batch,
-                                 self.attn_scratch, self.attn),
-                gemm_launch(self.attn, w.wo[layer], batch, "add_residual", self.x),
-                Launch(self._rmsnorm, batch, NORM_THREADS,
-                       (self.x, w.mlp_norm[layer], eps, hid, self.h)),
-                gemm_launch(self.h, w.w_gate_up[layer], batch, "silu_mul", self.act),
-                gemm_launch(self.act, w.w_down[layer], batch, "add_residual", self.x),
-            ]
-        plan += [
-            Launch(self._rmsnorm, batch, NORM_THREADS, (self.x, w.final_norm, eps, hid, self.h)),
-            gemm_launch(self.h, w.lm_head, batch, "store_float", self.logits),
-            Launch(self._argmax, batch, ARGMAX_THREADS,
-                   (self.logits, i32(cfg.vocab_size), slots, self.token_buf, out_tokens)),
-        ]
-        assert len(plan) == self.kernels_per_step
-        return LaunchSequence(plan)
+        return LaunchSequence([launch_of(c) for c in step_calls(
+            self.cfg, self.w, self.bufs, self.layout, meta, out_tokens, batch, gemm_choice)])
 
     def launch(self, meta: cp.ndarray, out_tokens: cp.ndarray, batch_size: int,
                stream: Stream) -> None:

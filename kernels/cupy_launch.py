@@ -21,27 +21,19 @@ from collections.abc import Callable
 from functools import partial
 
 import cupy as cp
-import numpy as np
 from cupy.cuda import driver
 
+from kernels.kernel_calls import c_scalar, dim3, scalar_types
 from kernels.launch_ex import PdlEnqueue
-
-_CTYPES = {np.dtype(np.int32): ctypes.c_int32, np.dtype(np.int64): ctypes.c_int64,
-           np.dtype(np.float32): ctypes.c_float, np.dtype(np.uint64): ctypes.c_uint64}
 
 
 def _pack(arg: object) -> ctypes._SimpleCData:
     if isinstance(arg, cp.ndarray):
         return ctypes.c_void_p(arg.data.ptr)
-    if isinstance(arg, np.generic) and arg.dtype in _CTYPES:
-        return _CTYPES[arg.dtype](arg.item())
+    if (value := c_scalar(arg)) is not None:
+        return value
     raise TypeError(f"kernel argument {arg!r} ({type(arg).__name__}) must be a cupy.ndarray "
-                    f"or a NumPy scalar of {sorted(str(d) for d in _CTYPES)}")
-
-
-def _dim3(v: int | tuple[int, ...]) -> tuple[int, int, int]:
-    t = (v,) if isinstance(v, int) else tuple(v)
-    return (*t, *(1,) * (3 - len(t)))  # type: ignore[return-value]
+                    f"or a NumPy scalar of {scalar_types()}")
 
 
 class Launch:
@@ -71,7 +63,7 @@ class Launch:
     def _pack(self, func_ptr: int, grid: int | tuple[int, ...], block: int | tuple[int, ...],
               values: list, keep: object, name: str, pdl: bool = False,
               shared_mem: int = 0) -> None:
-        self.grid, self.block, self.keep, self.name = _dim3(grid), _dim3(block), keep, name
+        self.grid, self.block, self.keep, self.name = dim3(grid), dim3(block), keep, name
         if min(self.grid) < 1 or min(self.block) < 1:
             raise ValueError(f"{name}: empty launch grid={self.grid} block={self.block}")
         self._values = values

@@ -101,7 +101,7 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
     combos = [(c, b) for c in contexts for b in batch_sizes]
     for ctx, b in combos:
         qkv, positions, tables, kc, vc = attention_inputs(cfg, ctx, b)
-        scratch = cb.AttentionScratch.create(cfg, b, ctx)
+        scratch = cb.AttentionScratch.create(cfg, b, ctx, cp)
         out = cp.zeros((b, cfg.q_size), cp.float16)
         launches = [cb.attention_launch(cfg, qkv, positions, tables, kc[layer], vc[layer], b,
                                         scratch, out) for layer in range(n_layers)]

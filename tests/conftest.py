@@ -35,6 +35,14 @@ def cpu_backend():
 
 
 @pytest.fixture
+def dev(request: pytest.FixtureRequest):
+    """Where a CUDA C kernel test runs its calls (tests/kernel_devices.py)."""
+    from tests.kernel_devices import make_device
+
+    return make_device(request.param)
+
+
+@pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng()
 

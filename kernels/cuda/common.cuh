@@ -1,6 +1,10 @@
 // Shared helpers for the decode-step kernels. fp16 storage, fp32 arithmetic.
 #pragma once
+#ifdef SB_EMULATE  // the host build of kernels/cuda_emulator.py
+#include "emulate.cuh"
+#else
 #include <cuda_fp16.h>
+#endif
 
 #define SB_DEVICE __device__ __forceinline__
 
@@ -23,26 +27,61 @@ SB_DEVICE void pdl_wait() {
 }
 
 SB_DEVICE void prefetch_l2(const void* p) {
+#ifndef SB_EMULATE
     asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+#endif
 }
 
 // 16 bytes global -> shared without passing through registers (sm_80+), L2 only. With
 // `ok` false the 16 bytes are zeros and nothing is read (src must still be a valid address).
 SB_DEVICE void cp_async16(void* smem, const void* gmem, bool ok = true) {
+#ifdef SB_EMULATE
+    sb::cp_async16(smem, gmem, ok);
+#else
     const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
                  "r"(ok ? 16 : 0));
+#endif
 }
 
-SB_DEVICE void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+SB_DEVICE void cp_async_commit() {
+#ifdef SB_EMULATE
+    sb::cp_async_commit();
+#else
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
 
 // Wait until at most N of this thread's committed groups are still in flight.
 template <int N>
 SB_DEVICE void cp_async_wait_group() {
+#ifdef SB_EMULATE
+    sb::cp_async_wait(N);
+#else
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
 }
 
-SB_DEVICE void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+// Commits what is still open, then waits for everything (cp.async.wait_all).
+SB_DEVICE void cp_async_wait_all() {
+#ifdef SB_EMULATE
+    sb::cp_async_commit();
+    sb::cp_async_wait(0);
+#else
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+#endif
+}
+
+// The global nanosecond timer (volatile: every call reads it anew).
+SB_DEVICE unsigned long long globaltimer_ns() {
+#ifdef SB_EMULATE
+    return sb::globaltimer_ns();
+#else
+    unsigned long long ns;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(ns));
+    return ns;
+#endif
+}
 
 SB_DEVICE float warp_sum(float v) {
 #pragma unroll

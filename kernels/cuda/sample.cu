@@ -52,11 +52,9 @@ extern "C" __global__ void spin_tokens(long long ns, const int* __restrict__ inp
                                        const int* __restrict__ slots,
                                        const int* __restrict__ positions, int batch, int vocab,
                                        int* __restrict__ token_buf, int* __restrict__ out_tokens) {
-    unsigned long long start, now;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
-    do {
-        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
-    } while (now - start < (unsigned long long)ns);
+    const unsigned long long start = globaltimer_ns();
+    while (globaltimer_ns() - start < (unsigned long long)ns) {
+    }
     for (int i = 0; i < batch; ++i) {
         const int tok = input_ids[i] >= 0 ? input_ids[i] : token_buf[slots[i]];
         out_tokens[i] = (int)(((long long)tok * 31 + positions[i] + 1) % vocab);

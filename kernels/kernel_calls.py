@@ -1,0 +1,227 @@
+"""How the CUDA C kernels of ``kernels/cuda`` are called: names, grids, blocks, dynamic
+shared memory and argument lists, down to a whole decode step's launches in stream order.
+
+Two executors take these calls: the CuPy backend (``kernels.cupy_backend``) packs each into a
+driver launch, and the CPU emulator (``kernels.cuda_emulator``) runs each on NumPy arrays.
+So the emulator tests what a GPU runs, argument wiring included. Arrays may be CuPy's or
+NumPy's (``xp``); nothing here imports CuPy.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+
+import numpy as np
+
+from kernels.cuda_sources import attention_names, gemm_name, gemm_names, wide_gemm_name
+from kernels.layout import StepLayout
+from schedbench.model import ModelConfig
+
+GEMM_WARPS, GEMM_ROWS, GEMM_K_CHUNK = 8, 32, 64  # match gemm.cu
+WIDE_BN, WIDE_STAGES = 128, 3  # match gemm.cu
+ATTN_THREADS = 128  # matches attention.cu (ATTN_WARPS * 32)
+SPLIT_TOKENS, MAX_SPLITS = 64, 64  # match attention.cu
+NORM_THREADS = 256
+ARGMAX_THREADS = 1024
+
+Dim3 = tuple[int, int, int]
+_C_SCALARS = {np.dtype(np.int32): ctypes.c_int32, np.dtype(np.int64): ctypes.c_int64,
+              np.dtype(np.float32): ctypes.c_float, np.dtype(np.uint64): ctypes.c_uint64}
+
+
+def i32(v: int) -> np.int32:
+    return np.int32(v)
+
+
+def f32(v: float) -> np.float32:
+    return np.float32(v)
+
+
+def c_scalar(arg: object) -> ctypes._SimpleCData | None:
+    """The C value of a NumPy scalar kernel argument; None for anything else."""
+    if isinstance(arg, np.generic) and arg.dtype in _C_SCALARS:
+        return _C_SCALARS[arg.dtype](arg.item())
+    return None
+
+
+def scalar_types() -> list[str]:
+    return sorted(str(d) for d in _C_SCALARS)
+
+
+def dim3(v: int | tuple[int, ...]) -> Dim3:
+    t = (v,) if isinstance(v, int) else tuple(v)
+    return (*t, *(1,) * (3 - len(t)))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class KernelCall:
+    """``module.name<<<grid, block, shared_mem>>>(*args)``; ``names``: the module's name
+    expressions (its template instantiations); ``pdl``: launch with programmatic dependent
+    launch (a GPU-only launch attribute)."""
+
+    module: str
+    names: tuple[str, ...]
+    name: str
+    grid: Dim3
+    block: Dim3
+    args: tuple
+    shared_mem: int = 0
+    pdl: bool = False
+
+
+def plain_call(module: str, name: str, grid: int | tuple[int, ...], block: int,
+               args: tuple) -> KernelCall:
+    return KernelCall(module, (), name, dim3(grid), dim3(block), args)
+
+
+def gemm_tiles(batch: int) -> int:
+    """Batch tiles of 8 rows per tc_gemm block."""
+    return 1 if batch <= 8 else 2 if batch <= 16 else 4
+
+
+def wide_smem_bytes(rows: int) -> int:
+    """wide_gemm's dynamic shared memory: its staged chunks, later the fp32 tile of its sums."""
+    return max(WIDE_STAGES * (rows + WIDE_BN) * GEMM_K_CHUNK * 2, rows * (WIDE_BN + 1) * 4)
+
+
+def gemm_call(x, w, batch: int, epilogue: str, out, pdl: bool = False,
+              weights_no_l1: bool = False, wide_rows: int = 0) -> KernelCall:
+    """``out (+)= x[:batch] @ w.T`` with an epilogue: on tc_gemm, or with ``wide_rows`` (64
+    or 128 weight rows a block) on wide_gemm; ``weights_no_l1`` picks tc_gemm's variant that
+    loads weights without L1 lines (gemm.cu)."""
+    n, k = w.shape
+    if k < GEMM_K_CHUNK or k % GEMM_K_CHUNK or x.dtype != np.float16 or w.dtype != np.float16:
+        raise ValueError(f"tc_gemm needs fp16 x and w with K a multiple of {GEMM_K_CHUNK}; got "
+                         f"K={k}, {x.dtype}, {w.dtype}")
+    args = (x, w, i32(n), i32(k), i32(batch), out, i32(pdl))
+    block = dim3(GEMM_WARPS * 32)
+    if wide_rows:
+        if weights_no_l1:
+            raise ValueError("wide_gemm has no weights_no_l1 variant")
+        return KernelCall("gemm", gemm_names(), wide_gemm_name(wide_rows, epilogue),
+                          dim3((-(-batch // WIDE_BN), -(-n // wide_rows))), block, args,
+                          wide_smem_bytes(wide_rows), pdl)
+    tiles = gemm_tiles(batch)
+    return KernelCall("gemm", gemm_names(), gemm_name(tiles, epilogue, weights_no_l1),
+                      dim3((-(-batch // (8 * tiles)), -(-n // GEMM_ROWS))), block, args, 0, pdl)
+
+
+def attention_splits(context: int) -> int:
+    """Splits of a sequence of ``context`` tokens: ``num_splits`` in attention.cu."""
+    return min(MAX_SPLITS, -(-context // SPLIT_TOKENS))
+
+
+@dataclass(frozen=True)
+class AttentionScratch:
+    """Per-split partials and per-(sequence, kv head) counters of paged_attention."""
+
+    split_stride: int
+    part_o: object
+    part_ml: object
+    counters: object
+
+    @staticmethod
+    def nbytes(cfg: ModelConfig, max_batch: int, max_context: int) -> int:
+        return max_batch * cfg.num_heads * attention_splits(max_context) * (cfg.head_dim + 2) * 4
+
+    @classmethod
+    def create(cls, cfg: ModelConfig, max_batch: int, max_context: int,
+               xp: ModuleType) -> AttentionScratch:
+        s = attention_splits(max_context)
+        return cls(s, xp.zeros((max_batch, cfg.num_heads, s, cfg.head_dim), xp.float32),
+                   xp.zeros((max_batch, cfg.num_heads, s, 2), xp.float32),
+                   xp.zeros(max_batch * cfg.num_kv_heads, xp.int32))
+
+
+def attention_call(cfg: ModelConfig, qkv, positions, tables, k_cache, v_cache, batch: int,
+                   scratch: AttentionScratch, out) -> KernelCall:
+    """Paged attention of ``batch`` rows; ``tables`` is [rows, max_blocks] (int32)."""
+    names = attention_names(cfg.head_dim, cfg.num_heads // cfg.num_kv_heads)
+    return KernelCall("attention", names, names[0],
+                      dim3((batch, cfg.num_kv_heads, scratch.split_stride)), dim3(ATTN_THREADS),
+                      (qkv, positions, tables, i32(tables.shape[-1]), i32(cfg.num_kv_heads),
+                       i32(cfg.block_size), f32(cfg.head_dim ** -0.5), k_cache, v_cache,
+                       i32(scratch.split_stride), scratch.part_o, scratch.part_ml,
+                       scratch.counters, out))
+
+
+@dataclass(frozen=True)
+class StepBuffers:
+    """Everything one decode step reads and writes besides its weights and metadata. The KV
+    caches hold one extra block and the token buffer one extra slot, which the padding rows
+    of graph buckets write."""
+
+    k_cache: object  # [layers, blocks + 1, block_size, kv_heads, head_dim] fp16
+    v_cache: object
+    token_buf: object  # [slots + 1] int32
+    x: object  # [max_batch, hidden] fp32, the residual stream
+    h: object  # [max_batch, hidden] fp16, normed
+    qkv: object
+    attn: object
+    act: object
+    logits: object
+    attn_scratch: AttentionScratch
+
+    @classmethod
+    def create(cls, cfg: ModelConfig, num_blocks: int, layout: StepLayout, num_slots: int,
+               xp: ModuleType) -> StepBuffers:
+        shape = (cfg.num_layers, num_blocks + 1, cfg.block_size, cfg.num_kv_heads, cfg.head_dim)
+        b = layout.max_batch
+        return cls(xp.zeros(shape, xp.float16), xp.zeros(shape, xp.float16),
+                   xp.zeros(num_slots + 1, xp.int32),
+                   xp.zeros((b, cfg.hidden_size), xp.float32),
+                   xp.zeros((b, cfg.hidden_size), xp.float16),
+                   xp.zeros((b, cfg.qkv_size), xp.float16),
+                   xp.zeros((b, cfg.q_size), xp.float16),
+                   xp.zeros((b, cfg.intermediate_size), xp.float16),
+                   xp.zeros((b, cfg.vocab_size), xp.float32),
+                   AttentionScratch.create(cfg, b, layout.max_blocks * cfg.block_size, xp))
+
+
+def kernels_per_step(cfg: ModelConfig) -> int:
+    return 8 * cfg.num_layers + 3
+
+
+GemmCall = Callable[..., KernelCall]  # gemm_call's signature: (x, w, batch, epilogue, out)
+
+
+def step_calls(cfg: ModelConfig, w, bufs: StepBuffers, layout: StepLayout, meta, out_tokens,
+               batch: int, gemm: GemmCall = gemm_call) -> list[KernelCall]:
+    """Every kernel of one decode step, in stream order. ``w``: fp16 weights (attributes as
+    ``schedbench.model.Weights``, gate/up rows interleaved); ``meta``: the packed metadata
+    (``kernels.layout``); ``gemm`` picks each projection's kernel."""
+    ids, slots, positions, tables = layout.views(meta)
+    eps, hid = f32(cfg.rms_eps), i32(cfg.hidden_size)
+    b = bufs
+    calls = [plain_call("norm", "embed_rmsnorm", batch, NORM_THREADS,
+                        (ids, slots, b.token_buf, w.embed, w.attn_norm[0], eps, hid, b.x, b.h))]
+    for layer in range(cfg.num_layers):
+        if layer:
+            calls.append(plain_call("norm", "rmsnorm", batch, NORM_THREADS,
+                                    (b.x, w.attn_norm[layer], eps, hid, b.h)))
+        kc, vc = b.k_cache[layer], b.v_cache[layer]
+        calls += [
+            gemm(b.h, w.wqkv[layer], batch, "store_half", b.qkv),
+            plain_call("norm", "rope_kv_append", batch, 128,
+                       (b.qkv, positions, tables, i32(layout.max_blocks), i32(cfg.num_heads),
+                        i32(cfg.num_kv_heads), i32(cfg.head_dim), i32(cfg.block_size),
+                        f32(math.log2(cfg.rope_theta)), kc, vc)),
+            attention_call(cfg, b.qkv, positions, tables, kc, vc, batch, b.attn_scratch, b.attn),
+            gemm(b.attn, w.wo[layer], batch, "add_residual", b.x),
+            plain_call("norm", "rmsnorm", batch, NORM_THREADS,
+                       (b.x, w.mlp_norm[layer], eps, hid, b.h)),
+            gemm(b.h, w.w_gate_up[layer], batch, "silu_mul", b.act),
+            gemm(b.act, w.w_down[layer], batch, "add_residual", b.x),
+        ]
+    calls += [
+        plain_call("norm", "rmsnorm", batch, NORM_THREADS, (b.x, w.final_norm, eps, hid, b.h)),
+        gemm(b.h, w.lm_head, batch, "store_float", b.logits),
+        plain_call("sample", "argmax_tokens", batch, ARGMAX_THREADS,
+                   (b.logits, i32(cfg.vocab_size), slots, b.token_buf, out_tokens)),
+    ]
+    assert len(calls) == kernels_per_step(cfg)
+    return calls

@@ -1,0 +1,223 @@
+"""The CUDA C kernels (kernels/cuda) against the float64 reference on fresh random inputs:
+on the CPU emulator (kernels/cuda_emulator.py) on every machine, at small shapes, and on a
+GPU (marked gpu) at real ones. Both run the same kernel calls (kernels/kernel_calls.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from kernels import kernel_calls as kc
+from kernels import reference as ref
+from kernels.layout import StepLayout
+from schedbench.model import get_preset, interleave_gate_up, make_weights
+from tests.conftest import (
+    assert_greedy_where_clear,
+    half,
+    paged_fp16,
+    reference_step,
+    rel_err,
+)
+from tests.kernel_devices import BOTH, on_devices
+
+FP16_TOL = 3e-3  # fp16 storage of the result, fp32 accumulation
+EPILOGUES = ["store_half", "add_residual", "store_float", "silu_mul"]
+LLAMA8B = get_preset("llama3-8b")
+SMALL_1B = dataclasses.replace(get_preset("llama-1b"), name="llama-1b-2l", num_layers=2,
+                               vocab_size=32000)
+
+
+def gemm_case(rng, epilogue: str, batch: int, n: int, k: int) -> tuple[np.ndarray, ...]:
+    """Random inputs of one GEMM: x, w in the kernel's layout (gate/up rows interleaved for
+    silu_mul), the output's first value (poisoned with NaN, or the residual to add to) and
+    the float64 expectation."""
+    x, w = half(rng, batch, k), half(rng, n, k, scale=k ** -0.5)
+    full = x.astype(np.float64) @ w.T.astype(np.float64)
+    if epilogue == "silu_mul":
+        return (x, interleave_gate_up(w[None])[0],
+                np.full((batch, n // 2), np.nan, np.float16), ref.silu_mul(full))
+    if epilogue == "add_residual":
+        base = rng.standard_normal((batch, n)).astype(np.float32)
+        return x, w, base, base + full
+    dtype = np.float16 if epilogue == "store_half" else np.float32
+    return x, w, np.full((batch, n), np.nan, dtype), full
+
+
+@pytest.mark.parametrize("epilogue", EPILOGUES)
+@on_devices("batch, n, k",
+            emulator=[(1, 96, 256), (3, 64, 1024), (16, 160, 256), (33, 200, 768)],
+            gpu=[(1, 6144, 4096), (3, 4096, 14336), (16, 512, 256), (33, 1000, 768)])
+def test_gemm_matches_reference(dev, rng, epilogue, batch, n, k):
+    """tc_gemm, and its variant that loads weights without L1 lines bit for bit (batch tiles
+    of 1, 2 and 4, partial row tiles)."""
+    x, w, base, expect = gemm_case(rng, epilogue, batch, n, k)
+    xd, wd = dev.array(x), dev.array(w)
+    outs = {}
+    for no_l1 in (False, True):
+        outs[no_l1] = dev.array(base)
+        dev.run(kc.gemm_call(xd, wd, batch, epilogue, outs[no_l1], weights_no_l1=no_l1))
+    got = dev.numpy(outs[False])
+    assert np.isfinite(got).all(), "unwritten (poisoned) outputs"
+    assert rel_err(got, expect) < FP16_TOL
+    np.testing.assert_array_equal(dev.numpy(outs[True]), got)
+
+
+@on_devices("n, k", emulator=[(256, 512)], gpu=[(2048, 1024)])
+def test_gemm_rows_do_not_depend_on_batch(dev, rng, n, k):
+    x, w = half(rng, 37, k), half(rng, n, k, scale=k ** -0.5)
+    wd = dev.array(w)
+    results = {}
+    for batch in (1, 5, 16, 37):
+        out = dev.array(np.zeros((batch, n), np.float32))
+        dev.run(kc.gemm_call(dev.array(x[:batch]), wd, batch, "store_float", out))
+        results[batch] = dev.numpy(out)
+    for batch, got in results.items():
+        np.testing.assert_array_equal(got[0], results[1][0], err_msg=f"batch {batch}")
+
+
+@pytest.mark.parametrize("rows", [64, 128])
+@pytest.mark.parametrize("epilogue", EPILOGUES)
+@on_devices("batch, n, k",
+            emulator=[(130, 200, 768), (40, 136, 256), (3, 96, 1600), (129, 64, 64)],
+            gpu=[(256, 6144, 4096), (130, 1000, 768), (40, 512, 256), (3, 384, 14336),
+                 (129, 256, 64)])
+def test_wide_gemm_sums_are_tc_gemms_bit_for_bit(dev, rng, rows, epilogue, batch, n, k):
+    """wide_gemm (large batches) must give every output tc_gemm's bits: a request's tokens
+    may not depend on which kernel its batch size picks. Shapes: partial tiles of both
+    operands, K chunks fewer than tc_gemm's eight partial sums (256, 64) or not a multiple of
+    them (768, 1600), a long K (14336). On the emulator, also run last block and thread first:
+    a race in its staging would show as a difference."""
+    x, w, base, expect = gemm_case(rng, epilogue, batch, n, k)
+    xd, wd = dev.array(x), dev.array(w)
+    outs = {}
+    for wide, reverse in [(0, False), (rows, False), (rows, True)]:
+        outs[wide, reverse] = dev.array(base)
+        dev.run(kc.gemm_call(xd, wd, batch, epilogue, outs[wide, reverse], wide_rows=wide),
+                reverse=reverse)
+    got = dev.numpy(outs[rows, False])
+    assert np.isfinite(got).all(), "unwritten (poisoned) outputs"
+    np.testing.assert_array_equal(got, dev.numpy(outs[0, False]))
+    np.testing.assert_array_equal(dev.numpy(outs[rows, True]), got)
+    assert rel_err(got, expect) < FP16_TOL
+
+
+# one split, split edges (64, 65), many splits, past MAX_SPLITS * SPLIT_TOKENS (longer splits)
+SHORT, LONG = [1, 17, 64, 65, 300], [1, 64, 65, 300, 2048, 8192]
+
+
+@on_devices("cfg, lengths",
+            emulator=[(get_preset("tiny"), SHORT), (get_preset("llama-1b"), SHORT),
+                      (LLAMA8B, [1, 65, 4160])],
+            gpu=[(get_preset("tiny"), SHORT), (get_preset("llama-1b"), SHORT), (LLAMA8B, LONG)])
+def test_paged_attention_matches_reference(dev, rng, cfg, lengths):
+    b = len(lengths)
+    tables, k_cache, v_cache = paged_fp16(rng, cfg, lengths)
+    qkv = half(rng, b, cfg.qkv_size)
+    positions = np.array(lengths, np.int32) - 1
+    scratch = kc.AttentionScratch.create(cfg, b, tables.shape[1] * cfg.block_size, dev.xp)
+    scratch.part_o[...] = np.nan  # every partial that is read must have been written
+    scratch.part_ml[...] = np.nan
+    d_pos, d_tab = dev.array(positions), dev.array(tables)
+    d_k, d_v, d_qkv = dev.array(k_cache), dev.array(v_cache), dev.array(qkv)
+    outs = []
+    for reverse in (False, True):  # the second launch needs the counters the first one reset
+        out = dev.array(np.full((b, cfg.q_size), np.nan, np.float16))
+        dev.run(kc.attention_call(cfg, d_qkv, d_pos, d_tab, d_k, d_v, b, scratch, out),
+                reverse=reverse)
+        outs.append(dev.numpy(out))
+    q = qkv[:, :cfg.q_size].reshape(b, cfg.num_heads, cfg.head_dim)
+    expect = ref.paged_attention(q, k_cache, v_cache, tables, positions + 1).reshape(b, -1)
+    assert np.isfinite(outs[0]).all()
+    assert rel_err(outs[0], expect) < FP16_TOL
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert int(scratch.counters.sum()) == 0
+
+
+@BOTH
+def test_norms_rope_and_kv_append(dev, rng):
+    cfg = LLAMA8B
+    b, h = 5, cfg.hidden_size
+    x, w = rng.standard_normal((b, h)).astype(np.float32), half(rng, h)
+    out = dev.array(np.full((b, h), np.nan, np.float16))
+    dev.run(kc.plain_call("norm", "rmsnorm", b, kc.NORM_THREADS,
+                          (dev.array(x), dev.array(w), kc.f32(1e-5), kc.i32(h), out)))
+    assert rel_err(dev.numpy(out), ref.rms_norm(x, w, 1e-5)) < FP16_TOL
+
+    table = half(rng, 100, h)
+    ids = np.array([3, -1, 50, -1, 99], np.int32)
+    slots = np.array([4, 0, 2, 1, 3], np.int32)
+    token_buf = np.array([7, 8, 9, 10, 11], np.int32)
+    xd = dev.array(np.full((b, h), np.nan, np.float32))
+    dev.run(kc.plain_call("norm", "embed_rmsnorm", b, kc.NORM_THREADS,
+                          (dev.array(ids), dev.array(slots), dev.array(token_buf),
+                           dev.array(table), dev.array(w), kc.f32(1e-5), kc.i32(h), xd, out)))
+    toks = np.where(ids >= 0, ids, token_buf[slots])
+    np.testing.assert_array_equal(dev.numpy(xd), table[toks].astype(np.float32))
+    assert rel_err(dev.numpy(out), ref.rms_norm(table[toks], w, 1e-5)) < FP16_TOL
+
+    positions = np.array([0, 15, 16, 4000, 8191], np.int32)
+    tables, k_cache, v_cache = paged_fp16(rng, cfg, [8192] * b)
+    qkv = half(rng, b, cfg.qkv_size)
+    d_qkv, d_k, d_v = dev.array(qkv), dev.array(k_cache), dev.array(v_cache)
+    dev.run(kc.plain_call(
+        "norm", "rope_kv_append", b, 128,
+        (d_qkv, dev.array(positions), dev.array(tables), kc.i32(tables.shape[1]),
+         kc.i32(cfg.num_heads), kc.i32(cfg.num_kv_heads), kc.i32(cfg.head_dim),
+         kc.i32(cfg.block_size), kc.f32(math.log2(cfg.rope_theta)), d_k, d_v)))
+    expect_k, expect_v = k_cache.astype(np.float64), v_cache.astype(np.float64)
+    q_ref = ref.rope_kv_append(cfg, qkv, positions, tables, expect_k, expect_v)
+    assert rel_err(dev.numpy(d_qkv)[:, :cfg.q_size], q_ref.reshape(b, -1)) < FP16_TOL
+    assert rel_err(dev.numpy(d_k), expect_k) < FP16_TOL
+    np.testing.assert_array_equal(dev.numpy(d_v), expect_v.astype(np.float16))
+
+
+@BOTH
+def test_argmax_first_maximum_and_slot_write(dev, rng):
+    logits = rng.standard_normal((4, 128256)).astype(np.float32)
+    logits[2, [5, 70000]] = 50.0  # a tie: the lower id wins
+    slots = np.array([3, 0, 2, 1], np.int32)
+    token_buf, out = dev.array(np.full(4, -7, np.int32)), dev.array(np.full(4, -7, np.int32))
+    dev.run(kc.plain_call("sample", "argmax_tokens", 4, kc.ARGMAX_THREADS,
+                          (dev.array(logits), kc.i32(128256), dev.array(slots), token_buf,
+                           out)))
+    expect = ref.greedy(logits)
+    assert expect[2] == 5
+    np.testing.assert_array_equal(dev.numpy(out), expect)
+    np.testing.assert_array_equal(dev.numpy(token_buf)[slots], dev.numpy(out))
+
+
+@on_devices("cfg", emulator=[get_preset("tiny"), SMALL_1B], gpu=[get_preset("tiny"), SMALL_1B])
+def test_whole_step_matches_reference(dev, rng, cfg):
+    """The step's calls in stream order (kernels.kernel_calls.step_calls, what the CuPy
+    backend launches; on a GPU with the projection kernels and PDL its settings pick), over
+    scattered caches, prompt tokens and tokens from the device."""
+    b, seed = 6, int(rng.integers(1 << 30))
+    layout = StepLayout(8, cfg.max_blocks_per_seq)
+    lengths = [1, 40, 200, 17, 64, 300]
+    tables, k_cache, v_cache = paged_fp16(rng, cfg, lengths)
+    w16 = make_weights(cfg, seed, np.float32).astype(np.float16)
+    weights = dataclasses.replace(w16, w_gate_up=interleave_gate_up(w16.w_gate_up))
+    weights = dataclasses.replace(weights, **{
+        f.name: dev.array(getattr(weights, f.name)) for f in dataclasses.fields(weights)})
+    bufs = kc.StepBuffers.create(cfg, len(k_cache), layout, 16, dev.xp)
+    bufs.k_cache[:, :len(k_cache)] = dev.array(k_cache)
+    bufs.v_cache[:, :len(v_cache)] = dev.array(v_cache)
+    meta = np.zeros(layout.size, np.int32)
+    ids, slots, pos, tab = layout.views(meta)
+    tokens = rng.integers(0, cfg.vocab_size, b).astype(np.int32)
+    ids[:b] = np.where(np.arange(b) % 2 == 0, tokens, -1)
+    slots[:b] = rng.permutation(16)[:b]
+    bufs.token_buf[dev.array(slots[:b])] = dev.array(tokens)
+    pos[:b] = np.array(lengths) - 1
+    tab[:b, :tables.shape[1]] = tables
+    out = dev.array(np.full(8, -7, np.int32))
+    dev.run(*kc.step_calls(cfg, weights, bufs, layout, dev.array(meta), out, b, dev.gemm))
+    logits, k_ref = reference_step(cfg, w16, tokens, pos[:b].copy(), tab[:b], k_cache, v_cache)
+    assert rel_err(dev.numpy(bufs.logits[:b]), logits) < 2e-2
+    got = dev.numpy(out)
+    assert_greedy_where_clear(got[:b], logits, 0.05 * np.abs(logits.max(axis=1)).max())
+    np.testing.assert_array_equal(got[b:], -7)
+    assert rel_err(dev.numpy(bufs.k_cache[:, :len(k_cache)]), k_ref) < FP16_TOL

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from kernels.cuda_sources import CUDA_DIR, source
-from kernels.kernel_calls import KernelCall, c_scalar, dim3, scalar_types
+from kernels.kernel_calls import KernelCall, c_arg, dim3
 
 FLAGS = ("-std=c++17", "-O2", "-fPIC", "-shared", "-fno-strict-aliasing", "-DSB_EMULATE")
 _KERNEL = re.compile(r'extern "C" __global__ void\s+(\w+)\s*\(')
@@ -87,15 +87,10 @@ def _build(program: str) -> Path:
     return lib
 
 
-def _pack(arg: object) -> ctypes._SimpleCData:
-    if isinstance(arg, np.ndarray):
-        if not arg.flags.c_contiguous:
-            raise TypeError(f"kernel argument of shape {arg.shape} is not C-contiguous")
-        return ctypes.c_void_p(arg.ctypes.data)
-    if (value := c_scalar(arg)) is not None:
-        return value
-    raise TypeError(f"kernel argument {arg!r} ({type(arg).__name__}) must be a numpy.ndarray "
-                    f"or a NumPy scalar of {scalar_types()}")
+def _address(a: np.ndarray) -> int:
+    if not a.flags.c_contiguous:
+        raise TypeError(f"kernel argument of shape {a.shape} is not C-contiguous")
+    return a.ctypes.data
 
 
 class EmulatedKernel:
@@ -113,7 +108,7 @@ class EmulatedKernel:
         dims = (*dim3(grid), *dim3(block))
         if min(dims) < 1:
             raise ValueError(f"{self.name}: empty launch grid={dims[:3]} block={dims[3:]}")
-        values = [_pack(a) for a in args]
+        values = [c_arg(a, np.ndarray, _address) for a in args]
         pointers = (ctypes.c_void_p * max(1, len(values)))(
             *(ctypes.addressof(v) for v in values))
         err = ctypes.create_string_buffer(4096)

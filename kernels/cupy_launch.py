@@ -23,17 +23,12 @@ from functools import partial
 import cupy as cp
 from cupy.cuda import driver
 
-from kernels.kernel_calls import c_scalar, dim3, scalar_types
+from kernels.kernel_calls import c_arg, dim3
 from kernels.launch_ex import PdlEnqueue
 
 
 def _pack(arg: object) -> ctypes._SimpleCData:
-    if isinstance(arg, cp.ndarray):
-        return ctypes.c_void_p(arg.data.ptr)
-    if (value := c_scalar(arg)) is not None:
-        return value
-    raise TypeError(f"kernel argument {arg!r} ({type(arg).__name__}) must be a cupy.ndarray "
-                    f"or a NumPy scalar of {scalar_types()}")
+    return c_arg(arg, cp.ndarray, lambda a: a.data.ptr)
 
 
 class Launch:

@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -41,15 +42,16 @@ def f32(v: float) -> np.float32:
     return np.float32(v)
 
 
-def c_scalar(arg: object) -> ctypes._SimpleCData | None:
-    """The C value of a NumPy scalar kernel argument; None for anything else."""
+def c_arg(arg: object, array_type: type, address: Callable[[Any], int]) -> ctypes._SimpleCData:
+    """A kernel argument as the C value a launch's ``void**`` points at: an array of
+    ``array_type`` as the pointer ``address`` gives, a NumPy scalar as its C type."""
+    if isinstance(arg, array_type):
+        return ctypes.c_void_p(address(arg))
     if isinstance(arg, np.generic) and arg.dtype in _C_SCALARS:
         return _C_SCALARS[arg.dtype](arg.item())
-    return None
-
-
-def scalar_types() -> list[str]:
-    return sorted(str(d) for d in _C_SCALARS)
+    kind = f"{array_type.__module__.split('.')[0]}.{array_type.__name__}"
+    raise TypeError(f"kernel argument {arg!r} ({type(arg).__name__}) must be a {kind} or a "
+                    f"NumPy scalar of {sorted(str(d) for d in _C_SCALARS)}")
 
 
 def dim3(v: int | tuple[int, ...]) -> Dim3:

@@ -253,7 +253,7 @@ SB_DEVICE void load_row16(Half16& dst, const __half* tile, int r, int t) {
 
 // BM: weight rows per block, 128 or 64 (the host picks 64 where 128 leaves SMs idle).
 // Warps: BM / 32 over the weight rows (32 each, two m16 tiles, as in tc_gemm) by the rest over
-// the batch rows. Dynamic shared memory: wide_smem_bytes in kernels/cupy_backend.py (96 KB
+// the batch rows. Dynamic shared memory: wide_smem_bytes in kernels/kernel_calls.py (96 KB
 // at BM 128, 72 KB at 64). At BM 64 two blocks share an SM (123 registers, no spills), so
 // one block's MMAs cover the other's wait for its next chunk.
 template <int BM, int EPI>

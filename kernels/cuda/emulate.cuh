@@ -5,9 +5,9 @@
 // A block's threads are fibers on one OS thread, scheduled cooperatively: a thread runs until
 // it reaches __syncthreads or a warp-wide operation (shuffle, mma.sync), so every run of a
 // launch is deterministic, and a launch may run its threads and blocks in reverse order to
-// show results that depend on the schedule (a race). A barrier that cannot complete (threads
-// of a block at different barriers, a warp collective some lanes never reach) ends the launch
-// with an error naming the block, not with a hang. Every block's shared memory, static and
+// show results that depend on the schedule (a race). A barrier that cannot complete (some
+// threads at __syncthreads while others wait at a warp operation, a warp operation some lanes
+// never reach) ends the launch with an error naming the block, not with a hang. Every block's shared memory, static and
 // dynamic, starts poisoned (all bits set: NaN as fp16 and fp32), and cp.async copies land when
 // the issuing thread waits for their group, not before, so a read of shared memory that no
 // thread wrote, or before the wait, sees the poison. Blocks run one after another, so the

@@ -69,8 +69,10 @@ def _build(program: str) -> Path:
     cxx = compiler()
     if cxx is None:
         raise EmulatorError("no C++ compiler: set CXX, or install g++ or clang++")
-    emulate = (CUDA_DIR / "emulate.cuh").read_text()
-    key = hashlib.sha256("\0".join([cxx, *FLAGS, emulate, program]).encode()).hexdigest()[:24]
+    # every header the build may include through -I (emulate.cuh; common.cuh where a source
+    # includes it rather than having it inlined): a changed header must change the key
+    headers = [h.read_text() for h in sorted(CUDA_DIR.glob("*.cuh"))]
+    key = hashlib.sha256("\0".join([cxx, *FLAGS, *headers, program]).encode()).hexdigest()[:24]
     lib = cache_dir() / f"{key}.so"
     if lib.exists():
         return lib

@@ -13,7 +13,6 @@ from kernels.kernel_calls import KernelCall
 
 
 class Emulator:
-    name = "emulator"
     xp: ModuleType = np
     gemm = staticmethod(kernel_calls.gemm_call)  # a projection's kernel: tc_gemm
 
@@ -35,8 +34,6 @@ class Emulator:
 
 
 class Gpu:
-    name = "gpu"
-
     def __init__(self) -> None:
         self.xp = pytest.importorskip("cupy")
         self.cb = pytest.importorskip("kernels.cupy_backend")

@@ -39,7 +39,6 @@
 
 #define __global__
 #define __device__
-#define __host__
 #define __forceinline__ inline
 // Static shared memory lives in a section of its own, which every block starts with poisoned.
 #define __shared__ static __attribute__((section("sb_shared")))
@@ -87,7 +86,6 @@ inline float __int_as_float(int i) {
     return f;
 }
 inline int min(int a, int b) { return a < b ? a : b; }
-inline int max(int a, int b) { return a > b ? a : b; }
 inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
 template <typename T>
 inline T __ldg(const T* p) { return *p; }

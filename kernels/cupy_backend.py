@@ -208,10 +208,12 @@ def gemm_launch(x: cp.ndarray, w: cp.ndarray, batch: int, epilogue: str, out: cp
 
 
 def attention_launch(cfg: ModelConfig, qkv: cp.ndarray, positions: cp.ndarray,
-                     tables: cp.ndarray, k_cache: cp.ndarray, v_cache: cp.ndarray,
-                     batch: int, scratch: AttentionScratch, out: cp.ndarray) -> Launch:
-    """Paged attention of ``batch`` rows; ``tables`` is [rows, max_blocks] (int32)."""
-    return launch_of(attention_call(cfg, qkv, positions, tables, k_cache, v_cache, batch,
+                     tables: cp.ndarray, rope: cp.ndarray, k_cache: cp.ndarray,
+                     v_cache: cp.ndarray, batch: int, scratch: AttentionScratch,
+                     out: cp.ndarray) -> Launch:
+    """``attention_call``'s launch: paged attention of ``batch`` rows, RoPE and the KV append
+    included."""
+    return launch_of(attention_call(cfg, qkv, positions, tables, rope, k_cache, v_cache, batch,
                                     scratch, out))
 
 

@@ -139,14 +139,36 @@ class AttentionScratch:
                    xp.zeros(max_batch * cfg.num_kv_heads, xp.int32))
 
 
-def attention_call(cfg: ModelConfig, qkv, positions, tables, k_cache, v_cache, batch: int,
-                   scratch: AttentionScratch, out) -> KernelCall:
-    """Paged attention of ``batch`` rows; ``tables`` is [rows, max_blocks] (int32)."""
+def rope_table(cfg: ModelConfig, positions, xp: ModuleType = np, dtype=np.float32):
+    """``[rows, head_dim / 2, 2]``: the (cos, sin) of each RoPE pair's angle at each row's
+    position, what embed_rmsnorm leaves for attention (an input for kernel tests and
+    benchmarks that run attention alone)."""
+    pairs = cfg.head_dim // 2
+    angle = xp.asarray(positions, xp.float64)[:, None] * cfg.rope_theta ** (
+        -xp.arange(pairs, dtype=xp.float64) / pairs)
+    return xp.stack([xp.cos(angle), xp.sin(angle)], axis=-1).astype(dtype)
+
+
+def embed_call(cfg: ModelConfig, ids, slots, token_buf, table, w, positions, x, h, rope,
+               batch: int) -> KernelCall:
+    """The step's first kernel: ``x = table[token]``, ``h = rmsnorm(x) * w``, and ``rope``
+    (as ``rope_table``) for every layer's attention."""
+    return plain_call("norm", "embed_rmsnorm", batch, NORM_THREADS,
+                      (ids, slots, token_buf, table, w, f32(cfg.rms_eps), i32(cfg.hidden_size),
+                       positions, f32(math.log2(cfg.rope_theta)), i32(cfg.head_dim // 2), x,
+                       h, rope))
+
+
+def attention_call(cfg: ModelConfig, qkv, positions, tables, rope, k_cache, v_cache,
+                   batch: int, scratch: AttentionScratch, out) -> KernelCall:
+    """Paged attention of ``batch`` rows, with RoPE on their unrotated ``qkv`` (``rope``: the
+    step's ``rope_table``) and the append of their k and v into the caches; ``tables`` is
+    [rows, max_blocks] (int32)."""
     names = attention_names(cfg.head_dim, cfg.num_heads // cfg.num_kv_heads)
     return KernelCall("attention", names, names[0],
                       dim3((batch, cfg.num_kv_heads, scratch.split_stride)), dim3(ATTN_THREADS),
                       (qkv, positions, tables, i32(tables.shape[-1]), i32(cfg.num_kv_heads),
-                       i32(cfg.block_size), f32(cfg.head_dim ** -0.5), k_cache, v_cache,
+                       i32(cfg.block_size), f32(cfg.head_dim ** -0.5), rope, k_cache, v_cache,
                        i32(scratch.split_stride), scratch.part_o, scratch.part_ml,
                        scratch.counters, out))
 
@@ -162,6 +184,7 @@ class StepBuffers:
     token_buf: object  # [slots + 1] int32
     x: object  # [max_batch, hidden] fp32, the residual stream
     h: object  # [max_batch, hidden] fp16, normed
+    rope: object  # [max_batch, head_dim / 2, 2] fp32: rope_table of the step's positions
     qkv: object
     attn: object
     act: object
@@ -177,6 +200,7 @@ class StepBuffers:
                    xp.zeros(num_slots + 1, xp.int32),
                    xp.zeros((b, cfg.hidden_size), xp.float32),
                    xp.zeros((b, cfg.hidden_size), xp.float16),
+                   xp.zeros((b, cfg.head_dim // 2, 2), xp.float32),
                    xp.zeros((b, cfg.qkv_size), xp.float16),
                    xp.zeros((b, cfg.q_size), xp.float16),
                    xp.zeros((b, cfg.intermediate_size), xp.float16),
@@ -185,7 +209,7 @@ class StepBuffers:
 
 
 def kernels_per_step(cfg: ModelConfig) -> int:
-    return 8 * cfg.num_layers + 3
+    return 7 * cfg.num_layers + 3
 
 
 GemmCall = Callable[..., KernelCall]  # gemm_call's signature: (x, w, batch, epilogue, out)
@@ -199,8 +223,8 @@ def step_calls(cfg: ModelConfig, w, bufs: StepBuffers, layout: StepLayout, meta,
     ids, slots, positions, tables = layout.views(meta)
     eps, hid = f32(cfg.rms_eps), i32(cfg.hidden_size)
     b = bufs
-    calls = [plain_call("norm", "embed_rmsnorm", batch, NORM_THREADS,
-                        (ids, slots, b.token_buf, w.embed, w.attn_norm[0], eps, hid, b.x, b.h))]
+    calls = [embed_call(cfg, ids, slots, b.token_buf, w.embed, w.attn_norm[0], positions, b.x,
+                        b.h, b.rope, batch)]
     for layer in range(cfg.num_layers):
         if layer:
             calls.append(plain_call("norm", "rmsnorm", batch, NORM_THREADS,
@@ -208,11 +232,8 @@ def step_calls(cfg: ModelConfig, w, bufs: StepBuffers, layout: StepLayout, meta,
         kc, vc = b.k_cache[layer], b.v_cache[layer]
         calls += [
             gemm(b.h, w.wqkv[layer], batch, "store_half", b.qkv),
-            plain_call("norm", "rope_kv_append", batch, 128,
-                       (b.qkv, positions, tables, i32(layout.max_blocks), i32(cfg.num_heads),
-                        i32(cfg.num_kv_heads), i32(cfg.head_dim), i32(cfg.block_size),
-                        f32(math.log2(cfg.rope_theta)), kc, vc)),
-            attention_call(cfg, b.qkv, positions, tables, kc, vc, batch, b.attn_scratch, b.attn),
+            attention_call(cfg, b.qkv, positions, tables, b.rope, kc, vc, batch, b.attn_scratch,
+                           b.attn),
             gemm(b.attn, w.wo[layer], batch, "add_residual", b.x),
             plain_call("norm", "rmsnorm", batch, NORM_THREADS,
                        (b.x, w.mlp_norm[layer], eps, hid, b.h)),

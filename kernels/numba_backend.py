@@ -102,7 +102,7 @@ class NumbaDecodeStep(DecodeStep):
             raise ConfigError(f"model {cfg.name!r}: the Numba GEMM loads 4 halves at a time; "
                               f"{odd[0]} is not a multiple of 4")
         self.cfg, self.w, self.layout = cfg, weights, layout
-        self.kernels_per_step = 9 * cfg.num_layers + 3
+        self.kernels_per_step = 8 * cfg.num_layers + 3
         self.pad_slot, self.pad_block = num_slots, num_blocks
         shape = (cfg.num_layers, num_blocks + 1, cfg.block_size, cfg.num_kv_heads, cfg.head_dim)
         self.k_cache = cuda.to_device(np.zeros(shape, np.float16))
@@ -114,6 +114,7 @@ class NumbaDecodeStep(DecodeStep):
                  "act": (cfg.intermediate_size, np.float16),
                  "logits": (cfg.vocab_size, np.float32)}
         self.buf = {k: cuda.to_device(np.zeros((b, n), t)) for k, (n, t) in zeros.items()}
+        self.rope = cuda.to_device(np.zeros((b, cfg.head_dim // 2, 2), np.float64))
         self.max_context = layout.max_blocks * cfg.block_size
         splits = nk.attention_splits(self.max_context)
         self.part_o = cuda.to_device(np.zeros((b, cfg.num_heads, splits, cfg.head_dim),
@@ -145,20 +146,19 @@ class NumbaDecodeStep(DecodeStep):
             return (ng.gemm_kernel(epilogue, batch), ng.gemm_grid(batch, weight_rows),
                     ng.GEMM_THREADS)
 
+        rope = self.rope[:batch]
         plan = [(*rows(nk.embed_rmsnorm), (ids, slots, self.token_buf, w["embed"],
-                                          w["attn_norm"][0], eps, x, h))]
+                                          w["attn_norm"][0], eps, positions,
+                                          math.log2(cfg.rope_theta), x, h, rope))]
         for layer in range(cfg.num_layers):
             if layer:
                 plan.append((*rows(nk.rmsnorm), (x, w["attn_norm"][layer], eps, h)))
             kc, vc = self.k_cache[layer], self.v_cache[layer]
             plan += [
                 (*gemm("store", cfg.qkv_size), (h, w["wqkv"][layer], qkv)),
-                (*rows(nk.rope_kv_append), (qkv, positions, tables, kc, vc, cfg.num_heads,
-                                           cfg.num_kv_heads, cfg.head_dim,
-                                           math.log2(cfg.rope_theta))),
                 (nk.paged_attention, self.attention_grid(batch), t,
                  (qkv, positions, tables, kc, vc, cfg.num_heads, cfg.num_kv_heads,
-                  cfg.head_dim, cfg.head_dim ** -0.5, self.part_o, self.part_ml)),
+                  cfg.head_dim, cfg.head_dim ** -0.5, rope, self.part_o, self.part_ml)),
                 (nk.combine_splits, (batch, cfg.num_heads), t,
                  (positions, self.part_o, self.part_ml, attn)),
                 (*gemm("add", cfg.hidden_size), (attn, w["wo"][layer], x)),

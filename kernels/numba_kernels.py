@@ -43,8 +43,11 @@ def _block_reduce(buf, v, is_max):  # pragma: no cover - device code
 
 
 @cuda.jit
-def embed_rmsnorm(ids, slots, token_buf, table, w, eps, x, h):  # pragma: no cover
-    """Block per row: x = embed[token] (fp32 residual), h = rmsnorm(x) * w (fp16)."""
+def embed_rmsnorm(ids, slots, token_buf, table, w, eps, positions, log2_theta, x, h,
+                  rope):  # pragma: no cover
+    """Block per row: x = embed[token] (fp32 residual), h = rmsnorm(x) * w (fp16), and
+    rope[row, j] = (cos, sin) of RoPE pair j's angle at the row's position (float64), which
+    every layer's attention reads: the angles depend on nothing else."""
     row, tid = cuda.blockIdx.x, cuda.threadIdx.x
     buf = cuda.shared.array(THREADS, float32)
     tok = ids[row] if ids[row] >= 0 else token_buf[slots[row]]
@@ -57,6 +60,10 @@ def embed_rmsnorm(ids, slots, token_buf, table, w, eps, x, h):  # pragma: no cov
     scale = 1.0 / math.sqrt(_block_reduce(buf, ss, False) / n + eps)
     for j in range(tid, n, THREADS):
         h[row, j] = x[row, j] * scale * float32(w[j])
+    pairs = rope.shape[1]
+    for j in range(tid, pairs, THREADS):
+        angle = positions[row] * 2.0 ** (-j / pairs * log2_theta)
+        rope[row, j, 0], rope[row, j, 1] = math.cos(angle), math.sin(angle)
 
 
 @cuda.jit
@@ -70,30 +77,6 @@ def rmsnorm(x, w, eps, h):  # pragma: no cover
     scale = 1.0 / math.sqrt(_block_reduce(buf, ss, False) / n + eps)
     for j in range(tid, n, THREADS):
         h[row, j] = x[row, j] * scale * float32(w[j])
-
-
-@cuda.jit
-def rope_kv_append(qkv, positions, tables, k_cache, v_cache, num_heads, num_kv_heads,
-                   head_dim, log2_theta):  # pragma: no cover
-    """Block per row: rotate-half RoPE on q and k in place, then k and v into the cache."""
-    row, tid = cuda.blockIdx.x, cuda.threadIdx.x
-    half = head_dim // 2
-    pos = positions[row]
-    for t in range(tid, (num_heads + num_kv_heads) * half, THREADS):
-        base, j = (t // half) * head_dim, t % half
-        angle = pos * 2.0 ** (-j / half * log2_theta)
-        c, s = math.cos(angle), math.sin(angle)
-        x1, x2 = float32(qkv[row, base + j]), float32(qkv[row, base + j + half])
-        qkv[row, base + j] = x1 * c - x2 * s
-        qkv[row, base + j + half] = x2 * c + x1 * s
-    cuda.syncthreads()  # k must be rotated before it is appended
-    bs = k_cache.shape[1]
-    blk, off = tables[row, pos // bs], pos % bs
-    k0 = num_heads * head_dim
-    v0 = k0 + num_kv_heads * head_dim
-    for t in range(tid, num_kv_heads * head_dim, THREADS):
-        k_cache[blk, off, t // head_dim, t % head_dim] = qkv[row, k0 + t]
-        v_cache[blk, off, t // head_dim, t % head_dim] = qkv[row, v0 + t]
 
 
 # Attention splits the context into ATTN_SPLIT-token blocks (flash-decoding): one block per
@@ -114,6 +97,12 @@ def rope_kv_append(qkv, positions, tables, k_cache, v_cache, num_heads, num_kv_h
 # Rows are padded by one word, so threads walking down a column (the scores) meet at most
 # two to a bank. The split's (max, sum, output) per head are merged, in split order, by
 # combine_splits.
+#
+# RoPE and the KV append are fused in, as in attention.cu: every block rotates its group's q
+# from the projection's unrotated output, with the angles embed_rmsnorm left; the block whose
+# split holds the row's new token rotates its k, puts k and v in its staged row and in the
+# cache. A separate kernel before this one cost a launch per layer (about 30 us of host time
+# each on an H200) to touch a few KB.
 ATTN_SPLIT = 64
 MAX_HEAD_DIM, MAX_GROUP = 128, 8  # static shared memory: 33 KB of K and V, 6 KB of q, scores
 KV_WORDS = MAX_HEAD_DIM // 4 + 1  # int64 words per staged row, one of them padding
@@ -155,15 +144,27 @@ def _stage_kv(k_words, v_words, tables, b, g, t0, ntok, kv, rows):  # pragma: no
                 kv[0, r, w], kv[1, r, w] = ks[u], vs[u]
 
 
+@cuda.jit(device=True)
+def _rope(qkv, b, base, d, half, rope):  # pragma: no cover - device code
+    """Dim d of the head at qkv[b, base:] after rotate-half RoPE (rope: embed_rmsnorm's)."""
+    j = d % half
+    x, other = float32(qkv[b, base + d]), float32(qkv[b, base + (d + half) % (2 * half)])
+    c, s = rope[b, j, 0], rope[b, j, 1]
+    return x * c - other * s if d < half else x * c + other * s
+
+
 @cuda.jit
 def paged_attention(qkv, positions, tables, k_cache, v_cache, num_heads, num_kv_heads,
-                    head_dim, scale, part_o, part_ml):  # pragma: no cover
-    """Block per (row, kv head, split), grid ``attention_grid``: the group's scores over the
-    split's tokens of the row's own blocks, its softmax partials and weighted V. head_dim
+                    head_dim, scale, rope, part_o, part_ml):  # pragma: no cover
+    """Block per (row, kv head, split), grid ``attention_grid``: RoPE on the group's q (and
+    in the split that holds the row's new token, on its k, which is appended with its v to
+    the cache), then the group's scores over the split's tokens of the row's own blocks, its
+    softmax partials and weighted V. qkv is the QKV projection's output, unrotated; head_dim
     is a multiple of 4 (8-byte loads)."""
     b, g, sp, tid = cuda.blockIdx.x, cuda.blockIdx.y, cuda.blockIdx.z, cuda.threadIdx.x
+    pos = positions[b]
     t0 = sp * ATTN_SPLIT
-    ntok = min(positions[b] + 1 - t0, ATTN_SPLIT)
+    ntok = min(pos + 1 - t0, ATTN_SPLIT)
     if ntok <= 0:  # the whole block leaves: no barrier is left waiting
         return
     group = num_heads // num_kv_heads
@@ -172,10 +173,25 @@ def paged_attention(qkv, positions, tables, k_cache, v_cache, num_heads, num_kv_
     sc = cuda.shared.array((MAX_GROUP, ATTN_SPLIT), float32)
     mx = cuda.shared.array(MAX_GROUP, float32)
     rows = cuda.shared.array((ATTN_SPLIT, 2), int32)
+    half = head_dim // 2
+    rounded = cuda.local.array(1, np.float16)  # rotated values are rounded to fp16, as stored
     for e in range(tid, group * head_dim, THREADS):
-        q[e // head_dim, e % head_dim] = float32(qkv[b, g * group * head_dim + e]) * scale
+        h, d = e // head_dim, e % head_dim
+        rounded[0] = _rope(qkv, b, (g * group + h) * head_dim, d, half, rope)
+        q[h, d] = float32(rounded[0]) * scale
     _stage_kv(k_cache.view(np.int64), v_cache.view(np.int64), tables, b, g, t0, ntok,
               kv_words, rows)
+    if pos - t0 < ntok:  # the new token is in this split: its staged row is stale
+        cuda.syncthreads()
+        staged = kv_words.view(np.float16)
+        blk, off = tables[b, pos // k_cache.shape[1]], pos % k_cache.shape[1]
+        k0 = (num_heads + g) * head_dim
+        v0 = (num_heads + num_kv_heads + g) * head_dim
+        for d in range(tid, head_dim, THREADS):
+            staged[0, pos - t0, d] = _rope(qkv, b, k0, d, half, rope)
+            staged[1, pos - t0, d] = qkv[b, v0 + d]
+            k_cache[blk, off, g, d] = staged[0, pos - t0, d]
+            v_cache[blk, off, g, d] = staged[1, pos - t0, d]
     words = head_dim // 4
     word = cuda.local.array(1, int64)  # a staged word, read as 4 halves
     halves = word.view(np.float16)

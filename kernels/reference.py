@@ -17,11 +17,16 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
 
 
+def rope_angles(positions: np.ndarray, pairs: int, theta: float) -> np.ndarray:
+    """``[B, pairs]``: the angle of each rotate-half RoPE pair at each position."""
+    inv_freq = theta ** (-np.arange(pairs, dtype=np.float64) / pairs)
+    return positions.astype(np.float64)[:, None] * inv_freq[None, :]
+
+
 def rope(x: np.ndarray, positions: np.ndarray, theta: float) -> np.ndarray:
     """Rotate-half RoPE (Llama/NeoX) on ``x[B, heads, head_dim]``."""
     half = x.shape[-1] // 2
-    inv_freq = theta ** (-np.arange(half, dtype=np.float64) / half)
-    angle = positions.astype(np.float64)[:, None] * inv_freq[None, :]
+    angle = rope_angles(positions, half, theta)
     cos, sin = np.cos(angle)[:, None, :], np.sin(angle)[:, None, :]
     x1, x2 = x[..., :half], x[..., half:]
     return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)

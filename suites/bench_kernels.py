@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kernels.kernel_calls import rope_table
 from kernels.registry import gpu_unavailable_reason
 from schedbench.model import ModelConfig, get_preset
 from schedbench.report import format_table, write_json
@@ -103,8 +104,9 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
         qkv, positions, tables, kc, vc = attention_inputs(cfg, ctx, b)
         scratch = cb.AttentionScratch.create(cfg, b, ctx, cp)
         out = cp.zeros((b, cfg.q_size), cp.float16)
-        launches = [cb.attention_launch(cfg, qkv, positions, tables, kc[layer], vc[layer], b,
-                                        scratch, out) for layer in range(n_layers)]
+        rope = rope_table(cfg, positions, cp)
+        launches = [cb.attention_launch(cfg, qkv, positions, tables, rope, kc[layer], vc[layer],
+                                        b, scratch, out) for layer in range(n_layers)]
         fig.record(f"attention_ctx{ctx}", b, time_launches_ms(launches) / n_layers,
                    2 * kc[0].nbytes)
         del kc, vc, launches
@@ -200,12 +202,13 @@ def numba_attention(fig: Figures, cfg: ModelConfig, ctx: int, b: int) -> None:
     part_ml = wrap(cp.zeros((b, cfg.num_heads, splits, 2), cp.float32))
     out, q, pos, tab = wrap(cp.zeros((b, cfg.q_size), cp.float16)), wrap(qkv), \
         wrap(positions), wrap(tables)
+    rope = wrap(rope_table(cfg, positions, cp, np.float64))
     launches = []
     for layer in range(n_layers):
         launches += [
             (nk.paged_attention, nk.attention_grid(b, cfg.num_kv_heads, ctx), nk.THREADS,
              (q, pos, tab, wrap(kc[layer]), wrap(vc[layer]), cfg.num_heads, cfg.num_kv_heads,
-              cfg.head_dim, cfg.head_dim ** -0.5, part_o, part_ml)),
+              cfg.head_dim, cfg.head_dim ** -0.5, rope, part_o, part_ml)),
             (nk.combine_splits, (b, cfg.num_heads), nk.THREADS, (pos, part_o, part_ml, out)),
         ]
     fig.record(f"numba_attention_ctx{ctx}", b, numba_timed_ms(launches) / n_layers,

@@ -101,7 +101,7 @@ def loads_written(kernel: str, batch: int) -> int:
 SMEM_LIMIT, RESERVED_SMEM, REGISTER_FILE = 48 * 1024, 1024, 64 * 1024
 # Kernels that keep arrays in registers (cuda.local.array): a stack frame there means NVVM
 # left a loop over one rolled and the array went to local memory, traffic in the inner
-# loop. (rope_kv_append's frame is libdevice's sin/cos argument reduction, which only
+# loop. (embed_rmsnorm's frame is libdevice's sin/cos argument reduction, which only
 # angles beyond any context length take.)
 REGISTER_ARRAYS = ("gemm_", "paged_attention")
 

@@ -112,32 +112,46 @@ SHORT, LONG = [1, 17, 64, 65, 300], [1, 64, 65, 300, 2048, 8192]
             emulator=[(get_preset("tiny"), SHORT), (get_preset("llama-1b"), SHORT),
                       (LLAMA8B, [1, 65, 4160])],
             gpu=[(get_preset("tiny"), SHORT), (get_preset("llama-1b"), SHORT), (LLAMA8B, LONG)])
-def test_paged_attention_matches_reference(dev, rng, cfg, lengths):
+def test_paged_attention_with_rope_and_kv_append_matches_reference(dev, rng, cfg, lengths):
+    """RoPE on this step's q and k, k and v appended at each row's position, attention over
+    the cache that leaves. The new token's cache rows start as NaN: attention must take it
+    from qkv, not read it back."""
     b = len(lengths)
     tables, k_cache, v_cache = paged_fp16(rng, cfg, lengths)
-    qkv = half(rng, b, cfg.qkv_size)
     positions = np.array(lengths, np.int32) - 1
+    new_rows = tables[np.arange(b), positions // cfg.block_size], positions % cfg.block_size
+    k_cache[new_rows] = v_cache[new_rows] = np.nan
+    qkv = half(rng, b, cfg.qkv_size)
     scratch = kc.AttentionScratch.create(cfg, b, tables.shape[1] * cfg.block_size, dev.xp)
     scratch.part_o[...] = np.nan  # every partial that is read must have been written
     scratch.part_ml[...] = np.nan
-    d_pos, d_tab = dev.array(positions), dev.array(tables)
-    d_k, d_v, d_qkv = dev.array(k_cache), dev.array(v_cache), dev.array(qkv)
+    d_pos, d_tab, d_qkv = dev.array(positions), dev.array(tables), dev.array(qkv)
+    rope = dev.array(kc.rope_table(cfg, positions))
+    d_k, d_v = dev.array(k_cache), dev.array(v_cache)
     outs = []
     for reverse in (False, True):  # the second launch needs the counters the first one reset
         out = dev.array(np.full((b, cfg.q_size), np.nan, np.float16))
-        dev.run(kc.attention_call(cfg, d_qkv, d_pos, d_tab, d_k, d_v, b, scratch, out),
+        dev.run(kc.attention_call(cfg, d_qkv, d_pos, d_tab, rope, d_k, d_v, b, scratch, out),
                 reverse=reverse)
         outs.append(dev.numpy(out))
-    q = qkv[:, :cfg.q_size].reshape(b, cfg.num_heads, cfg.head_dim)
-    expect = ref.paged_attention(q, k_cache, v_cache, tables, positions + 1).reshape(b, -1)
+    expect_k, expect_v = k_cache.astype(np.float64), v_cache.astype(np.float64)
+    q = ref.rope_kv_append(cfg, qkv, positions, tables, expect_k, expect_v)
+    expect = ref.paged_attention(q, expect_k, expect_v, tables, positions + 1).reshape(b, -1)
     assert np.isfinite(outs[0]).all()
     assert rel_err(outs[0], expect) < FP16_TOL
     np.testing.assert_array_equal(outs[0], outs[1])
     assert int(scratch.counters.sum()) == 0
+    got_k, got_v = dev.numpy(d_k), dev.numpy(d_v)
+    assert rel_err(got_k[new_rows], expect_k[new_rows]) < FP16_TOL
+    np.testing.assert_array_equal(got_v[new_rows], expect_v[new_rows].astype(np.float16))
+    k_cache[new_rows] = got_k[new_rows]  # the other rows: untouched, NaN bits included
+    np.testing.assert_array_equal(got_k.view(np.uint16), k_cache.view(np.uint16))
+    v_cache[new_rows] = got_v[new_rows]
+    np.testing.assert_array_equal(got_v.view(np.uint16), v_cache.view(np.uint16))
 
 
 @BOTH
-def test_norms_rope_and_kv_append(dev, rng):
+def test_norms_embedding_and_rope_angles(dev, rng):
     cfg = LLAMA8B
     b, h = 5, cfg.hidden_size
     x, w = rng.standard_normal((b, h)).astype(np.float32), half(rng, h)
@@ -150,28 +164,21 @@ def test_norms_rope_and_kv_append(dev, rng):
     ids = np.array([3, -1, 50, -1, 99], np.int32)
     slots = np.array([4, 0, 2, 1, 3], np.int32)
     token_buf = np.array([7, 8, 9, 10, 11], np.int32)
+    positions = np.array([0, 15, 16, 4000, 8191], np.int32)
     xd = dev.array(np.full((b, h), np.nan, np.float32))
-    dev.run(kc.plain_call("norm", "embed_rmsnorm", b, kc.NORM_THREADS,
-                          (dev.array(ids), dev.array(slots), dev.array(token_buf),
-                           dev.array(table), dev.array(w), kc.f32(1e-5), kc.i32(h), xd, out)))
+    rope = dev.array(np.full((b, cfg.head_dim // 2, 2), np.nan, np.float32))
+    dev.run(kc.embed_call(cfg, dev.array(ids), dev.array(slots), dev.array(token_buf),
+                          dev.array(table), dev.array(w), dev.array(positions), xd, out, rope, b))
     toks = np.where(ids >= 0, ids, token_buf[slots])
     np.testing.assert_array_equal(dev.numpy(xd), table[toks].astype(np.float32))
-    assert rel_err(dev.numpy(out), ref.rms_norm(table[toks], w, 1e-5)) < FP16_TOL
-
-    positions = np.array([0, 15, 16, 4000, 8191], np.int32)
-    tables, k_cache, v_cache = paged_fp16(rng, cfg, [8192] * b)
-    qkv = half(rng, b, cfg.qkv_size)
-    d_qkv, d_k, d_v = dev.array(qkv), dev.array(k_cache), dev.array(v_cache)
-    dev.run(kc.plain_call(
-        "norm", "rope_kv_append", b, 128,
-        (d_qkv, dev.array(positions), dev.array(tables), kc.i32(tables.shape[1]),
-         kc.i32(cfg.num_heads), kc.i32(cfg.num_kv_heads), kc.i32(cfg.head_dim),
-         kc.i32(cfg.block_size), kc.f32(math.log2(cfg.rope_theta)), d_k, d_v)))
-    expect_k, expect_v = k_cache.astype(np.float64), v_cache.astype(np.float64)
-    q_ref = ref.rope_kv_append(cfg, qkv, positions, tables, expect_k, expect_v)
-    assert rel_err(dev.numpy(d_qkv)[:, :cfg.q_size], q_ref.reshape(b, -1)) < FP16_TOL
-    assert rel_err(dev.numpy(d_k), expect_k) < FP16_TOL
-    np.testing.assert_array_equal(dev.numpy(d_v), expect_v.astype(np.float16))
+    assert rel_err(dev.numpy(out), ref.rms_norm(table[toks], w, cfg.rms_eps)) < FP16_TOL
+    # fp32 angles pos * 2^e: e's roundings (e and log2 theta) move the angle by up to ln 2 |e|
+    # of its ulps, exp2f (2 ulp) and the product by 2.5 more; the bound is twice that
+    pairs = cfg.head_dim // 2
+    angle = ref.rope_angles(positions, pairs, cfg.rope_theta)[..., None]
+    e = np.arange(pairs)[:, None] / pairs * math.log2(cfg.rope_theta)
+    err = np.abs(dev.numpy(rope) - np.concatenate([np.cos(angle), np.sin(angle)], -1))
+    assert (err <= 1e-6 + 2 * (3 + math.log(2) * e) * 2 ** -24 * angle).all(), err.max()
 
 
 @BOTH

@@ -13,6 +13,7 @@ import pytest
 
 from kernels import numba_shim
 from kernels import reference as ref
+from kernels.kernel_calls import rope_table
 from kernels.layout import StepLayout
 from kernels.registry import available
 from schedbench.model import get_preset, interleave_gate_up, make_weights
@@ -96,11 +97,16 @@ def test_norms_and_embedding(rng):
     table = half(rng, 20, n)
     ids, slots = np.array([3, -1, 7], np.int32), np.array([2, 0, 1], np.int32)
     token_buf = np.array([11, 12, 13], np.int32)
+    positions = np.array([0, 17, 8191], np.int32)
     out = run(nk.embed_rmsnorm, b, ids, slots, token_buf, table, w, np.float32(1e-5),
-              np.full((b, n), np.nan, np.float32), np.full((b, n), np.nan, np.float16))
+              positions, math.log2(5e5), np.full((b, n), np.nan, np.float32),
+              np.full((b, n), np.nan, np.float16), np.full((b, 8, 2), np.nan))
     toks = np.where(ids >= 0, ids, token_buf[slots])
-    np.testing.assert_array_equal(out[6], table[toks].astype(np.float32))
-    assert rel_err(out[7], ref.rms_norm(table[toks], w, 1e-5)) < FP16_TOL
+    np.testing.assert_array_equal(out[8], table[toks].astype(np.float32))
+    assert rel_err(out[9], ref.rms_norm(table[toks], w, 1e-5)) < FP16_TOL
+    angle = ref.rope_angles(positions, 8, 5e5)
+    np.testing.assert_allclose(out[10], np.stack([np.cos(angle), np.sin(angle)], -1),
+                               rtol=0, atol=1e-9)
 
 
 def gemm(kind: str, x, w, out):
@@ -146,37 +152,44 @@ def test_gemm_rows_do_not_depend_on_the_batch(rng):
 
 # head_dim 20: 5 words a row, so the staging leaves some threads without a token
 @pytest.mark.parametrize("head_dim", [32, 20])
-def test_rope_append_and_attention(rng, head_dim):
+def test_attention_with_rope_and_kv_append(rng, head_dim):
+    """RoPE on this step's q and k, k and v appended, attention over the cache that leaves;
+    the new token's cache rows start as NaN, so they must come from qkv, not the cache."""
     # two kv heads of three query heads each; a full split, three splits
     cfg = replace(MICRO, num_heads=6, num_kv_heads=2, head_dim=head_dim)
     lengths = [1, 17, 64, 130]
-    b, d = len(lengths), cfg.head_dim
+    b = len(lengths)
     tables, kc, vc = paged_fp16(rng, cfg, lengths)
     positions = np.array(lengths, np.int32) - 1
+    new_rows = tables[np.arange(b), positions // cfg.block_size], positions % cfg.block_size
+    kc[new_rows] = vc[new_rows] = np.nan
     qkv = half(rng, b, cfg.qkv_size)
     ek, ev = kc.astype(np.float64), vc.astype(np.float64)
-    q_ref = ref.rope_kv_append(cfg, qkv, positions, tables, ek, ev)
-    out = run(nk.rope_kv_append, b, qkv, positions, tables, kc, vc, cfg.num_heads,
-              cfg.num_kv_heads, d, math.log2(cfg.rope_theta))
-    assert rel_err(out[0][:, :cfg.q_size], q_ref.reshape(b, -1)) < FP16_TOL
-    assert rel_err(out[3], ek) < FP16_TOL
-    attn = attend(cfg, out[0], positions, tables, out[3], out[4])
-    q = out[0][:, :cfg.q_size].reshape(b, cfg.num_heads, d)
-    expect = ref.paged_attention(q, out[3], out[4], tables, positions + 1).reshape(b, -1)
+    q = ref.rope_kv_append(cfg, qkv, positions, tables, ek, ev)
+    attn, got_k, got_v = attend(cfg, qkv, positions, tables, kc, vc)
+    expect = ref.paged_attention(q, ek, ev, tables, positions + 1).reshape(b, -1)
     assert np.isfinite(attn).all() and rel_err(attn, expect) < FP16_TOL
+    assert rel_err(got_k[new_rows], ek[new_rows]) < FP16_TOL
+    np.testing.assert_array_equal(got_v[new_rows], ev[new_rows].astype(np.float16))
+    kc[new_rows], vc[new_rows] = got_k[new_rows], got_v[new_rows]
+    np.testing.assert_array_equal(got_k.view(np.uint16), kc.view(np.uint16))
+    np.testing.assert_array_equal(got_v.view(np.uint16), vc.view(np.uint16))
 
 
-def attend(cfg, qkv, positions, tables, kc, vc) -> np.ndarray:
-    """paged_attention over every split (NaN-poisoned partials), then combine_splits."""
+def attend(cfg, qkv, positions, tables, kc, vc) -> tuple[np.ndarray, ...]:
+    """paged_attention over every split (NaN-poisoned partials), then combine_splits: the
+    attention and the caches it leaves."""
     b = len(positions)
     splits = nk.attention_splits(tables.shape[1] * cfg.block_size)
     part_o = np.full((b, cfg.num_heads, splits, cfg.head_dim), np.nan, np.float32)
     part_ml = np.full((b, cfg.num_heads, splits, 2), np.nan, np.float32)
     grid = nk.attention_grid(b, cfg.num_kv_heads, tables.shape[1] * cfg.block_size)
     parts = run(nk.paged_attention, grid, qkv, positions, tables, kc, vc, cfg.num_heads,
-                cfg.num_kv_heads, cfg.head_dim, cfg.head_dim ** -0.5, part_o, part_ml)
-    return run(nk.combine_splits, (b, cfg.num_heads), positions, parts[-2], parts[-1],
+                cfg.num_kv_heads, cfg.head_dim, cfg.head_dim ** -0.5,
+                rope_table(cfg, positions, np, np.float64), part_o, part_ml)
+    attn = run(nk.combine_splits, (b, cfg.num_heads), positions, parts[-2], parts[-1],
                np.full((b, cfg.q_size), np.nan, np.float16))[-1]
+    return attn, parts[3], parts[4]
 
 
 @pytest.mark.gpu
@@ -193,9 +206,10 @@ def test_real_shapes_on_a_gpu(rng):
     tables, kc, vc = paged_fp16(rng, cfg, lengths)
     positions = np.array(lengths, np.int32) - 1
     qkv = half(rng, len(lengths), cfg.qkv_size)
-    attn = attend(cfg, qkv, positions, tables, kc, vc)
-    q = qkv[:, :cfg.q_size].reshape(len(lengths), cfg.num_heads, cfg.head_dim)
-    expect = ref.paged_attention(q, kc, vc, tables, positions + 1).reshape(len(lengths), -1)
+    attn = attend(cfg, qkv, positions, tables, kc, vc)[0]
+    ek, ev = kc.astype(np.float64), vc.astype(np.float64)
+    q = ref.rope_kv_append(cfg, qkv, positions, tables, ek, ev)
+    expect = ref.paged_attention(q, ek, ev, tables, positions + 1).reshape(len(lengths), -1)
     assert rel_err(attn, expect) < FP16_TOL
 
 

@@ -1,4 +1,14 @@
-// Paged decode attention, split over the context (flash-decoding), GQA aware, one launch.
+// Paged decode attention, split over the context (flash-decoding), GQA aware, one launch,
+// with RoPE and the KV append fused in.
+//
+// RoPE + append: this step's q and k arrive unrotated from the QKV projection. Every block
+// rotates its q heads in registers, with the (cos, sin) of its row's angles that
+// embed_rmsnorm computed once per step for every layer (norm.cu); the block whose split holds the new token rotates its k, takes it and its v
+// straight into the staged rows, and writes both into the paged cache for the steps after.
+// No block reads the new token's cache row, so the append needs no ordering within the
+// launch. A separate RoPE + append kernel before this one cost a launch per layer (32 of a
+// llama3-8b step's graph nodes and enqueues) to touch a few KB; its rounding is kept: the
+// rotated q and k are rounded to fp16 as the cache and the unfused kernel stored them.
 //
 // One block per (sequence, kv head, split). The GROUP query heads that share a kv head are
 // handled by the same block, so each K/V row is read from memory once for all of them.
@@ -31,15 +41,72 @@ __device__ __forceinline__ int num_splits(int n) {
     return min(MAX_SPLITS, (n + SPLIT_TOKENS - 1) / SPLIT_TOKENS);
 }
 
+// Rotate-half RoPE of the 8 dims lane dl of a TG-lane token group holds (8dl .. 8dl + 7); the
+// other dim of each pair (+- HEAD_DIM / 2) is in lane dl ^ TG / 2 of the same group. cs: the
+// (cos, sin) of each pair's angle. Rounded to fp16, as stored.
+template <int HEAD_DIM>
+SB_DEVICE void rope8(float (&v)[8], int dl, const float2* cs) {
+    constexpr int TG = HEAD_DIM / 8, HALF = HEAD_DIM / 2;
+    static_assert(TG >= 2, "a rotated pair must span two lanes");
+    const bool first = dl < TG / 2;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const float other = __shfl_xor_sync(0xffffffffu, v[i], TG / 2);
+        const float2 r = cs[(dl * 8 + i) % HALF];
+        v[i] = __half2float(__float2half(first ? v[i] * r.x - other * r.y
+                                               : v[i] * r.x + other * r.y));
+    }
+}
+
+SB_DEVICE void load8(float (&v)[8], const __half* p) {
+    Half8 h;
+    h.u = *reinterpret_cast<const uint4*>(p);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const float2 f = __half22float2(h.h[i]);
+        v[2 * i] = f.x;
+        v[2 * i + 1] = f.y;
+    }
+}
+
+SB_DEVICE uint4 pack8(const float (&v)[8]) {
+    Half8 h;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) h.h[i] = __floats2half2_rn(v[2 * i], v[2 * i + 1]);
+    return h.u;
+}
+
+// Warp 0 of the block whose split holds the new token: its k (rotated) and v from this
+// step's qkv row into the staged rows sk_row and sv_row, and into the cache at `off` (lanes
+// of token group 0, `writer`).
+template <int HEAD_DIM>
+SB_DEVICE void stage_new_token(const __half* row, int pos, int num_heads, int num_kv_heads,
+                               int kvh, int dl, bool writer, const float2* cs, __half* sk_row,
+                               __half* sv_row, size_t off, __half* k_cache, __half* v_cache) {
+    float k[8];
+    load8(k, row + (num_heads + kvh) * HEAD_DIM + dl * 8);
+    rope8<HEAD_DIM>(k, dl, cs);
+    if (!writer) return;
+    const uint4 kn = pack8(k);
+    const uint4 vn =
+        *reinterpret_cast<const uint4*>(row + (num_heads + num_kv_heads + kvh) * HEAD_DIM + dl * 8);
+    *reinterpret_cast<uint4*>(sk_row + dl * 8) = kn;
+    *reinterpret_cast<uint4*>(sv_row + dl * 8) = vn;
+    *reinterpret_cast<uint4*>(k_cache + off + dl * 8) = kn;
+    *reinterpret_cast<uint4*>(v_cache + off + dl * 8) = vn;
+}
+
 // Grid (batch, kv heads, split_stride), split_stride = num_splits(longest context) as the
-// host computes it; part_o [batch, heads, split_stride, HEAD_DIM], part_ml [.., 2] (fp32);
+// host computes it; qkv [batch, (heads + 2 kv heads) * HEAD_DIM] unrotated; rope [batch,
+// HEAD_DIM / 2] the (cos, sin) of each pair's angle at the row's position; part_o [batch, heads, split_stride, HEAD_DIM], part_ml [.., 2] (fp32);
 // counters [batch * kv heads], zero between launches; out [batch, heads * HEAD_DIM] fp16.
 template <int HEAD_DIM, int GROUP>
 __global__ void __launch_bounds__(ATTN_WARPS * 32)
 paged_attention(const __half* __restrict__ qkv, const int* __restrict__ positions,
                 const int* __restrict__ block_tables, int max_blocks, int num_kv_heads,
-                int block_size, float scale, const __half* __restrict__ k_cache,
-                const __half* __restrict__ v_cache, int split_stride,
+                int block_size, float scale, const float2* __restrict__ rope,
+                __half* __restrict__ k_cache,
+                __half* __restrict__ v_cache, int split_stride,
                 float* __restrict__ part_o, float* __restrict__ part_ml,
                 int* __restrict__ counters, __half* __restrict__ out) {
     constexpr int TG = HEAD_DIM / 8, TPW = 32 / TG, PIECES = HEAD_DIM / 8;
@@ -59,20 +126,25 @@ paged_attention(const __half* __restrict__ qkv, const int* __restrict__ position
     const int kv_stride = num_kv_heads * HEAD_DIM;
     const int* table = block_tables + (size_t)b * max_blocks;
 
+    const int pos = n - 1;
+    // The row's (cos, sin) pairs, in shared memory: read from there, not kept in registers
+    // through the stage loop for the new token's k.
+    __shared__ float2 cs[HEAD_DIM / 2];
+    for (int j = threadIdx.x; j < HEAD_DIM / 2; j += blockDim.x)
+        cs[j] = rope[(size_t)b * (HEAD_DIM / 2) + j];
+    __syncthreads();
+    const __half* row = qkv + (size_t)b * qkv_size;
+
     // Scores in the log2 domain: q carries scale * log2(e), so exp2f replaces expf.
     float q[GROUP][8];
 #pragma unroll
     for (int g = 0; g < GROUP; ++g) {
-        Half8 v;
-        v.u = *reinterpret_cast<const uint4*>(qkv + (size_t)b * qkv_size +
-                                              (kvh * GROUP + g) * HEAD_DIM + dl * 8);
+        load8(q[g], row + (kvh * GROUP + g) * HEAD_DIM + dl * 8);
+        rope8<HEAD_DIM>(q[g], dl, cs);
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const float2 f = __half22float2(v.h[i]);
-            q[g][2 * i] = f.x * scale * LOG2E;
-            q[g][2 * i + 1] = f.y * scale * LOG2E;
-        }
+        for (int i = 0; i < 8; ++i) q[g][i] = q[g][i] * scale * LOG2E;
     }
+    const bool has_new = t_begin <= pos && pos < t_end;  // the new token is in this split
     float m[GROUP], l[GROUP], acc[GROUP][8];
 #pragma unroll
     for (int g = 0; g < GROUP; ++g) {
@@ -85,12 +157,20 @@ paged_attention(const __half* __restrict__ qkv, const int* __restrict__ position
         const int count = min(SPLIT_TOKENS, t_end - stage);
         for (int i = threadIdx.x; i < count * PIECES; i += blockDim.x) {
             const int t = stage + i / PIECES;
+            if (t == pos) continue;  // not in the cache yet: warp 0 stages it below
             const size_t off = ((size_t)table[t / block_size] * block_size + t % block_size) *
                                    kv_stride + kvh * HEAD_DIM + (i % PIECES) * 8;
             cp_async16(sk + i * 8, k_cache + off);
             cp_async16(sv + i * 8, v_cache + off);
         }
         cp_async_wait_all();
+        if (has_new && warp == 0 && pos < stage + count)  // the split's last stage
+            stage_new_token<HEAD_DIM>(row, pos, num_heads, num_kv_heads, kvh, dl, sub == 0,
+                                      cs, sk + (pos - stage) * HEAD_DIM,
+                                      sv + (pos - stage) * HEAD_DIM,
+                                      ((size_t)table[pos / block_size] * block_size +
+                                       pos % block_size) * kv_stride + kvh * HEAD_DIM,
+                                      k_cache, v_cache);
         __syncthreads();
         const int rows = (count + TPW - 1) / TPW;
         for (int r0 = warp * ATTN_ROWS; r0 < rows; r0 += ATTN_WARPS * ATTN_ROWS) {

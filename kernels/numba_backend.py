@@ -102,7 +102,7 @@ class NumbaDecodeStep(DecodeStep):
             raise ConfigError(f"model {cfg.name!r}: the Numba GEMM loads 4 halves at a time; "
                               f"{odd[0]} is not a multiple of 4")
         self.cfg, self.w, self.layout = cfg, weights, layout
-        self.kernels_per_step = 8 * cfg.num_layers + 3
+        self.kernels_per_step = 7 * cfg.num_layers + 3
         self.pad_slot, self.pad_block = num_slots, num_blocks
         shape = (cfg.num_layers, num_blocks + 1, cfg.block_size, cfg.num_kv_heads, cfg.head_dim)
         self.k_cache = cuda.to_device(np.zeros(shape, np.float16))
@@ -120,6 +120,7 @@ class NumbaDecodeStep(DecodeStep):
         self.part_o = cuda.to_device(np.zeros((b, cfg.num_heads, splits, cfg.head_dim),
                                               np.float32))
         self.part_ml = cuda.to_device(np.zeros((b, cfg.num_heads, splits, 2), np.float32))
+        self.counters = cuda.to_device(np.zeros(b * cfg.num_kv_heads, np.int32))
         self._plans: dict[tuple, list[tuple]] = {}
 
     def attention_grid(self, batch: int) -> tuple[int, int, int]:
@@ -158,9 +159,8 @@ class NumbaDecodeStep(DecodeStep):
                 (*gemm("store", cfg.qkv_size), (h, w["wqkv"][layer], qkv)),
                 (nk.paged_attention, self.attention_grid(batch), t,
                  (qkv, positions, tables, kc, vc, cfg.num_heads, cfg.num_kv_heads,
-                  cfg.head_dim, cfg.head_dim ** -0.5, rope, self.part_o, self.part_ml)),
-                (nk.combine_splits, (batch, cfg.num_heads), t,
-                 (positions, self.part_o, self.part_ml, attn)),
+                  cfg.head_dim, cfg.head_dim ** -0.5, rope, self.part_o, self.part_ml,
+                  self.counters, attn)),
                 (*gemm("add", cfg.hidden_size), (attn, w["wo"][layer], x)),
                 (*rows(nk.rmsnorm), (x, w["mlp_norm"][layer], eps, h)),
                 (*gemm("silu_mul", 2 * cfg.intermediate_size),

@@ -95,8 +95,9 @@ def rmsnorm(x, w, eps, h):  # pragma: no cover
 # the version before), into a register it views as 4 halves, and q two floats a load: a
 # thread per (head, token) for the scores, per (head, word of 4 dims) for the weighted V.
 # Rows are padded by one word, so threads walking down a column (the scores) meet at most
-# two to a bank. The split's (max, sum, output) per head are merged, in split order, by
-# combine_splits.
+# two to a bank. The splits' (max, sum, output) per head are merged, in split order, by the
+# block of the (row, kv head) that finishes last (a counter per pair, reset by that block):
+# a merge kernel after this one cost a launch per layer.
 #
 # RoPE and the KV append are fused in, as in attention.cu: every block rotates its group's q
 # from the projection's unrotated output, with the angles embed_rmsnorm left; the block whose
@@ -115,6 +116,18 @@ def attention_splits(max_context: int) -> int:
 
 def attention_grid(batch: int, num_kv_heads: int, max_context: int) -> tuple[int, int, int]:
     return batch, num_kv_heads, attention_splits(max_context)
+
+
+if config.ENABLE_CUDASIM:  # one memory, no caches
+    @cuda.jit(device=True)
+    def _coherent(a, i, j, k, m):  # pragma: no cover - device code
+        return a[i, j, k, m]
+else:
+    @cuda.jit(device=True)
+    def _coherent(a, i, j, k, m):  # pragma: no cover - device code
+        """a[i, j, k, m] from L2 (ld.global.cg): another block wrote it during this launch,
+        and this SM's L1 may hold an older line."""
+        return cuda.ldcg(a, (int64(i), int64(j), int64(k), int64(m)))
 
 
 @cuda.jit(device=True)
@@ -155,12 +168,13 @@ def _rope(qkv, b, base, d, half, rope):  # pragma: no cover - device code
 
 @cuda.jit
 def paged_attention(qkv, positions, tables, k_cache, v_cache, num_heads, num_kv_heads,
-                    head_dim, scale, rope, part_o, part_ml):  # pragma: no cover
+                    head_dim, scale, rope, part_o, part_ml, counters, out):  # pragma: no cover
     """Block per (row, kv head, split), grid ``attention_grid``: RoPE on the group's q (and
     in the split that holds the row's new token, on its k, which is appended with its v to
     the cache), then the group's scores over the split's tokens of the row's own blocks, its
-    softmax partials and weighted V. qkv is the QKV projection's output, unrotated; head_dim
-    is a multiple of 4 (8-byte loads)."""
+    softmax partials and weighted V; the last split to finish merges them into ``out``.
+    qkv is the QKV projection's output, unrotated; head_dim is a multiple of 4 (8-byte
+    loads); counters [rows * kv heads] are zero between launches."""
     b, g, sp, tid = cuda.blockIdx.x, cuda.blockIdx.y, cuda.blockIdx.z, cuda.threadIdx.x
     pos = positions[b]
     t0 = sp * ATTN_SPLIT
@@ -237,24 +251,38 @@ def paged_attention(qkv, positions, tables, k_cache, v_cache, num_heads, num_kv_
                 total += sc[h, t]
             part_ml[b, head, sp, 0] = mx[h]
             part_ml[b, head, sp, 1] = total
+    _merge_if_last(b, g, group, head_dim, (pos + ATTN_SPLIT) // ATTN_SPLIT, part_o, part_ml,
+                   counters[b * num_kv_heads + g:], out)
 
 
-@cuda.jit
-def combine_splits(positions, part_o, part_ml, out):  # pragma: no cover
-    """Block per (row, head), a thread per dim: the splits merged in order, fp16 out."""
-    b, hh, tid = cuda.blockIdx.x, cuda.blockIdx.y, cuda.threadIdx.x
-    splits = (positions[b] + ATTN_SPLIT) // ATTN_SPLIT  # ceil((position + 1) / ATTN_SPLIT)
-    head_dim = part_o.shape[3]
-    for j in range(tid, head_dim, THREADS):
-        mx = float32(-math.inf)
+@cuda.jit(device=True)
+def _merge_if_last(b, g, group, head_dim, splits, part_o, part_ml, counter,
+                   out):  # pragma: no cover
+    """The block of (row b, kv head g) that counts last merges every split's partials, in
+    split order, into out (fp16) and resets the counter (``counter[0]``)."""
+    tid = cuda.threadIdx.x
+    last = cuda.shared.array(1, int32)
+    cuda.threadfence()  # the partials are visible device-wide before the count says so
+    cuda.syncthreads()
+    if tid == 0:
+        last[0] = cuda.atomic.add(counter, 0, 1) == splits - 1
+    cuda.syncthreads()
+    if not last[0]:
+        return
+    cuda.threadfence()
+    if tid == 0:
+        counter[0] = 0  # ready for the next launch
+    for p in range(tid, group * head_dim, THREADS):
+        head, j = g * group + p // head_dim, p % head_dim
+        m = float32(-math.inf)
         for s in range(splits):
-            mx = max(mx, part_ml[b, hh, s, 0])
+            m = max(m, _coherent(part_ml, b, head, s, 0))
         total, acc = float32(0.0), float32(0.0)
         for s in range(splits):
-            c = math.exp(part_ml[b, hh, s, 0] - mx)
-            total += part_ml[b, hh, s, 1] * c
-            acc += part_o[b, hh, s, j] * c
-        out[b, hh * head_dim + j] = acc / total
+            c = math.exp(_coherent(part_ml, b, head, s, 0) - m)
+            total += _coherent(part_ml, b, head, s, 1) * c
+            acc += _coherent(part_o, b, head, s, j) * c
+        out[b, head * head_dim + j] = acc / total
 
 
 @cuda.jit

@@ -189,7 +189,7 @@ def numba_gemms(fig: Figures, shapes: dict, weights: dict, inputs: dict) -> None
 
 
 def numba_attention(fig: Figures, cfg: ModelConfig, ctx: int, b: int) -> None:
-    """The Numba attention (and its split merge) on the CuPy row's inputs, every layer's."""
+    """The Numba attention on the CuPy row's inputs, every layer's."""
     import cupy as cp
 
     from kernels import numba_kernels as nk
@@ -200,6 +200,7 @@ def numba_attention(fig: Figures, cfg: ModelConfig, ctx: int, b: int) -> None:
     splits = nk.attention_splits(ctx)
     part_o = wrap(cp.zeros((b, cfg.num_heads, splits, cfg.head_dim), cp.float32))
     part_ml = wrap(cp.zeros((b, cfg.num_heads, splits, 2), cp.float32))
+    counters = wrap(cp.zeros(b * cfg.num_kv_heads, cp.int32))
     out, q, pos, tab = wrap(cp.zeros((b, cfg.q_size), cp.float16)), wrap(qkv), \
         wrap(positions), wrap(tables)
     rope = wrap(rope_table(cfg, positions, cp, np.float64))
@@ -208,8 +209,7 @@ def numba_attention(fig: Figures, cfg: ModelConfig, ctx: int, b: int) -> None:
         launches += [
             (nk.paged_attention, nk.attention_grid(b, cfg.num_kv_heads, ctx), nk.THREADS,
              (q, pos, tab, wrap(kc[layer]), wrap(vc[layer]), cfg.num_heads, cfg.num_kv_heads,
-              cfg.head_dim, cfg.head_dim ** -0.5, rope, part_o, part_ml)),
-            (nk.combine_splits, (b, cfg.num_heads), nk.THREADS, (pos, part_o, part_ml, out)),
+              cfg.head_dim, cfg.head_dim ** -0.5, rope, part_o, part_ml, counters, out)),
         ]
     fig.record(f"numba_attention_ctx{ctx}", b, numba_timed_ms(launches) / n_layers,
                2 * kc[0].nbytes)

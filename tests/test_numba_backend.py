@@ -177,19 +177,25 @@ def test_attention_with_rope_and_kv_append(rng, head_dim):
 
 
 def attend(cfg, qkv, positions, tables, kc, vc) -> tuple[np.ndarray, ...]:
-    """paged_attention over every split (NaN-poisoned partials), then combine_splits: the
-    attention and the caches it leaves."""
+    """paged_attention over every split (NaN-poisoned partials and output) twice, the second
+    launch on the counters the first left: the attention (the same both times) and the
+    caches it leaves."""
     b = len(positions)
     splits = nk.attention_splits(tables.shape[1] * cfg.block_size)
     part_o = np.full((b, cfg.num_heads, splits, cfg.head_dim), np.nan, np.float32)
     part_ml = np.full((b, cfg.num_heads, splits, 2), np.nan, np.float32)
     grid = nk.attention_grid(b, cfg.num_kv_heads, tables.shape[1] * cfg.block_size)
-    parts = run(nk.paged_attention, grid, qkv, positions, tables, kc, vc, cfg.num_heads,
-                cfg.num_kv_heads, cfg.head_dim, cfg.head_dim ** -0.5,
-                rope_table(cfg, positions, np, np.float64), part_o, part_ml)
-    attn = run(nk.combine_splits, (b, cfg.num_heads), positions, parts[-2], parts[-1],
-               np.full((b, cfg.q_size), np.nan, np.float16))[-1]
-    return attn, parts[3], parts[4]
+    args = [qkv, positions, tables, kc, vc, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+            cfg.head_dim ** -0.5, rope_table(cfg, positions, np, np.float64), part_o, part_ml,
+            np.zeros(b * cfg.num_kv_heads, np.int32)]
+    outs = []
+    for _ in range(2):
+        got = run(nk.paged_attention, grid, *args, np.full((b, cfg.q_size), np.nan, np.float16))
+        outs.append(got[-1])
+        args[3:5], args[-1] = got[3:5], got[-2]
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(args[-1], 0)
+    return outs[0], args[3], args[4]
 
 
 @pytest.mark.gpu

@@ -15,7 +15,7 @@ import pytest
 from tests.numba_ptx import problems
 
 KERNELS = {"embed_rmsnorm", "rmsnorm", "gemm_store", "gemm_add", "gemm_silu_mul",
-           "paged_attention", "combine_splits", "argmax_tokens"}
+           "paged_attention", "argmax_tokens"}
 
 
 def _missing_tools() -> str | None:

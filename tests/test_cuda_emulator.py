@@ -1,6 +1,7 @@
 """The CPU emulator of the CUDA C kernels (kernels/cuda_emulator.py) finds what it claims to
-find: a warp operation some lanes never reach, a cp.async read before its wait, a result
-that depends on the order threads run in, a trap. Each on a kernel that has the fault."""
+find: a warp operation some lanes never reach, a cp.async read before its wait, a cp.async
+copy whose source or destination another thread writes before the wait, a result that
+depends on the order threads run in, a trap. Each on a kernel that has the fault."""
 
 from __future__ import annotations
 
@@ -41,6 +42,24 @@ extern "C" __global__ void last_writer_wins(int* out) {
     s = threadIdx.x;  // a race: every thread writes s before the barrier
     __syncthreads();
     if (threadIdx.x == 0) out[blockIdx.x] = s;
+}
+
+// Warp 1 stages src into s with cp.async; between the issue and the wait, warp 0 writes the
+// copy's destination (dst_race) or its source (src_race): races, which the two orders resolve
+// differently.
+extern "C" __global__ void copy_races(float* src, float* out, int src_race) {
+    __shared__ __align__(16) float s[4];
+    if (threadIdx.x == 32) cp_async16(s, src);
+    __syncthreads();
+    if (threadIdx.x < 32) {  // warp 0, after a warp operation
+        const float v = __shfl_xor_sync(0xffffffffu, -1.f, 1);
+        if (threadIdx.x == 0)
+            for (int i = 0; i < 4; ++i) (src_race ? src : s)[i] = v;
+    }
+    if (src_race) __syncthreads();
+    if (threadIdx.x == 32) cp_async_wait_all();
+    __syncthreads();
+    if (threadIdx.x < 4) out[threadIdx.x] = s[threadIdx.x];
 }
 
 extern "C" __global__ void traps(int* out) {
@@ -87,6 +106,22 @@ def test_reverse_order_shows_a_race(faults):
         results.append(out)
     np.testing.assert_array_equal(results[0], 63)
     np.testing.assert_array_equal(results[1], 0)
+
+
+@pytest.mark.parametrize("src_race", [0, 1])
+def test_a_cp_async_copy_raced_between_issue_and_wait_differs_between_orders(faults, src_race):
+    """A write to the destination: the forward order runs warp 0 to the barrier first,
+    through its warp operation, so the copy lands over the write; the reverse order lands the
+    copy first. A write to the source: forward launches read it at the issue, reverse ones at
+    the wait."""
+    results = []
+    for reverse in (False, True):
+        src, out = np.arange(4, dtype=np.float32), np.zeros(4, np.float32)
+        faults.get_function("copy_races")(1, 64, (src, out, np.int32(src_race)),
+                                          reverse=reverse)
+        results.append(out)
+    np.testing.assert_array_equal(results[0], np.arange(4))
+    np.testing.assert_array_equal(results[1], -1)
 
 
 def test_a_trap_ends_the_launch_with_an_error(faults):

@@ -98,10 +98,13 @@ SB_DEVICE void stage_new_token(const __half* row, int pos, int num_heads, int nu
 
 // Grid (batch, kv heads, split_stride), split_stride = num_splits(longest context) as the
 // host computes it; qkv [batch, (heads + 2 kv heads) * HEAD_DIM] unrotated; rope [batch,
-// HEAD_DIM / 2] the (cos, sin) of each pair's angle at the row's position; part_o [batch, heads, split_stride, HEAD_DIM], part_ml [.., 2] (fp32);
-// counters [batch * kv heads], zero between launches; out [batch, heads * HEAD_DIM] fp16.
+// HEAD_DIM / 2] the (cos, sin) of each pair's angle at the row's position; part_o [batch,
+// heads, split_stride, HEAD_DIM], part_ml [.., 2] (fp32); counters [batch * kv heads], zero
+// between launches; out [batch, heads * HEAD_DIM] fp16.
+// Four blocks an SM (128 registers, no spills at HEAD_DIM 128): four splits' K and V copies
+// in flight, as before RoPE moved in (without the bound, ptxas took 140 and three fit).
 template <int HEAD_DIM, int GROUP>
-__global__ void __launch_bounds__(ATTN_WARPS * 32)
+__global__ void __launch_bounds__(ATTN_WARPS * 32, 4)
 paged_attention(const __half* __restrict__ qkv, const int* __restrict__ positions,
                 const int* __restrict__ block_tables, int max_blocks, int num_kv_heads,
                 int block_size, float scale, const float2* __restrict__ rope,
@@ -127,19 +130,35 @@ paged_attention(const __half* __restrict__ qkv, const int* __restrict__ position
     const int* table = block_tables + (size_t)b * max_blocks;
 
     const int pos = n - 1;
+    // Copies a stage of the split's K and V rows (from t0) into shared memory, all in flight
+    // at once; the new token's row is not in the cache yet: warp 0 stages it in the loop.
+    auto issue_stage = [&](int t0) {
+        const int count = min(SPLIT_TOKENS, t_end - t0);
+        for (int i = threadIdx.x; i < count * PIECES; i += blockDim.x) {
+            const int t = t0 + i / PIECES;
+            if (t == pos) continue;
+            const size_t off = ((size_t)table[t / block_size] * block_size + t % block_size) *
+                                   kv_stride + kvh * HEAD_DIM + (i % PIECES) * 8;
+            cp_async16(sk + i * 8, k_cache + off);
+            cp_async16(sv + i * 8, v_cache + off);
+        }
+    };
+    issue_stage(t_begin);  // first: the copies fly while q is loaded and rotated
+
     // The row's (cos, sin) pairs, in shared memory: read from there, not kept in registers
     // through the stage loop for the new token's k.
     __shared__ float2 cs[HEAD_DIM / 2];
     for (int j = threadIdx.x; j < HEAD_DIM / 2; j += blockDim.x)
         cs[j] = rope[(size_t)b * (HEAD_DIM / 2) + j];
-    __syncthreads();
     const __half* row = qkv + (size_t)b * qkv_size;
-
-    // Scores in the log2 domain: q carries scale * log2(e), so exp2f replaces expf.
     float q[GROUP][8];
 #pragma unroll
+    for (int g = 0; g < GROUP; ++g) load8(q[g], row + (kvh * GROUP + g) * HEAD_DIM + dl * 8);
+    __syncthreads();  // cs
+
+    // Scores in the log2 domain: q carries scale * log2(e), so exp2f replaces expf.
+#pragma unroll
     for (int g = 0; g < GROUP; ++g) {
-        load8(q[g], row + (kvh * GROUP + g) * HEAD_DIM + dl * 8);
         rope8<HEAD_DIM>(q[g], dl, cs);
 #pragma unroll
         for (int i = 0; i < 8; ++i) q[g][i] = q[g][i] * scale * LOG2E;
@@ -155,14 +174,7 @@ paged_attention(const __half* __restrict__ qkv, const int* __restrict__ position
     }
     for (int stage = t_begin; stage < t_end; stage += SPLIT_TOKENS) {
         const int count = min(SPLIT_TOKENS, t_end - stage);
-        for (int i = threadIdx.x; i < count * PIECES; i += blockDim.x) {
-            const int t = stage + i / PIECES;
-            if (t == pos) continue;  // not in the cache yet: warp 0 stages it below
-            const size_t off = ((size_t)table[t / block_size] * block_size + t % block_size) *
-                                   kv_stride + kvh * HEAD_DIM + (i % PIECES) * 8;
-            cp_async16(sk + i * 8, k_cache + off);
-            cp_async16(sv + i * 8, v_cache + off);
-        }
+        if (stage != t_begin) issue_stage(stage);
         cp_async_wait_all();
         if (has_new && warp == 0 && pos < stage + count)  // the split's last stage
             stage_new_token<HEAD_DIM>(row, pos, num_heads, num_kv_heads, kvh, dl, sub == 0,

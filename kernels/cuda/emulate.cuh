@@ -3,14 +3,17 @@
 // <cuda_fp16.h>.
 //
 // A block's threads are fibers on one OS thread, scheduled cooperatively: a thread runs until
-// it reaches __syncthreads or a warp-wide operation (shuffle, mma.sync), so every run of a
-// launch is deterministic, and a launch may run its threads and blocks in reverse order to
-// show results that depend on the schedule (a race). A barrier that cannot complete (some
+// it reaches __syncthreads or a warp-wide operation (shuffle, mma.sync), and the first thread
+// in the launch's order that can run goes next, so its warp gets as far as it can (to a
+// barrier) before the next warp starts. Every run of a launch is deterministic, and a launch
+// may run its threads and blocks in reverse order (the last warp first) to show results that
+// depend on the schedule (a race). A barrier that cannot complete (some
 // threads at __syncthreads while others wait at a warp operation, a warp operation some lanes
 // never reach) ends the launch with an error naming the block, not with a hang. Every block's shared memory, static and
 // dynamic, starts poisoned (all bits set: NaN as fp16 and fp32), and cp.async copies land when
 // the issuing thread waits for their group, not before, so a read of shared memory that no
-// thread wrote, or before the wait, sees the poison. Blocks run one after another, so the
+// thread wrote, or before the wait, sees the poison; their sources are read at the issue in a
+// forward launch and at the wait in a reverse one. Blocks run one after another, so the
 // inter-block protocols (atomics, __threadfence) see a valid order of theirs.
 //
 // Arithmetic: fp16 conversions round to nearest even (_Float16); mma.sync sums the 16
@@ -109,6 +112,8 @@ struct Copy {
     void* dst;
     const void* src;
     bool ok;
+    bool read = false;  // data holds the source, read when the copy was issued
+    unsigned char data[16];
 };
 
 enum class State { runnable, at_block_barrier, at_warp_op, done };
@@ -137,6 +142,7 @@ struct Grid {
     Fiber* current = nullptr;
     std::function<void()> body;
     std::string error;
+    bool reverse = false;
 };
 
 inline Grid* grid = nullptr;
@@ -242,8 +248,16 @@ inline void mma16816(float (&c)[4], unsigned a0, unsigned a1, unsigned a2, unsig
     for (int i = 0; i < 4; ++i) c[i] = r.c[i];
 }
 
+// The hardware reads a copy's source at some time between the issue and the wait: forward
+// launches read it at the issue, reverse ones at the wait, so a source written in between
+// (a race) gives the two orders different results.
 inline void cp_async16(void* smem, const void* gmem, bool ok) {
-    grid->current->open.push_back({smem, gmem, ok});
+    Copy c{smem, gmem, ok};
+    if (ok && !grid->reverse) {
+        std::memcpy(c.data, gmem, 16);
+        c.read = true;
+    }
+    grid->current->open.push_back(c);
 }
 
 inline void cp_async_commit() {
@@ -257,7 +271,7 @@ inline void cp_async_wait(size_t pending) {
     while (self->groups.size() > pending) {
         for (const Copy& c : self->groups.front()) {
             if (c.ok)
-                std::memcpy(c.dst, c.src, 16);
+                std::memcpy(c.dst, c.read ? c.data : c.src, 16);
             else
                 std::memset(c.dst, 0, 16);
         }
@@ -289,6 +303,7 @@ inline bool run_block(bool reverse) {
             grid->current = &f;
             swapcontext(&grid->scheduler, &f.ctx);
             ran = true;
+            break;  // the first runnable thread in the order goes next
         }
         if (!grid->error.empty()) return false;
         if (ran) continue;
@@ -320,6 +335,7 @@ inline int run_grid(const unsigned* dims, size_t smem_bytes, bool reverse,
     g.grid = {dims[0], dims[1], dims[2]};
     g.block = {dims[3], dims[4], dims[5]};
     g.body = std::move(body);
+    g.reverse = reverse;
     const size_t threads = size_t(dims[3]) * dims[4] * dims[5];
     const size_t blocks = size_t(dims[0]) * dims[1] * dims[2];
     std::vector<unsigned char> stacks(threads * STACK);

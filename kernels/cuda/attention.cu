@@ -3,12 +3,13 @@
 //
 // RoPE + append: this step's q and k arrive unrotated from the QKV projection. Every block
 // rotates its q heads in registers, with the (cos, sin) of its row's angles that
-// embed_rmsnorm computed once per step for every layer (norm.cu); the block whose split holds the new token rotates its k, takes it and its v
-// straight into the staged rows, and writes both into the paged cache for the steps after.
-// No block reads the new token's cache row, so the append needs no ordering within the
-// launch. A separate RoPE + append kernel before this one cost a launch per layer (32 of a
-// llama3-8b step's graph nodes and enqueues) to touch a few KB; its rounding is kept: the
-// rotated q and k are rounded to fp16 as the cache and the unfused kernel stored them.
+// embed_rmsnorm computed once per step for every layer (norm.cu). The block whose split
+// holds the new token rotates its k, takes it and its v straight into the staged rows, and
+// writes both into the paged cache for the steps after. No block reads the new token's
+// cache row, so the append needs no ordering within the launch. A separate RoPE + append
+// kernel before this one cost a launch per layer (32 of a llama3-8b step's graph nodes and
+// enqueues) to touch a few KB; its rounding is kept: the rotated q and k are rounded to
+// fp16 as the cache and the unfused kernel stored them.
 //
 // One block per (sequence, kv head, split). The GROUP query heads that share a kv head are
 // handled by the same block, so each K/V row is read from memory once for all of them.
@@ -88,8 +89,8 @@ SB_DEVICE void stage_new_token(const __half* row, int pos, int num_heads, int nu
     rope8<HEAD_DIM>(k, dl, cs);
     if (!writer) return;
     const uint4 kn = pack8(k);
-    const uint4 vn =
-        *reinterpret_cast<const uint4*>(row + (num_heads + num_kv_heads + kvh) * HEAD_DIM + dl * 8);
+    const __half* v = row + (num_heads + num_kv_heads + kvh) * HEAD_DIM;
+    const uint4 vn = *reinterpret_cast<const uint4*>(v + dl * 8);
     *reinterpret_cast<uint4*>(sk_row + dl * 8) = kn;
     *reinterpret_cast<uint4*>(sv_row + dl * 8) = vn;
     *reinterpret_cast<uint4*>(k_cache + off + dl * 8) = kn;
@@ -108,8 +109,7 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32, 4)
 paged_attention(const __half* __restrict__ qkv, const int* __restrict__ positions,
                 const int* __restrict__ block_tables, int max_blocks, int num_kv_heads,
                 int block_size, float scale, const float2* __restrict__ rope,
-                __half* __restrict__ k_cache,
-                __half* __restrict__ v_cache, int split_stride,
+                __half* __restrict__ k_cache, __half* __restrict__ v_cache, int split_stride,
                 float* __restrict__ part_o, float* __restrict__ part_ml,
                 int* __restrict__ counters, __half* __restrict__ out) {
     constexpr int TG = HEAD_DIM / 8, TPW = 32 / TG, PIECES = HEAD_DIM / 8;

@@ -2,19 +2,20 @@
 // builds a kernel module with -DSB_EMULATE, and common.cuh includes this instead of
 // <cuda_fp16.h>.
 //
-// A block's threads are fibers on one OS thread, scheduled cooperatively: a thread runs until
-// it reaches __syncthreads or a warp-wide operation (shuffle, mma.sync), and the first thread
-// in the launch's order that can run goes next, so its warp gets as far as it can (to a
-// barrier) before the next warp starts. Every run of a launch is deterministic, and a launch
-// may run its threads and blocks in reverse order (the last warp first) to show results that
-// depend on the schedule (a race). A barrier that cannot complete (some
-// threads at __syncthreads while others wait at a warp operation, a warp operation some lanes
-// never reach) ends the launch with an error naming the block, not with a hang. Every block's shared memory, static and
-// dynamic, starts poisoned (all bits set: NaN as fp16 and fp32), and cp.async copies land when
-// the issuing thread waits for their group, not before, so a read of shared memory that no
-// thread wrote, or before the wait, sees the poison; their sources are read at the issue in a
-// forward launch and at the wait in a reverse one. Blocks run one after another, so the
-// inter-block protocols (atomics, __threadfence) see a valid order of theirs.
+// A block's threads are fibers on one OS thread, scheduled cooperatively: a thread runs
+// until it reaches __syncthreads or a warp-wide operation (shuffle, mma.sync), and the
+// first thread in the launch's order that can run goes next, so its warp gets as far as it
+// can (to a barrier) before the next warp starts. Every run of a launch is deterministic,
+// and a launch may run its threads and blocks in reverse order (the last warp first) to
+// show results that depend on the schedule (a race). A barrier that cannot complete (some
+// threads at __syncthreads while others wait at a warp operation, a warp operation some
+// lanes never reach) ends the launch with an error naming the block, not with a hang. Every
+// block's shared memory, static and dynamic, starts poisoned (all bits set: NaN as fp16 and
+// fp32), and cp.async copies land when the issuing thread waits for their group, not
+// before, so a read of shared memory that no thread wrote, or before the wait, sees the
+// poison; their sources are read at the issue in a forward launch and at the wait in a
+// reverse one. Blocks run one after another, so the inter-block protocols (atomics,
+// __threadfence) see a valid order of theirs.
 //
 // Arithmetic: fp16 conversions round to nearest even (_Float16); mma.sync sums the 16
 // products of each output in k order in float, then adds the accumulator. The hardware's

@@ -1,0 +1,77 @@
+"""The CuPy backend's decode step on the CPU emulator, behind the backend protocol: the CUDA C
+kernels, called as the CuPy backend calls them (``kernels.kernel_calls.step_calls``), run by
+the CPU backend's stream workers, with its events and copies. A graph is the step's calls for
+one bucket, recorded once over fixed buffers and run again at each launch, as a CUDA graph
+replays its kernels. So the loops' invariants on the CUDA C kernels (the same tokens in every
+mode; graph buckets whose padding rows touch only the spare slot and block) are tested on a
+machine without a GPU."""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+
+import numpy as np
+
+from kernels import cuda_emulator
+from kernels import kernel_calls as kc
+from kernels.backend import DecodeStep, Graph, Stream
+from kernels.cpu_backend import CpuBackend, CpuStream
+from kernels.kernel_calls import KernelCall
+from kernels.layout import StepLayout
+from schedbench.model import ModelConfig, interleave_gate_up, make_weights
+
+
+def run_calls(calls: list[KernelCall]) -> None:
+    for call in calls:
+        cuda_emulator.run(call)
+
+
+class EmulatedStep(DecodeStep):
+    def __init__(self, cfg: ModelConfig, seed: int, num_blocks: int, layout: StepLayout,
+                 num_slots: int, gemm: kc.GemmCall) -> None:
+        self.cfg, self.layout, self.gemm = cfg, layout, gemm
+        self.kernels_per_step = kc.kernels_per_step(cfg)
+        self.pad_slot, self.pad_block = num_slots, num_blocks
+        w16 = make_weights(cfg, seed, np.float32).astype(np.float16)
+        self.weights = dataclasses.replace(w16, w_gate_up=interleave_gate_up(w16.w_gate_up))
+        self.bufs = kc.StepBuffers.create(cfg, num_blocks, layout, num_slots, np)
+
+    def calls(self, meta: np.ndarray, out_tokens: np.ndarray, batch_size: int) -> list[KernelCall]:
+        return kc.step_calls(self.cfg, self.weights, self.bufs, self.layout, meta, out_tokens,
+                             batch_size, self.gemm)
+
+    def launch(self, meta: np.ndarray, out_tokens: np.ndarray, batch_size: int,
+               stream: Stream) -> None:
+        assert isinstance(stream, CpuStream)
+        stream.enqueue(partial(run_calls, self.calls(meta, out_tokens, batch_size)))
+
+
+class EmulatedGraph(Graph):
+    def __init__(self, calls: list[KernelCall]) -> None:
+        self.calls = calls
+
+    def launch(self, stream: Stream) -> None:
+        assert isinstance(stream, CpuStream)
+        stream.enqueue(partial(run_calls, self.calls))
+
+
+class EmulatedCudaBackend(CpuBackend):
+    """``gemm`` picks each projection's kernel, as ``kernels.cupy_backend.gemm_choice`` does
+    on a GPU."""
+
+    name = "cuda-emulator"
+    supports_graphs = True
+
+    def __init__(self, gemm: kc.GemmCall = kc.gemm_call) -> None:
+        super().__init__()
+        self.gemm = gemm
+
+    def decode_step(self, cfg: ModelConfig, seed: int, num_blocks: int, layout: StepLayout,
+                    num_slots: int) -> EmulatedStep:
+        return EmulatedStep(cfg, seed, num_blocks, layout, num_slots, self.gemm)
+
+    def capture(self, step: DecodeStep, meta: np.ndarray, out_tokens: np.ndarray,
+                batch_size: int, stream: Stream) -> EmulatedGraph:
+        assert isinstance(step, EmulatedStep)
+        return EmulatedGraph(step.calls(meta, out_tokens, batch_size))

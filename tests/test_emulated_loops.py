@@ -1,0 +1,48 @@
+"""The three loops on the CUDA C kernels without a GPU: the CuPy backend's step on the CPU
+emulator, behind the backend protocol (tests/emulated_backend.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from kernels import cuda_emulator
+from kernels import kernel_calls as kc
+from schedbench import sweep as sweep_module
+from schedbench.sweep import Sweep, SweepConfig
+from schedbench.workload import WorkloadConfig
+from tests.emulated_backend import EmulatedCudaBackend
+
+pytestmark = pytest.mark.skipif(cuda_emulator.compiler() is None,
+                                reason="no C++ compiler for the CUDA emulator")
+
+
+def wide_from_2(x, w, batch: int, epilogue: str, out) -> kc.KernelCall:
+    """wide_gemm (64-row tiles) for batches of 2 and more (on a GPU: SCHEDBENCH_WIDE_GEMM=2)."""
+    return kc.gemm_call(x, w, batch, epilogue, out, wide_rows=64 if batch >= 2 else 0)
+
+
+def test_the_loops_give_identical_tokens_on_the_cuda_c_kernels(monkeypatch):
+    """Drained runs of every mode over the same requests, on the micro model: sequential,
+    overlapped (next step's tokens read from the device token buffer) and graphs (buckets of
+    1, 2 and 3 rows, padding rows on the spare slot and block) agree on every token, and so
+    do the same runs with wide_gemm for the projections of batches of 2 and more."""
+    cfg = SweepConfig(backend="cpu", preset="micro", batch_sizes=(1, 3), steps=6, warmup=0,
+                      repeats=1, modes=("sequential", "overlapped", "graphs"),
+                      workload=WorkloadConfig((1, 4), (2, 6), seed=3), drain=True)
+    hashes = {}
+    for gemm in (kc.gemm_call, wide_from_2):
+        monkeypatch.setattr(sweep_module, "make_backend",
+                            lambda name, gemm=gemm: EmulatedCudaBackend(gemm))
+        sweep = Sweep(cfg)
+        try:
+            for b in cfg.batch_sizes:
+                tokens = {m: sweep.run_one(m, b)[1] for m in cfg.modes}
+                seq = tokens["sequential"]
+                assert all(seq.complete) and len(seq.outputs) > b  # others joined mid-run
+                for mode, t in tokens.items():
+                    assert t.sha256 == seq.sha256, (gemm.__name__, b, mode, seq.mismatches(t))
+                hashes[gemm.__name__, b] = seq.sha256
+        finally:
+            sweep.close()
+    for b in cfg.batch_sizes:
+        assert hashes["gemm_call", b] == hashes["wide_from_2", b], b

@@ -155,9 +155,10 @@ def test_gemm_rows_do_not_depend_on_the_batch(rng):
 def test_attention_with_rope_and_kv_append(rng, head_dim):
     """RoPE on this step's q and k, k and v appended, attention over the cache that leaves;
     the new token's cache rows start as NaN, so they must come from qkv, not the cache."""
-    # two kv heads of three query heads each; a full split, three splits
+    # two kv heads of three query heads each; a full split, three splits (fewer than a merge
+    # loads at once), six (more, not a multiple)
     cfg = replace(MICRO, num_heads=6, num_kv_heads=2, head_dim=head_dim)
-    lengths = [1, 17, 64, 130]
+    lengths = [1, 17, 64, 130, 330]
     b = len(lengths)
     tables, kc, vc = paged_fp16(rng, cfg, lengths)
     positions = np.array(lengths, np.int32) - 1

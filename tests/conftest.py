@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -47,6 +48,9 @@ def rng() -> np.random.Generator:
     return np.random.default_rng()
 
 
+FP16_TOL = 3e-3  # fp16 storage of the result, fp32 accumulation
+
+
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
 
@@ -63,6 +67,50 @@ def paged_fp16(rng: np.random.Generator, cfg, lengths: list[int]):
     tables = rng.permutation(nblocks).astype(np.int32).reshape(len(lengths), mb)
     shape = (nblocks, cfg.block_size, cfg.num_kv_heads, cfg.head_dim)
     return tables, half(rng, *shape), half(rng, *shape)
+
+
+@dataclass
+class AppendCase:
+    """Paged attention inputs for sequences of some lengths, whose new tokens' cache rows
+    start as NaN (attention must take the new k and v from qkv, not read them back), and what
+    RoPE, the append and attention must leave (float64)."""
+
+    tables: np.ndarray
+    k_cache: np.ndarray
+    v_cache: np.ndarray
+    positions: np.ndarray
+    qkv: np.ndarray  # unrotated, as the QKV projection leaves it
+    new_rows: tuple[np.ndarray, np.ndarray]  # (cache block, offset) of each new token
+    expect: np.ndarray  # [B, heads * head_dim]
+    expect_k: np.ndarray
+    expect_v: np.ndarray
+
+    @classmethod
+    def make(cls, rng: np.random.Generator, cfg, lengths: list[int]) -> AppendCase:
+        b = len(lengths)
+        tables, k_cache, v_cache = paged_fp16(rng, cfg, lengths)
+        positions = np.array(lengths, np.int32) - 1
+        new_rows = tables[np.arange(b), positions // cfg.block_size], positions % cfg.block_size
+        k_cache[new_rows] = v_cache[new_rows] = np.nan
+        qkv = half(rng, b, cfg.qkv_size)
+        expect_k, expect_v = k_cache.astype(np.float64), v_cache.astype(np.float64)
+        q = ref.rope_kv_append(cfg, qkv, positions, tables, expect_k, expect_v)
+        expect = ref.paged_attention(q, expect_k, expect_v, tables, positions + 1).reshape(b, -1)
+        return cls(tables, k_cache, v_cache, positions, qkv, new_rows, expect, expect_k,
+                   expect_v)
+
+    def check(self, attn: np.ndarray, got_k: np.ndarray, got_v: np.ndarray) -> None:
+        """The attention, the appended rows, and every other cache row untouched (NaN bits
+        included)."""
+        rows = self.new_rows
+        assert np.isfinite(attn).all()
+        assert rel_err(attn, self.expect) < FP16_TOL
+        assert rel_err(got_k[rows], self.expect_k[rows]) < FP16_TOL
+        np.testing.assert_array_equal(got_v[rows], self.expect_v[rows].astype(np.float16))
+        for got, before in ((got_k, self.k_cache), (got_v, self.v_cache)):
+            rest = before.copy()
+            rest[rows] = got[rows]
+            np.testing.assert_array_equal(got.view(np.uint16), rest.view(np.uint16))
 
 
 def reference_step(cfg, weights, tokens, positions, tables, k_cache, v_cache):

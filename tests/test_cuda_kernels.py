@@ -15,6 +15,8 @@ from kernels import reference as ref
 from kernels.layout import StepLayout
 from schedbench.model import get_preset, interleave_gate_up, make_weights
 from tests.conftest import (
+    FP16_TOL,
+    AppendCase,
     assert_greedy_where_clear,
     half,
     paged_fp16,
@@ -23,7 +25,6 @@ from tests.conftest import (
 )
 from tests.kernel_devices import BOTH, on_devices
 
-FP16_TOL = 3e-3  # fp16 storage of the result, fp32 accumulation
 EPILOGUES = ["store_half", "add_residual", "store_float", "silu_mul"]
 LLAMA8B = get_preset("llama3-8b")
 SMALL_1B = dataclasses.replace(get_preset("llama-1b"), name="llama-1b-2l", num_layers=2,
@@ -114,40 +115,24 @@ SHORT, LONG = [1, 17, 64, 65, 300], [1, 64, 65, 300, 2048, 8192]
             gpu=[(get_preset("tiny"), SHORT), (get_preset("llama-1b"), SHORT), (LLAMA8B, LONG)])
 def test_paged_attention_with_rope_and_kv_append_matches_reference(dev, rng, cfg, lengths):
     """RoPE on this step's q and k, k and v appended at each row's position, attention over
-    the cache that leaves. The new token's cache rows start as NaN: attention must take it
-    from qkv, not read it back."""
+    the cache that leaves (tests/conftest.py, AppendCase)."""
+    case = AppendCase.make(rng, cfg, lengths)
     b = len(lengths)
-    tables, k_cache, v_cache = paged_fp16(rng, cfg, lengths)
-    positions = np.array(lengths, np.int32) - 1
-    new_rows = tables[np.arange(b), positions // cfg.block_size], positions % cfg.block_size
-    k_cache[new_rows] = v_cache[new_rows] = np.nan
-    qkv = half(rng, b, cfg.qkv_size)
-    scratch = kc.AttentionScratch.create(cfg, b, tables.shape[1] * cfg.block_size, dev.xp)
+    scratch = kc.AttentionScratch.create(cfg, b, case.tables.shape[1] * cfg.block_size, dev.xp)
     scratch.part_o[...] = np.nan  # every partial that is read must have been written
     scratch.part_ml[...] = np.nan
-    d_pos, d_tab, d_qkv = dev.array(positions), dev.array(tables), dev.array(qkv)
-    rope = dev.array(kc.rope_table(cfg, positions))
-    d_k, d_v = dev.array(k_cache), dev.array(v_cache)
+    d_pos, d_tab, d_qkv = dev.array(case.positions), dev.array(case.tables), dev.array(case.qkv)
+    rope = dev.array(kc.rope_table(cfg, case.positions))
+    d_k, d_v = dev.array(case.k_cache), dev.array(case.v_cache)
     outs = []
     for reverse in (False, True):  # the second launch needs the counters the first one reset
         out = dev.array(np.full((b, cfg.q_size), np.nan, np.float16))
         dev.run(kc.attention_call(cfg, d_qkv, d_pos, d_tab, rope, d_k, d_v, b, scratch, out),
                 reverse=reverse)
         outs.append(dev.numpy(out))
-    expect_k, expect_v = k_cache.astype(np.float64), v_cache.astype(np.float64)
-    q = ref.rope_kv_append(cfg, qkv, positions, tables, expect_k, expect_v)
-    expect = ref.paged_attention(q, expect_k, expect_v, tables, positions + 1).reshape(b, -1)
-    assert np.isfinite(outs[0]).all()
-    assert rel_err(outs[0], expect) < FP16_TOL
+    case.check(outs[0], dev.numpy(d_k), dev.numpy(d_v))
     np.testing.assert_array_equal(outs[0], outs[1])
     assert int(scratch.counters.sum()) == 0
-    got_k, got_v = dev.numpy(d_k), dev.numpy(d_v)
-    assert rel_err(got_k[new_rows], expect_k[new_rows]) < FP16_TOL
-    np.testing.assert_array_equal(got_v[new_rows], expect_v[new_rows].astype(np.float16))
-    k_cache[new_rows] = got_k[new_rows]  # the other rows: untouched, NaN bits included
-    np.testing.assert_array_equal(got_k.view(np.uint16), k_cache.view(np.uint16))
-    v_cache[new_rows] = got_v[new_rows]
-    np.testing.assert_array_equal(got_v.view(np.uint16), v_cache.view(np.uint16))
 
 
 @BOTH

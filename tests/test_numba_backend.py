@@ -18,6 +18,8 @@ from kernels.layout import StepLayout
 from kernels.registry import available
 from schedbench.model import get_preset, interleave_gate_up, make_weights
 from tests.conftest import (
+    FP16_TOL,
+    AppendCase,
     assert_greedy_where_clear,
     half,
     paged_fp16,
@@ -33,7 +35,6 @@ from kernels import numba_gemm as ng
 from kernels import numba_kernels as nk
 
 cuda = nk.cuda
-FP16_TOL = 3e-3
 MICRO = get_preset("micro")
 
 
@@ -153,28 +154,13 @@ def test_gemm_rows_do_not_depend_on_the_batch(rng):
 # head_dim 20: 5 words a row, so the staging leaves some threads without a token
 @pytest.mark.parametrize("head_dim", [32, 20])
 def test_attention_with_rope_and_kv_append(rng, head_dim):
-    """RoPE on this step's q and k, k and v appended, attention over the cache that leaves;
-    the new token's cache rows start as NaN, so they must come from qkv, not the cache."""
+    """RoPE on this step's q and k, k and v appended, attention over the cache that leaves
+    (tests/conftest.py, AppendCase)."""
     # two kv heads of three query heads each; a full split, three splits (fewer than a merge
     # loads at once), six (more, not a multiple)
     cfg = replace(MICRO, num_heads=6, num_kv_heads=2, head_dim=head_dim)
-    lengths = [1, 17, 64, 130, 330]
-    b = len(lengths)
-    tables, kc, vc = paged_fp16(rng, cfg, lengths)
-    positions = np.array(lengths, np.int32) - 1
-    new_rows = tables[np.arange(b), positions // cfg.block_size], positions % cfg.block_size
-    kc[new_rows] = vc[new_rows] = np.nan
-    qkv = half(rng, b, cfg.qkv_size)
-    ek, ev = kc.astype(np.float64), vc.astype(np.float64)
-    q = ref.rope_kv_append(cfg, qkv, positions, tables, ek, ev)
-    attn, got_k, got_v = attend(cfg, qkv, positions, tables, kc, vc)
-    expect = ref.paged_attention(q, ek, ev, tables, positions + 1).reshape(b, -1)
-    assert np.isfinite(attn).all() and rel_err(attn, expect) < FP16_TOL
-    assert rel_err(got_k[new_rows], ek[new_rows]) < FP16_TOL
-    np.testing.assert_array_equal(got_v[new_rows], ev[new_rows].astype(np.float16))
-    kc[new_rows], vc[new_rows] = got_k[new_rows], got_v[new_rows]
-    np.testing.assert_array_equal(got_k.view(np.uint16), kc.view(np.uint16))
-    np.testing.assert_array_equal(got_v.view(np.uint16), vc.view(np.uint16))
+    case = AppendCase.make(rng, cfg, [1, 17, 64, 130, 330])
+    case.check(*attend(cfg, case.qkv, case.positions, case.tables, case.k_cache, case.v_cache))
 
 
 def attend(cfg, qkv, positions, tables, kc, vc) -> tuple[np.ndarray, ...]:
@@ -209,15 +195,8 @@ def test_real_shapes_on_a_gpu(rng):
         x = half(rng, b, k)
         got = gemm("store", x, w, np.full((b, n), np.nan, np.float32))
         assert rel_err(got, x.astype(np.float64) @ w.T.astype(np.float64)) < FP16_TOL, b
-    lengths = [1, 2048, 8192]
-    tables, kc, vc = paged_fp16(rng, cfg, lengths)
-    positions = np.array(lengths, np.int32) - 1
-    qkv = half(rng, len(lengths), cfg.qkv_size)
-    attn = attend(cfg, qkv, positions, tables, kc, vc)[0]
-    ek, ev = kc.astype(np.float64), vc.astype(np.float64)
-    q = ref.rope_kv_append(cfg, qkv, positions, tables, ek, ev)
-    expect = ref.paged_attention(q, ek, ev, tables, positions + 1).reshape(len(lengths), -1)
-    assert rel_err(attn, expect) < FP16_TOL
+    case = AppendCase.make(rng, cfg, [1, 2048, 8192])
+    case.check(*attend(cfg, case.qkv, case.positions, case.tables, case.k_cache, case.v_cache))
 
 
 def test_argmax_first_maximum(rng):

@@ -142,7 +142,9 @@ def module(name: str, names: tuple[str, ...] = ()) -> EmulatedModule:
     return EmulatedModule(source(name), names)
 
 
-def run(call: KernelCall, reverse: bool = False) -> None:
-    """One kernel call on NumPy arrays (PDL, a launch attribute, has nothing to emulate)."""
-    module(call.module, call.names).get_function(call.name)(
-        call.grid, call.block, call.args, call.shared_mem, reverse)
+def run(*calls: KernelCall, reverse: bool = False) -> None:
+    """Kernel calls on NumPy arrays, one after another (PDL, a launch attribute, has nothing
+    to emulate)."""
+    for call in calls:
+        module(call.module, call.names).get_function(call.name)(
+            call.grid, call.block, call.args, call.shared_mem, reverse)

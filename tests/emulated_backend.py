@@ -22,11 +22,6 @@ from kernels.layout import StepLayout
 from schedbench.model import ModelConfig, interleave_gate_up, make_weights
 
 
-def run_calls(calls: list[KernelCall]) -> None:
-    for call in calls:
-        cuda_emulator.run(call)
-
-
 class EmulatedStep(DecodeStep):
     def __init__(self, cfg: ModelConfig, seed: int, num_blocks: int, layout: StepLayout,
                  num_slots: int, gemm: kc.GemmCall) -> None:
@@ -44,7 +39,7 @@ class EmulatedStep(DecodeStep):
     def launch(self, meta: np.ndarray, out_tokens: np.ndarray, batch_size: int,
                stream: Stream) -> None:
         assert isinstance(stream, CpuStream)
-        stream.enqueue(partial(run_calls, self.calls(meta, out_tokens, batch_size)))
+        stream.enqueue(partial(cuda_emulator.run, *self.calls(meta, out_tokens, batch_size)))
 
 
 class EmulatedGraph(Graph):
@@ -53,7 +48,7 @@ class EmulatedGraph(Graph):
 
     def launch(self, stream: Stream) -> None:
         assert isinstance(stream, CpuStream)
-        stream.enqueue(partial(run_calls, self.calls))
+        stream.enqueue(partial(cuda_emulator.run, *self.calls))
 
 
 class EmulatedCudaBackend(CpuBackend):

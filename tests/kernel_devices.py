@@ -29,8 +29,7 @@ class Emulator:
     def run(self, *calls: KernelCall, reverse: bool = False) -> None:
         """``reverse``: blocks and threads last first, so a result that depends on the
         schedule shows as a difference between the two orders."""
-        for call in calls:
-            cuda_emulator.run(call, reverse)
+        cuda_emulator.run(*calls, reverse=reverse)
 
 
 class Gpu:

@@ -204,13 +204,12 @@ def numba_attention(fig: Figures, cfg: ModelConfig, ctx: int, b: int) -> None:
     out, q, pos, tab = wrap(cp.zeros((b, cfg.q_size), cp.float16)), wrap(qkv), \
         wrap(positions), wrap(tables)
     rope = wrap(rope_table(cfg, positions, cp, np.float64))
-    launches = []
-    for layer in range(n_layers):
-        launches += [
-            (nk.paged_attention, nk.attention_grid(b, cfg.num_kv_heads, ctx), nk.THREADS,
-             (q, pos, tab, wrap(kc[layer]), wrap(vc[layer]), cfg.num_heads, cfg.num_kv_heads,
-              cfg.head_dim, cfg.head_dim ** -0.5, rope, part_o, part_ml, counters, out)),
-        ]
+    grid = nk.attention_grid(b, cfg.num_kv_heads, ctx)
+    launches = [(nk.paged_attention, grid, nk.THREADS,
+                 (q, pos, tab, wrap(kc[layer]), wrap(vc[layer]), cfg.num_heads,
+                  cfg.num_kv_heads, cfg.head_dim, cfg.head_dim ** -0.5, rope, part_o, part_ml,
+                  counters, out))
+                for layer in range(n_layers)]
     fig.record(f"numba_attention_ctx{ctx}", b, numba_timed_ms(launches) / n_layers,
                2 * kc[0].nbytes)
 

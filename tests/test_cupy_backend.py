@@ -58,7 +58,21 @@ def test_modes_give_identical_tokens(monkeypatch):
         sweep.close()
 
 
-def test_the_wide_gemm_changes_no_token(monkeypatch):
+@pytest.fixture
+def set_wide_gemm(monkeypatch):
+    """Sets SCHEDBENCH_WIDE_GEMM for ``wide_gemm_from``, whose cached reading is cleared at
+    each setting and again after the test, so that no setting outlives it."""
+
+    def set_to(value: str) -> None:
+        monkeypatch.setenv("SCHEDBENCH_WIDE_GEMM", value)
+        cb.wide_gemm_from.cache_clear()
+
+    yield set_to
+    monkeypatch.delenv("SCHEDBENCH_WIDE_GEMM", raising=False)
+    cb.wide_gemm_from.cache_clear()
+
+
+def test_the_wide_gemm_changes_no_token(monkeypatch, set_wide_gemm):
     """SCHEDBENCH_WIDE_GEMM=5: the projections of batches of 5 and more run on wide_gemm,
     bucket-padded graphs included; every loop's tokens stay those of tc_gemm."""
     from schedbench.sweep import Sweep, SweepConfig
@@ -69,35 +83,25 @@ def test_the_wide_gemm_changes_no_token(monkeypatch):
                       modes=("sequential", "overlapped", "graphs"),
                       workload=WorkloadConfig((1, 8), (4, 24)), drain=True)
     hashes = {}
-    try:
-        for setting in ("0", "5"):
-            monkeypatch.setenv("SCHEDBENCH_WIDE_GEMM", setting)
-            cb.wide_gemm_from.cache_clear()
-            sweep = Sweep(cfg)
-            try:
-                hashes[setting] = {(m, b): sweep.run_one(m, b)[1].sha256
-                                   for b in cfg.batch_sizes for m in cfg.modes}
-            finally:
-                sweep.close()
-    finally:
-        monkeypatch.delenv("SCHEDBENCH_WIDE_GEMM")
-        cb.wide_gemm_from.cache_clear()
+    for setting in ("0", "5"):
+        set_wide_gemm(setting)
+        sweep = Sweep(cfg)
+        try:
+            hashes[setting] = {(m, b): sweep.run_one(m, b)[1].sha256
+                               for b in cfg.batch_sizes for m in cfg.modes}
+        finally:
+            sweep.close()
     assert hashes["0"] == hashes["5"]
     assert len({h for (_, b), h in hashes["5"].items() if b == 16}) == 1
 
 
 @pytest.mark.parametrize("value", ["abc", "-1"])
-def test_a_bad_wide_gemm_setting_is_named(monkeypatch, value):
+def test_a_bad_wide_gemm_setting_is_named(set_wide_gemm, value):
     from schedbench.errors import ConfigError
 
-    monkeypatch.setenv("SCHEDBENCH_WIDE_GEMM", value)
-    cb.wide_gemm_from.cache_clear()
-    try:
-        with pytest.raises(ConfigError, match=f"SCHEDBENCH_WIDE_GEMM='{value}'"):
-            cb.CupyBackend()
-    finally:
-        monkeypatch.delenv("SCHEDBENCH_WIDE_GEMM")
-        cb.wide_gemm_from.cache_clear()
+    set_wide_gemm(value)
+    with pytest.raises(ConfigError, match=f"SCHEDBENCH_WIDE_GEMM='{value}'"):
+        cb.CupyBackend()
 
 
 def test_graphs_launched_from_the_device_give_identical_tokens(tmp_path):

@@ -74,11 +74,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None,
                    help=f"measured steps per run (about); default {GPU_STEPS} on a GPU "
                         f"backend, {CPU_STEPS} on the cpu one")
-    p.add_argument("--warmup", type=int, default=20, help="steps excluded at the start")
-    p.add_argument("--repeats", type=int, default=3, help="runs per (mode, batch size)")
-    p.add_argument("--seed", type=int, default=0, help="weights and workload seed")
-    p.add_argument("--prompt-len", type=_range, default=(4, 32), metavar="MIN:MAX")
-    p.add_argument("--output-len", type=_range, default=(16, 128), metavar="MIN:MAX")
+    p.add_argument("--warmup", type=int, default=20,
+                   help="steps excluded at the start (default %(default)s)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="runs per (mode, batch size); figures are their median "
+                        "(default %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="weights and workload seed (default %(default)s)")
+    p.add_argument("--prompt-len", type=_range, default=(4, 32), metavar="MIN:MAX",
+                   help="prompt tokens per request, drawn uniformly (default 4:32)")
+    p.add_argument("--output-len", type=_range, default=(16, 128), metavar="MIN:MAX",
+                   help="tokens generated per request unless EOS comes first, drawn uniformly "
+                        "(default 16:128)")
     p.add_argument("--drain", action="store_true",
                    help="run every request to its end; by default a run stops after "
                         "--warmup + --steps steps, cancelling what is left (the same steps "
@@ -86,9 +93,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-blocks", type=int, default=None,
                    help="KV-cache budget in blocks (default: a full batch of longest requests)")
     syn = p.add_argument_group("synthetic mode (busy work of a fixed length, not sleep)")
-    syn.add_argument("--scheduling-ms", type=float, default=None)
-    syn.add_argument("--compute-ms", type=float, default=None)
-    syn.add_argument("--postprocess-ms", type=float, default=None)
+    syn.add_argument("--scheduling-ms", type=float, default=None,
+                     help="each step's schedule phase, the real scheduler included, is busy "
+                          "work until it has lasted this long")
+    syn.add_argument("--compute-ms", type=float, default=None,
+                     help="the device step is a spin of this length instead of the model")
+    syn.add_argument("--postprocess-ms", type=float, default=None,
+                     help="as --scheduling-ms, for postprocess; any of the three turns "
+                          "synthetic mode on, and the others then default to 0")
     p.add_argument("--json", type=Path, default=None, metavar="PATH",
                    help="write every figure as JSON")
     p.add_argument("--trace", type=Path, default=None, metavar="PATH",

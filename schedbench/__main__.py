@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kernels.registry import BACKENDS, resolve
+from schedbench.arguments import int_list, int_range, reported
 from schedbench.engine import MODES
 from schedbench.errors import ConfigError
 from schedbench.model import PRESETS
@@ -37,22 +38,6 @@ TITLES = {"sequential": "Sequential: schedule -> launch -> wait -> postprocess",
           "graphs": "Overlapped + CUDA graphs: each step replayed from a captured graph"}
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        msg = f"expected comma-separated integers, got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
-
-
-def _range(text: str) -> tuple[int, int]:
-    lo, _, hi = text.partition(":")
-    try:
-        return int(lo), int(hi or lo)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected MIN:MAX integers, got {text!r}") from None
-
-
 # NOTE: the CPU backend's kernels are ~100x slower; 256 rows would dominate its sweep
 CPU_BATCH_SIZES, GPU_BATCH_SIZES = (1, 4, 16, 64), (1, 4, 16, 64, 256)
 # A GPU step's time varies far less than a CPU-backend step's, so half the steps measure it
@@ -66,7 +51,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="device backend; auto = cupy with a GPU, else cpu (default auto)")
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model shape")
-    p.add_argument("--batch-sizes", type=_ints, default=None, metavar="B,B,...",
+    p.add_argument("--batch-sizes", type=int_list, default=None, metavar="B,B,...",
                    help=f"default {','.join(map(str, GPU_BATCH_SIZES))} on a GPU backend, "
                         f"{','.join(map(str, CPU_BATCH_SIZES))} on the cpu one")
     p.add_argument("--modes", default=None, metavar="M,M,...",
@@ -81,9 +66,9 @@ def parser() -> argparse.ArgumentParser:
                         "(default %(default)s)")
     p.add_argument("--seed", type=int, default=0,
                    help="weights and workload seed (default %(default)s)")
-    p.add_argument("--prompt-len", type=_range, default=(4, 32), metavar="MIN:MAX",
+    p.add_argument("--prompt-len", type=int_range, default=(4, 32), metavar="MIN:MAX",
                    help="prompt tokens per request, drawn uniformly (default 4:32)")
-    p.add_argument("--output-len", type=_range, default=(16, 128), metavar="MIN:MAX",
+    p.add_argument("--output-len", type=int_range, default=(16, 128), metavar="MIN:MAX",
                    help="tokens generated per request unless EOS comes first, drawn uniformly "
                         "(default 16:128)")
     p.add_argument("--drain", action="store_true",
@@ -208,11 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     p = parser()
     args = p.parse_args(argv)
-    try:
+    with reported(p):
         cfg = config_from_args(args)
         sweep = Sweep(cfg)
-    except ConfigError as exc:
-        p.error(str(exc))
     results: list[RunResult] = []
     complete = False
     try:

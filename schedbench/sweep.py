@@ -23,6 +23,11 @@ from schedbench.workload import Request, WorkloadConfig, make_requests, requests
 MAX_BATCH = 4096
 
 
+def check_batch_size(b: int) -> None:
+    if not 1 <= b <= MAX_BATCH:
+        raise ConfigError(f"batch size {b}: must be in [1, {MAX_BATCH}]")
+
+
 @dataclass(frozen=True)
 class SweepConfig:
     backend: str = "auto"
@@ -49,8 +54,7 @@ class SweepConfig:
         if not self.batch_sizes:
             raise ConfigError("no batch sizes given")
         for b in self.batch_sizes:
-            if not 1 <= b <= MAX_BATCH:
-                raise ConfigError(f"batch size {b}: must be in [1, {MAX_BATCH}]")
+            check_batch_size(b)
         for m in self.modes:
             if m not in MODES:
                 raise ConfigError(f"unknown mode {m!r}; choose from {', '.join(MODES)}")

@@ -20,8 +20,11 @@ import numpy as np
 
 from kernels.kernel_calls import rope_table
 from kernels.registry import gpu_unavailable_reason
+from schedbench.arguments import int_list, reported
+from schedbench.errors import ConfigError
 from schedbench.model import ModelConfig, get_preset
 from schedbench.report import format_table, write_json
+from schedbench.sweep import check_batch_size
 
 PRESET = "llama3-8b"
 BATCH_SIZES = [1, 4, 16]
@@ -214,25 +217,42 @@ def numba_attention(fig: Figures, cfg: ModelConfig, ctx: int, b: int) -> None:
                2 * kc[0].nbytes)
 
 
-def ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
+def check_shapes(preset: str, batch_sizes: list[int], contexts: list[int]) -> None:
+    """Name a bad value before any device work; a context that is not whole blocks would
+    send the attention past its block table."""
+    cfg = get_preset(preset)
+    for b in batch_sizes:
+        check_batch_size(b)
+    for c in contexts:
+        if c < cfg.block_size or c % cfg.block_size:
+            raise ConfigError(f"--contexts {c}: must be a positive multiple of the block size "
+                              f"({cfg.block_size})")
 
 
 def main() -> None:
+    def listed(values: list[int]) -> str:
+        return ",".join(map(str, values))
+
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--preset", default=PRESET)
-    p.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
-    p.add_argument("--contexts", default=",".join(map(str, CONTEXTS)))
-    p.add_argument("--wide-batch-sizes", default=",".join(map(str, WIDE_BATCH_SIZES)),
+    p.add_argument("--preset", default=PRESET, help="model shapes (default %(default)s)")
+    p.add_argument("--batch-sizes", type=int_list, default=tuple(BATCH_SIZES), metavar="B,B,...",
+                   help=f"every kernel's batch sizes (default {listed(BATCH_SIZES)})")
+    p.add_argument("--contexts", type=int_list, default=tuple(CONTEXTS), metavar="T,T,...",
+                   help=f"the attention's context lengths in tokens (default {listed(CONTEXTS)})")
+    p.add_argument("--wide-batch-sizes", type=int_list, default=tuple(WIDE_BATCH_SIZES),
+                   metavar="B,B,...",
                    help="batch sizes of the step's projections only: tc_gemm, wide_gemm, "
-                        "cuBLAS ('' for none)")
+                        f"cuBLAS ('' for none; default {listed(WIDE_BATCH_SIZES)})")
     p.add_argument("--no-numba", action="store_true", help="CuPy kernels only")
     p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     args = p.parse_args()
-    if why := gpu_unavailable_reason():
-        raise SystemExit(f"bench_kernels needs a GPU: {why}")
-    res = measure(args.preset, ints(args.batch_sizes), ints(args.contexts),
-                  ints(args.wide_batch_sizes), numba=not args.no_numba)
+    batch_sizes, contexts, wide = map(list, (args.batch_sizes, args.contexts,
+                                             args.wide_batch_sizes))
+    with reported(p):
+        check_shapes(args.preset, batch_sizes + wide, contexts)
+        if why := gpu_unavailable_reason():
+            raise SystemExit(f"bench_kernels needs a GPU: {why}")
+        res = measure(args.preset, batch_sizes, contexts, wide, numba=not args.no_numba)
     rows = [[k, str(b or "-"), f"{v['ms'] * 1e3:.1f}" if v["ms"] else "-", f"{v['gbs']:.0f}",
              f"{v['pct_copy']:.1f}"] for (k, b), v in res.items()]
     print(f"preset {args.preset}; % copy = achieved GB/s over the device-to-device copy "

@@ -17,8 +17,10 @@ import argparse
 from pathlib import Path
 
 from kernels.registry import gpu_unavailable_reason
+from schedbench.arguments import reported
 from schedbench.model import get_preset
 from schedbench.report import format_table, write_json
+from schedbench.sweep import check_batch_size
 
 PRESET = "llama3-8b"
 
@@ -140,13 +142,17 @@ def measure_numba(cfg, batch: int) -> dict[str, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--preset", default=PRESET)
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--preset", default=PRESET, help="the step's model (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="the step's batch size (default %(default)s)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     args = p.parse_args()
-    if why := gpu_unavailable_reason():
-        raise SystemExit(f"bench_launch needs a GPU: {why}")
-    res = measure(args.preset, args.batch_size)
+    with reported(p):
+        get_preset(args.preset)
+        check_batch_size(args.batch_size)
+        if why := gpu_unavailable_reason():
+            raise SystemExit(f"bench_launch needs a GPU: {why}")
+        res = measure(args.preset, args.batch_size)
     print(f"preset {args.preset}, batch {args.batch_size}: host time, median of many")
     print(format_table(["Operation", "Value"], [[k, f"{v:.2f}"] for k, v in res.items()]))
     if args.json:

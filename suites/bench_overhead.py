@@ -11,6 +11,7 @@ import argparse
 import os
 
 from kernels.registry import available, describe, describe_available
+from schedbench.arguments import int_list, reported
 from schedbench.report import beyond_model_line, mode_table
 from schedbench.sweep import Sweep, SweepConfig
 
@@ -121,19 +122,24 @@ class Steps:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--backend", default="cpu", choices=BACKENDS)
+    p.add_argument("--backend", default="cpu", choices=BACKENDS, help="(default %(default)s)")
     p.add_argument("--preset", default=None, help="default: the backend's first preset")
-    p.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
-    p.add_argument("--steps", type=int, default=STEPS)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch-sizes", type=int_list, default=tuple(BATCH_SIZES),
+                   metavar="B,B,...", help=f"(default {','.join(map(str, BATCH_SIZES))})")
+    p.add_argument("--steps", type=int, default=STEPS,
+                   help="measured steps per run (default %(default)s)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="runs per (mode, batch size); figures are their median "
+                        "(default %(default)s)")
     args = p.parse_args()
     preset = args.preset or PRESETS[args.backend][0]
-    sizes = [int(b) for b in args.batch_sizes.split(",")]
-    sweep = Sweep(sweep_config(args.backend, preset, sizes, args.steps, args.repeats))
-    try:
-        results = list(sweep.results())
-    finally:
-        sweep.close()
+    with reported(p):
+        sweep = Sweep(sweep_config(args.backend, preset, list(args.batch_sizes), args.steps,
+                                   args.repeats))
+        try:
+            results = list(sweep.results())
+        finally:
+            sweep.close()
     print(f"{describe(args.backend)}; preset {preset}, median of {args.repeats}")
     for mode in modes_for(args.backend):
         print(f"\n{mode}\n{mode_table(results, mode)}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from kernels.registry import available, describe, describe_available
+from schedbench.arguments import reported
 from schedbench.report import format_table
 from schedbench.sweep import Sweep, SweepConfig
 from schedbench.synthetic import Synthetic
@@ -68,14 +69,17 @@ class SeedExperiment:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--backend", default="cpu", choices=BACKENDS)
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--backend", default="cpu", choices=BACKENDS, help="(default %(default)s)")
+    p.add_argument("--steps", type=int, default=200,
+                   help="measured steps per run (default %(default)s)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="runs per (phases, mode); figures are their median (default %(default)s)")
     args = p.parse_args()
     rows = []
     for phases in PHASES:
         s, c, pp = (float(x) for x in phases.split("/"))
-        res = measure(args.backend, phases, args.steps, args.repeats)
+        with reported(p):
+            res = measure(args.backend, phases, args.steps, args.repeats)
         for mode, fig in res.items():
             ideal = s + c + pp if mode == "sequential" else max(c, s + pp)
             rows.append([phases, mode, f"{fig['step_ms']:.3f}", f"{ideal:.3f}",

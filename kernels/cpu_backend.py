@@ -8,6 +8,7 @@ the engine shows is real.
 
 from __future__ import annotations
 
+import math
 import platform
 import queue
 import sys
@@ -22,6 +23,7 @@ import numpy as np
 from kernels import cpu_kernels
 from kernels.backend import Backend, DecodeStep, Event, Stream
 from kernels.layout import StepLayout, empty_meta
+from schedbench.errors import ConfigError
 from schedbench.model import ModelConfig, make_weights
 from schedbench.synthetic import busy_until
 
@@ -113,17 +115,43 @@ class CpuEvent(Event):
         return (later.mark.time_s - self.mark.time_s) * 1e3
 
 
+def available_host_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo; None where there is no such file."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_host_memory(cfg: ModelConfig, nbytes: int) -> None:
+    """A preset too large for this machine is named before it is allocated, not found by a
+    MemoryError (or the OOM killer) halfway through its weights."""
+    def size(n: int) -> str:
+        return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+    free = available_host_bytes()
+    if free is not None and nbytes > free:
+        raise ConfigError(f"preset {cfg.name!r} on the cpu backend needs {size(nbytes)} for its "
+                          f"float32 weights and KV cache, and this machine has {size(free)} "
+                          f"available; the cpu presets are tiny and micro")
+
+
 class CpuDecodeStep(DecodeStep):
     def __init__(self, cfg: ModelConfig, seed: int, num_blocks: int, layout: StepLayout,
                  num_slots: int) -> None:
         self.cfg, self.layout = cfg, layout
         self.kernels_per_step = 1  # the whole step is one nogil call
         self.pad_slot, self.pad_block = num_slots, num_blocks
+        cache_shape = (cfg.num_layers, num_blocks + 1, cfg.block_size, cfg.num_kv_heads,
+                       cfg.head_dim)
+        check_host_memory(cfg, 4 * (cfg.param_count + 2 * math.prod(cache_shape)))
         w = make_weights(cfg, seed, np.float32)
         self._weights = (w.embed, w.attn_norm, w.wqkv, w.wo, w.mlp_norm, w.w_gate_up, w.w_down,
                          w.final_norm, w.lm_head)
-        cache_shape = (cfg.num_layers, num_blocks + 1, cfg.block_size, cfg.num_kv_heads,
-                       cfg.head_dim)
         self.k_cache = np.zeros(cache_shape, np.float32)
         self.v_cache = np.zeros(cache_shape, np.float32)
         self.token_buf = np.zeros(num_slots + 1, np.int32)

@@ -120,13 +120,18 @@ def make_weights(cfg: ModelConfig, seed: int, dtype: np.dtype | type = np.float3
     h, i, n = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
 
     def linear(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape, dtype=np.float32) / np.sqrt(shape[-1])).astype(dtype)
+        w = rng.standard_normal(shape, dtype=np.float32)
+        # NOTE: in place: `w / np.sqrt(n)` is float64 (a numpy scalar is not weak), 30 GB for
+        # llama3-8b's gate/up. The float32 result is the same, rounded once from float64.
+        w /= np.sqrt(shape[-1])
+        return w.astype(dtype, copy=False)
 
     def norm(*shape: int) -> np.ndarray:
         return (1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32)).astype(dtype)
 
     return Weights(
-        embed=rng.standard_normal((cfg.vocab_size, h), dtype=np.float32).astype(dtype),
+        embed=rng.standard_normal((cfg.vocab_size, h), dtype=np.float32).astype(dtype,
+                                                                                copy=False),
         attn_norm=norm(n, h),
         wqkv=linear(n, cfg.qkv_size, h),
         wo=linear(n, h, cfg.q_size),

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
+from kernels import cpu_backend
 from kernels.registry import gpu_unavailable_reason
 from schedbench.__main__ import main
 from schedbench.errors import ConfigError
@@ -42,6 +44,16 @@ def test_bad_input_exits_2_naming_the_value(capsys, argv, message):
         main([*FAST, *argv])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_preset_larger_than_host_memory_exits_2(capsys, monkeypatch):
+    monkeypatch.setattr(cpu_backend, "available_host_bytes", lambda: 2**20)
+    with pytest.raises(SystemExit) as exc:
+        main([*FAST, "--batch-sizes", "2"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(r"preset 'tiny' on the cpu backend needs \d+\.\d MiB for its float32 "
+                     r"weights and KV cache, and this machine has 1\.0 MiB available", err)
 
 
 @pytest.mark.skipif(gpu_unavailable_reason() is None, reason="a GPU is present")

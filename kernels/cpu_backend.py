@@ -127,17 +127,22 @@ def available_host_bytes() -> int | None:
     return None
 
 
-def check_host_memory(cfg: ModelConfig, nbytes: int) -> None:
-    """A preset too large for this machine is named before it is allocated, not found by a
-    MemoryError (or the OOM killer) halfway through its weights."""
+def check_host_memory(cfg: ModelConfig, num_blocks: int, cache_bytes: int) -> None:
+    """A preset or KV budget too large for this machine is named before it is allocated, not
+    found by a MemoryError (or the OOM killer) halfway through the weights."""
     def size(n: int) -> str:
         return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
+    weight_bytes = 4 * cfg.param_count
     free = available_host_bytes()
-    if free is not None and nbytes > free:
-        raise ConfigError(f"preset {cfg.name!r} on the cpu backend needs {size(nbytes)} for its "
-                          f"float32 weights and KV cache, and this machine has {size(free)} "
-                          f"available; the cpu presets are tiny and micro")
+    if free is None or weight_bytes + cache_bytes <= free:
+        return
+    fix = ("the cpu presets are tiny and micro" if weight_bytes > cache_bytes
+           else "lower --kv-blocks or the largest batch size")
+    raise ConfigError(f"preset {cfg.name!r} on the cpu backend needs "
+                      f"{size(weight_bytes + cache_bytes)}: {size(weight_bytes)} of float32 "
+                      f"weights and {size(cache_bytes)} of KV cache ({num_blocks} blocks), and "
+                      f"this machine has {size(free)} available; {fix}")
 
 
 class CpuDecodeStep(DecodeStep):
@@ -148,7 +153,7 @@ class CpuDecodeStep(DecodeStep):
         self.pad_slot, self.pad_block = num_slots, num_blocks
         cache_shape = (cfg.num_layers, num_blocks + 1, cfg.block_size, cfg.num_kv_heads,
                        cfg.head_dim)
-        check_host_memory(cfg, 4 * (cfg.param_count + 2 * math.prod(cache_shape)))
+        check_host_memory(cfg, num_blocks, 2 * 4 * math.prod(cache_shape))
         w = make_weights(cfg, seed, np.float32)
         self._weights = (w.embed, w.attn_norm, w.wqkv, w.wo, w.mlp_norm, w.w_gate_up, w.w_down,
                          w.final_norm, w.lm_head)

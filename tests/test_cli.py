@@ -52,8 +52,9 @@ def test_a_preset_larger_than_host_memory_exits_2(capsys, monkeypatch):
         main([*FAST, "--batch-sizes", "2"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert re.search(r"preset 'tiny' on the cpu backend needs \d+\.\d MiB for its float32 "
-                     r"weights and KV cache, and this machine has 1\.0 MiB available", err)
+    assert re.search(r"preset 'tiny' on the cpu backend needs \d+\.\d MiB: \d+\.\d MiB of "
+                     r"float32 weights and \d+\.\d MiB of KV cache \(\d+ blocks\), and this "
+                     r"machine has 1\.0 MiB available; the cpu presets are tiny and micro", err)
 
 
 @pytest.mark.skipif(gpu_unavailable_reason() is None, reason="a GPU is present")

@@ -8,7 +8,6 @@ the engine shows is real.
 
 from __future__ import annotations
 
-import math
 import platform
 import queue
 import sys
@@ -23,7 +22,7 @@ import numpy as np
 from kernels import cpu_kernels
 from kernels.backend import Backend, DecodeStep, Event, Stream
 from kernels.layout import StepLayout, empty_meta
-from schedbench.errors import ConfigError
+from kernels.memory import available_host_bytes, check_fits
 from schedbench.model import ModelConfig, make_weights
 from schedbench.synthetic import busy_until
 
@@ -115,55 +114,26 @@ class CpuEvent(Event):
         return (later.mark.time_s - self.mark.time_s) * 1e3
 
 
-def available_host_bytes() -> int | None:
-    """MemAvailable of /proc/meminfo; None where there is no such file."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def check_host_memory(cfg: ModelConfig, num_blocks: int, cache_bytes: int) -> None:
-    """A preset or KV budget too large for this machine is named before it is allocated, not
-    found by a MemoryError (or the OOM killer) halfway through the weights."""
-    def size(n: int) -> str:
-        return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-    weight_bytes = 4 * cfg.param_count
-    free = available_host_bytes()
-    if free is None or weight_bytes + cache_bytes <= free:
-        return
-    fix = ("the cpu presets are tiny and micro" if weight_bytes > cache_bytes
-           else "lower --kv-blocks or the largest batch size")
-    raise ConfigError(f"preset {cfg.name!r} on the cpu backend needs "
-                      f"{size(weight_bytes + cache_bytes)}: {size(weight_bytes)} of float32 "
-                      f"weights and {size(cache_bytes)} of KV cache ({num_blocks} blocks), and "
-                      f"this machine has {size(free)} available; {fix}")
-
-
 class CpuDecodeStep(DecodeStep):
     def __init__(self, cfg: ModelConfig, seed: int, num_blocks: int, layout: StepLayout,
                  num_slots: int) -> None:
         self.cfg, self.layout = cfg, layout
         self.kernels_per_step = 1  # the whole step is one nogil call
         self.pad_slot, self.pad_block = num_slots, num_blocks
-        cache_shape = (cfg.num_layers, num_blocks + 1, cfg.block_size, cfg.num_kv_heads,
-                       cfg.head_dim)
-        check_host_memory(cfg, num_blocks, 2 * 4 * math.prod(cache_shape))
+        b = layout.max_batch
+        widths = (cfg.hidden_size, cfg.hidden_size, cfg.qkv_size, cfg.q_size,
+                  2 * cfg.intermediate_size, cfg.intermediate_size, cfg.vocab_size)
+        check_fits(cfg, num_blocks, 4, 4 * (b * sum(widths) + cfg.max_context),
+                   available_host_bytes(), "host memory (the cpu backend's float32)")
         w = make_weights(cfg, seed, np.float32)
         self._weights = (w.embed, w.attn_norm, w.wqkv, w.wo, w.mlp_norm, w.w_gate_up, w.w_down,
                          w.final_norm, w.lm_head)
+        cache_shape = (cfg.num_layers, num_blocks + 1, cfg.block_size, cfg.num_kv_heads,
+                       cfg.head_dim)
         self.k_cache = np.zeros(cache_shape, np.float32)
         self.v_cache = np.zeros(cache_shape, np.float32)
         self.token_buf = np.zeros(num_slots + 1, np.int32)
-        b = layout.max_batch
-        self._scratch = tuple(np.zeros((b, n), np.float32) for n in (
-            cfg.hidden_size, cfg.hidden_size, cfg.qkv_size, cfg.q_size,
-            2 * cfg.intermediate_size, cfg.intermediate_size, cfg.vocab_size))
+        self._scratch = tuple(np.zeros((b, n), np.float32) for n in widths)
         self._scores = np.zeros(cfg.max_context, np.float32)
         self._consts = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, np.float32(cfg.rms_eps),
                         float(cfg.rope_theta))

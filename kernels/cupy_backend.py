@@ -34,6 +34,7 @@ from kernels.kernel_calls import (
     step_calls,
 )
 from kernels.layout import StepLayout
+from kernels.memory import check_fits, gpu_buffer_bytes
 from schedbench.errors import ConfigError
 from schedbench.model import ModelConfig, Weights, interleave_gate_up
 
@@ -263,15 +264,6 @@ class CupySpinStep(DecodeStep):
                                     self._vocab, self.token_buf, out_tokens))
 
 
-def device_bytes_needed(cfg: ModelConfig, num_blocks: int, layout: StepLayout) -> int:
-    weights = cfg.param_count * 2
-    kv = 2 * cfg.num_layers * (num_blocks + 1) * cfg.block_size * cfg.kv_size * 2
-    b = layout.max_batch
-    scratch = (b * cfg.vocab_size * 4
-               + AttentionScratch.nbytes(cfg, b, layout.max_blocks * cfg.block_size))
-    return weights + kv + scratch
-
-
 class CupyBackend(Backend):
     name = "cupy"
     supports_graphs = True
@@ -314,12 +306,8 @@ class CupyBackend(Backend):
 
     def decode_step(self, cfg: ModelConfig, seed: int, num_blocks: int, layout: StepLayout,
                     num_slots: int) -> CupyDecodeStep:
-        need = device_bytes_needed(cfg, num_blocks, layout)
-        free, total = runtime.memGetInfo()
-        if need > free:
-            raise ConfigError(f"preset {cfg.name!r} with {num_blocks} KV blocks needs "
-                              f"{need / 2**30:.1f} GiB of device memory; {self.device_name} "
-                              f"has {free / 2**30:.1f} of {total / 2**30:.1f} GiB free")
+        check_fits(cfg, num_blocks, 2, gpu_buffer_bytes(cfg, layout), runtime.memGetInfo()[0],
+                   f"device memory on the {self.device_name}")
         return CupyDecodeStep(cfg, random_weights(cfg, seed), num_blocks, layout, num_slots)
 
     def spin_step(self, vocab_size: int, compute_ms: float, layout: StepLayout,

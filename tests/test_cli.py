@@ -46,15 +46,20 @@ def test_bad_input_exits_2_naming_the_value(capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
-def test_a_preset_larger_than_host_memory_exits_2(capsys, monkeypatch):
-    monkeypatch.setattr(cpu_backend, "available_host_bytes", lambda: 2**20)
+@pytest.mark.parametrize(("free_mib", "argv", "fix"), [
+    (1, [], "a smaller preset"),  # tiny's 9.8 MiB of weights do not fit
+    (12, ["--kv-blocks", "2000"], "lower --kv-blocks or the largest batch size"),
+])
+def test_a_step_larger_than_host_memory_exits_2(capsys, monkeypatch, free_mib, argv, fix):
+    monkeypatch.setattr(cpu_backend, "available_host_bytes", lambda: free_mib * 2**20)
     with pytest.raises(SystemExit) as exc:
-        main([*FAST, "--batch-sizes", "2"])
+        main([*FAST, "--batch-sizes", "2", *argv])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert re.search(r"preset 'tiny' on the cpu backend needs \d+\.\d MiB: \d+\.\d MiB of "
-                     r"float32 weights and \d+\.\d MiB of KV cache \(\d+ blocks\), and this "
-                     r"machine has 1\.0 MiB available; the cpu presets are tiny and micro", err)
+    assert re.search(r"preset 'tiny' needs \d+\.\d MiB of host memory \(the cpu backend's "
+                     r"float32\): 9\.8 MiB of weights, \d+\.\d MiB of KV cache \(\d+ blocks\) "
+                     rf"and \d+\.\d MiB of buffers, and {free_mib}\.0 MiB is free; {fix}$", err,
+                     re.M), err
 
 
 @pytest.mark.skipif(gpu_unavailable_reason() is None, reason="a GPU is present")

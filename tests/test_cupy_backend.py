@@ -137,3 +137,17 @@ def test_synthetic_spin_lasts_its_length():
         sweep.close()
     assert 1.99 < fig.compute_ms < 2.1
     assert fig.overhead_pct < 5
+
+
+def test_a_kv_budget_larger_than_the_device_is_named():
+    from kernels.layout import StepLayout
+    from schedbench.errors import ConfigError
+    from schedbench.model import get_preset
+
+    cfg, backend = get_preset("tiny"), cb.CupyBackend()
+    try:
+        with pytest.raises(ConfigError, match=r"preset 'tiny' needs .* of device memory on the "
+                                              r".*\(10000000000 blocks\).*lower --kv-blocks"):
+            backend.decode_step(cfg, 0, 10**10, StepLayout(2, cfg.max_blocks_per_seq), 4)
+    finally:
+        backend.close()

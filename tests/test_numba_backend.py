@@ -269,3 +269,13 @@ def test_shapes_the_attention_cannot_take_are_refused(change, what):
     cfg = replace(MICRO, **change)
     with pytest.raises(ConfigError, match=what):
         nbk.NumbaDecodeStep(cfg, {}, 4, StepLayout(2, cfg.max_blocks_per_seq), 4)
+
+
+@pytest.mark.gpu
+def test_a_kv_budget_larger_than_the_device_is_named():
+    from schedbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"preset 'micro' needs .* of device memory on the .*"
+                                          r"\(10000000000 blocks\).*lower --kv-blocks"):
+        nbk.NumbaBackend().decode_step(MICRO, 0, 10**10, StepLayout(2, MICRO.max_blocks_per_seq),
+                                       4)

@@ -121,7 +121,7 @@ def make_weights(cfg: ModelConfig, seed: int, dtype: np.dtype | type = np.float3
 
     def linear(*shape: int) -> np.ndarray:
         w = rng.standard_normal(shape, dtype=np.float32)
-        # NOTE: in place: `w / np.sqrt(n)` is float64 (a numpy scalar is not weak), 30 GB for
+        # NOTE: in place: under NumPy 2 `w / np.sqrt(n)` is float64 (NEP 50), 30 GB for
         # llama3-8b's gate/up. The float32 result is the same, rounded once from float64.
         w /= np.sqrt(shape[-1])
         return w.astype(dtype, copy=False)

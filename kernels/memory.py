@@ -12,7 +12,7 @@ from schedbench.model import ModelConfig
 
 def kv_cache_bytes(cfg: ModelConfig, num_blocks: int, itemsize: int) -> int:
     """K and V of every layer, the spare padding block included."""
-    return 2 * cfg.num_layers * (num_blocks + 1) * cfg.block_size * cfg.kv_size * itemsize
+    return (num_blocks + 1) * cfg.block_size * cfg.kv_bytes_per_token(itemsize)
 
 
 def gpu_buffer_bytes(cfg: ModelConfig, layout: StepLayout) -> int:

@@ -90,6 +90,20 @@ def device_weights(cfg: ModelConfig, seed: int) -> dict:
     return views
 
 
+def device_zeros(shape: int | tuple[int, ...], dtype: type):
+    """A zeroed device array. On a GPU it is zeroed there: ``cuda.to_device(np.zeros(...))``
+    would first take a KV cache's whole size in host memory (5 GiB for llama3-8b at batch 256
+    with the default requests, 36 GiB with 1k-token prompts), then copy it from pageable
+    memory. In the simulator device arrays are host arrays."""
+    if SIMULATOR:
+        return cuda.to_device(np.zeros(shape, dtype))
+    import cupy as cp
+
+    zeros = cp.zeros(shape, dtype)
+    cp.cuda.Device().synchronize()  # NOTE: zeroed on CuPy's stream, not on Numba's
+    return cuda.as_cuda_array(zeros)  # the view holds a reference to the CuPy array
+
+
 class NumbaDecodeStep(DecodeStep):
     def __init__(self, cfg: ModelConfig, weights: dict, num_blocks: int, layout: StepLayout,
                  num_slots: int) -> None:
@@ -106,22 +120,21 @@ class NumbaDecodeStep(DecodeStep):
         self.kernels_per_step = 7 * cfg.num_layers + 3
         self.pad_slot, self.pad_block = num_slots, num_blocks
         shape = (cfg.num_layers, num_blocks + 1, cfg.block_size, cfg.num_kv_heads, cfg.head_dim)
-        self.k_cache = cuda.to_device(np.zeros(shape, np.float16))
-        self.v_cache = cuda.to_device(np.zeros(shape, np.float16))
-        self.token_buf = cuda.to_device(np.zeros(num_slots + 1, np.int32))
+        self.k_cache = device_zeros(shape, np.float16)
+        self.v_cache = device_zeros(shape, np.float16)
+        self.token_buf = device_zeros(num_slots + 1, np.int32)
         b = layout.max_batch
-        zeros = {"x": (cfg.hidden_size, np.float32), "h": (cfg.hidden_size, np.float16),
-                 "qkv": (cfg.qkv_size, np.float16), "attn": (cfg.q_size, np.float16),
-                 "act": (cfg.intermediate_size, np.float16),
-                 "logits": (cfg.vocab_size, np.float32)}
-        self.buf = {k: cuda.to_device(np.zeros((b, n), t)) for k, (n, t) in zeros.items()}
-        self.rope = cuda.to_device(np.zeros((b, cfg.head_dim // 2, 2), np.float64))
+        widths = {"x": (cfg.hidden_size, np.float32), "h": (cfg.hidden_size, np.float16),
+                  "qkv": (cfg.qkv_size, np.float16), "attn": (cfg.q_size, np.float16),
+                  "act": (cfg.intermediate_size, np.float16),
+                  "logits": (cfg.vocab_size, np.float32)}
+        self.buf = {k: device_zeros((b, n), t) for k, (n, t) in widths.items()}
+        self.rope = device_zeros((b, cfg.head_dim // 2, 2), np.float64)
         self.max_context = layout.max_blocks * cfg.block_size
         splits = nk.attention_splits(self.max_context)
-        self.part_o = cuda.to_device(np.zeros((b, cfg.num_heads, splits, cfg.head_dim),
-                                              np.float32))
-        self.part_ml = cuda.to_device(np.zeros((b, cfg.num_heads, splits, 2), np.float32))
-        self.counters = cuda.to_device(np.zeros(b * cfg.num_kv_heads, np.int32))
+        self.part_o = device_zeros((b, cfg.num_heads, splits, cfg.head_dim), np.float32)
+        self.part_ml = device_zeros((b, cfg.num_heads, splits, 2), np.float32)
+        self.counters = device_zeros(b * cfg.num_kv_heads, np.int32)
         self._plans: dict[tuple, list[tuple]] = {}
 
     def attention_grid(self, batch: int) -> tuple[int, int, int]:
@@ -211,7 +224,7 @@ class NumbaBackend(Backend):
         return NumbaEvent()
 
     def empty(self, size: int, dtype: np.dtype | type):
-        return cuda.to_device(np.zeros(size, dtype))
+        return device_zeros(size, dtype)
 
     def pinned(self, size: int, dtype: np.dtype | type) -> np.ndarray:
         buf = cuda.pinned_array(size, dtype)

@@ -131,6 +131,7 @@ def main() -> int:
     cc = (int(ARCH[3]), int(ARCH[4]))
     dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=cc)
     nbk.cuda = types.SimpleNamespace(to_device=np.ascontiguousarray)  # host arrays
+    nbk.device_zeros = np.zeros
     cfg = get_preset("tiny")
     layout = StepLayout(max(BATCHES), cfg.max_blocks_per_seq)
     step = nbk.NumbaDecodeStep(cfg, nbk.upload_weights(make_weights(cfg, 0)), 8, layout, 8)

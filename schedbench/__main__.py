@@ -1,4 +1,6 @@
-"""The command line: ``python -m schedbench`` sweeps batch sizes and prints what it measured."""
+"""Sweep batch sizes through the sequential, overlapped and graph loops on one backend, and
+print what was measured: per-phase times, overhead %, GPU bubbles, tokens/s, the ideal bound.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from schedbench.report import (
     identical_line,
     latency_table,
     mode_table,
+    throughput_table,
     timeline,
     write_json,
 )
@@ -50,7 +53,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m schedbench", description=__doc__)
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="device backend; auto = cupy with a GPU, else cpu (default auto)")
-    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model shape")
+    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
+                   help="model shape (default %(default)s)")
     p.add_argument("--batch-sizes", type=int_list, default=None, metavar="B,B,...",
                    help=f"default {','.join(map(str, GPU_BATCH_SIZES))} on a GPU backend, "
                         f"{','.join(map(str, CPU_BATCH_SIZES))} on the cpu one")
@@ -178,6 +182,7 @@ def print_report(cfg: SweepConfig, sweep: Sweep, results: list[RunResult],
         print(f"\nTimeline, {mode}, batch {b} (measured):\n{timeline(run.records, timeline_steps)}")
     if budget := cpu_budget(results):
         print("\n" + budget_table(budget))
+    print("\n" + throughput_table(results))
     print("\n" + latency_table(results))
     print("\n" + identical_line(results))
 

@@ -8,14 +8,14 @@ import os
 import platform
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 import schedbench
 from schedbench.sweep import RunResult, SweepConfig
-from schedbench.timing import StepRecord, ideal_step_ms
+from schedbench.timing import Stat, StepRecord, ideal_step_ms
 
 SEQ_COLUMNS = ("Batch Size", "Schedule (ms)", "Launch (ms)", "Compute (ms)",
                "Postprocess (ms)", "Overhead %")
@@ -99,22 +99,39 @@ def cpu_budget(results: list[RunResult]) -> list[dict]:
     return rows
 
 
-def latency_table(results: list[RunResult]) -> str:
-    """Inter-token latency, p50 / p99 (ms), a row per batch size and a column per mode."""
+def per_mode_table(results: list[RunResult], title: str,
+                   cell: Callable[[dict[str, Stat]], str | None]) -> str:
+    """A row per batch size and a column per mode; ``cell`` formats one run's figures, or
+    says ``None`` where there is nothing to show."""
     modes = list(dict.fromkeys(r.mode for r in results))
     figures = {(r.batch_size, r.mode): r.figures for r in results}
 
-    def cell(b: int, mode: str) -> str:
+    def text(b: int, mode: str) -> str:
         f = figures.get((b, mode))
-        if f is None or not math.isfinite(f["itl_p50_ms"].median):
-            return "-"
+        return (cell(f) if f is not None else None) or "-"
+
+    rows = [[str(b), *(text(b, m) for m in modes)]
+            for b in dict.fromkeys(r.batch_size for r in results)]
+    return f"{title}\n" + format_table(["Batch Size", *modes], rows)
+
+
+def latency_table(results: list[RunResult]) -> str:
+    """Inter-token latency, p50 / p99 (ms)."""
+    def cell(f: dict[str, Stat]) -> str | None:
+        if not math.isfinite(f["itl_p50_ms"].median):
+            return None
         return f"{f['itl_p50_ms'].median:.3f} / {f['itl_p99_ms'].median:.3f}"
 
-    rows = [[str(b), *(cell(b, m) for m in modes)]
-            for b in dict.fromkeys(r.batch_size for r in results)]
-    return ("Inter-token latency as the host sees it (ms, p50 / p99 over every two consecutive "
-            "tokens of a request, steady state)\n"
-            + format_table(["Batch Size", *modes], rows))
+    return per_mode_table(results, "Inter-token latency as the host sees it (ms, p50 / p99 over "
+                                   "every two consecutive tokens of a request, steady state)",
+                          cell)
+
+
+def throughput_table(results: list[RunResult]) -> str:
+    """Tokens/s, and the device bubble that overlap exists to close."""
+    return per_mode_table(
+        results, "Throughput, tokens/s (mean device bubble between steps, us)",
+        lambda f: f"{f['tokens_per_s'].median:.0f} ({f['bubble_us'].median:.1f})")
 
 
 def budget_table(rows: list[dict]) -> str:

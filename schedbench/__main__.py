@@ -26,6 +26,7 @@ from schedbench.report import (
     identical_line,
     latency_table,
     mode_table,
+    spread_line,
     throughput_table,
     timeline,
     write_json,
@@ -176,6 +177,8 @@ def print_report(cfg: SweepConfig, sweep: Sweep, results: list[RunResult],
           "step / measured step.")
     if beyond := beyond_model_line(results):
         print(beyond)
+    if spread := spread_line(results, cfg.repeats):
+        print(spread)
     b = min(cfg.batch_sizes)  # where the overhead is largest
     for mode in cfg.modes:
         run = next(r for r in results if r.mode == mode and r.batch_size == b)

@@ -99,6 +99,22 @@ def cpu_budget(results: list[RunResult]) -> list[dict]:
     return rows
 
 
+def spread_line(results: list[RunResult], repeats: int) -> str | None:
+    """The widest step-time range over the repeats of one run, as a share of its median: how
+    large a difference between two rows has to be before it is more than noise."""
+    if repeats < 2 or not results:
+        return None
+
+    def width(r: RunResult) -> float:
+        f = r.figures["step_ms"]
+        return (f.max - f.min) / f.median
+
+    widest = max(results, key=width)
+    return (f"Repeats: the step time of one run ranged at most {100 * width(widest):.1f} % of "
+            f"its median ({widest.mode}, batch {widest.batch_size});\na difference smaller "
+            "than that between two rows may be noise. JSON \"spread\" has every figure's range.")
+
+
 def per_mode_table(results: list[RunResult], title: str,
                    cell: Callable[[dict[str, Stat]], str | None]) -> str:
     """A row per batch size and a column per mode; ``cell`` formats one run's figures, or

@@ -172,6 +172,21 @@ def test_defaults_follow_the_backend(monkeypatch):
     assert cli.config_from_args(cli.parser().parse_args(["--steps", "7"])).steps == 7
 
 
+def test_the_repeat_spread_line_names_the_widest_run(tmp_path, capsys):
+    out = tmp_path / "s.json"
+    args = [*FAST, "--batch-sizes", "1,2", "--json", str(out)]
+    assert main([*args, "--repeats", "3"]) == 0
+    text = capsys.readouterr().out
+    widths = {(r["mode"], r["batch_size"]):
+              100 * (r["spread"]["step_ms"]["max"] - r["spread"]["step_ms"]["min"]) / r["step_ms"]
+              for r in json.loads(out.read_text())["runs"]}
+    (mode, b), widest = max(widths.items(), key=lambda kv: kv[1])
+    assert (f"Repeats: the step time of one run ranged at most {widest:.1f} % of its median "
+            f"({mode}, batch {b});") in text
+    assert main([*args, "--repeats", "1"]) == 0
+    assert "Repeats:" not in capsys.readouterr().out
+
+
 def test_a_latency_with_nothing_to_measure_is_null_in_json_and_a_dash_in_the_table(
         tmp_path, capsys):
     out = tmp_path / "p.json"

@@ -10,12 +10,16 @@ from schedbench.errors import ConfigError
 
 
 def int_list(text: str) -> tuple[int, ...]:
-    """``"1,4,16"`` -> ``(1, 4, 16)``; ``""`` -> ``()``."""
+    """``"1,4,16"`` -> ``(1, 4, 16)``; ``""`` -> ``()``. A value given twice is an error: it
+    would run twice and print two rows for one batch size (or context)."""
     try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
+        values = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
         msg = f"expected comma-separated integers, got {text!r}"
         raise argparse.ArgumentTypeError(msg) from None
+    if twice := sorted({v for v in values if values.count(v) > 1}):
+        raise argparse.ArgumentTypeError(f"{', '.join(map(str, twice))} given twice in {text!r}")
+    return values
 
 
 def int_range(text: str) -> tuple[int, int]:

@@ -60,6 +60,8 @@ class SweepConfig:
                 raise ConfigError(f"unknown mode {m!r}; choose from {', '.join(MODES)}")
         if not self.modes:
             raise ConfigError("no modes given")
+        if len(set(self.modes)) < len(self.modes):
+            raise ConfigError(f"--modes {','.join(self.modes)}: each mode may be given once")
         if self.steps < 3:
             raise ConfigError(f"--steps {self.steps}: must be at least 3")
         if self.warmup < 0:

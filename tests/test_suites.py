@@ -29,6 +29,7 @@ def suite(name: str, *args: str) -> subprocess.CompletedProcess:
     ("bench_kernels", ["--wide-batch-sizes", "64,-1"], "batch size -1"),
     ("bench_kernels", ["--contexts", "2050"],
      "--contexts 2050: must be a positive multiple of the block size (16)"),
+    ("bench_kernels", ["--contexts", "2048,2048"], "2048 given twice in '2048,2048'"),
     ("bench_launch", ["--batch-size", "0"], "batch size 0: must be in [1, 4096]"),
 ])
 def test_a_bad_value_is_named_with_exit_2(name, args, message):

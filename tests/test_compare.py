@@ -1,0 +1,98 @@
+"""``python -m schedbench.compare``: two --json results side by side."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from schedbench.__main__ import main as run_sweep
+from schedbench.compare import main
+
+FAST = ["--backend", "cpu", "--steps", "12", "--warmup", "2", "--repeats", "2",
+        "--prompt-len", "1:4", "--output-len", "4:10"]
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory) -> dict:
+    path = tmp_path_factory.mktemp("compare") / "a.json"
+    assert run_sweep([*FAST, "--batch-sizes", "1,2", "--json", str(path)]) == 0
+    return json.loads(path.read_text())
+
+
+def write(tmp_path, name: str, doc: dict):
+    path = tmp_path / name
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def rows(text: str) -> dict[tuple[str, int], list[str]]:
+    table = text.split("\n\n")[1].splitlines()[2:]
+    cells = [[c.strip() for c in line.split("|")] for line in table]
+    return {(c[0], int(c[1])): c[2:] for c in cells}
+
+
+def test_a_result_against_itself_is_unchanged_and_the_same_tokens(tmp_path, capsys, result):
+    a = write(tmp_path, "a.json", result)
+    assert main([str(a), str(a)]) == 0
+    text = capsys.readouterr().out
+    assert f"A: {a}: backend cpu on " in text and "Differences" not in text
+    got = rows(text)
+    assert set(got) == {(r["mode"], r["batch_size"]) for r in result["runs"]}
+    for r in result["runs"]:
+        step = f"{r['step_ms']:.3f}"
+        assert got[r["mode"], r["batch_size"]] == [
+            step, step, "+0.0% ~", *[f"{r['overhead_pct']:.1f}"] * 2,
+            *[f"{r['tokens_per_s']:.0f}"] * 2, "+0.0% ~", "same"]
+
+
+def test_a_change_beyond_the_repeats_is_unmarked_and_other_tokens_differ(tmp_path, capsys,
+                                                                         result):
+    slower = copy.deepcopy(result)
+    run = slower["runs"][0]
+    run["step_ms"] *= 1.5
+    run["spread"]["step_ms"] = {"min": run["step_ms"], "max": run["step_ms"]}
+    run["tokens_sha256"] = "0" * 64
+    a, b = write(tmp_path, "a.json", result), write(tmp_path, "b.json", slower)
+    assert main([str(a), str(b)]) == 0
+    got = rows(capsys.readouterr().out)[run["mode"], run["batch_size"]]
+    assert got[2] == "+50.0%" and got[-1] == "differ"
+
+
+def test_other_settings_are_listed_and_tokens_not_compared(tmp_path, capsys, result):
+    other = copy.deepcopy(result)
+    other["config"]["steps"] = 99
+    other["runs"] = [r for r in other["runs"] if r["batch_size"] == 1]
+    a, b = write(tmp_path, "a.json", result), write(tmp_path, "b.json", other)
+    assert main([str(a), str(b)]) == 0
+    text = capsys.readouterr().out
+    assert "Differences: steps: 12 -> 99" in text
+    assert {cells[-1] for cells in rows(text).values()} == {"-"}
+    assert "Not compared: sequential batch 2 only in A; overlapped batch 2 only in A" in text
+
+
+def test_no_run_in_common_exits_1(tmp_path, capsys, result):
+    other = copy.deepcopy(result)
+    for r in other["runs"]:
+        r["batch_size"] += 100
+    assert main([str(write(tmp_path, "a.json", result)),
+                 str(write(tmp_path, "b.json", other))]) == 1
+    assert "No (mode, batch size) run is in both files." in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (None, "cannot read"),
+    ("{", "not JSON"),
+    ('{"traceEvents": []}', "not a schedbench result"),
+])
+def test_a_file_that_is_not_a_result_is_named_with_exit_2(tmp_path, capsys, result, text,
+                                                           message):
+    good = write(tmp_path, "a.json", result)
+    bad = tmp_path / "bad.json"
+    if text is not None:
+        bad.write_text(text)
+    with pytest.raises(SystemExit) as exc:
+        main([str(good), str(bad)])
+    assert exc.value.code == 2
+    assert f"{bad}: {message}" in capsys.readouterr().err

@@ -72,6 +72,16 @@ def test_other_settings_are_listed_and_tokens_not_compared(tmp_path, capsys, res
     assert "Not compared: sequential batch 2 only in A; overlapped batch 2 only in A" in text
 
 
+def test_a_timing_only_setting_still_compares_tokens(tmp_path, capsys, result):
+    knob = copy.deepcopy(result)
+    knob["config"]["extra_us_per_request"] = 50.0
+    assert main([str(write(tmp_path, "a.json", result)),
+                 str(write(tmp_path, "b.json", knob))]) == 0
+    text = capsys.readouterr().out
+    assert "Differences: extra_us_per_request: 0.0 -> 50.0" in text
+    assert {cells[-1] for cells in rows(text).values()} == {"same"}
+
+
 def test_no_run_in_common_exits_1(tmp_path, capsys, result):
     other = copy.deepcopy(result)
     for r in other["runs"]:

@@ -85,9 +85,7 @@ def device_weights(cfg: ModelConfig, seed: int) -> dict:
 
     arrays = dict(random_weights(cfg, seed).__dict__)
     cp.cuda.Device().synchronize()  # NOTE: they were made on CuPy's legacy default stream
-    views = {k: cuda.as_cuda_array(v) for k, v in arrays.items()}
-    views["_owner"] = arrays  # NOTE: the CuPy arrays own the memory the views point at
-    return views
+    return {k: cuda.as_cuda_array(v) for k, v in arrays.items()}  # each holds its CuPy array
 
 
 def device_zeros(shape: int | tuple[int, ...], dtype: type):
@@ -101,7 +99,7 @@ def device_zeros(shape: int | tuple[int, ...], dtype: type):
 
     zeros = cp.zeros(shape, dtype)
     cp.cuda.Device().synchronize()  # NOTE: zeroed on CuPy's stream, not on Numba's
-    return cuda.as_cuda_array(zeros)  # the view holds a reference to the CuPy array
+    return cuda.as_cuda_array(zeros)  # NOTE: the view holds a reference to the CuPy array
 
 
 class NumbaDecodeStep(DecodeStep):

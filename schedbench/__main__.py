@@ -96,7 +96,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", type=Path, default=None, metavar="PATH",
                    help="write a Chrome trace (open in ui.perfetto.dev or chrome://tracing)")
     p.add_argument("--plot", type=Path, default=None, metavar="DIR",
-                   help="write overhead, breakdown and timeline PNGs (needs matplotlib)")
+                   help="write overhead, throughput, breakdown and timeline PNGs "
+                        "(needs matplotlib)")
     p.add_argument("--timeline-steps", type=int, default=4, help="steps drawn per timeline")
     return p
 

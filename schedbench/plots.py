@@ -1,5 +1,5 @@
-"""PNG figures of a sweep (matplotlib): overhead against batch size, the step-time breakdown
-and a measured timeline of a few steps in each mode."""
+"""PNG figures of a sweep (matplotlib): overhead and throughput against batch size, the
+step-time breakdown and a measured timeline of a few steps in each mode."""
 
 from __future__ import annotations
 
@@ -49,6 +49,35 @@ def overhead_plot(results: list[RunResult], caption: str, path: Path) -> None:
     ax.set_ylabel("overhead % (device idle / wall time)")
     ax.set_title("Scheduling overhead against batch size")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.text(0.01, 0.01, caption, fontsize=7, color="dimgray")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def throughput_plot(results: list[RunResult], caption: str, path: Path) -> None:
+    """Tokens/s per mode, under the bound of a device that never idles: the tokens a step
+    makes over its device compute, both measured in the overlapped run (else the first)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    modes = list(dict.fromkeys(r.mode for r in results))
+    for mode in modes:
+        runs = [r for r in results if r.mode == mode]
+        ax.plot([r.batch_size for r in runs], [r.figures["tokens_per_s"].median for r in runs],
+                marker=MARKERS.get(mode, "o"), label=f"{mode} (measured)")
+    basis = "overlapped" if "overlapped" in modes else modes[0]
+    runs = [r for r in results if r.mode == basis]
+    bound = [r.figures["tokens_per_s"].median * r.figures["step_ms"].median
+             / r.figures["compute_ms"].median for r in runs]
+    ax.plot([r.batch_size for r in runs], bound, "--", color="gray",
+            label=f"device never idle (tokens per step / compute, {basis})")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("tokens/s")
+    ax.set_title("Throughput against batch size")
+    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.text(0.01, 0.01, caption, fontsize=7, color="dimgray")
     fig.tight_layout(rect=(0, 0.04, 1, 1))
@@ -127,7 +156,8 @@ def timeline_plot(results: list[RunResult], caption: str, path: Path, steps: int
 
 def write_plots(results: list[RunResult], caption: str, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / "overhead.png", out_dir / "breakdown.png", out_dir / "timeline.png"]
-    for fn, path in zip((overhead_plot, breakdown_plot, timeline_plot), paths):
-        fn(results, caption, path)
-    return paths
+    plots = {"overhead.png": overhead_plot, "throughput.png": throughput_plot,
+             "breakdown.png": breakdown_plot, "timeline.png": timeline_plot}
+    for name, plot in plots.items():
+        plot(results, caption, out_dir / name)
+    return [out_dir / name for name in plots]

@@ -62,6 +62,6 @@ def test_trace_spans_agree_with_the_json(outputs):
 def test_plots_are_written(tmp_path):
     pytest.importorskip("matplotlib")
     assert main([*ARGS, "--plot", str(tmp_path)]) == 0
-    for name in ("overhead.png", "breakdown.png", "timeline.png"):
+    for name in ("overhead.png", "throughput.png", "breakdown.png", "timeline.png"):
         data = (tmp_path / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000, name

@@ -27,14 +27,29 @@ def _phases(r: RunResult) -> tuple[float, float, float, float]:
                                                "postprocess_ms"))  # type: ignore[return-value]
 
 
-def overhead_plot(results: list[RunResult], caption: str, path: Path) -> None:
+def _against_batch(results: list[RunResult], figure: str):
+    """A figure with one measured line of ``figure`` per mode, against batch size."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    modes = list(dict.fromkeys(r.mode for r in results))
-    for mode in modes:
+    for mode in dict.fromkeys(r.mode for r in results):
         runs = [r for r in results if r.mode == mode]
-        ax.plot([r.batch_size for r in runs], [r.figures["overhead_pct"].median for r in runs],
+        ax.plot([r.batch_size for r in runs], [r.figures[figure].median for r in runs],
                 marker=MARKERS.get(mode, "o"), label=f"{mode} (measured)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.grid(alpha=0.3, which="both")
+    return fig, ax
+
+
+def _save(fig, caption: str, path: Path, top: float = 1.0) -> None:
+    fig.text(0.01, 0.01, caption, fontsize=7, color="dimgray")
+    fig.tight_layout(rect=(0, 0.04, 1, top))
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+
+
+def overhead_plot(results: list[RunResult], caption: str, path: Path) -> None:
+    fig, ax = _against_batch(results, "overhead_pct")
     for overlapped, style in ((False, ":"), (True, "--")):
         runs = [r for r in results if r.mode == ("overlapped" if overlapped else "sequential")]
         ideal = []
@@ -44,45 +59,28 @@ def overhead_plot(results: list[RunResult], caption: str, path: Path) -> None:
         if runs:
             ax.plot([r.batch_size for r in runs], ideal, style, color="gray",
                     label=f"{'overlapped' if overlapped else 'sequential'} (ideal model)")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("batch size")
     ax.set_ylabel("overhead % (device idle / wall time)")
     ax.set_title("Scheduling overhead against batch size")
-    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.text(0.01, 0.01, caption, fontsize=7, color="dimgray")
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, caption, path)
 
 
 def throughput_plot(results: list[RunResult], caption: str, path: Path) -> None:
     """Tokens/s per mode, under the bound of a device that never idles: the tokens a step
     makes over its device compute, both measured in the overlapped run (else the first)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = _against_batch(results, "tokens_per_s")
     modes = list(dict.fromkeys(r.mode for r in results))
-    for mode in modes:
-        runs = [r for r in results if r.mode == mode]
-        ax.plot([r.batch_size for r in runs], [r.figures["tokens_per_s"].median for r in runs],
-                marker=MARKERS.get(mode, "o"), label=f"{mode} (measured)")
     basis = "overlapped" if "overlapped" in modes else modes[0]
     runs = [r for r in results if r.mode == basis]
     bound = [r.figures["tokens_per_s"].median * r.figures["step_ms"].median
              / r.figures["compute_ms"].median for r in runs]
     ax.plot([r.batch_size for r in runs], bound, "--", color="gray",
             label=f"device never idle (tokens per step / compute, {basis})")
-    ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel("batch size")
     ax.set_ylabel("tokens/s")
     ax.set_title("Throughput against batch size")
-    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.text(0.01, 0.01, caption, fontsize=7, color="dimgray")
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, caption, path)
 
 
 def breakdown_plot(results: list[RunResult], caption: str, path: Path) -> None:
@@ -110,10 +108,7 @@ def breakdown_plot(results: list[RunResult], caption: str, path: Path) -> None:
     fig.legend(handles, labels, loc="upper right", fontsize=7, ncol=len(labels))
     fig.suptitle(f"Host time per step, stacked, beside device compute ({', '.join(modes)})",
                  x=0.01, ha="left")
-    fig.text(0.01, 0.01, caption, fontsize=7, color="dimgray")
-    fig.tight_layout(rect=(0, 0.04, 1, 0.95))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, caption, path, top=0.95)
 
 
 def timeline_plot(results: list[RunResult], caption: str, path: Path, steps: int = 5) -> None:
@@ -148,10 +143,7 @@ def timeline_plot(results: list[RunResult], caption: str, path: Path, steps: int
     axes[-1, 0].set_xlabel("ms (measured; one clock for host and device)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COLORS.values()]
     fig.legend(handles, list(COLORS), loc="upper right", fontsize=7, ncol=len(COLORS))
-    fig.text(0.01, 0.01, caption, fontsize=7, color="dimgray")
-    fig.tight_layout(rect=(0, 0.03, 1, 0.94))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, caption, path, top=0.94)
 
 
 def write_plots(results: list[RunResult], caption: str, out_dir: Path) -> list[Path]:

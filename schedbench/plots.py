@@ -42,10 +42,16 @@ def _against_batch(results: list[RunResult], figure: str):
 
 
 def _save(fig, caption: str, path: Path, top: float = 1.0) -> None:
+    """Caption, lay out and write the figure; a PNG is there whole or not at all."""
     fig.text(0.01, 0.01, caption, fontsize=7, color="dimgray")
     fig.tight_layout(rect=(0, 0.04, 1, top))
-    fig.savefig(path, dpi=120)
-    _pyplot().close(fig)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        fig.savefig(partial, dpi=120, format="png")
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+        _pyplot().close(fig)
 
 
 def overhead_plot(results: list[RunResult], caption: str, path: Path) -> None:

@@ -65,3 +65,4 @@ def test_plots_are_written(tmp_path):
     for name in ("overhead.png", "throughput.png", "breakdown.png", "timeline.png"):
         data = (tmp_path / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000, name
+    assert not list(tmp_path.glob(".*")), "a partial PNG was left behind"

@@ -100,8 +100,8 @@ def cpu_budget(results: list[RunResult]) -> list[dict]:
 
 
 def spread_line(results: list[RunResult], repeats: int) -> str | None:
-    """The widest step-time range over the repeats of one run, as a share of its median: how
-    large a difference between two rows has to be before it is more than noise."""
+    """The widest step-time range over the repeats of one run, as a share of its median: a
+    difference between two rows below it may be noise."""
     if repeats < 2 or not results:
         return None
 

@@ -144,6 +144,12 @@ def random_weights(cfg: ModelConfig, seed: int) -> DeviceWeights:
 
 
 @cache
+def free_device_bytes() -> int:
+    """What new device arrays can get: the driver's free memory and the blocks CuPy's pool
+    holds unused (an earlier step's, until the pool gives them back)."""
+    return runtime.memGetInfo()[0] + cp.get_default_memory_pool().free_bytes()
+
+
 def pdl_default() -> bool:
     """Programmatic dependent launch for the GEMMs: opt-in with ``SCHEDBENCH_PDL=1``, and only
     on sm_90 and later.
@@ -306,7 +312,7 @@ class CupyBackend(Backend):
 
     def decode_step(self, cfg: ModelConfig, seed: int, num_blocks: int, layout: StepLayout,
                     num_slots: int) -> CupyDecodeStep:
-        check_fits(cfg, num_blocks, 2, gpu_buffer_bytes(cfg, layout), runtime.memGetInfo()[0],
+        check_fits(cfg, num_blocks, 2, gpu_buffer_bytes(cfg, layout), free_device_bytes(),
                    f"device memory on the {self.device_name}")
         return CupyDecodeStep(cfg, random_weights(cfg, seed), num_blocks, layout, num_slots)
 

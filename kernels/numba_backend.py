@@ -239,9 +239,10 @@ class NumbaBackend(Backend):
 
     def decode_step(self, cfg: ModelConfig, seed: int, num_blocks: int, layout: StepLayout,
                     num_slots: int) -> NumbaDecodeStep:
-        if not SIMULATOR:
-            free, _ = cuda.current_context().get_memory_info()
-            check_fits(cfg, num_blocks, 2, gpu_buffer_bytes(cfg, layout), free,
+        if not SIMULATOR:  # NOTE: weights and buffers come from CuPy's pool (device_zeros)
+            from kernels.cupy_backend import free_device_bytes
+
+            check_fits(cfg, num_blocks, 2, gpu_buffer_bytes(cfg, layout), free_device_bytes(),
                        f"device memory on the {self.device_name}")
         return NumbaDecodeStep(cfg, device_weights(cfg, seed), num_blocks, layout, num_slots)
 
@@ -256,3 +257,7 @@ class NumbaBackend(Backend):
 
     def close(self) -> None:
         cuda.synchronize()
+        if not SIMULATOR:
+            import cupy as cp
+
+            cp.get_default_memory_pool().free_all_blocks()

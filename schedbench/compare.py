@@ -71,6 +71,7 @@ def compare(a: dict, b: dict) -> tuple[str, list[str]]:
     runs_a = {(r["mode"], r["batch_size"]): r for r in a["runs"]}
     runs_b = {(r["mode"], r["batch_size"]): r for r in b["runs"]}
     both = [k for k in runs_a if k in runs_b]
+
     def work(doc: dict) -> tuple:
         return (doc["backend"], doc["preset"],
                 {k: v for k, v in doc["config"].items() if k not in TIMING_ONLY})

@@ -125,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
           "where backend, preset and the settings that decide tokens match).")
     if alone:
         print("Not compared: " + "; ".join(alone))
+    if single := [label for label, doc in (("A", a), ("B", b)) if doc["config"]["repeats"] < 2]:
+        print(f"{' and '.join(single)} ran one repeat: its ranges are single points, so a "
+              "missing ~ says little. Use --repeats 3.")
     return 0
 
 

@@ -82,6 +82,16 @@ def test_a_timing_only_setting_still_compares_tokens(tmp_path, capsys, result):
     assert {cells[-1] for cells in rows(text).values()} == {"same"}
 
 
+def test_a_side_with_one_repeat_is_named(tmp_path, capsys, result):
+    single = copy.deepcopy(result)
+    single["config"]["repeats"] = 1
+    a = write(tmp_path, "a.json", result)
+    assert main([str(a), str(write(tmp_path, "b.json", single))]) == 0
+    assert "B ran one repeat: its ranges are single points" in capsys.readouterr().out
+    assert main([str(a), str(a)]) == 0
+    assert "ran one repeat" not in capsys.readouterr().out
+
+
 def test_no_run_in_common_exits_1(tmp_path, capsys, result):
     other = copy.deepcopy(result)
     for r in other["runs"]:

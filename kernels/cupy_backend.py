@@ -143,13 +143,13 @@ def random_weights(cfg: ModelConfig, seed: int) -> DeviceWeights:
     )
 
 
-@cache
 def free_device_bytes() -> int:
     """What new device arrays can get: the driver's free memory and the blocks CuPy's pool
     holds unused (an earlier step's, until the pool gives them back)."""
     return runtime.memGetInfo()[0] + cp.get_default_memory_pool().free_bytes()
 
 
+@cache
 def pdl_default() -> bool:
     """Programmatic dependent launch for the GEMMs: opt-in with ``SCHEDBENCH_PDL=1``, and only
     on sm_90 and later.

@@ -95,6 +95,9 @@ def test_report_and_json(tmp_path, capsys):
         assert keys <= run.keys()
         assert run["compute_ms"] > 0 and run["tokens_per_s"] > 0
         assert run["spread"]["step_ms"]["min"] <= run["step_ms"] <= run["spread"]["step_ms"]["max"]
+        assert run["batch_size"] <= run["requests_served"]
+        assert 0 < run["itl_p50_ms"] <= run["itl_p99_ms"]
+        assert 0 < run["requests_finished"] <= run["requests_served"]
     # the throughput table prints the JSON's tokens/s and bubble, a column per mode
     table = text.split("Throughput, tokens/s (mean device bubble between steps, us)\n")[1]
     runs = {(r["mode"], r["batch_size"]): r for r in doc["runs"]}
@@ -103,9 +106,6 @@ def test_report_and_json(tmp_path, capsys):
         assert cells == [str(b), *(f"{runs[m, b]['tokens_per_s']:.0f} "
                                    f"({runs[m, b]['bubble_us']:.1f})"
                                    for m in ("sequential", "overlapped"))]
-        assert run["batch_size"] <= run["requests_served"]
-        assert 0 < run["itl_p50_ms"] <= run["itl_p99_ms"]
-        assert 0 < run["requests_finished"] <= run["requests_served"]
     check = doc["token_check"]["3"]
     assert check["identical"] and check["tokens_compared"] > 0
     assert check["mismatched_requests"] == [] and doc["config"]["drain"] is False

@@ -154,20 +154,27 @@ class Sweep:
     def results(self, progress: Callable[[str], None] | None = None) -> Iterator[RunResult]:
         cfg = self.cfg
         for b in cfg.batch_sizes:
-            for mode in cfg.modes:
-                runs, hashes = [], set()
-                for rep in range(cfg.repeats):
+            runs: dict[str, list[RunFigures]] = {m: [] for m in cfg.modes}
+            hashes: dict[str, set[str]] = {m: set() for m in cfg.modes}
+            last: dict[str, tuple[TokenStreams, list[StepRecord]]] = {}
+            # NOTE: the modes take turns within each repeat, so a drift of the machine over
+            # the batch size's runs (clock, another process) falls on every mode alike
+            # instead of on whichever ran last; the speedup compares them.
+            for rep in range(cfg.repeats):
+                for mode in cfg.modes:
                     if progress:
-                        progress(f"{mode} batch {b} repeat {rep + 1}/{cfg.repeats}")
+                        progress(f"batch {b} repeat {rep + 1}/{cfg.repeats} {mode}")
                     figures, tokens, records = self.run_one(mode, b)
-                    runs.append(figures)
-                    hashes.add(tokens.sha256)
+                    runs[mode].append(figures)
+                    hashes[mode].add(tokens.sha256)
+                    last[mode] = tokens, records
+            for mode in cfg.modes:
                 # NOTE: one loop schedules the same batches every time, so its repeats must
                 # agree on every token, including where the run stopped each request.
-                if len(hashes) != 1:
+                if len(hashes[mode]) != 1:
                     raise RuntimeError(f"{mode} batch {b}: token streams differ between "
                                        f"repeats of the same run")
-                yield RunResult(mode, b, aggregate(runs), tokens, records)
+                yield RunResult(mode, b, aggregate(runs[mode]), *last[mode])
 
     def close(self) -> None:
         self.backend.close()

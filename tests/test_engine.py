@@ -65,6 +65,38 @@ def test_a_run_stops_after_its_measured_steps():
         cut.close()
 
 
+def test_modes_take_turns_within_each_repeat():
+    """A batch size's repeats run every mode in turn, and each result keeps its own mode's
+    figures and last records, not those of the mode that ran just before."""
+    cfg = SweepConfig(backend="cpu", batch_sizes=(1, 2), steps=4, warmup=1, repeats=2,
+                      workload=SHORT)
+    sweep = Sweep(cfg)
+    labels: list[str] = []
+    returned: dict[tuple[str, int], list] = {}
+    run_one = sweep.run_one
+
+    def recording(mode: str, batch_size: int):
+        out = run_one(mode, batch_size)
+        returned.setdefault((mode, batch_size), []).append(out)
+        return out
+
+    sweep.run_one = recording
+    try:
+        results = list(sweep.results(labels.append))
+    finally:
+        sweep.close()
+    assert labels == [f"batch {b} repeat {r}/2 {m}" for b in (1, 2) for r in (1, 2)
+                      for m in ("sequential", "overlapped")]
+    assert [(r.mode, r.batch_size) for r in results] == [
+        (m, b) for b in (1, 2) for m in ("sequential", "overlapped")]
+    for r in results:
+        mine = returned[r.mode, r.batch_size]
+        assert r.records is mine[-1][2]
+        steps = [run[0].step_ms for run in mine]
+        assert r.figures["step_ms"].min == min(steps)
+        assert r.figures["step_ms"].max == max(steps)
+
+
 def test_every_request_finishes_once_and_every_block_returns(cpu_backend):
     layout = StepLayout(4, CFG.max_blocks_per_seq)
     step = CpuDecodeStep(CFG, 0, 40, layout, 8)

@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[RunResult] = []
     complete = False
     try:
-        show = progress_printer(len(cfg.batch_sizes) * len(cfg.modes) * cfg.repeats)
+        show = progress_printer(sweep.run_count)
         for result in sweep.results(show):
             results.append(result)
         if sys.stderr.isatty():

@@ -66,8 +66,9 @@ def test_a_run_stops_after_its_measured_steps():
 
 
 def test_modes_take_turns_within_each_repeat():
-    """A batch size's repeats run every mode in turn, and each result keeps its own mode's
-    figures and last records, not those of the mode that ran just before."""
+    """After a thrown-away run per mode, a batch size's repeats run every mode in turn, and
+    each result keeps its own mode's figures and last records, not those of the mode that ran
+    just before, nor the warm-up's."""
     cfg = SweepConfig(backend="cpu", batch_sizes=(1, 2), steps=4, warmup=1, repeats=2,
                       workload=SHORT)
     sweep = Sweep(cfg)
@@ -85,12 +86,14 @@ def test_modes_take_turns_within_each_repeat():
         results = list(sweep.results(labels.append))
     finally:
         sweep.close()
-    assert labels == [f"batch {b} repeat {r}/2 {m}" for b in (1, 2) for r in (1, 2)
-                      for m in ("sequential", "overlapped")]
+    assert labels == ["warm-up sequential", "warm-up overlapped"] + [
+        f"batch {b} repeat {r}/2 {m}" for b in (1, 2) for r in (1, 2)
+        for m in ("sequential", "overlapped")]
+    assert sweep.run_count == len(labels) == sum(map(len, returned.values()))
     assert [(r.mode, r.batch_size) for r in results] == [
         (m, b) for b in (1, 2) for m in ("sequential", "overlapped")]
     for r in results:
-        mine = returned[r.mode, r.batch_size]
+        mine = returned[r.mode, r.batch_size][-2:]  # batch 1 begins with the warm-up
         assert r.records is mine[-1][2]
         steps = [run[0].step_ms for run in mine]
         assert r.figures["step_ms"].min == min(steps)

@@ -18,8 +18,9 @@ def test_interrupt_keeps_finished_runs_in_valid_json(tmp_path, sig):
          "--steps", "300", "--repeats", "2", "--json", str(out)],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     assert proc.stderr is not None
-    for line in proc.stderr:  # "[t s] k/N label": repeat k started; two per (mode, batch)
-        if line.split("]")[-1].strip().startswith("5/"):
+    # "[t s] k/N label": run k started; two warm-ups, then batch 1's four (2 modes x 2 repeats)
+    for line in proc.stderr:
+        if line.split("]")[-1].strip().startswith("7/"):
             break
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)

@@ -160,9 +160,9 @@ class Sweep:
     def results(self, progress: Callable[[str], None] | None = None) -> Iterator[RunResult]:
         cfg = self.cfg
         # NOTE: a process's first runs are slow and erratic however long each run's own
-        # warm-up steps (on a 2-vCPU VM, the first overlapped run was 20-35 % slower than
-        # the later ones when it came second), so each mode first makes a run that is thrown
-        # away, at the smallest batch size, where it costs least.
+        # warm-up steps (on a 2-vCPU VM the first overlapped run, second in the process, took
+        # 10-45 % longer per step than the next; no garbage collection ran in it), so each
+        # mode first makes a run that is thrown away, at the smallest batch size.
         for mode in cfg.modes:
             if progress:
                 progress(f"warm-up {mode}")

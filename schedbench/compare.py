@@ -4,12 +4,18 @@ asv compares commits on one machine; this compares any two runs: a scheduler cha
 and after, CuPy against Numba, an H100 against an H200. Runs are matched by (mode, batch
 size). A change whose two min-max ranges over repeats overlap is marked ``~``: the repeats
 of one side reach the other's, so the change may be noise.
+
+Repeats in one process share its luck, so a side may be several files of the same
+configuration, each from its own process: ``A1.json A2.json A3.json vs B1.json B2.json
+B3.json``. A side's figure is then the median of its files' medians, and its range is theirs:
+the processes, not the repeats within one, are the independent samples.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -38,9 +44,51 @@ def load(path: Path) -> dict:
     return doc
 
 
-def describe(label: str, path: Path, doc: dict) -> str:
+def pool(paths: list[Path]) -> dict:
+    """One side from one or more results of the same configuration: per (mode, batch size)
+    run, the median and the range of the files' medians, and the token hash where all the
+    files agree on it ("mixed" where they do not).
+
+    NOTE: on a 2-vCPU VM, one process of three ran 18 % faster at batch 16 while the repeats
+    within each process stayed within 2 %: a process's repeats share its luck, so the range
+    over every repeat of every file would be the within-process jitter of the widest file,
+    wider with each file added, where the range of the medians is the spread between
+    processes."""
+    docs = [load(p) for p in paths]
+    first = docs[0]
+    for path, doc in zip(paths[1:], docs[1:]):
+        if diffs := differences(first, doc) + [
+                f"{k}: {first[k]} -> {doc[k]}" for k in ("backend", "device", "preset", "commit")
+                if first[k] != doc[k]]:
+            raise ConfigError(f"{path} is not a run of what {paths[0]} ran ({'; '.join(diffs)})"
+                              f": the files of one side must differ in nothing but their process")
+    if len(docs) == 1:
+        return first
+    keyed = [{(r["mode"], r["batch_size"]): r for r in doc["runs"]} for doc in docs]
+    runs = []
+    for key in keyed[0]:
+        if not all(key in k for k in keyed):
+            continue
+        each = [k[key] for k in keyed]
+        run = {"mode": key[0], "batch_size": key[1], "spread": {}}
+        for name, *_ in FIGURES:
+            medians = [r[name] for r in each]
+            run[name] = statistics.median(medians)
+            run["spread"][name] = {"min": min(medians), "max": max(medians)}
+        hashes = {r["tokens_sha256"] for r in each}
+        run["tokens_sha256"] = hashes.pop() if len(hashes) == 1 else "mixed"
+        runs.append(run)
+    repeats = first["config"]["repeats"]
+    return {**first, "runs": runs, "complete": all(d.get("complete", True) for d in docs),
+            "files": len(docs),
+            "statistic": f"median over {len(docs)} processes of each one's median of {repeats} "
+                         f"repeats; spread is min/max of those {len(docs)}"}
+
+
+def describe(label: str, paths: list[Path], doc: dict) -> str:
     what = ("synthetic" if doc["config"].get("synthetic") else f"preset {doc['preset']}")
-    line = (f"{label}: {path}: backend {doc['backend']} on {doc['device']}, {what}, commit "
+    names = paths[0] if len(paths) == 1 else ", ".join(map(str, paths))
+    line = (f"{label}: {names}: backend {doc['backend']} on {doc['device']}, {what}, commit "
             f"{doc['commit'][:12]}{'-dirty' if doc['commit'].endswith('-dirty') else ''}, "
             f"{doc['statistic']}")
     return line if doc.get("complete", True) else line + " (interrupted: some runs missing)"
@@ -99,19 +147,36 @@ def compare(a: dict, b: dict) -> tuple[str, list[str]]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m schedbench.compare", description=__doc__,
+                                usage="%(prog)s A.json B.json | A1.json A2.json ... vs "
+                                      "B1.json B2.json ...",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("before", type=Path, help="a `python -m schedbench --json` file (A)")
-    p.add_argument("after", type=Path, help="another one (B), compared against A")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="`python -m schedbench --json` files: A.json B.json compares B against "
+                        "A; A1.json A2.json vs B1.json B2.json pools each side's processes")
     return p
+
+
+def sides(p: argparse.ArgumentParser, files: list[str]) -> tuple[list[Path], list[Path]]:
+    if "vs" in files:
+        cut = files.index("vs")
+        before, after = files[:cut], files[cut + 1:]
+        if not before or not after or "vs" in after:
+            p.error(f"{' '.join(files)}: give files on both sides of one 'vs'")
+    elif len(files) == 2:
+        before, after = files[:1], files[1:]
+    else:
+        p.error(f"{' '.join(files)}: give two files (A B), or each side's files around 'vs'")
+    return [Path(f) for f in before], [Path(f) for f in after]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
+    paths_a, paths_b = sides(p, args.files)
     with reported(p):
-        a, b = load(args.before), load(args.after)
-    print(describe("A", args.before, a))
-    print(describe("B", args.after, b))
+        a, b = pool(paths_a), pool(paths_b)
+    print(describe("A", paths_a, a))
+    print(describe("B", paths_b, b))
     if diffs := differences(a, b):
         print("Differences: " + "; ".join(diffs))
     table, alone = compare(a, b)
@@ -119,13 +184,19 @@ def main(argv: list[str] | None = None) -> int:
         print("\nNo (mode, batch size) run is in both files.")
         return 1
     print(f"\n{table}\n")
-    print("Change = B against A. ~: the min-max ranges over repeats overlap, so the change may "
-          "be noise. Repeats in one process\nshare its machine state: rerun before trusting a "
-          "small unmarked change. Tokens: whether the runs' token streams\nhash the same (only "
-          "where backend, preset and the settings that decide tokens match).")
+    print("Change = B against A. ~: the two sides' min-max ranges overlap (over a file's "
+          "repeats, or over the medians of a side's\nfiles), so the change may be noise. "
+          "Tokens: whether the runs' token streams hash the same (only where backend, preset\n"
+          "and the settings that decide tokens match).")
     if alone:
         print("Not compared: " + "; ".join(alone))
-    if single := [label for label, doc in (("A", a), ("B", b)) if doc["config"]["repeats"] < 2]:
+    if one := [label for label, doc in (("A", a), ("B", b)) if doc.get("files", 1) == 1]:
+        print(f"{' and '.join(one)} {'is' if len(one) == 1 else 'are each'} one process, "
+              "whose repeats share its machine state: "
+              "before trusting a small unmarked change,\nrun each side in a few processes and "
+              "give them all (A1.json A2.json A3.json vs B1.json B2.json B3.json).")
+    if single := [label for label, doc in (("A", a), ("B", b))
+                  if doc["config"]["repeats"] * doc.get("files", 1) < 2]:
         print(f"{' and '.join(single)} ran one repeat: its ranges are single points, so a "
               "missing ~ says little. Use --repeats 3.")
     return 0

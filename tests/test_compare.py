@@ -116,3 +116,77 @@ def test_a_file_that_is_not_a_result_is_named_with_exit_2(tmp_path, capsys, resu
         main([str(good), str(bad)])
     assert exc.value.code == 2
     assert f"{bad}: {message}" in capsys.readouterr().err
+
+
+def shifted(result: dict, factor: float, sha: str | None = None, width: float = 0.05) -> dict:
+    """The result as another process might have measured it: every step time scaled, its
+    repeats within ``width`` of it."""
+    doc = copy.deepcopy(result)
+    for r in doc["runs"]:
+        r["step_ms"] *= factor
+        r["spread"]["step_ms"] = {"min": (1 - width) * r["step_ms"],
+                                  "max": (1 + width) * r["step_ms"]}
+        r["tokens_sha256"] = sha or r["tokens_sha256"]
+    return doc
+
+
+def test_each_side_pools_its_processes(tmp_path, capsys, result):
+    a = [write(tmp_path, f"a{i}.json", shifted(result, f)) for i, f in enumerate((1, 1.3, 1.1))]
+    b = write(tmp_path, "b.json", shifted(result, 2.0))
+    assert main([*map(str, a), "vs", str(b)]) == 0
+    text = capsys.readouterr().out
+    assert f"A: {a[0]}, {a[1]}, {a[2]}: backend cpu" in text
+    assert "median over 3 processes of each one's median of 2 repeats; spread is min/max " \
+           "of those 3" in text
+    assert "B is one process, whose repeats share its machine state" in text
+    got = rows(text)
+    for r in result["runs"]:
+        cells = got[r["mode"], r["batch_size"]]
+        assert cells[0] == f"{r['step_ms'] * 1.1:.3f}"  # the median of the three processes
+        assert cells[1] == f"{r['step_ms'] * 2.0:.3f}"
+        assert cells[-1] == "same"
+        # A's range (its processes, 1x to 1.3x) stays below B's (its repeats, 1.9x to 2.1x)
+        assert cells[2] == f"{100 * (2.0 / 1.1 - 1):+.1f}%"
+    # a second process of B's, at 1.25x, widens its range to reach A's: the change is noise
+    b2 = write(tmp_path, "b2.json", shifted(result, 1.25))
+    assert main([*map(str, a), "vs", str(b), str(b2)]) == 0
+    text = capsys.readouterr().out
+    assert "one process" not in text
+    assert all(cells[2].endswith("~") for cells in rows(text).values())
+
+
+def test_a_pooled_range_is_the_processes_not_their_repeats(tmp_path, capsys, result):
+    """Each side's processes agree within 10 %, the sides differ by 50 %: that is a change,
+    however widely the repeats within one process scattered."""
+    a = [write(tmp_path, f"a{f}.json", shifted(result, f, width=0.5)) for f in (1.0, 1.1)]
+    b = [write(tmp_path, f"b{f}.json", shifted(result, f)) for f in (1.5, 1.6)]
+    assert main([*map(str, a), "vs", *map(str, b)]) == 0
+    assert {cells[2] for cells in rows(capsys.readouterr().out).values()} == {
+        f"{100 * (1.55 / 1.05 - 1):+.1f}%"}
+
+
+def test_a_side_whose_processes_disagree_on_tokens_differs(tmp_path, capsys, result):
+    a = write(tmp_path, "a.json", result)
+    odd = write(tmp_path, "odd.json", shifted(result, 1.0, sha="0" * 64))
+    assert main([str(a), "vs", str(a), str(odd)]) == 0
+    assert {cells[-1] for cells in rows(capsys.readouterr().out).values()} == {"differ"}
+
+
+def test_a_side_of_different_configurations_is_refused(tmp_path, capsys, result):
+    other = copy.deepcopy(result)
+    other["config"]["steps"] = 99
+    a, o = write(tmp_path, "a.json", result), write(tmp_path, "o.json", other)
+    with pytest.raises(SystemExit) as exc:
+        main([str(a), str(o), "vs", str(a)])
+    assert exc.value.code == 2
+    assert f"{o} is not a run of what {a} ran (steps: 12 -> 99)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["a.json"], ["a.json", "b.json", "c.json"],
+                                  ["a.json", "vs"], ["vs", "b.json"],
+                                  ["a.json", "vs", "b.json", "vs", "c.json"]])
+def test_sides_that_are_not_two_are_refused(capsys, args):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    assert "give" in capsys.readouterr().err

@@ -47,7 +47,7 @@ def load(path: Path) -> dict:
 def pool(paths: list[Path]) -> dict:
     """One side from one or more results of the same configuration: per (mode, batch size)
     run, the median and the range of the files' medians, and the token hash where all the
-    files agree on it ("mixed" where they do not).
+    files agree on it (None where they do not: it matches nothing).
 
     NOTE: on a 2-vCPU VM, one process of three ran 18 % faster at batch 16 while the repeats
     within each process stayed within 2 %: a process's repeats share its luck, so the range
@@ -76,7 +76,7 @@ def pool(paths: list[Path]) -> dict:
             run[name] = statistics.median(medians)
             run["spread"][name] = {"min": min(medians), "max": max(medians)}
         hashes = {r["tokens_sha256"] for r in each}
-        run["tokens_sha256"] = hashes.pop() if len(hashes) == 1 else "mixed"
+        run["tokens_sha256"] = hashes.pop() if len(hashes) == 1 else None
         runs.append(run)
     repeats = first["config"]["repeats"]
     return {**first, "runs": runs, "complete": all(d.get("complete", True) for d in docs),
@@ -137,8 +137,8 @@ def compare(a: dict, b: dict) -> tuple[str, list[str]]:
             cells += [fmt.format(ra[name]), fmt.format(rb[name])]
             if shows_change:
                 cells.append(change(name, ra, rb))
-        cells.append(("same" if ra["tokens_sha256"] == rb["tokens_sha256"] else "differ")
-                     if same_work else "-")
+        same = ra["tokens_sha256"] is not None and ra["tokens_sha256"] == rb["tokens_sha256"]
+        cells.append(("same" if same else "differ") if same_work else "-")
         rows.append(cells)
     alone = ([f"{m} batch {bs} only in A" for m, bs in runs_a if (m, bs) not in runs_b]
              + [f"{m} batch {bs} only in B" for m, bs in runs_b if (m, bs) not in runs_a])

@@ -143,10 +143,14 @@ def random_weights(cfg: ModelConfig, seed: int) -> DeviceWeights:
     )
 
 
-def free_device_bytes() -> int:
-    """What new device arrays can get: the driver's free memory and the blocks CuPy's pool
+def check_fits_on_device(cfg: ModelConfig, num_blocks: int, layout: StepLayout,
+                         device_name: str) -> None:
+    """Raise ConfigError unless a GPU step (fp16 weights and KV cache, and its buffers) fits
+    in what new device arrays can get: the driver's free memory and the blocks CuPy's pool
     holds unused (an earlier step's, until the pool gives them back)."""
-    return runtime.memGetInfo()[0] + cp.get_default_memory_pool().free_bytes()
+    free = runtime.memGetInfo()[0] + cp.get_default_memory_pool().free_bytes()
+    check_fits(cfg, num_blocks, 2, gpu_buffer_bytes(cfg, layout), free,
+               f"device memory on the {device_name}")
 
 
 @cache
@@ -312,8 +316,7 @@ class CupyBackend(Backend):
 
     def decode_step(self, cfg: ModelConfig, seed: int, num_blocks: int, layout: StepLayout,
                     num_slots: int) -> CupyDecodeStep:
-        check_fits(cfg, num_blocks, 2, gpu_buffer_bytes(cfg, layout), free_device_bytes(),
-                   f"device memory on the {self.device_name}")
+        check_fits_on_device(cfg, num_blocks, layout, self.device_name)
         return CupyDecodeStep(cfg, random_weights(cfg, seed), num_blocks, layout, num_slots)
 
     def spin_step(self, vocab_size: int, compute_ms: float, layout: StepLayout,

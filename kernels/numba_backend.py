@@ -21,7 +21,6 @@ from kernels import numba_gemm as ng
 from kernels import numba_kernels as nk
 from kernels.backend import Backend, DecodeStep, Event, Stream
 from kernels.layout import StepLayout
-from kernels.memory import check_fits, gpu_buffer_bytes
 from schedbench.errors import ConfigError
 from schedbench.model import ModelConfig, Weights, interleave_gate_up, make_weights
 
@@ -240,10 +239,9 @@ class NumbaBackend(Backend):
     def decode_step(self, cfg: ModelConfig, seed: int, num_blocks: int, layout: StepLayout,
                     num_slots: int) -> NumbaDecodeStep:
         if not SIMULATOR:  # NOTE: weights and buffers come from CuPy's pool (device_zeros)
-            from kernels.cupy_backend import free_device_bytes
+            from kernels.cupy_backend import check_fits_on_device
 
-            check_fits(cfg, num_blocks, 2, gpu_buffer_bytes(cfg, layout), free_device_bytes(),
-                       f"device memory on the {self.device_name}")
+            check_fits_on_device(cfg, num_blocks, layout, self.device_name)
         return NumbaDecodeStep(cfg, device_weights(cfg, seed), num_blocks, layout, num_slots)
 
     def spin_step(self, vocab_size: int, compute_ms: float, layout: StepLayout,

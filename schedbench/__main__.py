@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kernels.registry import BACKENDS, resolve
-from schedbench.arguments import int_list, int_range, reported
+from schedbench.arguments import int_list, int_list_text, int_range, reported
 from schedbench.engine import MODES
 from schedbench.errors import ConfigError
 from schedbench.model import PRESETS
@@ -57,8 +57,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
                    help="model shape (default %(default)s)")
     p.add_argument("--batch-sizes", type=int_list, default=None, metavar="B,B,...",
-                   help=f"default {','.join(map(str, GPU_BATCH_SIZES))} on a GPU backend, "
-                        f"{','.join(map(str, CPU_BATCH_SIZES))} on the cpu one")
+                   help=f"default {int_list_text(GPU_BATCH_SIZES)} on a GPU backend, "
+                        f"{int_list_text(CPU_BATCH_SIZES)} on the cpu one")
     p.add_argument("--modes", default=None, metavar="M,M,...",
                    help=f"from {', '.join(MODES)}; default all the backend supports")
     p.add_argument("--steps", type=int, default=None,

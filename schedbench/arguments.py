@@ -22,6 +22,11 @@ def int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def int_list_text(values: tuple[int, ...] | list[int]) -> str:
+    """What ``int_list`` reads back: ``(1, 4, 16)`` -> ``"1,4,16"``, for a default in help."""
+    return ",".join(map(str, values))
+
+
 def int_range(text: str) -> tuple[int, int]:
     """``"4:32"`` -> ``(4, 32)``; ``"8"`` -> ``(8, 8)``."""
     lo, _, hi = text.partition(":")

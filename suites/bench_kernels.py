@@ -20,7 +20,7 @@ import numpy as np
 
 from kernels.kernel_calls import rope_table
 from kernels.registry import gpu_unavailable_reason
-from schedbench.arguments import int_list, reported
+from schedbench.arguments import int_list, int_list_text, reported
 from schedbench.errors import ConfigError
 from schedbench.model import ModelConfig, get_preset
 from schedbench.report import format_table, write_json
@@ -230,19 +230,17 @@ def check_shapes(preset: str, batch_sizes: list[int], contexts: list[int]) -> No
 
 
 def main() -> None:
-    def listed(values: list[int]) -> str:
-        return ",".join(map(str, values))
-
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--preset", default=PRESET, help="model shapes (default %(default)s)")
     p.add_argument("--batch-sizes", type=int_list, default=tuple(BATCH_SIZES), metavar="B,B,...",
-                   help=f"every kernel's batch sizes (default {listed(BATCH_SIZES)})")
+                   help=f"every kernel's batch sizes (default {int_list_text(BATCH_SIZES)})")
     p.add_argument("--contexts", type=int_list, default=tuple(CONTEXTS), metavar="T,T,...",
-                   help=f"the attention's context lengths in tokens (default {listed(CONTEXTS)})")
+                   help="the attention's context lengths in tokens "
+                        f"(default {int_list_text(CONTEXTS)})")
     p.add_argument("--wide-batch-sizes", type=int_list, default=tuple(WIDE_BATCH_SIZES),
                    metavar="B,B,...",
                    help="batch sizes of the step's projections only: tc_gemm, wide_gemm, "
-                        f"cuBLAS ('' for none; default {listed(WIDE_BATCH_SIZES)})")
+                        f"cuBLAS ('' for none; default {int_list_text(WIDE_BATCH_SIZES)})")
     p.add_argument("--no-numba", action="store_true", help="CuPy kernels only")
     p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     args = p.parse_args()

@@ -11,7 +11,7 @@ import argparse
 import os
 
 from kernels.registry import available, describe, describe_available
-from schedbench.arguments import int_list, reported
+from schedbench.arguments import int_list, int_list_text, reported
 from schedbench.report import beyond_model_line, mode_table
 from schedbench.sweep import Sweep, SweepConfig
 
@@ -125,7 +125,7 @@ def main() -> None:
     p.add_argument("--backend", default="cpu", choices=BACKENDS, help="(default %(default)s)")
     p.add_argument("--preset", default=None, help="default: the backend's first preset")
     p.add_argument("--batch-sizes", type=int_list, default=tuple(BATCH_SIZES),
-                   metavar="B,B,...", help=f"(default {','.join(map(str, BATCH_SIZES))})")
+                   metavar="B,B,...", help=f"(default {int_list_text(BATCH_SIZES)})")
     p.add_argument("--steps", type=int, default=STEPS,
                    help="measured steps per run (default %(default)s)")
     p.add_argument("--repeats", type=int, default=3,

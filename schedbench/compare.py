@@ -87,7 +87,7 @@ def pool(paths: list[Path]) -> dict:
 
 def describe(label: str, paths: list[Path], doc: dict) -> str:
     what = ("synthetic" if doc["config"].get("synthetic") else f"preset {doc['preset']}")
-    names = paths[0] if len(paths) == 1 else ", ".join(map(str, paths))
+    names = ", ".join(map(str, paths))
     line = (f"{label}: {names}: backend {doc['backend']} on {doc['device']}, {what}, commit "
             f"{doc['commit'][:12]}{'-dirty' if doc['commit'].endswith('-dirty') else ''}, "
             f"{doc['statistic']}")

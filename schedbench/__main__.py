@@ -17,6 +17,7 @@ from schedbench.arguments import int_list, int_list_text, int_range, reported
 from schedbench.engine import MODES
 from schedbench.errors import ConfigError
 from schedbench.model import PRESETS
+from schedbench.processes import ProcessSweep, pooled
 from schedbench.report import (
     beyond_model_line,
     budget_table,
@@ -27,6 +28,7 @@ from schedbench.report import (
     latency_table,
     mode_table,
     spread_line,
+    statistic,
     throughput_table,
     timeline,
     write_json,
@@ -69,6 +71,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3,
                    help="runs per (mode, batch size); figures are their median "
                         "(default %(default)s)")
+    p.add_argument("--processes", type=int, default=1,
+                   help="run the sweep in this many fresh processes, one after another, and "
+                        "report the median of their medians; their range is the noise between "
+                        "runs, which one process's repeats understate (default %(default)s)")
     p.add_argument("--seed", type=int, default=0,
                    help="weights and workload seed (default %(default)s)")
     p.add_argument("--prompt-len", type=int_range, default=(4, 32), metavar="MIN:MAX",
@@ -140,8 +146,8 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
     steps = args.steps if args.steps is not None else CPU_STEPS if cpu else GPU_STEPS
     return SweepConfig(backend=backend, preset=args.preset, batch_sizes=batch_sizes,
                        modes=modes, steps=steps, warmup=args.warmup, repeats=args.repeats,
-                       seed=args.seed, synthetic=synthetic, kv_blocks=args.kv_blocks,
-                       drain=args.drain,
+                       processes=args.processes, seed=args.seed, synthetic=synthetic,
+                       kv_blocks=args.kv_blocks, drain=args.drain,
                        workload=WorkloadConfig(args.prompt_len, args.output_len, args.seed))
 
 
@@ -156,7 +162,7 @@ def progress_printer(total: int) -> Callable[[str], None]:
         if tty:
             filled = 30 * done[0] // total
             sys.stderr.write(f"\r[{'#' * filled}{' ' * (30 - filled)}] {done[0]}/{total} "
-                             f"{label:<40}")
+                             f"{label:<50}")
         else:
             sys.stderr.write(f"[{time.perf_counter() - t0:7.1f} s] {done[0]}/{total} {label}\n")
         sys.stderr.flush()
@@ -164,13 +170,12 @@ def progress_printer(total: int) -> Callable[[str], None]:
     return show
 
 
-def print_report(cfg: SweepConfig, sweep: Sweep, results: list[RunResult],
+def print_report(cfg: SweepConfig, sweep: Sweep | ProcessSweep, results: list[RunResult],
                  timeline_steps: int) -> None:
-    device = sweep.backend.device_name
     what = ("synthetic " + ", ".join(f"{k}={v:g}" for k, v in cfg.synthetic.__dict__.items())
             if cfg.synthetic else f"preset {cfg.preset}")
-    print(f"\nschedbench: backend {sweep.backend_name} on {device}, {what}, "
-          f"median of {cfg.repeats} repeat(s), {cfg.steps} steady-state steps each")
+    print(f"\nschedbench: backend {sweep.backend_name} on {sweep.device_name}, {what}, "
+          f"{statistic(cfg.repeats, cfg.processes)}, {cfg.steps} steady-state steps each")
     for mode in cfg.modes:
         print(f"\n{TITLES[mode]}\n{mode_table(results, mode)}")
     print("\nOverhead % = device idle time / wall time in steady state. Ideal speedup = "
@@ -191,10 +196,10 @@ def print_report(cfg: SweepConfig, sweep: Sweep, results: list[RunResult],
     print("\n" + identical_line(results))
 
 
-def caption_for(cfg: SweepConfig, sweep: Sweep) -> str:
+def caption_for(cfg: SweepConfig, sweep: Sweep | ProcessSweep) -> str:
     what = "synthetic" if cfg.synthetic else f"preset {cfg.preset}"
-    return (f"schedbench {sweep.backend_name} backend on {sweep.backend.device_name}, {what}, "
-            f"commit {git_commit()[:12]}, median of {cfg.repeats}")
+    return (f"schedbench {sweep.backend_name} backend on {sweep.device_name}, {what}, "
+            f"commit {git_commit()[:12]}, {statistic(cfg.repeats, cfg.processes)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,28 +209,34 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     with reported(p):
         cfg = config_from_args(args)
-        sweep = Sweep(cfg)
-    results: list[RunResult] = []
+        sweep = Sweep(cfg) if cfg.processes == 1 else ProcessSweep(cfg)
+    measured: list[RunResult] = []  # every process's, where there are several
+    results: list[RunResult] = []  # one per (mode, batch size)
     complete = False
     try:
         show = progress_printer(sweep.run_count)
         for result in sweep.results(show):
-            results.append(result)
+            measured.append(result)
         if sys.stderr.isatty():
             sys.stderr.write("\n")
+        results = pooled(measured)
         complete = True
         print_report(cfg, sweep, results, args.timeline_steps)
     except KeyboardInterrupt:
-        print(f"\ninterrupted after {len(results)} finished run(s)", file=sys.stderr)
+        each = "mode, batch size" + (" and process" if cfg.processes > 1 else "")
+        print(f"\ninterrupted; kept {len(measured)} finished result(s), one per {each}",
+              file=sys.stderr)
         return 130
     except ConfigError as exc:
         print(f"{p.prog}: error: {exc}", file=sys.stderr)
         return 2
     finally:
         caption = caption_for(cfg, sweep)
+        if not complete:
+            results = pooled(measured)
         if args.json is not None:
-            write_json(args.json, document(cfg, sweep.backend_name, sweep.backend.device_name,
-                                           sweep.backend.versions(), results, complete))
+            write_json(args.json, document(cfg, sweep.backend_name, sweep.device_name,
+                                           sweep.versions(), results, complete))
         if args.trace is not None and results:
             write_json(args.trace, chrome_trace(results, caption))
         if args.plot is not None and results:

@@ -8,23 +8,24 @@ of one side reach the other's, so the change may be noise.
 Repeats in one process share its luck, so a side may be several files of the same
 configuration, each from its own process: ``A1.json A2.json A3.json vs B1.json B2.json
 B3.json``. A side's figure is then the median of its files' medians, and its range is theirs:
-the processes, not the repeats within one, are the independent samples.
+the processes, not the repeats within one, are the independent samples. A file written with
+``--processes N`` has pooled N processes already and counts as N of them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
 from schedbench.arguments import reported
 from schedbench.errors import ConfigError
-from schedbench.report import format_table
+from schedbench.report import SPREAD, format_table, statistic
+from schedbench.timing import Stat
 
 # Settings that change timing only: runs that differ in nothing else make the same tokens.
-TIMING_ONLY = ("extra_us_per_request", "repeats")
+TIMING_ONLY = ("extra_us_per_request", "repeats", "processes")
 # (JSON key, column heading, format, whether the change is shown)
 FIGURES = (("step_ms", "Step (ms)", "{:.3f}", True),
            ("overhead_pct", "Overhead %", "{:.1f}", False),
@@ -47,7 +48,8 @@ def load(path: Path) -> dict:
 def pool(paths: list[Path]) -> dict:
     """One side from one or more results of the same configuration: per (mode, batch size)
     run, the median and the range of the files' medians, and the token hash where all the
-    files agree on it (None where they do not: it matches nothing).
+    files agree on it (None where they do not: it matches nothing). ``processes`` counts the
+    processes behind the side.
 
     NOTE: on a 2-vCPU VM, one process of three ran 18 % faster at batch 16 while the repeats
     within each process stayed within 2 %: a process's repeats share its luck, so the range
@@ -62,8 +64,9 @@ def pool(paths: list[Path]) -> dict:
                 if first[k] != doc[k]]:
             raise ConfigError(f"{path} is not a run of what {paths[0]} ran ({'; '.join(diffs)})"
                               f": the files of one side must differ in nothing but their process")
+    processes = sum(d["config"].get("processes", 1) for d in docs)
     if len(docs) == 1:
-        return first
+        return {**first, "processes": processes}
     keyed = [{(r["mode"], r["batch_size"]): r for r in doc["runs"]} for doc in docs]
     runs = []
     for key in keyed[0]:
@@ -72,17 +75,18 @@ def pool(paths: list[Path]) -> dict:
         each = [k[key] for k in keyed]
         run = {"mode": key[0], "batch_size": key[1], "spread": {}}
         for name, *_ in FIGURES:
-            medians = [r[name] for r in each]
-            run[name] = statistics.median(medians)
-            run["spread"][name] = {"min": min(medians), "max": max(medians)}
+            stat = Stat.of([r[name] for r in each])
+            run[name] = stat.median
+            run["spread"][name] = {"min": stat.min, "max": stat.max}
         hashes = {r["tokens_sha256"] for r in each}
         run["tokens_sha256"] = hashes.pop() if len(hashes) == 1 else None
         runs.append(run)
-    repeats = first["config"]["repeats"]
+    if processes == len(docs):
+        what = statistic(first["config"]["repeats"], processes)
+    else:
+        what = f"median of {len(docs)} files' medians, {processes} processes in all"
     return {**first, "runs": runs, "complete": all(d.get("complete", True) for d in docs),
-            "files": len(docs),
-            "statistic": f"median over {len(docs)} processes of each one's median of {repeats} "
-                         f"repeats; spread is min/max of those {len(docs)}"}
+            "processes": processes, "statistic": f"{what}; {SPREAD}"}
 
 
 def describe(label: str, paths: list[Path], doc: dict) -> str:
@@ -185,18 +189,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"\n{table}\n")
     print("Change = B against A. ~: the two sides' min-max ranges overlap (over a file's "
-          "repeats, or over the medians of a side's\nfiles), so the change may be noise. "
+          "repeats, or over the medians of a side's\nprocesses), so the change may be noise. "
           "Tokens: whether the runs' token streams hash the same (only where backend, preset\n"
           "and the settings that decide tokens match).")
     if alone:
         print("Not compared: " + "; ".join(alone))
-    if one := [label for label, doc in (("A", a), ("B", b)) if doc.get("files", 1) == 1]:
+    if one := [label for label, doc in (("A", a), ("B", b)) if doc["processes"] == 1]:
         print(f"{' and '.join(one)} {'is' if len(one) == 1 else 'are each'} one process, "
               "whose repeats share its machine state: "
               "before trusting a small unmarked change,\nrun each side in a few processes and "
-              "give them all (A1.json A2.json A3.json vs B1.json B2.json B3.json).")
+              "give them all (A1.json A2.json A3.json vs B1.json B2.json B3.json), or\n"
+              "write each side with --processes 3.")
     if single := [label for label, doc in (("A", a), ("B", b))
-                  if doc["config"]["repeats"] * doc.get("files", 1) < 2]:
+                  if doc["config"]["repeats"] * doc["processes"] < 2]:
         print(f"{' and '.join(single)} ran one repeat: its ranges are single points, so a "
               "missing ~ says little. Use --repeats 3.")
     return 0

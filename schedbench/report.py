@@ -99,20 +99,39 @@ def cpu_budget(results: list[RunResult]) -> list[dict]:
     return rows
 
 
-def spread_line(results: list[RunResult], repeats: int) -> str | None:
-    """The widest step-time range over the repeats of one run, as a share of its median: a
-    difference between two rows below it may be noise."""
-    if repeats < 2 or not results:
-        return None
+def statistic(repeats: int, processes: int) -> str:
+    """What every figure is: the median of one process's repeats, or of several processes'
+    medians (see schedbench.processes)."""
+    if processes == 1:
+        return f"median of {repeats} repeat(s)"
+    return f"median of {processes} processes' medians of {repeats} repeat(s) each"
 
+
+SPREAD = "spread is the min and max of the values that median is taken over"
+
+
+def spread_line(results: list[RunResult], repeats: int) -> str | None:
+    """The widest step-time range of one run, as a share of its median: a difference between
+    two rows below it may be noise. Over processes where they were pooled, else over one
+    process's repeats, which share its luck and so understate the noise between runs."""
     def width(r: RunResult) -> float:
         f = r.figures["step_ms"]
         return (f.max - f.min) / f.median
 
+    if pooled := [r for r in results if r.processes > 1]:
+        widest = max(pooled, key=width)
+        return (f"Processes: the step time's median ranged at most {100 * width(widest):.1f} % "
+                f"between the {widest.processes} processes ({widest.mode}, batch "
+                f"{widest.batch_size});\na difference smaller than that between two rows may "
+                "be noise. JSON \"spread\" has every figure's range over the processes.")
+    if repeats < 2 or not results:
+        return None
     widest = max(results, key=width)
     return (f"Repeats: the step time of one run ranged at most {100 * width(widest):.1f} % of "
             f"its median ({widest.mode}, batch {widest.batch_size});\na difference smaller "
-            "than that between two rows may be noise. JSON \"spread\" has every figure's range.")
+            "than that between two rows may be noise. JSON \"spread\" has every figure's range."
+            "\nRepeats in one process share its luck: --processes 3 measures the spread between "
+            "processes, often wider.")
 
 
 def per_mode_table(results: list[RunResult], title: str,
@@ -256,6 +275,7 @@ def document(cfg: SweepConfig, backend: str, device: str, versions: dict[str, st
                **{k: _json_number(s.median) for k, s in r.figures.items()},
                "tokens_sha256": r.tokens.sha256, "tokens": r.tokens.tokens,
                "requests_served": r.tokens.served, "requests_finished": r.tokens.finished,
+               "processes": r.processes,
                "spread": {k: {"min": _json_number(s.min), "max": _json_number(s.max)}
                           for k, s in r.figures.items()}}
         runs.append(run)
@@ -274,8 +294,9 @@ def document(cfg: SweepConfig, backend: str, device: str, versions: dict[str, st
                    "prompt_len": list(cfg.workload.prompt_len),
                    "output_len": list(cfg.workload.output_len),
                    "synthetic": None if syn is None else syn.__dict__,
-                   "extra_us_per_request": cfg.extra_us_per_request, "drain": cfg.drain},
-        "statistic": f"median over {cfg.repeats} repeats; spread is min/max",
+                   "extra_us_per_request": cfg.extra_us_per_request, "drain": cfg.drain,
+                   "processes": cfg.processes},
+        "statistic": f"{statistic(cfg.repeats, cfg.processes)}; {SPREAD}",
         "complete": complete,
         "tokens_identical": all(c["identical"] for c in checks.values()),
         "token_check": {str(b): c for b, c in checks.items()},

@@ -46,6 +46,8 @@ class SweepConfig:
     # cancelling what is left. The window measured is the same; draining only makes the
     # token check cover whole streams.
     drain: bool = False
+    # Sweeps, each in a fresh process, pooled (see schedbench.processes).
+    processes: int = 1
     # The regression knob; SCHEDBENCH_EXTRA_US_PER_REQUEST sets it for asv runs.
     extra_us_per_request: float = field(
         default_factory=lambda: float(os.environ.get("SCHEDBENCH_EXTRA_US_PER_REQUEST", "0")))
@@ -70,6 +72,8 @@ class SweepConfig:
             raise ConfigError(f"--seed {self.seed}: must be >= 0")
         if self.repeats < 1:
             raise ConfigError(f"--repeats {self.repeats}: must be at least 1")
+        if self.processes < 1:
+            raise ConfigError(f"--processes {self.processes}: must be at least 1")
         if self.ring_depth < 1:
             raise ConfigError(f"ring depth {self.ring_depth}: must be at least 1")
         get_preset(self.preset)
@@ -89,6 +93,11 @@ class SweepConfig:
         longest = self.workload.prompt_len[1] + self.workload.output_len[1]
         return self.max_batch * -(-longest // self.model.block_size)
 
+    @property
+    def runs_per_process(self) -> int:
+        """Runs one sweep makes: a warm-up run per mode, then the measured ones."""
+        return len(self.modes) * (1 + len(self.batch_sizes) * self.repeats)
+
 
 @dataclass
 class RunResult:
@@ -97,6 +106,7 @@ class RunResult:
     figures: dict[str, Stat]
     tokens: TokenStreams
     records: list[StepRecord]  # the last repeat's, for timelines and traces
+    processes: int = 1  # sweeps whose medians ``figures`` pools (see schedbench.processes)
 
 
 class Sweep:
@@ -153,9 +163,14 @@ class Sweep:
 
     @property
     def run_count(self) -> int:
-        """Runs that ``results`` makes: one warm-up run per mode, then the measured ones."""
-        cfg = self.cfg
-        return len(cfg.modes) * (1 + len(cfg.batch_sizes) * cfg.repeats)
+        return self.cfg.runs_per_process
+
+    @property
+    def device_name(self) -> str:
+        return self.backend.device_name
+
+    def versions(self) -> dict[str, str]:
+        return self.backend.versions()
 
     def results(self, progress: Callable[[str], None] | None = None) -> Iterator[RunResult]:
         cfg = self.cfg

@@ -151,8 +151,11 @@ class Stat:
     min: float
     max: float
 
+    @classmethod
+    def of(cls, values: list[float]) -> Stat:
+        return cls(statistics.median(values), min(values), max(values))
+
 
 def aggregate(runs: list[RunFigures]) -> dict[str, Stat]:
     """Median and range of every figure over repeats."""
-    return {name: Stat(statistics.median(v := [getattr(r, name) for r in runs]), min(v), max(v))
-            for name in RunFigures.names()}
+    return {name: Stat.of([getattr(r, name) for r in runs]) for name in RunFigures.names()}

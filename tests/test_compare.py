@@ -136,8 +136,8 @@ def test_each_side_pools_its_processes(tmp_path, capsys, result):
     assert main([*map(str, a), "vs", str(b)]) == 0
     text = capsys.readouterr().out
     assert f"A: {a[0]}, {a[1]}, {a[2]}: backend cpu" in text
-    assert "median over 3 processes of each one's median of 2 repeats; spread is min/max " \
-           "of those 3" in text
+    assert "median of 3 processes' medians of 2 repeat(s) each; spread is the min and max " \
+           "of the values that median is taken over" in text
     assert "B is one process, whose repeats share its machine state" in text
     got = rows(text)
     for r in result["runs"]:
@@ -191,3 +191,18 @@ def test_sides_that_are_not_two_are_refused(capsys, args):
         main(args)
     assert exc.value.code == 2
     assert "give" in capsys.readouterr().err
+
+
+def test_a_file_written_with_processes_counts_as_that_many(tmp_path, capsys, result):
+    pooled = copy.deepcopy(result)
+    pooled["config"]["processes"] = 3
+    a, b, one = (write(tmp_path, "a.json", pooled), write(tmp_path, "b.json", pooled),
+                 write(tmp_path, "one.json", result))
+    assert main([str(a), str(b)]) == 0
+    assert "one process" not in capsys.readouterr().out
+    assert main([str(a), str(one)]) == 0
+    text = capsys.readouterr().out
+    assert "B is one process" in text and "Differences: processes: 3 -> 1" in text
+    assert {cells[-1] for cells in rows(text).values()} == {"same"}  # timing only
+    assert main([str(a), str(b), "vs", str(a)]) == 0
+    assert "median of 2 files' medians, 6 processes in all; spread" in capsys.readouterr().out

@@ -1,0 +1,124 @@
+"""``--processes N``: the sweep in N fresh processes, pooled as the median of their medians."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from schedbench.__main__ import main
+from schedbench.processes import pooled
+from schedbench.sweep import RunResult
+from schedbench.timing import Stat, StepRecord
+from schedbench.tokens import TokenStreams
+
+FAST = ["--backend", "cpu", "--steps", "12", "--warmup", "2", "--repeats", "2",
+        "--prompt-len", "1:4", "--output-len", "4:10"]
+
+
+def result(mode: str, b: int, step_ms: float, overhead: float, tokens: int = 7) -> RunResult:
+    """One process's result: its repeats ranged 1 % either side of its median."""
+    figures = {"step_ms": Stat(step_ms, 0.99 * step_ms, 1.01 * step_ms),
+               "overhead_pct": Stat(overhead, overhead - 1, overhead + 1)}
+    streams = TokenStreams((np.array([tokens, 2], np.int32),), (True,))
+    return RunResult(mode, b, figures, streams, [StepRecord(index=int(step_ms), batch_size=b)])
+
+
+def test_pooling_takes_the_median_of_the_processes_medians_and_ranges_over_them():
+    runs = [result("sequential", 1, s, o) for s, o in ((1.0, 10.0), (1.6, 30.0), (1.1, 14.0))]
+    lone = result("overlapped", 1, 0.5, 2.0)
+    (seq, ovl) = pooled([runs[0], lone, runs[1], runs[2]])
+    assert (seq.mode, seq.batch_size, seq.processes) == ("sequential", 1, 3)
+    assert seq.figures["step_ms"] == Stat(1.1, 1.0, 1.6)  # not the mean, 1.233
+    assert seq.figures["overhead_pct"] == Stat(14.0, 10.0, 30.0)
+    assert seq.records is runs[2].records  # the process nearest the median step
+    assert ovl is lone  # measured in one process: its repeats' figures, unchanged
+
+
+def test_processes_that_disagree_on_tokens_are_a_bug_not_noise():
+    with pytest.raises(RuntimeError, match="sequential batch 4: token streams differ between "
+                                           "processes"):
+        pooled([result("sequential", 4, 1.0, 1.0), result("sequential", 4, 1.0, 1.0, tokens=9)])
+
+
+def test_the_report_pools_fresh_processes(tmp_path, capsys):
+    out = tmp_path / "p.json"
+    assert main([*FAST, "--batch-sizes", "1,2", "--processes", "2", "--json", str(out)]) == 0
+    captured = capsys.readouterr()
+    doc = json.loads(out.read_text())
+    assert doc["config"]["processes"] == 2 and doc["complete"] and doc["tokens_identical"]
+    assert doc["statistic"].startswith("median of 2 processes' medians of 2 repeat(s) each;")
+    assert [(r["mode"], r["batch_size"], r["processes"]) for r in doc["runs"]] == [
+        (m, b, 2) for b in (1, 2) for m in ("sequential", "overlapped")]
+    labels = [line.split("] ")[-1] for line in captured.err.splitlines()]
+    assert labels[0] == "1/20 process 1/2 warm-up sequential"
+    assert labels[-1] == "20/20 process 2/2 batch 2 repeat 2/2 overlapped"
+    widths = {(r["mode"], r["batch_size"]):
+              100 * (r["spread"]["step_ms"]["max"] - r["spread"]["step_ms"]["min"]) / r["step_ms"]
+              for r in doc["runs"]}
+    (mode, b), widest = max(widths.items(), key=lambda kv: kv[1])
+    assert (f"Processes: the step time's median ranged at most {widest:.1f} % between the 2 "
+            f"processes ({mode}, batch {b});") in captured.out
+    assert "median of 2 processes' medians of 2 repeat(s) each, 12 steady-state" in captured.out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--processes", "0"], "--processes 0: must be at least 1"),
+    # refused by the backend's process, as it starts, before any run
+    (["--processes", "2", "--kv-blocks", "1", "--output-len", "40:50"],
+     "KV budget of 1 blocks x 16 tokens is too small for the longest request"),
+    (["--processes", "2", "--modes", "graphs"], "backend 'cpu' cannot capture CUDA graphs"),
+])
+def test_bad_input_exits_2_naming_the_value(tmp_path, capsys, argv, message):
+    out = tmp_path / "never.json"
+    with pytest.raises(SystemExit) as exc:
+        main([*FAST, *argv, "--json", str(out)])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def sweep_children(pid: int) -> list[int]:
+    """The parent's spawned sweep processes (not multiprocessing's resource tracker)."""
+    found = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        if b"spawn_main" in cmdline:
+            found.append(int(child))
+    return found
+
+
+@pytest.mark.parametrize("to_group", [False, True], ids=["SIGTERM to the parent",
+                                                         "Ctrl-C to the group"])
+def test_an_interrupt_keeps_what_finished_and_leaves_no_process(tmp_path, to_group):
+    out = tmp_path / "partial.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "schedbench", "--backend", "cpu", "--batch-sizes", "1,2,4",
+         "--steps", "300", "--repeats", "2", "--processes", "2", "--json", str(out)],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True)
+    assert proc.stderr is not None
+    # 14 runs a process; the second's 21st run is its first of batch 2, after batch 1's four
+    for line in proc.stderr:
+        if line.split("]")[-1].strip().startswith("21/"):
+            break
+    children = sweep_children(proc.pid)
+    assert len(children) == 1
+    if to_group:
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert not Path(f"/proc/{children[0]}").exists()
+    doc = json.loads(out.read_text())
+    assert doc["complete"] is False
+    assert [(r["mode"], r["batch_size"], r["processes"]) for r in doc["runs"]] == [
+        ("sequential", 1, 2), ("overlapped", 1, 2), ("sequential", 2, 1), ("overlapped", 2, 1),
+        ("sequential", 4, 1), ("overlapped", 4, 1)]
+

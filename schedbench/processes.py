@@ -1,23 +1,29 @@
 """The sweep run again in fresh processes, one after another, and their results pooled.
 
-Repeats within one process share its luck: where its arrays landed, which cores its threads
-got, what the allocator and the caches hold. On a 2-vCPU VM, batch 64's sequential step took
-4.94 to 6.42 ms across six processes of the same configuration while each process's own
-repeats stayed within a few %, so the range over one process's repeats says little about
-the next run. ``--processes N`` runs the whole sweep in N fresh processes, one at a time so
-that they never compete, and reports per (mode, batch size) the median of the processes'
-medians and the range of those medians, as ``schedbench.compare`` pools files.
+Repeats within one process share its luck: where its arrays landed in physical memory, how
+its threads were placed, what the allocator and the caches hold. On a 2-vCPU VM, ten
+processes of one configuration ran batch 64's sequential step in 5.36 to 6.50 ms, and a
+process fast in one loop was fast in the other (5.36 ms and 5.15 ms overlapped, against
+6.50 and 6.28): the range over one process's repeats cannot show that. ``--processes N``
+runs the whole sweep in N fresh processes, one at a time so that they never compete, and
+reports per (mode, batch size) the median of the processes' medians and the range of those
+medians, as ``schedbench.compare`` pools files.
 
-The processes are started with ``spawn``: a forked child would inherit the parent's CUDA
-state, and a fresh interpreter is what makes a process an independent sample.
+Each process is a fresh interpreter (``sys.executable``), not a fork: a forked child would
+inherit the parent's CUDA state and its heap, and a fresh start is what makes a process an
+independent sample. Nor is it multiprocessing's ``spawn``, which runs the parent's main
+script again in the child: a script or an asv runner that calls this without a
+``__main__`` guard would start its own processes from there.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import os
+import pickle
 import signal
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
-from multiprocessing.connection import Connection
 from typing import Any
 
 from kernels.registry import resolve
@@ -52,60 +58,81 @@ def pooled(results: list[RunResult]) -> list[RunResult]:
     return out
 
 
+# The child imports nothing until it has the parent's sys.path, so that it finds schedbench
+# where the parent did (a checkout, PYTHONPATH, an asv environment).
+_CHILD = ("import pickle, sys; sys.path[:] = pickle.load(sys.stdin.buffer); "
+          "from schedbench.processes import sweep_in_child; sweep_in_child()")
+
+
 def _interrupt_once(signum: int, frame: object) -> None:
     signal.signal(signum, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
-def _sweep_in_child(cfg: SweepConfig, conn: Connection) -> None:
-    """One process's sweep, each message sent as it happens: its device, each run's
-    label as it starts, each result as it is made, then ``done`` (or the error)."""
+def sweep_in_child() -> None:
+    """One process's sweep (the configuration on stdin), each message pickled onto the pipe
+    named by ``argv[1]`` as it happens: its device, each run's label as it starts, each
+    result as it is made, then ``done`` (or the error)."""
     # NOTE: the parent stops this process with one SIGTERM (see _Child.stop), which
     # interrupts the sweep as Ctrl-C would and lets the backend close. A terminal's Ctrl-C
     # reaches this process as well, and a second interrupt would land in the middle of the
     # first one's cleanup: so SIGINT is ignored, and SIGTERM acts once.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _interrupt_once)
-    try:
-        sweep = Sweep(cfg)
-    except ConfigError as exc:
-        conn.send(("error", str(exc)))
-        return
-    except KeyboardInterrupt:
-        return
-    try:
-        conn.send(("device", (sweep.device_name, sweep.versions())))
-        for result in sweep.results(lambda label: conn.send(("progress", label))):
-            conn.send(("result", result))
-        conn.send(("done", None))
-    except ConfigError as exc:
-        conn.send(("error", str(exc)))
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sweep.close()
+    cfg: SweepConfig = pickle.load(sys.stdin.buffer)
+    with open(int(sys.argv[1]), "wb") as pipe:
+        def send(kind: str, value: object) -> None:
+            pickle.dump((kind, value), pipe)
+            pipe.flush()
+
+        try:
+            sweep = Sweep(cfg)
+        except ConfigError as exc:
+            send("error", str(exc))
+            return
+        except KeyboardInterrupt:
+            return
+        try:
+            send("device", (sweep.device_name, sweep.versions()))
+            for result in sweep.results(lambda label: send("progress", label)):
+                send("result", result)
+            send("done", None)
+        except ConfigError as exc:
+            send("error", str(exc))
+        except KeyboardInterrupt:
+            pass
+        finally:
+            sweep.close()
 
 
 class _Child:
     """One sweep process and the pipe it reports on."""
 
-    def __init__(self, context: multiprocessing.context.SpawnContext, cfg: SweepConfig,
-                 name: str) -> None:
+    def __init__(self, cfg: SweepConfig, name: str) -> None:
         self.name = name
-        self.conn, child_conn = context.Pipe(duplex=False)
-        self.proc = context.Process(target=_sweep_in_child, args=(cfg, child_conn),
-                                    name=f"schedbench {name}")
-        self.proc.start()
-        child_conn.close()  # else recv() would wait forever on a child that died
+        read, write = os.pipe()
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(write)],
+                                         stdin=subprocess.PIPE, pass_fds=(write,))
+        finally:
+            os.close(write)  # the child's copy stays open: EOF here once it exits
+        self.pipe = os.fdopen(read, "rb")
         self.done = False
+        assert self.proc.stdin is not None
+        try:
+            with self.proc.stdin as stdin:
+                pickle.dump(sys.path, stdin)
+                pickle.dump(cfg, stdin)
+        except BrokenPipeError:
+            pass  # it died at once: receive() says how
 
     def receive(self) -> tuple[str, Any]:
         try:
-            kind, value = self.conn.recv()
-        except EOFError:
-            self.proc.join()
-            raise RuntimeError(f"{self.name} exited with code {self.proc.exitcode} before its "
-                               f"sweep finished (its error is above)") from None
+            kind, value = pickle.load(self.pipe)
+        except (EOFError, pickle.UnpicklingError):
+            code = self.proc.wait()
+            raise RuntimeError(f"{self.name} exited with code {code} before its sweep "
+                               f"finished (its error is above)") from None
         if kind == "error":
             raise ConfigError(value)
         self.done = kind == "done"
@@ -115,13 +142,14 @@ class _Child:
         """Wait for the process to end, stopping it first if its sweep has not finished."""
         # NOTE: wait until it has closed its backend, so that no run leaves a process behind
         # holding device memory.
-        if not self.done and self.proc.is_alive():
+        if not self.done and self.proc.poll() is None:
             self.proc.terminate()
-        self.proc.join(60)
-        if self.proc.is_alive():
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.proc.join()
-        self.conn.close()
+            self.proc.wait()
+        self.pipe.close()
 
 
 class ProcessSweep:
@@ -136,12 +164,11 @@ class ProcessSweep:
     def __init__(self, cfg: SweepConfig) -> None:
         self.cfg = cfg
         self.backend_name = resolve(cfg.backend)
-        self._context = multiprocessing.get_context("spawn")
         self._child = self._start(0)
 
     def _start(self, i: int) -> _Child:
         """Process ``i``, once it has started its backend and said what device it runs on."""
-        child = _Child(self._context, self.cfg, f"process {i + 1}/{self.cfg.processes}")
+        child = _Child(self.cfg, f"process {i + 1}/{self.cfg.processes}")
         try:
             _, (self.device_name, self._versions) = child.receive()
         except BaseException:

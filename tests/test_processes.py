@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from schedbench import processes
 from schedbench.__main__ import main
-from schedbench.processes import pooled
-from schedbench.sweep import RunResult
+from schedbench.processes import ProcessSweep, pooled
+from schedbench.sweep import RunResult, SweepConfig
 from schedbench.timing import Stat, StepRecord
 from schedbench.tokens import TokenStreams
 
@@ -83,14 +84,17 @@ def test_bad_input_exits_2_naming_the_value(tmp_path, capsys, argv, message):
     assert not out.exists()
 
 
+def test_a_process_that_dies_is_named_with_its_exit_code(monkeypatch):
+    monkeypatch.setattr(processes, "_CHILD", "import sys; sys.exit(3)")
+    with pytest.raises(RuntimeError, match=r"process 1/2 exited with code 3 before its sweep "
+                                           r"finished"):
+        ProcessSweep(SweepConfig(backend="cpu", processes=2))
+
+
 def sweep_children(pid: int) -> list[int]:
-    """The parent's spawned sweep processes (not multiprocessing's resource tracker)."""
-    found = []
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-        if b"spawn_main" in cmdline:
-            found.append(int(child))
-    return found
+    """The parent's sweep processes."""
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            if b"sweep_in_child" in Path(f"/proc/{child}/cmdline").read_bytes()]
 
 
 @pytest.mark.parametrize("to_group", [False, True], ids=["SIGTERM to the parent",

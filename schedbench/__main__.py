@@ -17,7 +17,7 @@ from schedbench.arguments import int_list, int_list_text, int_range, reported
 from schedbench.engine import MODES
 from schedbench.errors import ConfigError
 from schedbench.model import PRESETS
-from schedbench.processes import ProcessSweep, pooled
+from schedbench.processes import ProcessSweep, make_sweep, pooled
 from schedbench.report import (
     beyond_model_line,
     budget_table,
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     with reported(p):
         cfg = config_from_args(args)
-        sweep = Sweep(cfg) if cfg.processes == 1 else ProcessSweep(cfg)
+        sweep = make_sweep(cfg)
     measured: list[RunResult] = []  # every process's, where there are several
     results: list[RunResult] = []  # one per (mode, batch size)
     complete = False

@@ -200,3 +200,8 @@ class ProcessSweep:
 
     def close(self) -> None:
         self._child.stop()
+
+
+def make_sweep(cfg: SweepConfig) -> Sweep | ProcessSweep:
+    """The sweep in this process, or in ``cfg.processes`` fresh ones."""
+    return Sweep(cfg) if cfg.processes == 1 else ProcessSweep(cfg)

@@ -1,7 +1,9 @@
 """Scheduling overhead per backend x preset x mode x batch size, through the real engine.
 
 asv: ``asv run --python=same --quick --bench bench_overhead``; SCHEDBENCH_ASV_FULL=1 widens
-the grid (batch 256, the llama3-8b preset on a GPU).
+the grid (batch 256, the llama3-8b preset on a GPU), and SCHEDBENCH_ASV_PROCESSES=N records
+the median of N processes' sweeps (see schedbench.processes) where one process's luck would
+otherwise be every commit's.
 Directly: ``python suites/bench_overhead.py [--backend cpu] [--batch-sizes 1,4,16,64]``.
 """
 
@@ -12,7 +14,9 @@ import os
 
 from kernels.registry import available, describe, describe_available
 from schedbench.arguments import int_list, int_list_text, reported
-from schedbench.report import beyond_model_line, mode_table
+from schedbench.errors import ConfigError
+from schedbench.processes import make_sweep, pooled
+from schedbench.report import beyond_model_line, mode_table, statistic
 from schedbench.sweep import Sweep, SweepConfig
 
 FULL = os.environ.get("SCHEDBENCH_ASV_FULL") == "1"
@@ -28,10 +32,18 @@ def modes_for(backend: str) -> list[str]:
 
 
 def sweep_config(backend: str, preset: str, batch_sizes: list[int], steps: int = STEPS,
-                 repeats: int = 1) -> SweepConfig:
+                 repeats: int = 1, processes: int = 1) -> SweepConfig:
     return SweepConfig(backend=backend, preset=preset, batch_sizes=tuple(batch_sizes),
                        modes=tuple(modes_for(backend)), steps=steps, warmup=10,
-                       repeats=repeats)
+                       repeats=repeats, processes=processes)
+
+
+def asv_processes() -> int:
+    raw = os.environ.get("SCHEDBENCH_ASV_PROCESSES", "1")
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"SCHEDBENCH_ASV_PROCESSES={raw!r}: must be a whole number") from None
 
 
 # Recorded with every result, so that two machines' (or two drivers') numbers never mix.
@@ -50,9 +62,10 @@ class Overhead:
         figures = {}
         for backend in filter(available, BACKENDS):
             for preset in PRESETS[backend]:
-                sweep = Sweep(sweep_config(backend, preset, BATCH_SIZES))
+                sweep = make_sweep(sweep_config(backend, preset, BATCH_SIZES,
+                                                processes=asv_processes()))
                 try:
-                    for r in sweep.results():
+                    for r in pooled(list(sweep.results())):
                         figures[backend, preset, r.mode, r.batch_size] = {
                             k: s.median for k, s in r.figures.items()}
                 finally:
@@ -131,16 +144,19 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3,
                    help="runs per (mode, batch size); figures are their median "
                         "(default %(default)s)")
+    p.add_argument("--processes", type=int, default=1,
+                   help="sweeps, each in a fresh process, pooled (default %(default)s)")
     args = p.parse_args()
     preset = args.preset or PRESETS[args.backend][0]
     with reported(p):
-        sweep = Sweep(sweep_config(args.backend, preset, list(args.batch_sizes), args.steps,
-                                   args.repeats))
+        sweep = make_sweep(sweep_config(args.backend, preset, list(args.batch_sizes),
+                                        args.steps, args.repeats, args.processes))
         try:
-            results = list(sweep.results())
+            results = pooled(list(sweep.results()))
         finally:
             sweep.close()
-    print(f"{describe(args.backend)}; preset {preset}, median of {args.repeats}")
+    print(f"{describe(args.backend)}; preset {preset}, "
+          f"{statistic(args.repeats, args.processes)}")
     for mode in modes_for(args.backend):
         print(f"\n{mode}\n{mode_table(results, mode)}")
     if beyond := beyond_model_line(results):

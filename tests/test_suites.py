@@ -4,11 +4,14 @@ and every one names a bad value on one line with exit code 2, before any device 
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from schedbench.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,3 +50,33 @@ def test_the_cpu_suites_run_directly():
     synthetic = suite("bench_synthetic", "--steps", "3", "--repeats", "1")
     assert synthetic.returncode == 0, synthetic.stderr
     assert synthetic.stdout.count(" | overlapped | ") == 3
+
+
+def test_the_overhead_suite_pools_processes_run_directly():
+    run = suite("bench_overhead", "--batch-sizes", "1,3", "--steps", "5", "--repeats", "1",
+                "--processes", "2")
+    assert run.returncode == 0, run.stderr
+    assert "median of 2 processes' medians of 1 repeat(s) each" in run.stdout
+    bad = suite("bench_overhead", "--processes", "0")
+    assert bad.returncode == 2 and "--processes 0: must be at least 1" in bad.stderr
+
+
+def test_asv_records_the_median_of_the_processes_it_is_asked_for(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "suites"))
+    import bench_overhead
+
+    monkeypatch.setenv("SCHEDBENCH_ASV_PROCESSES", "3")
+    monkeypatch.setattr(bench_overhead, "BACKENDS", ["cpu"])
+    monkeypatch.setattr(bench_overhead, "BATCH_SIZES", [1, 2])
+    each: list = []
+    pool = bench_overhead.pooled
+    monkeypatch.setattr(bench_overhead, "pooled", lambda runs: pool(each.extend(runs) or runs))
+    figures = bench_overhead.Overhead().setup_cache()
+    assert sorted(figures) == sorted(("cpu", "tiny", m, b) for m in ("sequential", "overlapped")
+                                     for b in (1, 2))
+    for (_, _, mode, b), f in figures.items():
+        mine = [r.figures["step_ms"].median for r in each if (r.mode, r.batch_size) == (mode, b)]
+        assert len(mine) == 3 and f["step_ms"] == statistics.median(mine)
+    monkeypatch.setenv("SCHEDBENCH_ASV_PROCESSES", "two")
+    with pytest.raises(ConfigError, match="SCHEDBENCH_ASV_PROCESSES='two': must be a whole"):
+        bench_overhead.asv_processes()

@@ -1,6 +1,6 @@
 """The CuPy backend on a GPU: PDL ordering, identical tokens across the loops and the kernel
-candidates, device-launched graphs, the synthetic spin. Its kernels against the reference:
-tests/test_cuda_kernels.py."""
+candidates, device-launched graphs, processes pooled, the synthetic spin. Its kernels
+against the reference: tests/test_cuda_kernels.py."""
 
 from __future__ import annotations
 
@@ -121,6 +121,23 @@ def test_graphs_launched_from_the_device_give_identical_tokens(tmp_path):
     assert {r["mode"] for r in doc["runs"]} == {"sequential", "overlapped", "graphs"}
     for b in (1, 5, 16):  # drained: whole streams, one hash per batch size
         assert len({r["tokens_sha256"] for r in doc["runs"] if r["batch_size"] == b}) == 1
+
+
+def test_processes_pool_the_gpu_loops(tmp_path):
+    """--processes on CuPy: each process starts a CUDA context of its own, captures its own
+    graphs, and makes the same tokens as the others (pooling refuses processes that differ)."""
+    out = tmp_path / "pooled.json"
+    argv = [sys.executable, "-m", "schedbench", "--backend", "cupy", "--preset", "tiny",
+            "--batch-sizes", "1,16", "--steps", "30", "--warmup", "2", "--repeats", "1",
+            "--processes", "2", "--json", str(out)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    name = cp.cuda.runtime.getDeviceProperties(0)["name"]
+    assert doc["device"] == (name.decode() if isinstance(name, bytes) else name)
+    assert doc["tokens_identical"] and doc["complete"]
+    assert sorted((r["mode"], r["batch_size"], r["processes"]) for r in doc["runs"]) == sorted(
+        (m, b, 2) for m in ("sequential", "overlapped", "graphs") for b in (1, 16))
 
 
 def test_synthetic_spin_lasts_its_length():

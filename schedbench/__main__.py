@@ -178,9 +178,9 @@ def print_report(cfg: SweepConfig, sweep: Sweep | ProcessSweep, results: list[Ru
           f"{statistic(cfg.repeats, cfg.processes)}, {cfg.steps} steady-state steps each")
     for mode in cfg.modes:
         print(f"\n{TITLES[mode]}\n{mode_table(results, mode)}")
-    print("\nOverhead % = device idle time / wall time in steady state. Ideal speedup = "
-          "(S + max(L, C) + P) / max(C, S+L+P)\non the sequential run's phases; efficiency = ideal "
-          "step / measured step.")
+    print("\nOverhead % = device idle time / wall time in steady state. Speedup = the sequential "
+          "step / this loop's, repeat by repeat.\nIdeal speedup = (S + max(L, C) + P) / "
+          "max(C, S+L+P) on the sequential run's phases; efficiency = ideal step / measured step.")
     if beyond := beyond_model_line(results):
         print(beyond)
     if spread := spread_line(results, cfg.repeats):

@@ -45,11 +45,6 @@ def ideal_speedup(seq: RunResult) -> float:
     return ideal_step_ms(False, s, lau, c, p) / ideal_step_ms(True, s, lau, c, p)
 
 
-def speedup(seq: RunResult, r: RunResult) -> float:
-    """The measured speedup of ``r`` over the sequential run of its batch size."""
-    return seq.figures["step_ms"].median / r.figures["step_ms"].median
-
-
 def beyond_model_line(results: list[RunResult]) -> str | None:
     """Why a measured speedup can exceed the ideal one, with the time it is made of: the
     sequential loop's step beyond its ideal, which overlap hides too. None when none does."""
@@ -59,7 +54,7 @@ def beyond_model_line(results: list[RunResult]) -> str | None:
         base = seq.get(r.batch_size)
         if r.mode == "sequential" or base is None:
             continue
-        if speedup(base, r) > ideal_speedup(base):
+        if r.figures["speedup"].median > ideal_speedup(base):
             above[r.batch_size] = (base.figures["step_ms"].median
                                    - base.figures["ideal_step_ms"].median)
     if not above:
@@ -79,7 +74,7 @@ def mode_table(results: list[RunResult], mode: str) -> str:
         cells = [*_phase_cells(r), f"{step:.3f}", f"{r.figures['efficiency'].median:.2f}"]
         if mode != "sequential":
             base = seq.get(r.batch_size)
-            cells += [f"{speedup(base, r):.2f}x" if base else "-",
+            cells += [f"{r.figures['speedup'].median:.2f}x" if base else "-",
                       f"{ideal_speedup(base):.2f}x" if base else "-"]
         rows.append(cells)
     return format_table(STEP_COLUMNS if mode == "sequential" else OVL_COLUMNS, rows)

@@ -16,7 +16,14 @@ from schedbench.errors import ConfigError
 from schedbench.model import ModelConfig, get_preset
 from schedbench.scheduler import Scheduler, SchedulerConfig
 from schedbench.synthetic import Synthetic
-from schedbench.timing import RunFigures, Stat, StepRecord, aggregate, summarize
+from schedbench.timing import (
+    RunFigures,
+    Stat,
+    StepRecord,
+    aggregate,
+    paired_speedup,
+    summarize,
+)
 from schedbench.tokens import TokenStreams
 from schedbench.workload import Request, WorkloadConfig, make_requests, requests_for_steps
 
@@ -103,6 +110,7 @@ class SweepConfig:
 class RunResult:
     mode: str
     batch_size: int
+    # RunFigures' fields; and "speedup" in the loops beside a sequential one
     figures: dict[str, Stat]
     tokens: TokenStreams
     records: list[StepRecord]  # the last repeat's, for timelines and traces
@@ -203,7 +211,10 @@ class Sweep:
                 if len(hashes[mode]) != 1:
                     raise RuntimeError(f"{mode} batch {b}: token streams differ between "
                                        f"repeats of the same run")
-                yield RunResult(mode, b, aggregate(runs[mode]), *last[mode])
+                figures = aggregate(runs[mode])
+                if mode != "sequential" and "sequential" in runs:
+                    figures["speedup"] = paired_speedup(runs["sequential"], runs[mode])
+                yield RunResult(mode, b, figures, *last[mode])
 
     def close(self) -> None:
         self.backend.close()

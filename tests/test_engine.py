@@ -14,7 +14,7 @@ from schedbench.model import get_preset
 from schedbench.scheduler import Scheduler, SchedulerConfig
 from schedbench.sweep import Sweep, SweepConfig
 from schedbench.synthetic import Synthetic
-from schedbench.timing import summarize
+from schedbench.timing import Stat, summarize
 from schedbench.workload import WorkloadConfig, make_requests
 
 CFG = get_preset("tiny")
@@ -98,6 +98,11 @@ def test_modes_take_turns_within_each_repeat():
         steps = [run[0].step_ms for run in mine]
         assert r.figures["step_ms"].min == min(steps)
         assert r.figures["step_ms"].max == max(steps)
+        if r.mode == "overlapped":  # against the sequential step of the same repeat
+            seq = [run[0].step_ms for run in returned["sequential", r.batch_size][-2:]]
+            assert r.figures["speedup"] == Stat.of([s / o for s, o in zip(seq, steps)])
+        else:
+            assert "speedup" not in r.figures
 
 
 def test_every_request_finishes_once_and_every_block_returns(cpu_backend):

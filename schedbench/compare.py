@@ -9,7 +9,7 @@ Repeats in one process share its luck, so a side may be several files of the sam
 configuration, each from its own process: ``A1.json A2.json A3.json vs B1.json B2.json
 B3.json``. A side's figure is then the median of its files' medians, and its range is theirs:
 the processes, not the repeats within one, are the independent samples. A file written with
-``--processes N`` has pooled N processes already and counts as N of them.
+``--processes N`` brings its N processes' medians.
 """
 
 from __future__ import annotations
@@ -45,9 +45,14 @@ def load(path: Path) -> dict:
     return doc
 
 
+def process_medians(run: dict, name: str) -> list[float]:
+    """A run's figure, one value per process behind it."""
+    return run.get("process_medians", {}).get(name) or [run[name]]
+
+
 def pool(paths: list[Path]) -> dict:
     """One side from one or more results of the same configuration: per (mode, batch size)
-    run, the median and the range of the files' medians, and the token hash where all the
+    run, the median and the range of its processes' medians, and the token hash where all the
     files agree on it (None where they do not: it matches nothing). ``processes`` counts the
     processes behind the side.
 
@@ -63,7 +68,7 @@ def pool(paths: list[Path]) -> dict:
                 f"{k}: {first[k]} -> {doc[k]}" for k in ("backend", "device", "preset", "commit")
                 if first[k] != doc[k]]:
             raise ConfigError(f"{path} is not a run of what {paths[0]} ran ({'; '.join(diffs)})"
-                              f": the files of one side must differ in nothing but their process")
+                              f": the files of one side may differ only in their processes")
     processes = sum(d["config"].get("processes", 1) for d in docs)
     if len(docs) == 1:
         return {**first, "processes": processes}
@@ -75,16 +80,13 @@ def pool(paths: list[Path]) -> dict:
         each = [k[key] for k in keyed]
         run = {"mode": key[0], "batch_size": key[1], "spread": {}}
         for name, *_ in FIGURES:
-            stat = Stat.of([r[name] for r in each])
+            stat = Stat.of([m for r in each for m in process_medians(r, name)])
             run[name] = stat.median
             run["spread"][name] = {"min": stat.min, "max": stat.max}
         hashes = {r["tokens_sha256"] for r in each}
         run["tokens_sha256"] = hashes.pop() if len(hashes) == 1 else None
         runs.append(run)
-    if processes == len(docs):
-        what = statistic(first["config"]["repeats"], processes)
-    else:
-        what = f"median of {len(docs)} files' medians, {processes} processes in all"
+    what = statistic(first["config"]["repeats"], processes)
     return {**first, "runs": runs, "complete": all(d.get("complete", True) for d in docs),
             "processes": processes, "statistic": f"{what}; {SPREAD}"}
 
@@ -99,12 +101,13 @@ def describe(label: str, paths: list[Path], doc: dict) -> str:
 
 
 def differences(a: dict, b: dict) -> list[str]:
-    """Settings and versions that differ between the two runs, as ``key: A -> B``."""
+    """Settings and versions that differ between the two runs, as ``key: A -> B``; not the
+    processes they ran in, which each side's line states."""
     out = []
     for section in ("config", "versions"):
         x, y = a.get(section, {}), b.get(section, {})
         out += [f"{k}: {x.get(k)} -> {y.get(k)}" for k in sorted(x.keys() | y.keys())
-                if x.get(k) != y.get(k)]
+                if k != "processes" and x.get(k) != y.get(k)]
     return out
 
 

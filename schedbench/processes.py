@@ -33,10 +33,10 @@ from schedbench.timing import Stat
 
 
 def pooled(results: list[RunResult]) -> list[RunResult]:
-    """One result per (mode, batch size), in the order first seen: where several processes
-    measured it, every figure is the median of their medians and ranges over those medians,
-    and the timeline's records are those of the process whose step time is nearest that
-    median."""
+    """One result per (mode, batch size) from each process's results, in the order first
+    seen: where several processes measured it, every figure is the median of their medians
+    and ranges over those medians, and the timeline's records are those of the process whose
+    step time is nearest that median."""
     groups: dict[tuple[str, int], list[RunResult]] = {}
     for r in results:
         groups.setdefault((r.mode, r.batch_size), []).append(r)
@@ -49,12 +49,11 @@ def pooled(results: list[RunResult]) -> list[RunResult]:
         # workload and the weights), so any difference is a bug, not noise.
         if len({r.tokens.sha256 for r in runs}) != 1:
             raise RuntimeError(f"{mode} batch {b}: token streams differ between processes")
-        figures = {name: Stat.of([r.figures[name].median for r in runs])
-                   for name in runs[0].figures}
+        medians = {name: [r.figures[name].median for r in runs] for name in runs[0].figures}
+        figures = {name: Stat.of(values) for name, values in medians.items()}
         middle = figures["step_ms"].median
         typical = min(runs, key=lambda r: abs(r.figures["step_ms"].median - middle))
-        out.append(RunResult(mode, b, figures, typical.tokens, typical.records,
-                             processes=sum(r.processes for r in runs)))
+        out.append(RunResult(mode, b, figures, typical.tokens, typical.records, medians))
     return out
 
 

@@ -273,6 +273,9 @@ def document(cfg: SweepConfig, backend: str, device: str, versions: dict[str, st
                "processes": r.processes,
                "spread": {k: {"min": _json_number(s.min), "max": _json_number(s.max)}
                           for k, s in r.figures.items()}}
+        if r.process_medians:
+            run["process_medians"] = {k: [_json_number(x) for x in v]
+                                      for k, v in r.process_medians.items()}
         runs.append(run)
     syn = cfg.synthetic
     checks = token_check(results)

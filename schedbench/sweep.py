@@ -114,7 +114,13 @@ class RunResult:
     figures: dict[str, Stat]
     tokens: TokenStreams
     records: list[StepRecord]  # the last repeat's, for timelines and traces
-    processes: int = 1  # sweeps whose medians ``figures`` pools (see schedbench.processes)
+    # Each process's median of every figure, where ``figures`` pools several
+    # (see schedbench.processes); empty for one process's repeats.
+    process_medians: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def processes(self) -> int:
+        return len(self.process_medians["step_ms"]) if self.process_medians else 1
 
 
 class Sweep:

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from schedbench.__main__ import main as run_sweep
-from schedbench.compare import main
+from schedbench.compare import FIGURES, main
 
 FAST = ["--backend", "cpu", "--steps", "12", "--warmup", "2", "--repeats", "2",
         "--prompt-len", "1:4", "--output-len", "4:10"]
@@ -202,7 +202,22 @@ def test_a_file_written_with_processes_counts_as_that_many(tmp_path, capsys, res
     assert "one process" not in capsys.readouterr().out
     assert main([str(a), str(one)]) == 0
     text = capsys.readouterr().out
-    assert "B is one process" in text and "Differences: processes: 3 -> 1" in text
+    assert "B is one process" in text and "Differences" not in text  # each line says it
     assert {cells[-1] for cells in rows(text).values()} == {"same"}  # timing only
-    assert main([str(a), str(b), "vs", str(a)]) == 0
-    assert "median of 2 files' medians, 6 processes in all; spread" in capsys.readouterr().out
+
+
+
+def test_a_side_pools_every_process_of_its_files(tmp_path, capsys, result):
+    """A --processes 2 file (1.0x and 1.4x) and a one-process file (1.1x): the side is the
+    median of the three processes, 1.1x, not the median of the two files, 1.15x."""
+    two = shifted(result, 1.2)
+    two["config"]["processes"] = 2
+    for run, base in zip(two["runs"], result["runs"]):
+        run["process_medians"] = {name: [base[name], base[name]] for name, *_ in FIGURES}
+        run["process_medians"]["step_ms"] = [base["step_ms"], 1.4 * base["step_ms"]]
+    files = [write(tmp_path, "two.json", two), write(tmp_path, "one.json", shifted(result, 1.1))]
+    assert main([*map(str, files), "vs", str(files[1])]) == 0
+    text = capsys.readouterr().out
+    assert "median of 3 processes' medians of 2 repeat(s) each" in text
+    for r in result["runs"]:
+        assert rows(text)[r["mode"], r["batch_size"]][0] == f"{r['step_ms'] * 1.1:.3f}"

@@ -57,6 +57,9 @@ def test_the_report_pools_fresh_processes(tmp_path, capsys):
     assert doc["statistic"].startswith("median of 2 processes' medians of 2 repeat(s) each;")
     assert [(r["mode"], r["batch_size"], r["processes"]) for r in doc["runs"]] == [
         (m, b, 2) for b in (1, 2) for m in ("sequential", "overlapped")]
+    for r in doc["runs"]:
+        each = r["process_medians"]["step_ms"]
+        assert len(each) == 2 and r["spread"]["step_ms"] == {"min": min(each), "max": max(each)}
     labels = [line.split("] ")[-1] for line in captured.err.splitlines()]
     assert labels[0] == "1/20 process 1/2 warm-up sequential"
     assert labels[-1] == "20/20 process 2/2 batch 2 repeat 2/2 overlapped"

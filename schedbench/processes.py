@@ -113,6 +113,9 @@ class _Child:
         try:
             self.proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(write)],
                                          stdin=subprocess.PIPE, pass_fds=(write,))
+        except BaseException:
+            os.close(read)
+            raise
         finally:
             os.close(write)  # the child's copy stays open: EOF here once it exits
         self.pipe = os.fdopen(read, "rb")

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +26,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+
+
+def fast_sweep(repeats: int = 1) -> list[str]:
+    """Flags of a command-line sweep of short CPU runs, for tests of what wraps the runs."""
+    return ["--backend", "cpu", "--steps", "12", "--warmup", "2", "--repeats", str(repeats),
+            "--prompt-len", "1:4", "--output-len", "4:10"]
+
+
+def sweep_until(argv: list[str], run: int, **popen) -> subprocess.Popen:
+    """``python -m schedbench ARGV`` in a process of its own, returned once its progress
+    ("[t s] k/N label" on stderr) says that run ``run`` has started."""
+    proc = subprocess.Popen([sys.executable, "-m", "schedbench", *argv], stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, **popen)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.split("]")[-1].strip().startswith(f"{run}/"):
+            return proc
+    raise AssertionError(f"the sweep ended before run {run}: exit code {proc.wait()}")
 
 
 @pytest.fixture(scope="session")

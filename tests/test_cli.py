@@ -12,9 +12,9 @@ from kernels.registry import gpu_unavailable_reason
 from schedbench.__main__ import main
 from schedbench.errors import ConfigError
 from schedbench.timing import StepRecord, steady_window
+from tests.conftest import fast_sweep
 
-FAST = ["--backend", "cpu", "--steps", "12", "--warmup", "2", "--repeats", "1",
-        "--prompt-len", "1:4", "--output-len", "4:10"]
+FAST = fast_sweep()
 
 
 @pytest.mark.parametrize(("argv", "message"), [

@@ -9,9 +9,9 @@ import pytest
 
 from schedbench.__main__ import main as run_sweep
 from schedbench.compare import FIGURES, main
+from tests.conftest import fast_sweep
 
-FAST = ["--backend", "cpu", "--steps", "12", "--warmup", "2", "--repeats", "2",
-        "--prompt-len", "1:4", "--output-len", "4:10"]
+FAST = fast_sweep(repeats=2)
 
 
 @pytest.fixture(scope="module")

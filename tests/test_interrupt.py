@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 
 import pytest
+
+from tests.conftest import sweep_until
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_keeps_finished_runs_in_valid_json(tmp_path, sig):
     out = tmp_path / "partial.json"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "schedbench", "--backend", "cpu", "--batch-sizes", "1,2,4,8",
-         "--steps", "300", "--repeats", "2", "--json", str(out)],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    assert proc.stderr is not None
-    # "[t s] k/N label": run k started; two warm-ups, then batch 1's four (2 modes x 2 repeats)
-    for line in proc.stderr:
-        if line.split("]")[-1].strip().startswith("7/"):
-            break
+    # run 7: two warm-ups, then batch 1's four (2 modes x 2 repeats) have finished
+    proc = sweep_until(["--backend", "cpu", "--batch-sizes", "1,2,4,8", "--steps", "300",
+                        "--repeats", "2", "--json", str(out)], run=7)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +16,9 @@ from schedbench.processes import ProcessSweep, pooled
 from schedbench.sweep import RunResult, SweepConfig
 from schedbench.timing import Stat, StepRecord
 from schedbench.tokens import TokenStreams
+from tests.conftest import fast_sweep, sweep_until
 
-FAST = ["--backend", "cpu", "--steps", "12", "--warmup", "2", "--repeats", "2",
-        "--prompt-len", "1:4", "--output-len", "4:10"]
+FAST = fast_sweep(repeats=2)
 
 
 def result(mode: str, b: int, step_ms: float, overhead: float, tokens: int = 7) -> RunResult:
@@ -104,15 +102,10 @@ def sweep_children(pid: int) -> list[int]:
                                                          "Ctrl-C to the group"])
 def test_an_interrupt_keeps_what_finished_and_leaves_no_process(tmp_path, to_group):
     out = tmp_path / "partial.json"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "schedbench", "--backend", "cpu", "--batch-sizes", "1,2,4",
-         "--steps", "300", "--repeats", "2", "--processes", "2", "--json", str(out)],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True)
-    assert proc.stderr is not None
-    # 14 runs a process; the second's 21st run is its first of batch 2, after batch 1's four
-    for line in proc.stderr:
-        if line.split("]")[-1].strip().startswith("21/"):
-            break
+    # 14 runs a process; run 21 is the second's first of batch 2, after batch 1's four
+    proc = sweep_until(["--backend", "cpu", "--batch-sizes", "1,2,4", "--steps", "300",
+                        "--repeats", "2", "--processes", "2", "--json", str(out)], run=21,
+                       start_new_session=True)
     children = sweep_children(proc.pid)
     assert len(children) == 1
     if to_group:

@@ -30,6 +30,24 @@ from schedbench.synthetic import busy_until
 # default 5 ms switch interval a busy scheduler thread would keep it that long and open
 # fake device bubbles; 50 us bounds that wait. Restored by ``CpuBackend.close``.
 SWITCH_INTERVAL_S = 5e-5
+CACHE_LINE = 64
+
+
+def aligned_zeros(shape: int | tuple[int, ...], dtype: np.dtype | type = np.float32) -> np.ndarray:
+    """A zeroed array whose data starts on a cache line.
+
+    NOTE: NumPy's arrays start where malloc puts them: 16 bytes past a line for large ones,
+    at any 16-byte step for small ones, so the kernels' vector loads straddle lines. In one
+    process the tiny step at batch 16 took 1.49 ms on NumPy's allocations and 0.94 ms with
+    every array on a line. Over ten processes each (sequential loop, a 2-vCPU VM), its median
+    device time fell from 1.59 to 0.99 ms at batch 16 and from 6.15 to 5.16 ms at batch 64.
+    """
+    dtype = np.dtype(dtype)
+    shape = (shape,) if isinstance(shape, int) else shape
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.zeros(nbytes + CACHE_LINE, np.uint8)
+    start = -raw.ctypes.data % CACHE_LINE
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
 class DeviceError(RuntimeError):
@@ -125,16 +143,16 @@ class CpuDecodeStep(DecodeStep):
                   2 * cfg.intermediate_size, cfg.intermediate_size, cfg.vocab_size)
         check_fits(cfg, num_blocks, 4, 4 * (b * sum(widths) + cfg.max_context),
                    available_host_bytes(), "host memory (the cpu backend's float32)")
-        w = make_weights(cfg, seed, np.float32)
+        w = make_weights(cfg, seed, np.float32, aligned_zeros)
         self._weights = (w.embed, w.attn_norm, w.wqkv, w.wo, w.mlp_norm, w.w_gate_up, w.w_down,
                          w.final_norm, w.lm_head)
         cache_shape = (cfg.num_layers, num_blocks + 1, cfg.block_size, cfg.num_kv_heads,
                        cfg.head_dim)
-        self.k_cache = np.zeros(cache_shape, np.float32)
-        self.v_cache = np.zeros(cache_shape, np.float32)
+        self.k_cache = aligned_zeros(cache_shape)
+        self.v_cache = aligned_zeros(cache_shape)
         self.token_buf = np.zeros(num_slots + 1, np.int32)
-        self._scratch = tuple(np.zeros((b, n), np.float32) for n in widths)
-        self._scores = np.zeros(cfg.max_context, np.float32)
+        self._scratch = tuple(aligned_zeros((b, n)) for n in widths)
+        self._scores = aligned_zeros(cfg.max_context)
         self._consts = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, np.float32(cfg.rms_eps),
                         float(cfg.rope_theta))
 

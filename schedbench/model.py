@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,24 +115,33 @@ class Weights:
         return Weights(**{k: v.astype(dtype) for k, v in self.__dict__.items()})
 
 
-def make_weights(cfg: ModelConfig, seed: int, dtype: np.dtype | type = np.float32) -> Weights:
-    """Seeded random weights scaled like a trained model's (unit-variance activations)."""
+def make_weights(cfg: ModelConfig, seed: int, dtype: np.dtype | type = np.float32,
+                 empty: Callable[[tuple[int, ...]], np.ndarray] | None = None) -> Weights:
+    """Seeded random weights scaled like a trained model's (unit-variance activations).
+    ``empty(shape)``, when given, makes each float32 array the weights are drawn into (the
+    CPU backend's start on a cache line); the values do not depend on it."""
     rng = np.random.default_rng(seed)
     h, i, n = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
 
+    def normal(*shape: int) -> np.ndarray:
+        out = None if empty is None else empty(shape)
+        return rng.standard_normal(shape, dtype=np.float32, out=out)
+
     def linear(*shape: int) -> np.ndarray:
-        w = rng.standard_normal(shape, dtype=np.float32)
+        w = normal(*shape)
         # NOTE: in place: under NumPy 2 `w / np.sqrt(n)` is float64 (NEP 50), 30 GB for
         # llama3-8b's gate/up. The float32 result is the same, rounded once from float64.
         w /= np.sqrt(shape[-1])
         return w.astype(dtype, copy=False)
 
     def norm(*shape: int) -> np.ndarray:
-        return (1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32)).astype(dtype)
+        w = normal(*shape)
+        w *= 0.1
+        w += 1.0
+        return w.astype(dtype, copy=False)
 
     return Weights(
-        embed=rng.standard_normal((cfg.vocab_size, h), dtype=np.float32).astype(dtype,
-                                                                                copy=False),
+        embed=normal(cfg.vocab_size, h).astype(dtype, copy=False),
         attn_norm=norm(n, h),
         wqkv=linear(n, cfg.qkv_size, h),
         wo=linear(n, h, cfg.q_size),

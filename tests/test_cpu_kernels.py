@@ -7,7 +7,7 @@ import pytest
 
 from kernels import cpu_kernels as k
 from kernels import reference as ref
-from kernels.cpu_backend import CpuDecodeStep
+from kernels.cpu_backend import CACHE_LINE, CpuDecodeStep, aligned_zeros
 from kernels.layout import StepLayout
 from schedbench.model import get_preset, make_weights
 from tests.conftest import assert_greedy_where_clear, reference_step, rel_err
@@ -137,3 +137,23 @@ def test_whole_step_matches_reference(rng, b):
     assert_greedy_where_clear(out[:b], logits, 1e-3)
     np.testing.assert_array_equal(out[b:], -7)  # rows past the batch are never written
     assert rel_err(step.k_cache[:, :len(kc)], k_ref) < TOL
+
+
+@pytest.mark.parametrize("shape", [1, 3, (5, 7), (2, 3, 1000)])
+@pytest.mark.parametrize("dtype", [np.float32, np.int32, np.float64])
+def test_aligned_zeros(shape, dtype):
+    a = aligned_zeros(shape, dtype)
+    assert a.shape == ((shape,) if isinstance(shape, int) else shape) and a.dtype == dtype
+    assert a.flags.c_contiguous and a.flags.writeable
+    assert a.ctypes.data % CACHE_LINE == 0
+    assert not a.any()
+
+
+def test_step_arrays_start_on_cache_lines():
+    """What the step's kernels stream through: NumPy's own allocations would start 16 bytes
+    past a line (large ones) or anywhere on 16 bytes (small ones)."""
+    step = CpuDecodeStep(CFG, seed=0, num_blocks=64,
+                         layout=StepLayout(max_batch=8, max_blocks=CFG.max_blocks_per_seq),
+                         num_slots=16)
+    arrays = [*step._weights, step.k_cache, step.v_cache, *step._scratch, step._scores]
+    assert [a.ctypes.data % CACHE_LINE for a in arrays] == [0] * len(arrays)

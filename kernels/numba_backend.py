@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
@@ -23,6 +24,9 @@ from kernels.backend import Backend, DecodeStep, Event, Stream
 from kernels.layout import StepLayout
 from schedbench.errors import ConfigError
 from schedbench.model import ModelConfig, Weights, interleave_gate_up, make_weights
+
+if TYPE_CHECKING:
+    from kernels.cupy_launch import LaunchSequence
 
 cuda = nk.cuda
 SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
@@ -87,7 +91,7 @@ def device_weights(cfg: ModelConfig, seed: int) -> dict:
     return {k: cuda.as_cuda_array(v) for k, v in arrays.items()}  # each holds its CuPy array
 
 
-def device_zeros(shape: int | tuple[int, ...], dtype: type):
+def device_zeros(shape: int | tuple[int, ...], dtype: np.dtype | type):
     """A zeroed device array. On a GPU it is zeroed there: ``cuda.to_device(np.zeros(...))``
     would first take a KV cache's whole size in host memory (5 GiB for llama3-8b at batch 256
     with the default requests, 36 GiB with 1k-token prompts), then copy it from pageable
@@ -132,7 +136,8 @@ class NumbaDecodeStep(DecodeStep):
         self.part_o = device_zeros((b, cfg.num_heads, splits, cfg.head_dim), np.float32)
         self.part_ml = device_zeros((b, cfg.num_heads, splits, 2), np.float32)
         self.counters = device_zeros(b * cfg.num_kv_heads, np.int32)
-        self._plans: dict[tuple, list[tuple]] = {}
+        # the plan's launches as they are in the simulator, packed (cupy_launch) on a GPU
+        self._plans: dict[tuple, list[tuple] | LaunchSequence] = {}
 
     def attention_grid(self, batch: int) -> tuple[int, int, int]:
         return nk.attention_grid(batch, self.cfg.num_kv_heads, self.max_context)

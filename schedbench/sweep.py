@@ -217,10 +217,10 @@ class Sweep:
                 if len(hashes[mode]) != 1:
                     raise RuntimeError(f"{mode} batch {b}: token streams differ between "
                                        f"repeats of the same run")
-                figures = aggregate(runs[mode])
+                stats = aggregate(runs[mode])
                 if mode != "sequential" and "sequential" in runs:
-                    figures["speedup"] = paired_speedup(runs["sequential"], runs[mode])
-                yield RunResult(mode, b, figures, *last[mode])
+                    stats["speedup"] = paired_speedup(runs["sequential"], runs[mode])
+                yield RunResult(mode, b, stats, *last[mode])
 
     def close(self) -> None:
         self.backend.close()

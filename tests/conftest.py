@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -36,9 +37,13 @@ def fast_sweep(repeats: int = 1) -> list[str]:
 
 def sweep_until(argv: list[str], run: int, **popen) -> subprocess.Popen:
     """``python -m schedbench ARGV`` in a process of its own, returned once its progress
-    ("[t s] k/N label" on stderr) says that run ``run`` has started."""
+    ("[t s] k/N label" on stderr) says that run ``run`` has started. SIGINT starts at its
+    default there, so Python turns it into KeyboardInterrupt even under a shell that started
+    these tests in the background, with SIGINT ignored (which a child would inherit)."""
     proc = subprocess.Popen([sys.executable, "-m", "schedbench", *argv], stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, text=True, **popen)
+                            stdout=subprocess.DEVNULL, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                            **popen)
     assert proc.stderr is not None
     for line in proc.stderr:
         if line.split("]")[-1].strip().startswith(f"{run}/"):

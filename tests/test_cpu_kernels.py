@@ -157,3 +157,10 @@ def test_step_arrays_start_on_cache_lines():
                          num_slots=16)
     arrays = [*step._weights, step.k_cache, step.v_cache, *step._scratch, step._scores]
     assert [a.ctypes.data % CACHE_LINE for a in arrays] == [0] * len(arrays)
+
+
+def test_weights_drawn_into_given_arrays_are_the_same():
+    plain, aligned = make_weights(CFG, 5), make_weights(CFG, 5, np.float32, aligned_zeros)
+    for name, w in vars(plain).items():
+        np.testing.assert_array_equal(getattr(aligned, name), w, err_msg=name)
+        assert getattr(aligned, name).ctypes.data % CACHE_LINE == 0, name

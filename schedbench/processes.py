@@ -1,10 +1,10 @@
 """The sweep run again in fresh processes, one after another, and their results pooled.
 
-Repeats within one process share its luck: where its arrays landed in physical memory, how
-its threads were placed, what the allocator and the caches hold. On a 2-vCPU VM, ten
-processes of one configuration ran batch 64's sequential step in 5.36 to 6.50 ms, and a
-process fast in one loop was fast in the other (5.36 ms and 5.15 ms overlapped, against
-6.50 and 6.28): the range over one process's repeats cannot show that. ``--processes N``
+Repeats within one process share its luck: which cores its threads got, where its memory
+landed, what else the machine ran meanwhile. On a 2-vCPU VM, ten processes of one
+configuration ran batch 64's sequential step in 4.75 to 5.98 ms, and the fastest process was
+the fastest overlapped too (4.75 ms and 4.45 ms overlapped, against 5.98 and 5.16 for the
+slowest sequential): the range over one process's repeats cannot show that. ``--processes N``
 runs the whole sweep in N fresh processes, one at a time so that they never compete, and
 reports per (mode, batch size) the median of the processes' medians and the range of those
 medians, as ``schedbench.compare`` pools files.

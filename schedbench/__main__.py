@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from kernels.registry import BACKENDS, resolve
+from kernels.registry import BACKENDS, resolve, simulator_enabled
 from schedbench.arguments import int_list, int_list_text, int_range, reported
 from schedbench.engine import MODES
 from schedbench.errors import ConfigError
@@ -77,11 +77,13 @@ def parser() -> argparse.ArgumentParser:
                         "runs, which one process's repeats understate (default %(default)s)")
     p.add_argument("--seed", type=int, default=0,
                    help="weights and workload seed (default %(default)s)")
-    p.add_argument("--prompt-len", type=int_range, default=(4, 32), metavar="MIN:MAX",
-                   help="prompt tokens per request, drawn uniformly (default 4:32)")
-    p.add_argument("--output-len", type=int_range, default=(16, 128), metavar="MIN:MAX",
+    p.add_argument("--prompt-len", type=int_range, metavar="MIN:MAX",
+                   help="prompt tokens per request, drawn uniformly "
+                        "(default 4:32; see --output-len)")
+    p.add_argument("--output-len", type=int_range, metavar="MIN:MAX",
                    help="tokens generated per request unless EOS comes first, drawn uniformly "
-                        "(default 16:128)")
+                        "(default 16:128; a default range shrinks to fit a shorter context: "
+                        "micro's 64 tokens get 4:12 and 16:51)")
     p.add_argument("--drain", action="store_true",
                    help="run every request to its end; by default a run stops after "
                         "--warmup + --steps steps, cancelling what is left (the same steps "
@@ -148,7 +150,9 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
                        modes=modes, steps=steps, warmup=args.warmup, repeats=args.repeats,
                        processes=args.processes, seed=args.seed, synthetic=synthetic,
                        kv_blocks=args.kv_blocks, drain=args.drain,
-                       workload=WorkloadConfig(args.prompt_len, args.output_len, args.seed))
+                       workload=WorkloadConfig.fitted(PRESETS[args.preset].max_context,
+                                                      args.prompt_len, args.output_len,
+                                                      args.seed))
 
 
 def progress_printer(total: int) -> Callable[[str], None]:
@@ -176,6 +180,10 @@ def print_report(cfg: SweepConfig, sweep: Sweep | ProcessSweep, results: list[Ru
             if cfg.synthetic else f"preset {cfg.preset}")
     print(f"\nschedbench: backend {sweep.backend_name} on {sweep.device_name}, {what}, "
           f"{statistic(cfg.repeats, cfg.processes)}, {cfg.steps} steady-state steps each")
+    if sweep.backend_name == "numba" and simulator_enabled():
+        print("The CUDA simulator runs every thread of a kernel as a Python thread: its times "
+              "say nothing of a GPU's.\nWhat it checks is the kernels and the loops: the "
+              "tokens, and that every mode gives the same ones.")
     for mode in cfg.modes:
         print(f"\n{TITLES[mode]}\n{mode_table(results, mode)}")
     print("\nOverhead % = device idle time / wall time in steady state. Speedup = the sequential "

@@ -42,6 +42,28 @@ class WorkloadConfig:
             if not 1 <= lo <= hi:
                 raise ConfigError(f"{name} range {lo}..{hi} is invalid: need 1 <= min <= max")
 
+    @classmethod
+    def fitted(cls, max_context: int, prompt_len: tuple[int, int] | None = None,
+               output_len: tuple[int, int] | None = None, seed: int = 0) -> WorkloadConfig:
+        """The ranges given; those left out are the defaults, their maxima scaled down to the
+        context the given ones leave where they would not fit in it (the micro preset's 64
+        tokens: 4:12 and 16:51). Given ranges that do not fit are left for the scheduler's
+        check to name."""
+        default = cls()
+        room = max_context - sum(r[1] for r in (prompt_len, output_len) if r is not None)
+        left_out = sum(d[1] for r, d in ((prompt_len, default.prompt_len),
+                                         (output_len, default.output_len)) if r is None)
+        scale = min(1.0, room / left_out) if left_out and room > 0 else 1.0
+
+        def fit(given: tuple[int, int] | None, d: tuple[int, int]) -> tuple[int, int]:
+            if given is not None:
+                return given
+            hi = max(1, int(d[1] * scale))
+            return min(d[0], hi), hi
+
+        return cls(fit(prompt_len, default.prompt_len), fit(output_len, default.output_len),
+                   seed)
+
     @property
     def mean_tokens(self) -> float:
         return (sum(self.prompt_len) + sum(self.output_len)) / 2

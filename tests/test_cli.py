@@ -12,6 +12,7 @@ from kernels.registry import gpu_unavailable_reason
 from schedbench.__main__ import main
 from schedbench.errors import ConfigError
 from schedbench.timing import StepRecord, steady_window
+from schedbench.workload import WorkloadConfig
 from tests.conftest import fast_sweep
 
 FAST = fast_sweep()
@@ -118,6 +119,29 @@ def test_drained_runs_hash_alike(tmp_path):
     doc = json.loads(out.read_text())
     assert doc["config"]["drain"] is True
     assert len({r["tokens_sha256"] for r in doc["runs"]}) == 1
+
+
+@pytest.mark.parametrize(("context", "prompt", "output", "fitted"), [
+    (512, None, None, ((4, 32), (16, 128))),  # the defaults fit: unchanged
+    (64, None, None, ((4, 12), (16, 51))),  # micro: both shrink, in proportion
+    (64, (1, 40), None, ((1, 40), (16, 24))),  # the output range gets what the prompt left
+    (64, None, (2, 60), ((4, 4), (2, 60))),
+    (512, None, (600, 600), ((4, 32), (600, 600))),  # no room: left for the check to name
+    (64, (9, 9), (70, 80), ((9, 9), (70, 80))),  # ranges given are never changed
+])
+def test_default_lengths_fit_the_context(context, prompt, output, fitted):
+    wl = WorkloadConfig.fitted(context, prompt, output, seed=5)
+    assert (wl.prompt_len, wl.output_len, wl.seed) == (*fitted, 5)
+
+
+def test_the_micro_preset_runs_with_default_lengths(tmp_path):
+    out = tmp_path / "micro.json"
+    argv = ["--backend", "cpu", "--preset", "micro", "--batch-sizes", "2", "--steps", "8",
+            "--warmup", "2", "--repeats", "1", "--json", str(out)]
+    assert main(argv) == 0
+    doc = json.loads(out.read_text())
+    assert (doc["config"]["prompt_len"], doc["config"]["output_len"]) == ([4, 12], [16, 51])
+    assert doc["tokens_identical"]
 
 
 def test_a_kv_budget_below_a_full_batch_runs_fewer_rows(tmp_path):

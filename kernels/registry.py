@@ -23,14 +23,42 @@ def gpu_unavailable_reason() -> str | None:
     return None if count > 0 else "CUDA reports 0 devices"
 
 
+# The CuPy kernels' tensor-core GEMM (mma.sync m16n8k16 on fp16) and the attention's
+# cp.async staging need sm_80; CUDA 13 itself compiles for sm_75 (Turing, the T4) and up.
+CUPY_MIN_CC = 80
+
+
+def gpu_model() -> tuple[str, int]:
+    """Device 0's name and compute capability (90 for 9.0)."""
+    import cupy
+
+    name = cupy.cuda.runtime.getDeviceProperties(0)["name"]
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    return name, int(cupy.cuda.Device(0).compute_capability)
+
+
+def unavailable_reason(backend: str) -> str | None:
+    """Why ``backend`` cannot run here, or None when it can."""
+    if backend == "cpu" or (backend == "numba" and simulator_enabled()):
+        return None
+    if why := gpu_unavailable_reason():
+        return why
+    if backend == "cupy":
+        name, cc = gpu_model()
+        if cc < CUPY_MIN_CC:
+            return (f"the {name} is compute capability {cc // 10}.{cc % 10}, and the CuPy "
+                    f"kernels need {CUPY_MIN_CC // 10}.0 or later (tensor-core mma.sync, "
+                    f"cp.async); --backend numba has no such need")
+    return None
+
+
 def simulator_enabled() -> bool:
     """Numba's CUDA simulator was asked for (it reads the variable when numba loads)."""
     return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 
 
 def available(backend: str) -> bool:
-    return backend == "cpu" or gpu_unavailable_reason() is None or \
-        (backend == "numba" and simulator_enabled())
+    return unavailable_reason(backend) is None
 
 
 def describe_available() -> str:
@@ -54,8 +82,7 @@ def describe(backend: str) -> str:
     import cupy
 
     rt = cupy.cuda.runtime
-    name = rt.getDeviceProperties(0)["name"]
-    name = name.decode() if isinstance(name, bytes) else str(name)
+    name, _ = gpu_model()
     return (f"{name} / driver {rt.driverGetVersion()} / CUDA runtime {rt.runtimeGetVersion()} "
             f"/ cupy {cupy.__version__} / numba {numba.__version__}")
 
@@ -64,11 +91,12 @@ def resolve(name: str) -> str:
     if name not in BACKENDS:
         raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if name == "auto":
-        return "cpu" if gpu_unavailable_reason() else "cupy"
-    if not available(name):
+        return "cupy" if available("cupy") else "cpu"
+    if why := unavailable_reason(name):
+        if gpu_unavailable_reason() is None:
+            raise ConfigError(f"backend {name!r} cannot run on this GPU: {why}")
         hint = " (or NUMBA_ENABLE_CUDASIM=1 for the simulator)" if name == "numba" else ""
-        raise ConfigError(f"backend {name!r} needs a CUDA GPU{hint}, but "
-                          f"{gpu_unavailable_reason()}")
+        raise ConfigError(f"backend {name!r} needs a CUDA GPU{hint}, but {why}")
     return name
 
 

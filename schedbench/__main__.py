@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from kernels.registry import BACKENDS, resolve, simulator_enabled
+from kernels import registry
 from schedbench.arguments import int_list, int_list_text, int_range, reported
 from schedbench.engine import MODES
 from schedbench.errors import ConfigError
@@ -54,7 +54,7 @@ CPU_STEPS, GPU_STEPS = 200, 100
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m schedbench", description=__doc__)
-    p.add_argument("--backend", default="auto", choices=BACKENDS,
+    p.add_argument("--backend", default="auto", choices=registry.BACKENDS,
                    help="device backend; auto = cupy with a GPU, else cpu (default auto)")
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
                    help="model shape (default %(default)s)")
@@ -134,7 +134,9 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
     check_writable("--json", args.json)
     check_writable("--trace", args.trace)
     check_writable("--plot", args.plot, is_dir=True)
-    backend = resolve(args.backend)
+    backend = registry.resolve(args.backend)
+    if args.backend == "auto" and backend == "cpu" and registry.gpu_unavailable_reason() is None:
+        print(f"--backend auto chose cpu: {registry.unavailable_reason('cupy')}", file=sys.stderr)
     if args.modes is None:
         modes = ("sequential", "overlapped") + (("graphs",) if backend == "cupy" else ())
     else:
@@ -180,7 +182,7 @@ def print_report(cfg: SweepConfig, sweep: Sweep | ProcessSweep, results: list[Ru
             if cfg.synthetic else f"preset {cfg.preset}")
     print(f"\nschedbench: backend {sweep.backend_name} on {sweep.device_name}, {what}, "
           f"{statistic(cfg.repeats, cfg.processes)}, {cfg.steps} steady-state steps each")
-    if sweep.backend_name == "numba" and simulator_enabled():
+    if sweep.backend_name == "numba" and registry.simulator_enabled():
         print("The CUDA simulator runs every thread of a kernel as a Python thread: its times "
               "say nothing of a GPU's.\nWhat it checks is the kernels and the loops: the "
               "tokens, and that every mode gives the same ones.")

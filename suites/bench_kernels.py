@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from kernels.kernel_calls import rope_table
-from kernels.registry import gpu_unavailable_reason
+from kernels.registry import unavailable_reason
 from schedbench.arguments import int_list, int_list_text, reported
 from schedbench.errors import ConfigError
 from schedbench.model import ModelConfig, get_preset
@@ -248,8 +248,8 @@ def main() -> None:
                                              args.wide_batch_sizes))
     with reported(p):
         check_shapes(args.preset, batch_sizes + wide, contexts)
-        if why := gpu_unavailable_reason():
-            raise SystemExit(f"bench_kernels needs a GPU: {why}")
+        if why := unavailable_reason("cupy"):
+            raise SystemExit(f"bench_kernels needs a GPU that runs the CuPy kernels: {why}")
         res = measure(args.preset, batch_sizes, contexts, wide, numba=not args.no_numba)
     rows = [[k, str(b or "-"), f"{v['ms'] * 1e3:.1f}" if v["ms"] else "-", f"{v['gbs']:.0f}",
              f"{v['pct_copy']:.1f}"] for (k, b), v in res.items()]
@@ -275,13 +275,14 @@ class Kernels:
     timeout = 900
 
     def setup_cache(self) -> dict:
-        if gpu_unavailable_reason():
+        if unavailable_reason("cupy"):
             return {}
         return dict(measure(PRESET, BATCH_SIZES, CONTEXTS, WIDE_BATCH_SIZES))
 
     def setup(self, res: dict, kernel: str, batch_size: int) -> None:
         if (kernel, batch_size) not in res:
-            raise NotImplementedError(f"no GPU: {gpu_unavailable_reason()}")
+            raise NotImplementedError(unavailable_reason("cupy")
+                                      or f"{kernel} is not measured at batch {batch_size}")
 
     def track_time_us(self, res, kernel, batch_size) -> float:
         return res[kernel, batch_size]["ms"] * 1e3

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kernels.registry import gpu_unavailable_reason
+from kernels.registry import unavailable_reason
 from schedbench.arguments import reported
 from schedbench.model import get_preset
 from schedbench.report import format_table, write_json
@@ -150,8 +150,8 @@ def main() -> None:
     with reported(p):
         get_preset(args.preset)
         check_batch_size(args.batch_size)
-        if why := gpu_unavailable_reason():
-            raise SystemExit(f"bench_launch needs a GPU: {why}")
+        if why := unavailable_reason("cupy"):
+            raise SystemExit(f"bench_launch needs a GPU that runs the CuPy kernels: {why}")
         res = measure(args.preset, args.batch_size)
     print(f"preset {args.preset}, batch {args.batch_size}: host time, median of many")
     print(format_table(["Operation", "Value"], [[k, f"{v:.2f}"] for k, v in res.items()]))
@@ -171,11 +171,11 @@ class Launch:
     timeout = 600
 
     def setup_cache(self) -> dict:
-        return {} if gpu_unavailable_reason() else measure(PRESET)
+        return {} if unavailable_reason("cupy") else measure(PRESET)
 
     def setup(self, res: dict, operation: str) -> None:
         if operation not in res:
-            raise NotImplementedError(f"no GPU: {gpu_unavailable_reason()}")
+            raise NotImplementedError(unavailable_reason("cupy") or f"{operation} was not measured")
 
     def track_host_us(self, res, operation) -> float:
         return res[operation]

@@ -10,6 +10,7 @@ import pytest
 
 from kernels import cuda_emulator, kernel_calls
 from kernels.kernel_calls import KernelCall
+from kernels.registry import unavailable_reason
 
 
 class Emulator:
@@ -36,6 +37,8 @@ class Gpu:
     def __init__(self) -> None:
         self.xp = pytest.importorskip("cupy")
         self.cb = pytest.importorskip("kernels.cupy_backend")
+        if why := unavailable_reason("cupy"):
+            pytest.skip(why)
         self.gemm = self.cb.gemm_choice  # a projection's kernel as the backend picks it
 
     def array(self, a: np.ndarray):

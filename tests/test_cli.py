@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from kernels import cpu_backend
+from kernels import cpu_backend, registry
 from kernels.registry import gpu_unavailable_reason
 from schedbench.__main__ import main
 from schedbench.errors import ConfigError
@@ -72,6 +72,37 @@ def test_gpu_backend_without_gpu_exits_2(capsys, backend):
         main(["--backend", backend])
     assert exc.value.code == 2
     assert f"backend {backend!r} needs a CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.fixture
+def old_gpu(monkeypatch):
+    """A machine whose one GPU is a Tesla T4 (sm_75): too old for the CuPy kernels."""
+    monkeypatch.setattr(registry, "gpu_unavailable_reason", lambda: None)
+    monkeypatch.setattr(registry, "gpu_model", lambda: ("Tesla T4", 75))
+    monkeypatch.setattr(registry, "simulator_enabled", lambda: False)
+
+
+def test_a_gpu_too_old_for_the_cupy_kernels_is_named(old_gpu, capsys):
+    assert registry.available("numba") and not registry.available("cupy")
+    with pytest.raises(SystemExit) as exc:
+        main(["--backend", "cupy"])
+    assert exc.value.code == 2
+    assert ("backend 'cupy' cannot run on this GPU: the Tesla T4 is compute capability 7.5, "
+            "and the CuPy kernels need 8.0 or later") in capsys.readouterr().err
+
+
+def test_auto_runs_the_cpu_backend_beside_a_gpu_too_old_for_cupy(old_gpu, capsys, tmp_path):
+    out = tmp_path / "auto.json"
+    argv = [a if a != "cpu" else "auto" for a in FAST]
+    assert main([*argv, "--batch-sizes", "2", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["backend"] == "cpu"
+    assert "--backend auto chose cpu: the Tesla T4 is compute capability 7.5" in \
+        capsys.readouterr().err
+
+
+def test_auto_picks_cupy_on_a_gpu_that_runs_it(old_gpu, monkeypatch):
+    monkeypatch.setattr(registry, "gpu_model", lambda: ("NVIDIA A100", 80))
+    assert registry.resolve("auto") == "cupy"
 
 
 def test_report_and_json(tmp_path, capsys):
@@ -193,7 +224,7 @@ def test_defaults_follow_the_backend(monkeypatch):
     cpu = cli.config_from_args(cli.parser().parse_args(["--backend", "cpu"]))
     assert (cpu.steps, cpu.batch_sizes, cpu.modes) == (200, (1, 4, 16, 64),
                                                        ("sequential", "overlapped"))
-    monkeypatch.setattr(cli, "resolve", lambda name: "cupy")  # no GPU needed to read defaults
+    monkeypatch.setattr(registry, "resolve", lambda name: "cupy")  # no GPU needed for defaults
     gpu = cli.config_from_args(cli.parser().parse_args([]))
     assert (gpu.steps, gpu.batch_sizes, gpu.modes) == (100, (1, 4, 16, 64, 256),
                                                        ("sequential", "overlapped", "graphs"))

@@ -14,6 +14,7 @@ import pytest
 
 from kernels import kernel_calls as kc
 from kernels import reference as ref
+from kernels.registry import gpu_unavailable_reason, unavailable_reason
 from tests.conftest import FP16_TOL, half, rel_err
 from tests.kernel_devices import Gpu
 
@@ -21,6 +22,8 @@ pytestmark = pytest.mark.gpu
 
 cp = pytest.importorskip("cupy")
 cb = pytest.importorskip("kernels.cupy_backend")
+if (why := unavailable_reason("cupy")) and gpu_unavailable_reason() is None:
+    pytest.skip(why, allow_module_level=True)
 
 
 @pytest.mark.parametrize("pdl", [False, pytest.param(True, marks=pytest.mark.skipif(

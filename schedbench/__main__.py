@@ -55,7 +55,8 @@ CPU_STEPS, GPU_STEPS = 200, 100
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m schedbench", description=__doc__)
     p.add_argument("--backend", default="auto", choices=registry.BACKENDS,
-                   help="device backend; auto = cupy with a GPU, else cpu (default auto)")
+                   help="device backend; auto = cupy on a GPU of compute capability 8.0 or "
+                        "later, else cpu (default auto)")
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
                    help="model shape (default %(default)s)")
     p.add_argument("--batch-sizes", type=int_list, default=None, metavar="B,B,...",

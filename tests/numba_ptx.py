@@ -1,15 +1,15 @@
-"""Compile every Numba kernel of the decode step for sm_90 without a GPU, and report what
-ptxas allots it.
+"""Compile every Numba kernel of the decode step for sm_90 (or the architecture given)
+without a GPU, and report what ptxas allots it.
 
-Run as ``python -m tests.numba_ptx`` in a process without the CUDA simulator (the test in
-test_numba_compile.py does): the simulator never compiles, so a kernel that fails to type
-or lower for a real GPU, or asks for more registers or shared memory than a launch of its
-block size can get, or keeps a register array in local memory, would otherwise pass CI
-and show up only on a GPU. The argument types and block sizes are those of the backend's
-own plan, built over host arrays, for batch 1, 2, 3 and 8 (the GEMM is a kernel per batch
-tile: 1, 2, 4, 8). NVVM makes the PTX, nvJitLink assembles it, nvdisasm shows the SASS
-(all three from pip wheels): a GEMM whose loads ptxas has spread out between the FMAs
-fails too. Prints one JSON object per kernel and signature.
+Run as ``python -m tests.numba_ptx [sm_XY]`` in a process without the CUDA simulator (the
+test in test_numba_compile.py does, for sm_90 and sm_75): the simulator never compiles, so
+a kernel that fails to type or lower for a real GPU, or asks for more registers or shared
+memory than a launch of its block size can get, or keeps a register array in local memory,
+would otherwise pass CI and show up only on a GPU. The argument types and block sizes are
+those of the backend's own plan, built over host arrays, for batch 1, 2, 3 and 8 (the GEMM
+is a kernel per batch tile: 1, 2, 4, 8). NVVM makes the PTX, nvJitLink assembles it,
+nvdisasm shows the SASS (all three from pip wheels): a GEMM whose loads ptxas has spread
+out between the FMAs fails too. Prints one JSON object per kernel and signature.
 """
 
 from __future__ import annotations
@@ -31,17 +31,17 @@ from kernels import numba_gemm as ng
 from kernels.layout import StepLayout
 from schedbench.model import get_preset, make_weights
 
-ARCH = "sm_90"
+ARCH = "sm_90"  # what the kernels are tuned for; sm_75 is checked too (kernels/registry.py)
 BATCHES = (1, 2, 3, 8)
 
 
-def link_info(ptx: str) -> dict[str, int]:
+def link_info(ptx: str, arch: str) -> dict[str, int]:
     """ptxas's resource line for the one kernel in ``ptx``, through nvJitLink, and the
     longest burst of global loads in its SASS where nvdisasm is at hand."""
     from cuda.bindings import nvjitlink
 
     data = ptx.encode()
-    handle = nvjitlink.create(2, [f"-arch={ARCH}", "-verbose"])
+    handle = nvjitlink.create(2, [f"-arch={arch}", "-verbose"])
     try:
         nvjitlink.add_data(handle, nvjitlink.InputType.PTX, data, len(data), "kernel.ptx")
         nvjitlink.complete(handle)
@@ -96,7 +96,7 @@ def loads_written(kernel: str, batch: int) -> int:
     return ng.group_rows(tile) * ng.gemm_unroll(tile)
 
 
-# sm_90 per block: 48 KB of static shared memory (ptxas counts 1 KB more, which the GPU
+# sm_75 to sm_90 per block: 48 KB of static shared memory (ptxas counts 1 KB more, which the GPU
 # reserves per block), 64 K registers, allocated per thread in multiples of 8.
 SMEM_LIMIT, RESERVED_SMEM, REGISTER_FILE = 48 * 1024, 1024, 64 * 1024
 # Kernels that keep arrays in registers (cuda.local.array): a stack frame there means NVVM
@@ -123,12 +123,12 @@ def problems(row: dict) -> list[str]:
     return out
 
 
-def main() -> int:
+def main(arch: str = ARCH) -> int:
     if numba.config.ENABLE_CUDASIM:
         raise SystemExit("run without NUMBA_ENABLE_CUDASIM: the simulator does not compile")
     # NOTE: device functions are compiled for the current device's compute capability
     # (numba-cuda 0.30 internals); there is none here, so it is named.
-    cc = (int(ARCH[3]), int(ARCH[4]))
+    cc = (int(arch[3:-1]), int(arch[-1]))
     dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=cc)
     nbk.cuda = types.SimpleNamespace(to_device=np.ascontiguousarray)  # host arrays
     nbk.device_zeros = np.zeros
@@ -147,9 +147,9 @@ def main() -> int:
             name = kernel.py_func.__name__
             print(json.dumps({"kernel": name, "batch": batch, "threads": block,
                               "loads_written": loads_written(name, batch),
-                              **link_info(ptx)}))
+                              **link_info(ptx, arch)}))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(*sys.argv[1:]))

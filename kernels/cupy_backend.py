@@ -35,6 +35,7 @@ from kernels.kernel_calls import (
 )
 from kernels.layout import StepLayout
 from kernels.memory import check_fits, gpu_buffer_bytes
+from kernels.registry import gpu_model
 from schedbench.errors import ConfigError
 from schedbench.model import ModelConfig, Weights, interleave_gate_up
 
@@ -282,12 +283,11 @@ class CupyBackend(Backend):
         wide_gemm_from()  # a bad SCHEDBENCH_WIDE_GEMM fails here, before any run
         self._device = cp.cuda.Device(device)
         self._device.use()
-        self._props = runtime.getDeviceProperties(device)
+        self._name, _ = gpu_model(device)
 
     @property
     def device_name(self) -> str:
-        name = self._props["name"]
-        return name.decode() if isinstance(name, bytes) else str(name)
+        return self._name
 
     def stream(self) -> CupyStream:
         return CupyStream()

@@ -28,13 +28,13 @@ def gpu_unavailable_reason() -> str | None:
 CUPY_MIN_CC = 80
 
 
-def gpu_model() -> tuple[str, int]:
-    """Device 0's name and compute capability (90 for 9.0)."""
+def gpu_model(device: int = 0) -> tuple[str, int]:
+    """A device's name and compute capability (90 for 9.0)."""
     import cupy
 
-    name = cupy.cuda.runtime.getDeviceProperties(0)["name"]
+    name = cupy.cuda.runtime.getDeviceProperties(device)["name"]
     name = name.decode() if isinstance(name, bytes) else str(name)
-    return name, int(cupy.cuda.Device(0).compute_capability)
+    return name, int(cupy.cuda.Device(device).compute_capability)
 
 
 def unavailable_reason(backend: str) -> str | None:

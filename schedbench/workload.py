@@ -50,19 +50,16 @@ class WorkloadConfig:
         tokens: 4:12 and 16:51). Given ranges that do not fit are left for the scheduler's
         check to name."""
         default = cls()
-        room = max_context - sum(r[1] for r in (prompt_len, output_len) if r is not None)
-        left_out = sum(d[1] for r, d in ((prompt_len, default.prompt_len),
-                                         (output_len, default.output_len)) if r is None)
+        ranges = ((prompt_len, default.prompt_len), (output_len, default.output_len))
+        room = max_context - sum(given[1] for given, _ in ranges if given is not None)
+        left_out = sum(d[1] for given, d in ranges if given is None)
         scale = min(1.0, room / left_out) if left_out and room > 0 else 1.0
 
-        def fit(given: tuple[int, int] | None, d: tuple[int, int]) -> tuple[int, int]:
-            if given is not None:
-                return given
+        def fit(d: tuple[int, int]) -> tuple[int, int]:
             hi = max(1, int(d[1] * scale))
             return min(d[0], hi), hi
 
-        return cls(fit(prompt_len, default.prompt_len), fit(output_len, default.output_len),
-                   seed)
+        return cls(*(given if given is not None else fit(d) for given, d in ranges), seed)
 
     @property
     def mean_tokens(self) -> float:

@@ -2,7 +2,8 @@
 # One GPU check in one call: the GPU tests, a short run of each suite, the sweeps, the
 # sanitizers, then a compact table. Writes logs and JSON under $OUT (default /tmp/gpu_check).
 # Usage: bash tools/gpu_check.sh     (from the repository root, on a machine with a GPU)
-#   STAGES="tests kernels launch sweep numba sanitize default pdl" picks stages (default: all);
+#   STAGES="tests kernels launch sweep numba sanitize default pdl ncu" picks stages (default:
+#   all but ncu, which profiles the attention kernel);
 #   "default" times the full default sweeps (`python -m schedbench --backend cupy|numba`);
 #   "pdl" tries the opt-in programmatic dependent launch in processes of its own, last.
 #   Everything takes longer than one 10-minute device call: split it, the targets first, e.g.
@@ -75,19 +76,49 @@ fi
 if want sanitize; then
   step "compute-sanitizer: memcheck and racecheck over every mode of both GPU backends (tiny)"
   if command -v compute-sanitizer >/dev/null 2>&1; then
-    # cupy-wide: the projections on wide_gemm (SCHEDBENCH_WIDE_GEMM=1), the others on tc_gemm
-    for run in cupy cupy-wide numba; do
+    # cupy-wide: the projections on wide_gemm (SCHEDBENCH_WIDE_GEMM=1), the others on tc_gemm.
+    # SANITIZE="numba:memcheck ..." picks runs. API errors are not counted: numba-cuda probes
+    # the driver for entry points it may lack (34 cuGetProcAddress errors on an H200), which
+    # says nothing of the kernels' memory accesses.
+    for pair in ${SANITIZE:-cupy:memcheck cupy:racecheck cupy-wide:memcheck cupy-wide:racecheck \
+                numba:memcheck numba:racecheck}; do
+      run=${pair%:*}; tool=${pair#*:}
       backend=${run%-wide}; wide=$([ $run = cupy-wide ] && echo 1 || echo 0)
-      for tool in memcheck racecheck; do
-        log="$out/sanitizer-$run-$tool.txt"
-        SCHEDBENCH_WIDE_GEMM=$wide timeout $(lim 300) compute-sanitizer --tool "$tool" \
-          --error-exitcode 9 $py -m schedbench --backend $backend --preset tiny --batch-sizes 3 \
-          --steps 6 --warmup 1 --repeats 1 --prompt-len 1:4 --output-len 2:6 > "$log" 2>&1
-        echo "$run $tool: exit $? $(grep -hE 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -n 1)"
-      done
+      log="$out/sanitizer-$run-$tool.txt"
+      SCHEDBENCH_WIDE_GEMM=$wide timeout $(lim 300) compute-sanitizer --tool "$tool" \
+        --report-api-errors no --error-exitcode 9 $py -m schedbench --backend $backend \
+        --preset tiny --batch-sizes 3 --steps 6 --warmup 1 --repeats 1 --prompt-len 1:4 \
+        --output-len 2:6 > "$log" 2>&1
+      echo "$run $tool: exit $? $(grep -hE 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -n 1)"
     done
   else
     echo "skipped: no compute-sanitizer on PATH"
+  fi
+fi
+
+if want ncu; then
+  step "ncu: the default attention tiling at batch 16, 4k tokens (llama3-8b), one launch"
+  if command -v ncu >/dev/null 2>&1; then
+    timeout $(lim 150) ncu --clock-control none -k regex:paged_attention -c 1 \
+      --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+      --section MemoryWorkloadAnalysis $py -c "
+import cupy as cp
+from kernels import cupy_backend as cb
+from kernels.kernel_calls import rope_table
+from schedbench.model import get_preset
+from suites.bench_kernels import attention_inputs
+cfg, b, ctx = get_preset('llama3-8b'), 16, 4096
+qkv, positions, tables, kc, vc = attention_inputs(cfg, ctx, b)
+scratch = cb.AttentionScratch.create(cfg, b, ctx, cp)
+out = cp.zeros((b, cfg.q_size), cp.float16)
+stream = cp.cuda.Stream(non_blocking=True)
+cb.attention_launch(cfg, qkv, positions, tables, rope_table(cfg, positions, cp), kc[0], vc[0],
+                    b, scratch, out)(stream.ptr)
+stream.synchronize()" > "$out/ncu-attention.txt" 2>&1
+    echo "exit $?"; grep -iE "throughput|occupancy|registers|stall|warp cycles|active warps|\
+duration|eligible|issued|block limit" "$out/ncu-attention.txt" | head -n 50
+  else
+    echo "skipped: no ncu on PATH"
   fi
 fi
 

@@ -6,15 +6,61 @@ the source text, so an edited header must change the text it sees.
 
 from __future__ import annotations
 
+import os
 import re
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+
+from schedbench.errors import ConfigError
 
 CUDA_DIR = Path(__file__).resolve().parent / "cuda"
 MODULES = ("norm", "gemm", "attention", "sample")  # RawModules; graph_launch.cu: kernels/nvrtc.py
 GEMM_EPILOGUES = {"store_half": 0, "add_residual": 1, "store_float": 2, "silu_mul": 3}
 GEMM_TILES = (1, 2, 4)  # batch tiles of 8 rows per block
 WIDE_GEMM_ROWS = (64, 128)  # weight rows per wide_gemm block
+
+
+@dataclass(frozen=True)
+class AttentionTiling:
+    """paged_attention's tiling (attention.cu's template parameters): splits of at least
+    ``split`` tokens, at most ``max_splits`` of them (longer past that), each copied to shared
+    memory ``stage`` tokens at a time with ``stages`` stages in flight."""
+
+    split: int
+    max_splits: int
+    stage: int
+    stages: int
+
+    def splits(self, context: int) -> int:
+        """Splits of a sequence of ``context`` tokens: ``num_splits`` in attention.cu."""
+        return min(self.max_splits, -(-context // self.split))
+
+    def __str__(self) -> str:
+        return f"{self.split}/{self.max_splits}/{self.stage}x{self.stages}"
+
+
+# The default first, then the candidates bench_kernels measures beside it (attention.cu says
+# how they compared). Shared memory holds stage * stages tokens of K and V: 64 at most keeps
+# four blocks an SM (HEAD_DIM 128).
+ATTENTION_TILINGS = (AttentionTiling(256, 32, 64, 1), AttentionTiling(64, 64, 64, 1),
+                     AttentionTiling(128, 64, 64, 1), AttentionTiling(128, 64, 32, 2),
+                     AttentionTiling(256, 32, 32, 2))
+ATTENTION_TILING = ATTENTION_TILINGS[0]
+
+
+def attention_tiling() -> AttentionTiling:
+    """The tiling a decode step runs its attention with: ``SCHEDBENCH_ATTENTION_TILING``, one
+    of ``ATTENTION_TILINGS`` named as bench_kernels names them (``128/64/64x1``), else the
+    default."""
+    raw = os.environ.get("SCHEDBENCH_ATTENTION_TILING")
+    if raw is None:
+        return ATTENTION_TILING
+    for tiling in ATTENTION_TILINGS:
+        if str(tiling) == raw:
+            return tiling
+    raise ConfigError(f"SCHEDBENCH_ATTENTION_TILING={raw!r}: must be one of "
+                      f"{', '.join(map(str, ATTENTION_TILINGS))}")
 
 
 @cache
@@ -37,8 +83,14 @@ def gemm_names() -> tuple[str, ...]:
         wide_gemm_name(r, e) for r in WIDE_GEMM_ROWS for e in GEMM_EPILOGUES)
 
 
+def attention_name(head_dim: int, group: int, tiling: AttentionTiling) -> str:
+    t = tiling
+    return (f"paged_attention<{head_dim}, {group}, {t.split}, {t.max_splits}, {t.stage}, "
+            f"{t.stages}>")
+
+
 def attention_names(head_dim: int, group: int) -> tuple[str, ...]:
-    return (f"paged_attention<{head_dim}, {group}>",)
+    return tuple(attention_name(head_dim, group, t) for t in ATTENTION_TILINGS)
 
 
 def name_expressions(module: str, head_dim: int = 128, group: int = 4) -> tuple[str, ...]:

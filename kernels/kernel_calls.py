@@ -18,14 +18,22 @@ from typing import Any
 
 import numpy as np
 
-from kernels.cuda_sources import attention_names, gemm_name, gemm_names, wide_gemm_name
+from kernels.cuda_sources import (
+    ATTENTION_TILING,
+    AttentionTiling,
+    attention_name,
+    attention_names,
+    attention_tiling,
+    gemm_name,
+    gemm_names,
+    wide_gemm_name,
+)
 from kernels.layout import StepLayout
 from schedbench.model import ModelConfig
 
 GEMM_WARPS, GEMM_ROWS, GEMM_K_CHUNK = 8, 32, 64  # match gemm.cu
 WIDE_BN, WIDE_STAGES = 128, 3  # match gemm.cu
 ATTN_THREADS = 128  # matches attention.cu (ATTN_WARPS * 32)
-SPLIT_TOKENS, MAX_SPLITS = 64, 64  # match attention.cu
 NORM_THREADS = 256
 ARGMAX_THREADS = 1024
 
@@ -112,31 +120,30 @@ def gemm_call(x, w, batch: int, epilogue: str, out, pdl: bool = False,
                       dim3((-(-batch // (8 * tiles)), -(-n // GEMM_ROWS))), block, args, 0, pdl)
 
 
-def attention_splits(context: int) -> int:
-    """Splits of a sequence of ``context`` tokens: ``num_splits`` in attention.cu."""
-    return min(MAX_SPLITS, -(-context // SPLIT_TOKENS))
-
-
 @dataclass(frozen=True)
 class AttentionScratch:
-    """Per-split partials and per-(sequence, kv head) counters of paged_attention."""
+    """Per-split partials and per-(sequence, kv head) counters of paged_attention, sized for
+    its ``tiling``."""
 
     split_stride: int
     part_o: object
     part_ml: object
     counters: object
+    tiling: AttentionTiling = ATTENTION_TILING
 
     @staticmethod
     def nbytes(cfg: ModelConfig, max_batch: int, max_context: int) -> int:
-        return max_batch * cfg.num_heads * attention_splits(max_context) * (cfg.head_dim + 2) * 4
+        """At the default tiling, which has as many splits as any candidate or more."""
+        s = ATTENTION_TILING.splits(max_context)
+        return max_batch * cfg.num_heads * s * (cfg.head_dim + 2) * 4
 
     @classmethod
-    def create(cls, cfg: ModelConfig, max_batch: int, max_context: int,
-               xp: ModuleType) -> AttentionScratch:
-        s = attention_splits(max_context)
+    def create(cls, cfg: ModelConfig, max_batch: int, max_context: int, xp: ModuleType,
+               tiling: AttentionTiling = ATTENTION_TILING) -> AttentionScratch:
+        s = tiling.splits(max_context)
         return cls(s, xp.zeros((max_batch, cfg.num_heads, s, cfg.head_dim), xp.float32),
                    xp.zeros((max_batch, cfg.num_heads, s, 2), xp.float32),
-                   xp.zeros(max_batch * cfg.num_kv_heads, xp.int32))
+                   xp.zeros(max_batch * cfg.num_kv_heads, xp.int32), tiling)
 
 
 def rope_table(cfg: ModelConfig, positions, xp: ModuleType = np, dtype=np.float32):
@@ -164,8 +171,9 @@ def attention_call(cfg: ModelConfig, qkv, positions, tables, rope, k_cache, v_ca
     """Paged attention of ``batch`` rows, with RoPE on their unrotated ``qkv`` (``rope``: the
     step's ``rope_table``) and the append of their k and v into the caches; ``tables`` is
     [rows, max_blocks] (int32)."""
-    names = attention_names(cfg.head_dim, cfg.num_heads // cfg.num_kv_heads)
-    return KernelCall("attention", names, names[0],
+    group = cfg.num_heads // cfg.num_kv_heads
+    return KernelCall("attention", attention_names(cfg.head_dim, group),
+                      attention_name(cfg.head_dim, group, scratch.tiling),
                       dim3((batch, cfg.num_kv_heads, scratch.split_stride)), dim3(ATTN_THREADS),
                       (qkv, positions, tables, i32(tables.shape[-1]), i32(cfg.num_kv_heads),
                        i32(cfg.block_size), f32(cfg.head_dim ** -0.5), rope, k_cache, v_cache,
@@ -205,7 +213,8 @@ class StepBuffers:
                    xp.zeros((b, cfg.q_size), xp.float16),
                    xp.zeros((b, cfg.intermediate_size), xp.float16),
                    xp.zeros((b, cfg.vocab_size), xp.float32),
-                   AttentionScratch.create(cfg, b, layout.max_blocks * cfg.block_size, xp))
+                   AttentionScratch.create(cfg, b, layout.max_blocks * cfg.block_size, xp,
+                                           attention_tiling()))
 
 
 def kernels_per_step(cfg: ModelConfig) -> int:

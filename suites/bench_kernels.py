@@ -1,10 +1,11 @@
 """Each decode kernel's device time, achieved GB/s and % of the copy bandwidth measured in
 the same run: the CuPy projection kernel beside cuBLAS (``cupy.matmul``) on the same
 shapes (also loading weights without L1 lines, and with programmatic dependent launch when
-``SCHEDBENCH_PDL=1``; at large batches also the candidate ``wide_gemm``), paged attention,
-and the Numba kernels on the same shapes. Each figure is per layer, timed over a graph of
-every layer's launches, each layer with its own weights or KV cache as in a step, so nothing
-is served from L2.
+``SCHEDBENCH_PDL=1``; at large batches also ``wide_gemm``), paged attention (its default
+tiling, then the candidate tilings of ``kernels.cuda_sources.ATTENTION_TILINGS`` as
+``attention_ctx2048@split/max_splits/stage x stages``), and the Numba kernels on the same
+shapes. Each figure is per layer, timed over a graph of every layer's launches, each layer
+with its own weights or KV cache as in a step, so nothing is served from L2.
 
 asv: ``asv run --python=same --bench bench_kernels`` (skipped without a GPU).
 Directly: ``python suites/bench_kernels.py [--preset llama3-8b] [--batch-sizes 1,4,16]``.
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kernels.cuda_sources import ATTENTION_TILING, ATTENTION_TILINGS
 from kernels.kernel_calls import rope_table
 from kernels.registry import unavailable_reason
 from schedbench.arguments import int_list, int_list_text, reported
@@ -105,13 +107,16 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
     combos = [(c, b) for c in contexts for b in batch_sizes]
     for ctx, b in combos:
         qkv, positions, tables, kc, vc = attention_inputs(cfg, ctx, b)
-        scratch = cb.AttentionScratch.create(cfg, b, ctx, cp)
         out = cp.zeros((b, cfg.q_size), cp.float16)
         rope = rope_table(cfg, positions, cp)
-        launches = [cb.attention_launch(cfg, qkv, positions, tables, rope, kc[layer], vc[layer],
-                                        b, scratch, out) for layer in range(n_layers)]
-        fig.record(f"attention_ctx{ctx}", b, time_launches_ms(launches) / n_layers,
-                   2 * kc[0].nbytes)
+        # the default tiling, then the candidates on the same inputs (attention_ctx2048@...)
+        for tiling in ATTENTION_TILINGS:
+            scratch = cb.AttentionScratch.create(cfg, b, ctx, cp, tiling)
+            launches = [cb.attention_launch(cfg, qkv, positions, tables, rope, kc[layer],
+                                            vc[layer], b, scratch, out)
+                        for layer in range(n_layers)]
+            name = f"attention_ctx{ctx}" + ("" if tiling == ATTENTION_TILING else f"@{tiling}")
+            fig.record(name, b, time_launches_ms(launches) / n_layers, 2 * kc[0].nbytes)
         del kc, vc, launches
         cp.get_default_memory_pool().free_all_blocks()  # the next context's caches fit
 

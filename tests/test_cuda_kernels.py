@@ -12,6 +12,7 @@ import pytest
 
 from kernels import kernel_calls as kc
 from kernels import reference as ref
+from kernels.cuda_sources import ATTENTION_TILINGS
 from kernels.layout import StepLayout
 from schedbench.model import get_preset, interleave_gate_up, make_weights
 from tests.conftest import (
@@ -105,20 +106,28 @@ def test_wide_gemm_sums_are_tc_gemms_bit_for_bit(dev, rng, rows, epilogue, batch
     assert rel_err(got, expect) < FP16_TOL
 
 
-# one split, split edges (64, 65), many splits, past MAX_SPLITS * SPLIT_TOKENS (longer splits)
+# one split, split edges (64, 65), many splits, past max_splits * split (longer splits)
 SHORT, LONG = [1, 17, 64, 65, 300], [1, 64, 65, 300, 2048, 8192]
+# the candidate tilings: stage edges, pipelines that wrap their buffers, longer splits
+TILED = [1, 17, 33, 64, 65, 300, 2100]
+DEFAULT, *CANDIDATES = ATTENTION_TILINGS
 
 
-@on_devices("cfg, lengths",
-            emulator=[(get_preset("tiny"), SHORT), (get_preset("llama-1b"), SHORT),
-                      (LLAMA8B, [1, 65, 4160])],
-            gpu=[(get_preset("tiny"), SHORT), (get_preset("llama-1b"), SHORT), (LLAMA8B, LONG)])
-def test_paged_attention_with_rope_and_kv_append_matches_reference(dev, rng, cfg, lengths):
+@on_devices("cfg, lengths, tiling",
+            emulator=[(get_preset("tiny"), SHORT, DEFAULT),
+                      (get_preset("llama-1b"), SHORT, DEFAULT), (LLAMA8B, [1, 65, 4160], DEFAULT)]
+            + [(get_preset("llama-1b"), TILED, t) for t in CANDIDATES],
+            gpu=[(get_preset("tiny"), SHORT, DEFAULT), (get_preset("llama-1b"), SHORT, DEFAULT)]
+            + [(LLAMA8B, LONG, t) for t in ATTENTION_TILINGS])
+def test_paged_attention_with_rope_and_kv_append_matches_reference(dev, rng, cfg, lengths,
+                                                                    tiling):
     """RoPE on this step's q and k, k and v appended at each row's position, attention over
-    the cache that leaves (tests/conftest.py, AppendCase)."""
+    the cache that leaves (tests/conftest.py, AppendCase), with every tiling bench_kernels
+    measures."""
     case = AppendCase.make(rng, cfg, lengths)
     b = len(lengths)
-    scratch = kc.AttentionScratch.create(cfg, b, case.tables.shape[1] * cfg.block_size, dev.xp)
+    scratch = kc.AttentionScratch.create(cfg, b, case.tables.shape[1] * cfg.block_size, dev.xp,
+                                         tiling)
     scratch.part_o[...] = np.nan  # every partial that is read must have been written
     scratch.part_ml[...] = np.nan
     d_pos, d_tab, d_qkv = dev.array(case.positions), dev.array(case.tables), dev.array(case.qkv)

@@ -7,7 +7,9 @@ import pytest
 
 from kernels import cuda_emulator
 from kernels import kernel_calls as kc
+from kernels.cuda_sources import ATTENTION_TILINGS, attention_tiling
 from schedbench import sweep as sweep_module
+from schedbench.errors import ConfigError
 from schedbench.sweep import Sweep, SweepConfig
 from schedbench.workload import WorkloadConfig
 from tests.emulated_backend import EmulatedCudaBackend
@@ -21,28 +23,46 @@ def wide_from_2(x, w, batch: int, epilogue: str, out) -> kc.KernelCall:
     return kc.gemm_call(x, w, batch, epilogue, out, wide_rows=64 if batch >= 2 else 0)
 
 
+CFG = SweepConfig(backend="cpu", preset="micro", batch_sizes=(1, 3), steps=6, warmup=0,
+                  repeats=1, modes=("sequential", "overlapped", "graphs"),
+                  workload=WorkloadConfig((1, 4), (2, 6), seed=3), drain=True)
+
+
+def loop_hashes(monkeypatch, gemm) -> dict[int, str]:
+    """Each batch size's token hash, after checking that every mode gave the same tokens."""
+    monkeypatch.setattr(sweep_module, "make_backend", lambda name: EmulatedCudaBackend(gemm))
+    sweep = Sweep(CFG)
+    hashes = {}
+    try:
+        for b in CFG.batch_sizes:
+            tokens = {m: sweep.run_one(m, b)[1] for m in CFG.modes}
+            seq = tokens["sequential"]
+            assert all(seq.complete) and len(seq.outputs) > b  # others joined mid-run
+            for mode, t in tokens.items():
+                assert t.sha256 == seq.sha256, (gemm.__name__, b, mode, seq.mismatches(t))
+            hashes[b] = seq.sha256
+    finally:
+        sweep.close()
+    return hashes
+
+
 def test_the_loops_give_identical_tokens_on_the_cuda_c_kernels(monkeypatch):
     """Drained runs of every mode over the same requests, on the micro model: sequential,
     overlapped (next step's tokens read from the device token buffer) and graphs (buckets of
     1, 2 and 3 rows, padding rows on the spare slot and block) agree on every token, and so
     do the same runs with wide_gemm for the projections of batches of 2 and more."""
-    cfg = SweepConfig(backend="cpu", preset="micro", batch_sizes=(1, 3), steps=6, warmup=0,
-                      repeats=1, modes=("sequential", "overlapped", "graphs"),
-                      workload=WorkloadConfig((1, 4), (2, 6), seed=3), drain=True)
-    hashes = {}
-    for gemm in (kc.gemm_call, wide_from_2):
-        monkeypatch.setattr(sweep_module, "make_backend",
-                            lambda name, gemm=gemm: EmulatedCudaBackend(gemm))
-        sweep = Sweep(cfg)
-        try:
-            for b in cfg.batch_sizes:
-                tokens = {m: sweep.run_one(m, b)[1] for m in cfg.modes}
-                seq = tokens["sequential"]
-                assert all(seq.complete) and len(seq.outputs) > b  # others joined mid-run
-                for mode, t in tokens.items():
-                    assert t.sha256 == seq.sha256, (gemm.__name__, b, mode, seq.mismatches(t))
-                hashes[gemm.__name__, b] = seq.sha256
-        finally:
-            sweep.close()
-    for b in cfg.batch_sizes:
-        assert hashes["gemm_call", b] == hashes["wide_from_2", b], b
+    assert loop_hashes(monkeypatch, kc.gemm_call) == loop_hashes(monkeypatch, wide_from_2)
+
+
+def test_the_loops_agree_on_a_candidate_attention_tiling(monkeypatch):
+    """The same with SCHEDBENCH_ATTENTION_TILING naming a candidate (its sums differ from the
+    default's, so its tokens may too; every mode's must agree)."""
+    monkeypatch.setenv("SCHEDBENCH_ATTENTION_TILING", str(ATTENTION_TILINGS[1]))
+    loop_hashes(monkeypatch, kc.gemm_call)
+
+
+def test_a_bad_attention_tiling_is_named(monkeypatch):
+    monkeypatch.setenv("SCHEDBENCH_ATTENTION_TILING", "64/64/64")
+    with pytest.raises(ConfigError, match=r"SCHEDBENCH_ATTENTION_TILING='64/64/64': must be "
+                                          r"one of 256/32/64x1, 64/64/64x1, "):
+        attention_tiling()

@@ -62,7 +62,7 @@ def test_every_target_gets_a_verdict(tmp_path):
     assert targets == [
         "  #3 all_128_projections b=16: 91.0% of copy (>= 90), cuBLAS 87.0%: met",
         "  candidate wide_gemm b=256: 10.00 ms a step, tc_gemm 40.00 ms, cuBLAS 8.00 ms: "
-        "faster, adopt (SCHEDBENCH_WIDE_GEMM)",
+        "faster (SCHEDBENCH_WIDE_GEMM)",
         "  #3 attention ctx 4096 b=16: 60.0% of copy (>= 70): MISSED",
         "  #4 numba_gemm_qkv b=16: CuPy/Numba GB/s 2.00 (<= 1.5): MISSED",
         "  #3 step enqueue 0.84x bare (<= 1.3): met",
@@ -91,3 +91,19 @@ def test_rows_a_failed_section_left_out_are_named_not_fatal(tmp_path):
     assert "tests (cupy): no result" in text and "#3 graph replay, host launch" in text
     write(tmp_path, "launch.json", {"bare_launch_us": 6.0})  # an older gpu_check's file
     assert "launch.json: no 'packed_launch_us'" in gpu_summary.summary(tmp_path)
+
+
+def test_attention_tilings_are_compared_with_the_default(tmp_path):
+    write(tmp_path, "kernels.json", {"kernels": [
+        kernel("copy", 0, 0.0, 4000.0, 100.0),
+        kernel("attention_ctx2048", 1, 0.012, 640.0, 16.0),
+        kernel("attention_ctx2048", 16, 0.1, 1200.0, 30.0),
+        kernel("attention_ctx2048@128/64/32x2", 1, 0.024, 320.0, 8.0),
+        kernel("attention_ctx2048@128/64/32x2", 16, 0.025, 4800.0, 120.0)]})
+    text = gpu_summary.summary(tmp_path)
+    assert "attention_ctx2048@" not in text  # no row of its own
+    assert ("attention tilings (split/max_splits/stage x stages), % of copy at ctx/b: "
+            "2048/1 2048/16\n  default         16.0  30.0  1.00x the default's speed\n"
+            "  128/64/32x2      8.0 120.0  1.41x the default's speed\n") in text
+    targets = text.split("targets:\n")[1]
+    assert targets.count("#3 attention") == 2  # the default's rows alone meet the target

@@ -8,6 +8,7 @@ Usage: python tools/gpu_summary.py DIR
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -37,8 +38,30 @@ def projection_targets(rows: dict, name: str, b: int, r: dict) -> list[str]:
         faster = bool(tc) and r["ms"] < tc["ms"]
         targets.append(f"  candidate wide_gemm b={b}: {r['ms']:.2f} ms a step, tc_gemm "
                        f"{tc['ms'] if tc else float('nan'):.2f} ms{vs}: "
-                       f"{'faster, adopt (SCHEDBENCH_WIDE_GEMM)' if faster else 'not faster'}")
+                       f"{'faster' if faster else 'slower'} (SCHEDBENCH_WIDE_GEMM)")
     return targets
+
+
+def attention_tiling_lines(rows: dict) -> list[str]:
+    """Each attention tiling's % of copy at every (context, batch) measured, the default
+    first, and its speed against the default's (geometric mean over those shapes)."""
+    tilings: dict[str, dict] = {}
+    for (name, b), r in rows.items():
+        if m := re.fullmatch(r"attention_ctx(\d+)(?:@(.+))?", name):
+            tilings.setdefault(m.group(2) or "default", {})[int(m.group(1)), b] = r
+    if len(tilings) < 2 or "default" not in tilings:
+        return []
+    default = tilings["default"]
+    shapes = sorted(default)
+    lines = ["attention tilings (split/max_splits/stage x stages), % of copy at ctx/b: "
+             + " ".join(f"{c}/{b}" for c, b in shapes)]
+    for tiling, found in tilings.items():
+        pct = " ".join(f"{found[s]['pct_copy']:5.1f}" if s in found else "    -" for s in shapes)
+        both = [s for s in shapes if s in found]
+        speed = math.exp(sum(math.log(default[s]["ms"] / found[s]["ms"]) for s in both)
+                         / max(len(both), 1))
+        lines.append(f"  {tiling:14s} {pct}  {speed:.2f}x the default's speed")
+    return lines
 
 
 def kernel_lines(k: dict) -> tuple[list[str], list[str]]:
@@ -46,6 +69,8 @@ def kernel_lines(k: dict) -> tuple[list[str], list[str]]:
     lines = [f"copy bandwidth: {rows['copy', 0]['gbs']:.0f} GB/s"]
     targets = []
     for (name, b), r in rows.items():
+        if "@" in name:  # a candidate attention tiling: attention_tiling_lines
+            continue
         if name.startswith(("all_", "cublas_", "attention_", "numba_")) or "_split" in name:
             lines.append(f"  {name:28s} b={b:<3d} {r['ms'] * 1e3:9.1f} us "
                          f"{r['pct_copy']:6.1f}% copy")
@@ -59,7 +84,7 @@ def kernel_lines(k: dict) -> tuple[list[str], list[str]]:
             ratio = twin["gbs"] / r["gbs"]
             targets.append(f"  #4 {name} b={b}: CuPy/Numba GB/s {ratio:.2f} (<= 1.5): "
                            f"{verdict(ratio <= 1.5)}")
-    return lines, targets
+    return lines + attention_tiling_lines(rows), targets
 
 
 def launch_lines(lc: dict) -> tuple[list[str], list[str]]:

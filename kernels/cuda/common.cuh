@@ -83,6 +83,42 @@ SB_DEVICE unsigned long long globaltimer_ns() {
 #endif
 }
 
+// c += A B on tensor cores (sm_80+), m16n8k16, fp16 in, fp32 accumulate; fragment layouts
+// as the PTX ISA gives them (and emulate.cuh's mma_m16n8k16 spells out).
+SB_DEVICE void mma16816(float (&c)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                        unsigned b0, unsigned b1) {
+#ifdef SB_EMULATE
+    sb::mma16816(c, a0, a1, a2, a3, b0, b1);
+#else
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+}
+
+// ldmatrix .x4 .trans (sm_75+): lanes 8i .. 8i + 7 each give the address of a row of 8
+// halves of matrix i (16-byte aligned, shared memory); lane (g, t) = (lane / 4, lane % 4)
+// gets (M_i[2t][g], M_i[2t + 1][g]) in r[i]: the A fragment of an m16n8k16 MMA whose A is
+// the transpose of what is stored.
+SB_DEVICE void ldmatrix_x4_trans(unsigned (&r)[4], const void* row) {
+#ifdef SB_EMULATE
+    sb::ldmatrix_x4_trans(r, row);
+#else
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s)
+                 : "memory");
+#endif
+}
+
+// Two floats rounded to fp16 in one register, lo in the low half (an MMA operand).
+SB_DEVICE unsigned pack_half2(float lo, float hi) {
+    const __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const unsigned*>(&h);
+}
+
 SB_DEVICE float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -198,12 +198,17 @@ Out warp_op(const In& in, void (*combine)(const In*, Out*)) {
 template <typename T>
 struct Shuffle {
     T v;
-    int lane_mask;
+    int lane;  // xor: the lane mask; idx: the source lane
 };
 
 template <typename T>
 void shuffle_xor(const Shuffle<T>* in, T* out) {
-    for (int l = 0; l < 32; ++l) out[l] = in[l ^ in[l].lane_mask].v;
+    for (int l = 0; l < 32; ++l) out[l] = in[l ^ in[l].lane].v;
+}
+
+template <typename T>
+void shuffle_idx(const Shuffle<T>* in, T* out) {
+    for (int l = 0; l < 32; ++l) out[l] = in[in[l].lane & 31].v;
 }
 
 struct Mma {
@@ -247,6 +252,31 @@ inline void mma16816(float (&c)[4], unsigned a0, unsigned a1, unsigned a2, unsig
     const Mma r = warp_op<Mma, Mma>({{a0, a1, a2, a3}, {b0, b1}, {c[0], c[1], c[2], c[3]}},
                                     mma_m16n8k16);
     for (int i = 0; i < 4; ++i) c[i] = r.c[i];
+}
+
+struct MatrixRow {
+    const unsigned short* halves;
+};
+
+struct Regs4 {
+    unsigned r[4];
+};
+
+// ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16: lanes 8i .. 8i + 7 give the rows of matrix
+// i; lane (g, t) gets (M_i[2t][g], M_i[2t + 1][g]) in r[i], the first in the low half.
+inline void ldmatrix_x4_trans_op(const MatrixRow* in, Regs4* out) {
+    for (int l = 0; l < 32; ++l) {
+        const int g = l / 4, t = l % 4;
+        for (int i = 0; i < 4; ++i)
+            out[l].r[i] = in[8 * i + 2 * t].halves[g] |
+                          static_cast<unsigned>(in[8 * i + 2 * t + 1].halves[g]) << 16;
+    }
+}
+
+inline void ldmatrix_x4_trans(unsigned (&r)[4], const void* row) {
+    const Regs4 o = warp_op<MatrixRow, Regs4>({static_cast<const unsigned short*>(row)},
+                                              ldmatrix_x4_trans_op);
+    for (int i = 0; i < 4; ++i) r[i] = o.r[i];
 }
 
 // The hardware reads a copy's source at some time between the issue and the wait: forward
@@ -405,6 +435,12 @@ template <typename T>
 inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask) {
     if (mask != 0xffffffffu) ::sb::fail("__shfl_xor_sync: only full-warp masks are emulated");
     return ::sb::warp_op<::sb::Shuffle<T>, T>({v, lane_mask}, ::sb::shuffle_xor<T>);
+}
+
+template <typename T>
+inline T __shfl_sync(unsigned mask, T v, int src_lane) {
+    if (mask != 0xffffffffu) ::sb::fail("__shfl_sync: only full-warp masks are emulated");
+    return ::sb::warp_op<::sb::Shuffle<T>, T>({v, src_lane}, ::sb::shuffle_idx<T>);
 }
 
 [[noreturn]] inline void __trap() { ::sb::fail("__trap()"); }

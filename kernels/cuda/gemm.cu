@@ -72,18 +72,6 @@ SB_DEVICE void load16(Half16& dst, const __half* src, bool ok) {
     }
 }
 
-SB_DEVICE void mma16816(float (&c)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
-                        unsigned b0, unsigned b1) {
-#ifdef SB_EMULATE
-    sb::mma16816(c, a0, a1, a2, a3, b0, b1);
-#else
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-#endif
-}
-
 // Lane (g, t)'s m16n8 accumulator into a row-major fp32 tile (row stride ld): (r, c) = (row g,
 // column 2t) of the MMA tile there.
 SB_DEVICE void store_fragment(float* tile, int ld, int r, int c, const float (&f)[4]) {

@@ -133,8 +133,8 @@ class AttentionScratch:
 
     @staticmethod
     def nbytes(cfg: ModelConfig, max_batch: int, max_context: int) -> int:
-        """At the default tiling, which has as many splits as any candidate or more."""
-        s = ATTENTION_TILING.splits(max_context)
+        """What ``create`` allocates for a step (``StepBuffers``, at ``attention_tiling()``)."""
+        s = attention_tiling().splits(max_context)
         return max_batch * cfg.num_heads * s * (cfg.head_dim + 2) * 4
 
     @classmethod

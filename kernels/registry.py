@@ -23,7 +23,7 @@ def gpu_unavailable_reason() -> str | None:
     return None if count > 0 else "CUDA reports 0 devices"
 
 
-# The CuPy kernels' tensor-core GEMM (mma.sync m16n8k16 on fp16) and the attention's
+# The CuPy kernels' tensor-core GEMM and attention (mma.sync m16n8k16 on fp16) and their
 # cp.async staging need sm_80; CUDA 13 itself compiles for sm_75 (Turing, the T4) and up.
 CUPY_MIN_CC = 80
 

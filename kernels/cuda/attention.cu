@@ -24,10 +24,11 @@
 //
 // Splits are at least SPLIT tokens long (at most MAX_SPLITS of them, longer past that): a
 // batch of one at 2k tokens has 2048 / SPLIT splits x 8 kv heads of blocks. The split count
-// depends only on the sequence length, never on the batch, so results are batch-invariant. The splits' partial (max, sum, output) meet in the block of that
-// (sequence, kv head) that finishes last (a counter per pair, reset by that block), in split
-// order: no second kernel, and the same sum order every time. That block weighs the splits
-// first (lanes over splits), then reads every split's output with all its loads in flight.
+// depends only on the sequence length, never on the batch, so results are batch-invariant.
+// The splits' partial (max, sum, output) meet in the block of that (sequence, kv head) that
+// finishes last (a counter per pair, reset by that block), in split order: no second kernel,
+// and the same sum order every time. That block weighs the splits first (lanes over splits),
+// then reads every split's output with all its loads in flight.
 //
 // SPLIT, MAX_SPLITS, STAGE and STAGES are template parameters: the host's AttentionTiling
 // (kernels/cuda_sources.py) names the default and the candidates measured beside it. On an
@@ -230,7 +231,8 @@ paged_attention(const __half* __restrict__ qkv, const int* __restrict__ position
                 float* __restrict__ part_o, float* __restrict__ part_ml,
                 int* __restrict__ counters, __half* __restrict__ out) {
     using Warp = WarpAttention<HEAD_DIM, GROUP>;
-    constexpr int TG = HEAD_DIM / 8, PIECES = HEAD_DIM / 8;
+    // TG lanes hold a row for RoPE (8 dims each); PIECES 16-byte pieces make a row
+    constexpr int TG = HEAD_DIM / 8, PIECES = Warp::PIECES;
     static_assert(MAX_SPLITS <= 64, "the merge takes two splits a lane");
     static_assert(STAGE % 16 == 0, "stages of whole 16-token chunks");
     __shared__ __align__(16) __half sk[STAGES * STAGE * HEAD_DIM];

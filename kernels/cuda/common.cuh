@@ -131,30 +131,11 @@ SB_DEVICE float warp_max(float v) {
     return v;
 }
 
-// Sum over groups of `width` consecutive lanes (width a power of two <= 32).
-template <int WIDTH>
-SB_DEVICE float group_sum(float v) {
-#pragma unroll
-    for (int o = WIDTH / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
 // 8 halves in one 16-byte load.
 union Half8 {
     uint4 u;
     __half2 h[4];
 };
-
-SB_DEVICE float dot8(const Half8& a, const Half8& b, float acc) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        float2 x = __half22float2(a.h[i]);
-        float2 y = __half22float2(b.h[i]);
-        acc = fmaf(x.x, y.x, acc);
-        acc = fmaf(x.y, y.y, acc);
-    }
-    return acc;
-}
 
 // Block-wide sum for blockDim.x a multiple of 32 (<= 1024); every thread gets the result.
 SB_DEVICE float block_sum(float v, float* scratch /* [32] */) {

@@ -18,6 +18,7 @@ CUDA_DIR = Path(__file__).resolve().parent / "cuda"
 MODULES = ("norm", "gemm", "attention", "sample")  # RawModules; graph_launch.cu: kernels/nvrtc.py
 GEMM_EPILOGUES = {"store_half": 0, "add_residual": 1, "store_float": 2, "silu_mul": 3}
 GEMM_TILES = (1, 2, 4)  # batch tiles of 8 rows per block
+PIPELINED_TILES = 2  # tc_gemm's pipelined variant up to 2 batch tiles (batch 16): registers
 WIDE_GEMM_ROWS = (64, 128)  # weight rows per wide_gemm block
 
 
@@ -69,8 +70,8 @@ def source(module: str) -> str:
     return re.sub(r'#include "(\w+\.cuh)"', lambda m: (CUDA_DIR / m.group(1)).read_text(), text)
 
 
-def gemm_name(tiles: int, epilogue: str, weights_no_l1: bool = False) -> str:
-    return f"tc_gemm<{tiles}, {GEMM_EPILOGUES[epilogue]}, {int(weights_no_l1)}>"
+def gemm_name(tiles: int, epilogue: str, pipelined: bool = False) -> str:
+    return f"tc_gemm<{tiles}, {GEMM_EPILOGUES[epilogue]}, {int(pipelined)}>"
 
 
 def wide_gemm_name(rows: int, epilogue: str) -> str:
@@ -78,8 +79,8 @@ def wide_gemm_name(rows: int, epilogue: str) -> str:
 
 
 def gemm_names() -> tuple[str, ...]:
-    return tuple(gemm_name(t, e, no_l1) for t in GEMM_TILES for e in GEMM_EPILOGUES
-                 for no_l1 in (False, True)) + tuple(
+    return tuple(gemm_name(t, e, pipe) for t in GEMM_TILES for e in GEMM_EPILOGUES
+                 for pipe in (False, True) if t <= PIPELINED_TILES or not pipe) + tuple(
         wide_gemm_name(r, e) for r in WIDE_GEMM_ROWS for e in GEMM_EPILOGUES)
 
 

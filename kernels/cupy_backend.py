@@ -18,7 +18,7 @@ import numpy as np
 from cupy.cuda import runtime
 
 from kernels.backend import Backend, DecodeStep, Event, Graph, Stream
-from kernels.cuda_sources import attention_tiling, source
+from kernels.cuda_sources import PIPELINED_TILES, attention_tiling, source
 from kernels.cupy_launch import Launch, LaunchSequence
 from kernels.cupy_measure import graph_of
 from kernels.device_graph import DeviceLaunchedGraph, device_launch_default
@@ -28,7 +28,9 @@ from kernels.kernel_calls import (
     KernelCall,
     StepBuffers,
     attention_call,
+    gemm_blocks,
     gemm_call,
+    gemm_tiles,
     i32,
     kernels_per_step,
     step_calls,
@@ -198,25 +200,34 @@ def wide_rows(n: int, batch: int) -> int:
     return 128 if -(-n // 128) * -(-batch // WIDE_BN) >= sm_count() else 64
 
 
+def pipelined_default(n: int, batch: int) -> bool:
+    """tc_gemm's pipelined variant (one block an SM, gemm.cu) where the grid has no more
+    blocks than the SMs anyway, up to the batch it is built for."""
+    return gemm_tiles(batch) <= PIPELINED_TILES and gemm_blocks(n, batch) <= sm_count()
+
+
 def gemm_choice(x: cp.ndarray, w: cp.ndarray, batch: int, epilogue: str, out: cp.ndarray,
-                pdl: bool | None = None, weights_no_l1: bool = False,
+                pdl: bool | None = None, pipelined: bool | None = None,
                 wide: bool | None = None) -> KernelCall:
     """``out (+)= x[:batch] @ w.T`` with an epilogue, on the kernel this device and these
-    settings pick: ``pdl`` defaults to ``pdl_default()``; ``weights_no_l1`` picks the kernel
-    that loads weights without L1 lines, ``wide`` the one that stages operands in shared
-    memory for large batches (gemm.cu), by default from ``wide_gemm_from()``."""
+    settings pick: ``pdl`` defaults to ``pdl_default()``, ``pipelined`` (tc_gemm's variant) to
+    ``pipelined_default``; ``wide`` picks the kernel that stages operands in shared memory
+    for large batches (gemm.cu), by default from ``wide_gemm_from()``."""
     pdl = pdl_default() if pdl is None else pdl
     if wide is None:
-        wide = 0 < wide_gemm_from() <= batch and not weights_no_l1
-    rows = wide_rows(w.shape[0], batch) if wide else 0
-    return gemm_call(x, w, batch, epilogue, out, pdl, weights_no_l1, rows)
+        wide = 0 < wide_gemm_from() <= batch
+    if wide:
+        return gemm_call(x, w, batch, epilogue, out, pdl, wide_rows=wide_rows(w.shape[0], batch))
+    if pipelined is None:
+        pipelined = pipelined_default(w.shape[0], batch)
+    return gemm_call(x, w, batch, epilogue, out, pdl, pipelined)
 
 
 def gemm_launch(x: cp.ndarray, w: cp.ndarray, batch: int, epilogue: str, out: cp.ndarray,
-                pdl: bool | None = None, weights_no_l1: bool = False,
+                pdl: bool | None = None, pipelined: bool | None = None,
                 wide: bool | None = None) -> Launch:
     """``gemm_choice``, packed for the driver."""
-    return launch_of(gemm_choice(x, w, batch, epilogue, out, pdl, weights_no_l1, wide))
+    return launch_of(gemm_choice(x, w, batch, epilogue, out, pdl, pipelined, wide))
 
 
 def attention_launch(cfg: ModelConfig, qkv: cp.ndarray, positions: cp.ndarray,

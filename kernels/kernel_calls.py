@@ -20,6 +20,7 @@ import numpy as np
 
 from kernels.cuda_sources import (
     ATTENTION_TILING,
+    PIPELINED_TILES,
     AttentionTiling,
     attention_name,
     attention_names,
@@ -88,6 +89,11 @@ def plain_call(module: str, name: str, grid: int | tuple[int, ...], block: int,
     return KernelCall(module, (), name, dim3(grid), dim3(block), args)
 
 
+def gemm_blocks(n: int, batch: int) -> int:
+    """tc_gemm's grid size for ``n`` weight rows."""
+    return -(-batch // (8 * gemm_tiles(batch))) * -(-n // GEMM_ROWS)
+
+
 def gemm_tiles(batch: int) -> int:
     """Batch tiles of 8 rows per tc_gemm block."""
     return 1 if batch <= 8 else 2 if batch <= 16 else 4
@@ -99,10 +105,10 @@ def wide_smem_bytes(rows: int) -> int:
 
 
 def gemm_call(x, w, batch: int, epilogue: str, out, pdl: bool = False,
-              weights_no_l1: bool = False, wide_rows: int = 0) -> KernelCall:
-    """``out (+)= x[:batch] @ w.T`` with an epilogue: on tc_gemm, or with ``wide_rows`` (64
-    or 128 weight rows a block) on wide_gemm; ``weights_no_l1`` picks tc_gemm's variant that
-    loads weights without L1 lines (gemm.cu)."""
+              pipelined: bool = False, wide_rows: int = 0) -> KernelCall:
+    """``out (+)= x[:batch] @ w.T`` with an epilogue: on tc_gemm (``pipelined``: its variant
+    that loads a round ahead, up to batch 16), or with ``wide_rows`` (64 or 128 weight rows a
+    block) on wide_gemm."""
     n, k = w.shape
     if k < GEMM_K_CHUNK or k % GEMM_K_CHUNK or x.dtype != np.float16 or w.dtype != np.float16:
         raise ValueError(f"tc_gemm needs fp16 x and w with K a multiple of {GEMM_K_CHUNK}; got "
@@ -110,13 +116,14 @@ def gemm_call(x, w, batch: int, epilogue: str, out, pdl: bool = False,
     args = (x, w, i32(n), i32(k), i32(batch), out, i32(pdl))
     block = dim3(GEMM_WARPS * 32)
     if wide_rows:
-        if weights_no_l1:
-            raise ValueError("wide_gemm has no weights_no_l1 variant")
         return KernelCall("gemm", gemm_names(), wide_gemm_name(wide_rows, epilogue),
                           dim3((-(-batch // WIDE_BN), -(-n // wide_rows))), block, args,
                           wide_smem_bytes(wide_rows), pdl)
     tiles = gemm_tiles(batch)
-    return KernelCall("gemm", gemm_names(), gemm_name(tiles, epilogue, weights_no_l1),
+    if pipelined and tiles > PIPELINED_TILES:
+        raise ValueError(f"tc_gemm's pipelined variant goes up to batch {8 * PIPELINED_TILES}, "
+                         f"not {batch}")
+    return KernelCall("gemm", gemm_names(), gemm_name(tiles, epilogue, pipelined),
                       dim3((-(-batch // (8 * tiles)), -(-n // GEMM_ROWS))), block, args, 0, pdl)
 
 

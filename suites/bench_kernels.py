@@ -1,7 +1,9 @@
 """Each decode kernel's device time, achieved GB/s and % of the copy bandwidth measured in
 the same run: the CuPy projection kernel beside cuBLAS (``cupy.matmul``) on the same
-shapes (also loading weights without L1 lines, and with programmatic dependent launch when
-``SCHEDBENCH_PDL=1``; at large batches also ``wide_gemm``), paged attention (its default
+shapes (up to batch 16 also with tc_gemm's other variant, pipelined or not, as
+``gemm_o@plain`` or ``gemm_qkv@pipe`` and ``all_128_projections_plain``, and with
+programmatic dependent launch when ``SCHEDBENCH_PDL=1``; at large batches also
+``wide_gemm``), paged attention (its default
 tiling, then the candidate tilings of ``kernels.cuda_sources.ATTENTION_TILINGS`` as
 ``attention_ctx2048@split/max_splits/stage x stages``), and the Numba kernels on the same
 shapes. Each figure is per layer, timed over a graph of every layer's launches, each layer
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kernels.cuda_sources import ATTENTION_TILING, ATTENTION_TILINGS
+from kernels.cuda_sources import ATTENTION_TILING, ATTENTION_TILINGS, PIPELINED_TILES
 from kernels.kernel_calls import rope_table
 from kernels.registry import unavailable_reason
 from schedbench.arguments import int_list, int_list_text, reported
@@ -92,15 +94,21 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
     inputs = {}
     for b in batch_sizes:
         inputs[b] = xs, outs = projection_inputs(b)
+        # Beside the default, in the same run, the candidates: tc_gemm's other variant
+        # (gemm.cu, PIPE; up to batch 16) and PDL (opt-in, SCHEDBENCH_PDL=1).
+        other = b <= 8 * PIPELINED_TILES
         for p in PROJECTIONS:
-            launches = [cb.gemm_launch(xs[p], w, b, EPILOGUES[p], outs[p], wide=False)
-                        for w in weights[p]]
-            fig.record(f"gemm_{p}", b, time_launches_ms(launches) / n_layers,
-                       math.prod(shapes[p]) * 2)
-        # Beside the default, in the same run, the candidates: weights loaded without L1
-        # lines (gemm.cu, W_NO_L1) and PDL (opt-in, SCHEDBENCH_PDL=1).
-        variants = {"": {"pdl": False, "wide": False},
-                    "_w_no_l1": {"pdl": False, "weights_no_l1": True, "wide": False}}
+            pipe = cb.pipelined_default(shapes[p][0], b)
+            for pipelined in (pipe, not pipe) if other else (pipe,):
+                launches = [cb.gemm_launch(xs[p], w, b, EPILOGUES[p], outs[p], pdl=False,
+                                           pipelined=pipelined, wide=False) for w in weights[p]]
+                name = f"gemm_{p}" + ("" if pipelined == pipe else
+                                      "@pipe" if pipelined else "@plain")
+                fig.record(name, b, time_launches_ms(launches) / n_layers,
+                           math.prod(shapes[p]) * 2)
+        variants = {"": {"pdl": False, "wide": False}}
+        if other:
+            variants["_plain"] = {"pdl": False, "pipelined": False, "wide": False}
         if cb.pdl_default():
             variants["_pdl"] = {"pdl": True, "wide": False}
         step_rows(b, xs, outs, variants)
@@ -271,8 +279,9 @@ class Kernels:
     """asv: device time (events), GB/s and % of copy bandwidth of each kernel."""
 
     params = [["gemm_qkv", "gemm_o", "gemm_gate_up", "gemm_down", "all_128_projections",
-               "all_128_projections_w_no_l1", "all_128_projections_pdl",
+               "all_128_projections_plain", "all_128_projections_pdl",
                "all_128_projections_wide", "cublas_128_projections"]
+              + [f"gemm_{p}@{v}" for p in PROJECTIONS for v in ("pipe", "plain")]
               + [f"attention_ctx{c}" for c in CONTEXTS]
               + [f"numba_gemm_{p}" for p in PROJECTIONS]
               + [f"numba_attention_ctx{c}" for c in CONTEXTS], BATCH_SIZES + WIDE_BATCH_SIZES]

@@ -107,3 +107,15 @@ def test_attention_tilings_are_compared_with_the_default(tmp_path):
             "  128/64/32x2      8.0 120.0  1.41x the default's speed\n") in text
     targets = text.split("targets:\n")[1]
     assert targets.count("#3 attention") == 2  # the default's rows alone meet the target
+
+
+def test_gemm_candidates_are_compared_with_the_default(tmp_path):
+    write(tmp_path, "kernels.json", {"kernels": [
+        kernel("copy", 0, 0.0, 4000.0, 100.0),
+        kernel("gemm_o", 16, 0.040, 3000.0, 75.0),
+        kernel("gemm_o@plain", 16, 0.032, 3750.0, 93.75),
+        kernel("gemm_qkv@pipe", 1, 0.01, 3400.0, 85.0)]})  # no default beside it: no line
+    lines = gpu_summary.summary(tmp_path).splitlines()
+    assert [ln for ln in lines if "@" in ln] == [
+        "  gemm_o@plain                 b=16       32.0 us   93.8% copy, 1.25x the default's "
+        "speed"]

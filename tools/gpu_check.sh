@@ -3,7 +3,7 @@
 # sanitizers, then a compact table. Writes logs and JSON under $OUT (default /tmp/gpu_check).
 # Usage: bash tools/gpu_check.sh     (from the repository root, on a machine with a GPU)
 #   STAGES="tests kernels launch sweep numba sanitize default pdl ncu" picks stages (default:
-#   all but ncu, which profiles the attention kernel);
+#   all but ncu, which profiles the attention and a projection at batch 16);
 #   "default" times the full default sweeps (`python -m schedbench --backend cupy|numba`);
 #   "pdl" tries the opt-in programmatic dependent launch in processes of its own, last.
 #   Everything takes longer than one 10-minute device call: split it, the targets first, e.g.
@@ -77,18 +77,25 @@ if want sanitize; then
   step "compute-sanitizer: memcheck and racecheck over every mode of both GPU backends (tiny)"
   if command -v compute-sanitizer >/dev/null 2>&1; then
     # cupy-wide: the projections on wide_gemm (SCHEDBENCH_WIDE_GEMM=1), the others on tc_gemm.
+    # attention-8b: one launch of the attention at llama3-8b's head dim (128) and group (4),
+    # which the tiny preset (32, 2) does not reach; gemm-pipe: both tc_gemm variants.
     # SANITIZE="numba:memcheck ..." picks runs. API errors are not counted: numba-cuda probes
     # the driver for entry points it may lack (34 cuGetProcAddress errors on an H200), which
     # says nothing of the kernels' memory accesses.
     for pair in ${SANITIZE:-cupy:memcheck cupy:racecheck cupy-wide:memcheck cupy-wide:racecheck \
+                attention-8b:memcheck attention-8b:racecheck gemm-pipe:memcheck gemm-pipe:racecheck \
                 numba:memcheck numba:racecheck}; do
       run=${pair%:*}; tool=${pair#*:}
       backend=${run%-wide}; wide=$([ $run = cupy-wide ] && echo 1 || echo 0)
+      case $run in
+        attention-8b) what="tools/launch_once.py attention --batch 3 --context 576";;
+        gemm-pipe) what="tools/launch_once.py gemm --batch 13 --projection down --both";;
+        *) what="-m schedbench --backend $backend --preset tiny --batch-sizes 3 --steps 6 \
+             --warmup 1 --repeats 1 --prompt-len 1:4 --output-len 2:6";;
+      esac
       log="$out/sanitizer-$run-$tool.txt"
       SCHEDBENCH_WIDE_GEMM=$wide timeout $(lim 300) compute-sanitizer --tool "$tool" \
-        --report-api-errors no --error-exitcode 9 $py -m schedbench --backend $backend \
-        --preset tiny --batch-sizes 3 --steps 6 --warmup 1 --repeats 1 --prompt-len 1:4 \
-        --output-len 2:6 > "$log" 2>&1
+        --report-api-errors no --error-exitcode 9 $py $what > "$log" 2>&1
       echo "$run $tool: exit $? $(grep -hE 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -n 1)"
     done
   else
@@ -97,26 +104,20 @@ if want sanitize; then
 fi
 
 if want ncu; then
-  step "ncu: the default attention tiling at batch 16, 4k tokens (llama3-8b), one launch"
+  step "ncu: one launch each of the default attention (batch 16, 4k tokens) and of the down \
+projection (batch 16 and 1, both tc_gemm variants), llama3-8b"
   if command -v ncu >/dev/null 2>&1; then
-    timeout $(lim 150) ncu --clock-control none -k regex:paged_attention -c 1 \
-      --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-      --section MemoryWorkloadAnalysis $py -c "
-import cupy as cp
-from kernels import cupy_backend as cb
-from kernels.kernel_calls import rope_table
-from schedbench.model import get_preset
-from suites.bench_kernels import attention_inputs
-cfg, b, ctx = get_preset('llama3-8b'), 16, 4096
-qkv, positions, tables, kc, vc = attention_inputs(cfg, ctx, b)
-scratch = cb.AttentionScratch.create(cfg, b, ctx, cp)
-out = cp.zeros((b, cfg.q_size), cp.float16)
-stream = cp.cuda.Stream(non_blocking=True)
-cb.attention_launch(cfg, qkv, positions, tables, rope_table(cfg, positions, cp), kc[0], vc[0],
-                    b, scratch, out)(stream.ptr)
-stream.synchronize()" > "$out/ncu-attention.txt" 2>&1
-    echo "exit $?"; grep -iE "throughput|occupancy|registers|stall|warp cycles|active warps|\
-duration|eligible|issued|block limit" "$out/ncu-attention.txt" | head -n 50
+    sections="--section SpeedOfLight --section Occupancy --section LaunchStats \
+      --section WarpStateStats --section MemoryWorkloadAnalysis"
+    for what in "attention --batch 16 --context 4096" "gemm --batch 16 --projection down --both" \
+                "gemm --batch 1 --projection down --both"; do
+      kind=${what%% *}; name=ncu-$kind-b$(echo "$what" | awk '{print $3}')
+      timeout $(lim 120) ncu --clock-control none -k regex:$([ $kind = gemm ] && echo tc_gemm \
+        || echo paged_attention) $sections $py tools/launch_once.py $what > "$out/$name.txt" 2>&1
+      echo "$name: exit $?"; grep -E "^  [a-z_]+<|Duration|DRAM Throughput|L2 Cache Throughput|\
+L1/TEX Hit|L2 Hit|Mem Busy|Max Bandwidth|Compute \(SM\) Throughput|Issue Slots Busy|\
+Achieved Occupancy|Registers Per|Local Memory Spill|No Eligible" "$out/$name.txt" | head -n 40
+    done
   else
     echo "skipped: no ncu on PATH"
   fi

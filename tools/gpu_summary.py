@@ -64,12 +64,23 @@ def attention_tiling_lines(rows: dict) -> list[str]:
     return lines
 
 
+def gemm_candidate_lines(rows: dict) -> list[str]:
+    """Each projection's candidate variants (``gemm_o@plain``) against the default's time at
+    the same batch size."""
+    lines = []
+    for (name, b), r in sorted(rows.items()):
+        if (m := re.fullmatch(r"(gemm_\w+)@(\w+)", name)) and (base := rows.get((m[1], b))):
+            lines.append(f"  {name:28s} b={b:<3d} {r['ms'] * 1e3:9.1f} us {r['pct_copy']:6.1f}% "
+                         f"copy, {base['ms'] / r['ms']:.2f}x the default's speed")
+    return lines
+
+
 def kernel_lines(k: dict) -> tuple[list[str], list[str]]:
     rows = {(r["kernel"], r["batch_size"]): r for r in k["kernels"]}
     lines = [f"copy bandwidth: {rows['copy', 0]['gbs']:.0f} GB/s"]
     targets = []
     for (name, b), r in rows.items():
-        if "@" in name:  # a candidate attention tiling: attention_tiling_lines
+        if "@" in name:  # a candidate: gemm_candidate_lines, attention_tiling_lines
             continue
         if name.startswith(("all_", "cublas_", "attention_", "numba_")) or "_split" in name:
             lines.append(f"  {name:28s} b={b:<3d} {r['ms'] * 1e3:9.1f} us "
@@ -84,7 +95,7 @@ def kernel_lines(k: dict) -> tuple[list[str], list[str]]:
             ratio = twin["gbs"] / r["gbs"]
             targets.append(f"  #4 {name} b={b}: CuPy/Numba GB/s {ratio:.2f} (<= 1.5): "
                            f"{verdict(ratio <= 1.5)}")
-    return lines + attention_tiling_lines(rows), targets
+    return lines + gemm_candidate_lines(rows) + attention_tiling_lines(rows), targets
 
 
 def launch_lines(lc: dict) -> tuple[list[str], list[str]]:

@@ -46,26 +46,9 @@ union Half16 {
     unsigned w[8];
 };
 
-// 16 bytes through the read-only path, without a line in L1 (L2 as usual).
-SB_DEVICE uint4 ldg_no_l1(const void* p) {
-    uint4 v;
-#ifdef SB_EMULATE
-    v = *static_cast<const uint4*>(p);
-#else
-    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-        : "l"(p));
-#endif
-    return v;
-}
-
-template <bool NO_L1 = false>
 SB_DEVICE void load16(Half16& dst, const __half* src, bool ok) {
     if (!ok) {
         dst.v[0] = dst.v[1] = make_uint4(0, 0, 0, 0);
-    } else if constexpr (NO_L1) {
-        dst.v[0] = ldg_no_l1(src);
-        dst.v[1] = ldg_no_l1(src + 8);
     } else {
         dst.v[0] = __ldg(reinterpret_cast<const uint4*>(src));
         dst.v[1] = __ldg(reinterpret_cast<const uint4*>(src + 8));
@@ -115,12 +98,17 @@ SB_DEVICE void epilogue(void* out, int n_rows, int batch, int n0, int b0, Sum su
 // NT: batch tiles of 8 per block (a block covers 8 * NT batch rows). Grid: (batch tiles,
 // 32-row tiles). prefetch: nonzero when launched with PDL (the prefetch is only worth its
 // instructions while the previous kernel is still draining).
-// W_NO_L1: weights loaded without allocating in L1, so the activations, which every block
-// of a batch tile re-reads (at NT = 2 as many bytes as half its weights), are not evicted
-// by weights read once. A candidate for batch 16 (86 % of the copy bandwidth on an H200,
-// the target is 90), not yet measured: bench_kernels times both, the default stays 0.
-template <int NT, int EPI, int W_NO_L1>
-__global__ void __launch_bounds__(GEMM_WARPS * 32, NT <= 2 ? 2 : 1)
+// PIPE: a warp issues the next round's loads before the MMAs of this one, in a second set of
+// registers (198 at NT = 1, 238 at 2: one block an SM). Without it a warp has nothing in
+// flight while it computes, which costs most where a grid of one block an SM leaves few warps
+// to cover it, and more at batch 16 (twice the MMAs a round). The host picks it where the grid
+// has at most a block an SM anyway: o and down at llama3-8b, which it took on an H200 from 63
+// to 68 % and from 79 to 86 % of the copy bandwidth at batch 16 (1-2 % faster at batch 1 and
+// 4); on qkv and gate/up, whose grids hold two blocks an SM, it lost (0.89x, 0.95x). Same
+// sums, same order, same bits. (Blocks of 64 weight rows, to halve the activations each
+// block re-reads, were measured too and lost: 0.73-0.90x, gate/up 1.00x.)
+template <int NT, int EPI, int PIPE>
+__global__ void __launch_bounds__(GEMM_WARPS * 32, NT <= 2 && !PIPE ? 2 : 1)
 tc_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows, int k_dim,
         int batch, void* __restrict__ out, int prefetch) {
     constexpr int BT = 8 * NT;
@@ -155,8 +143,10 @@ tc_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows, 
 #pragma unroll
             for (int i = 0; i < 4; ++i) acc[m][j][i] = 0.f;
 
-    for (int c0 = warp; c0 < chunks; c0 += CHUNKS_PER_LOAD * GEMM_WARPS) {
-        Half16 wa[CHUNKS_PER_LOAD][2][2], xa[CHUNKS_PER_LOAD][NT];  // [chunk][m tile][g, g+8]
+    using Weights = Half16[CHUNKS_PER_LOAD][2][2];  // [chunk][m tile][g, g+8]
+    using Acts = Half16[CHUNKS_PER_LOAD][NT];
+    // The loads of the round from chunk c0 (zeros past the last chunk, with no access).
+    auto load_round = [&](Weights& wa, Acts& xa, int c0) {
 #pragma unroll
         for (int u = 0; u < CHUNKS_PER_LOAD; ++u) {
             const int c = c0 + u * GEMM_WARPS;
@@ -166,8 +156,7 @@ tc_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows, 
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
                     const int row = n0 + 16 * m + g + 8 * h;
-                    load16<W_NO_L1>(wa[u][m][h], w + (size_t)row * k_dim + k,
-                                    c < chunks && row < n_rows);
+                    load16(wa[u][m][h], w + (size_t)row * k_dim + k, c < chunks && row < n_rows);
                 }
 #pragma unroll
             for (int j = 0; j < NT; ++j) {
@@ -175,6 +164,8 @@ tc_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows, 
                 load16(xa[u][j], x + (size_t)row * k_dim + k, c < chunks && row < batch);
             }
         }
+    };
+    auto mma_round = [&](const Weights& wa, const Acts& xa) {
 #pragma unroll
         for (int u = 0; u < CHUNKS_PER_LOAD; ++u)
 #pragma unroll
@@ -186,6 +177,26 @@ tc_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows, 
                         mma16816(acc[m][j], wa[u][m][0].w[2 * s], wa[u][m][1].w[2 * s],
                                  wa[u][m][0].w[2 * s + 1], wa[u][m][1].w[2 * s + 1],
                                  xa[u][j].w[2 * s], xa[u][j].w[2 * s + 1]);
+    };
+    constexpr int ROUND = CHUNKS_PER_LOAD * GEMM_WARPS;  // chunks of the block's warps a round
+    if constexpr (PIPE) {
+        Weights wa0, wa1;
+        Acts xa0, xa1;
+        load_round(wa0, xa0, warp);
+        for (int c0 = warp; c0 < chunks; c0 += 2 * ROUND) {
+            load_round(wa1, xa1, c0 + ROUND);
+            mma_round(wa0, xa0);
+            if (c0 + ROUND >= chunks) break;
+            load_round(wa0, xa0, c0 + 2 * ROUND);
+            mma_round(wa1, xa1);
+        }
+    } else {
+        for (int c0 = warp; c0 < chunks; c0 += ROUND) {
+            Weights wa;
+            Acts xa;
+            load_round(wa, xa, c0);
+            mma_round(wa, xa);
+        }
     }
 #pragma unroll
     for (int m = 0; m < 2; ++m)

@@ -1,0 +1,69 @@
+"""One launch of a CuPy kernel at llama3-8b shapes, for a tool that watches it: ncu profiles
+it, compute-sanitizer checks it at the head dim the step runs (the sanitizer runs of
+tools/gpu_check.sh otherwise use the tiny preset).
+
+Usage (from the repository root, on a GPU machine):
+  python tools/launch_once.py attention --batch 16 --context 4096
+  python tools/launch_once.py gemm --batch 16 --projection down --both
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import cupy as cp
+
+from kernels import cupy_backend as cb
+from kernels.kernel_calls import rope_table
+from schedbench.model import get_preset
+from suites.bench_kernels import EPILOGUES, attention_inputs
+
+CFG = dataclasses.replace(get_preset("llama3-8b"), num_layers=1)  # one layer's cache to fill
+
+
+def attention(batch: int, context: int) -> list:
+    qkv, positions, tables, kc, vc = attention_inputs(CFG, context, batch)
+    scratch = cb.AttentionScratch.create(CFG, batch, context, cp, cb.attention_tiling())
+    out = cp.zeros((batch, CFG.q_size), cp.float16)
+    return [cb.attention_launch(CFG, qkv, positions, tables, rope_table(CFG, positions, cp),
+                                kc[0], vc[0], batch, scratch, out)]
+
+
+def gemm(batch: int, projection: str, both: bool) -> list:
+    h, i = CFG.hidden_size, CFG.intermediate_size
+    n, k = {"qkv": (CFG.qkv_size, h), "o": (h, CFG.q_size), "gate_up": (2 * i, h),
+            "down": (h, i)}[projection]
+    rng = cp.random.default_rng(0)
+    x = rng.standard_normal((batch, k), cp.float32).astype(cp.float16)
+    w = (rng.standard_normal((n, k), cp.float32) * 0.02).astype(cp.float16)
+    width = n // 2 if projection == "gate_up" else n
+    dtype = cp.float16 if EPILOGUES[projection] in ("store_half", "silu_mul") else cp.float32
+    out = cp.zeros((batch, width), dtype)
+    pipe = cb.pipelined_default(n, batch)
+    return [cb.gemm_launch(x, w, batch, EPILOGUES[projection], out, pipelined=p, wide=False)
+            for p in ((pipe, not pipe) if both else (pipe,))]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("kernel", choices=("attention", "gemm"))
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--context", type=int, default=4096, help="attention: tokens a row")
+    p.add_argument("--projection", default="gate_up", choices=tuple(EPILOGUES))
+    p.add_argument("--both", action="store_true",
+                   help="gemm: the default variant, then the other (pipelined or not)")
+    args = p.parse_args()
+    launches = (attention(args.batch, args.context) if args.kernel == "attention"
+                else gemm(args.batch, args.projection, args.both))
+    cp.cuda.Device().synchronize()  # the inputs, made on the legacy stream
+    stream = cp.cuda.Stream(non_blocking=True)
+    for launch in launches:
+        launch(stream.ptr)
+    stream.synchronize()
+    print(f"{args.kernel}: {len(launches)} launch(es) done")
+
+
+if __name__ == "__main__":
+    main()

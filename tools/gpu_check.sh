@@ -10,6 +10,8 @@
 #   STAGES="tests kernels launch default", then STAGES="sanitize pdl sweep numba"; with
 #   BUDGET=540 (seconds) in a 600-second call, so that the summary still prints. Cut off
 #   anyway? `python tools/gpu_summary.py DIR` reads what the stages left in DIR.
+#   BUNDLE=FILE.tgz packs that folder into one file at the end (a lent machine may bring back
+#   only a few files: OUT=$OUT/r BUNDLE=$OUT/gpu_check.tgz).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -158,3 +160,8 @@ fi
 
 step "summary"
 $py tools/gpu_summary.py "$out"
+if [[ -n ${BUNDLE:-} ]]; then  # the folder goes, unless the bundle is in it
+  bundle=$(realpath -m "$BUNDLE"); dir=$(realpath -m "$out")
+  tar czf "$bundle" -C "$dir" --exclude "./${bundle#"$dir"/}" . && \
+    { [[ $bundle == "$dir"/* ]] || rm -rf "$dir"; }
+fi

@@ -3,11 +3,11 @@ the same run: the CuPy projection kernel beside cuBLAS (``cupy.matmul``) on the 
 shapes (up to batch 16 also with tc_gemm's other variant, pipelined or not, as
 ``gemm_o@plain`` or ``gemm_qkv@pipe`` and ``all_128_projections_plain``, and with
 programmatic dependent launch when ``SCHEDBENCH_PDL=1``; at large batches also
-``wide_gemm``), paged attention (its default
-tiling, then the candidate tilings of ``kernels.cuda_sources.ATTENTION_TILINGS`` as
-``attention_ctx2048@split/max_splits/stage x stages``), and the Numba kernels on the same
-shapes. Each figure is per layer, timed over a graph of every layer's launches, each layer
-with its own weights or KV cache as in a step, so nothing is served from L2.
+``wide_gemm``), paged attention (its default tiling, then the candidate tilings of
+``kernels.cuda_sources.ATTENTION_TILINGS`` as ``attention_ctx2048@split/max_splits/stage x
+stages``), and the Numba kernels on the same shapes. Each figure is per layer, timed over
+a graph of every layer's launches, each layer with its own weights or KV cache as in a
+step, so nothing is served from L2.
 
 asv: ``asv run --python=same --bench bench_kernels`` (skipped without a GPU).
 Directly: ``python suites/bench_kernels.py [--preset llama3-8b] [--batch-sizes 1,4,16]``.

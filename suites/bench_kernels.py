@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -37,6 +38,21 @@ CONTEXTS = [2048, 4096, 8192]
 PROJECTIONS = ("qkv", "o", "gate_up", "down")
 EPILOGUES = {"qkv": "store_half", "o": "add_residual", "gate_up": "silu_mul",
              "down": "add_residual"}
+
+
+def projection_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
+    """Each projection's weights, [N, K] (gate/up: both halves' rows)."""
+    h, i = cfg.hidden_size, cfg.intermediate_size
+    return {"qkv": (cfg.qkv_size, h), "o": (h, cfg.q_size), "gate_up": (2 * i, h),
+            "down": (h, i)}
+
+
+def projection_output(cfg: ModelConfig, projection: str, batch: int, xp: ModuleType):
+    """A zeroed output of ``projection`` at ``batch`` rows, as its epilogue writes it."""
+    n, epilogue = projection_shapes(cfg)[projection][0], EPILOGUES[projection]
+    if epilogue == "silu_mul":
+        return xp.zeros((batch, n // 2), xp.float16)
+    return xp.zeros((batch, n), xp.float16 if epilogue == "store_half" else xp.float32)
 
 
 class Figures(dict):
@@ -61,9 +77,8 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
     cfg = get_preset(preset)
     fig = Figures(copy_bandwidth_gbs())
     rng = cp.random.default_rng(1)
-    h, i, n_layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
-    shapes = {"qkv": (cfg.qkv_size, h), "o": (h, cfg.q_size), "gate_up": (2 * i, h),
-              "down": (h, i)}
+    n_layers = cfg.num_layers
+    shapes = projection_shapes(cfg)
     # Every layer's own weights, as in a real step: nothing is served from L2.
     weights = {p: [rng.standard_normal(s, cp.float32).astype(cp.float16) * 0.02
                    for _ in range(n_layers)] for p, s in shapes.items()}
@@ -72,9 +87,7 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
     def projection_inputs(b: int) -> tuple[dict, dict]:
         xs = {p: rng.standard_normal((b, s[1]), cp.float32).astype(cp.float16)
               for p, s in shapes.items()}
-        outs = {"qkv": cp.zeros((b, cfg.qkv_size), cp.float16), "o": cp.zeros((b, h), cp.float32),
-                "gate_up": cp.zeros((b, i), cp.float16), "down": cp.zeros((b, h), cp.float32)}
-        return xs, outs
+        return xs, {p: projection_output(cfg, p, b, cp) for p in PROJECTIONS}
 
     def step_rows(b: int, xs: dict, outs: dict, variants: dict[str, dict]) -> None:
         """A step's projections with each variant of gemm_launch, then cuBLAS's."""

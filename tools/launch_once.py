@@ -17,7 +17,7 @@ import cupy as cp
 from kernels import cupy_backend as cb
 from kernels.kernel_calls import rope_table
 from schedbench.model import get_preset
-from suites.bench_kernels import EPILOGUES, attention_inputs
+from suites.bench_kernels import EPILOGUES, attention_inputs, projection_output, projection_shapes
 
 CFG = dataclasses.replace(get_preset("llama3-8b"), num_layers=1)  # one layer's cache to fill
 
@@ -31,15 +31,11 @@ def attention(batch: int, context: int) -> list:
 
 
 def gemm(batch: int, projection: str, both: bool) -> list:
-    h, i = CFG.hidden_size, CFG.intermediate_size
-    n, k = {"qkv": (CFG.qkv_size, h), "o": (h, CFG.q_size), "gate_up": (2 * i, h),
-            "down": (h, i)}[projection]
+    n, k = projection_shapes(CFG)[projection]
     rng = cp.random.default_rng(0)
     x = rng.standard_normal((batch, k), cp.float32).astype(cp.float16)
     w = (rng.standard_normal((n, k), cp.float32) * 0.02).astype(cp.float16)
-    width = n // 2 if projection == "gate_up" else n
-    dtype = cp.float16 if EPILOGUES[projection] in ("store_half", "silu_mul") else cp.float32
-    out = cp.zeros((batch, width), dtype)
+    out = projection_output(CFG, projection, batch, cp)
     pipe = cb.pipelined_default(n, batch)
     return [cb.gemm_launch(x, w, batch, EPILOGUES[projection], out, pipelined=p, wide=False)
             for p in ((pipe, not pipe) if both else (pipe,))]

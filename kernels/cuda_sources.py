@@ -18,7 +18,10 @@ CUDA_DIR = Path(__file__).resolve().parent / "cuda"
 MODULES = ("norm", "gemm", "attention", "sample")  # RawModules; graph_launch.cu: kernels/nvrtc.py
 GEMM_EPILOGUES = {"store_half": 0, "add_residual": 1, "store_float": 2, "silu_mul": 3}
 GEMM_TILES = (1, 2, 4)  # batch tiles of 8 rows per block
-PIPELINED_TILES = 2  # tc_gemm's pipelined variant up to 2 batch tiles (batch 16): registers
+# tc_gemm's variants (gemm.cu, PIPE): plain, pipelined (pipe: rounds of two chunks, one block
+# an SM), pipelined in the plain kernel's registers (pipe1: rounds of one chunk)
+GEMM_VARIANTS = {"plain": 0, "pipe": 1, "pipe1": 2}
+PIPELINED_TILES = 2  # the pipelined variants up to 2 batch tiles (batch 16): registers
 WIDE_GEMM_ROWS = (64, 128)  # weight rows per wide_gemm block
 
 
@@ -37,16 +40,19 @@ class AttentionTiling:
         """Splits of a sequence of ``context`` tokens: ``num_splits`` in attention.cu."""
         return min(self.max_splits, -(-context // self.split))
 
+    def smem_bytes(self, head_dim: int) -> int:
+        """paged_attention's dynamic shared memory: the K and V rows of its stages (fp16)."""
+        return 2 * self.stages * self.stage * head_dim * 2
+
     def __str__(self) -> str:
         return f"{self.split}/{self.max_splits}/{self.stage}x{self.stages}"
 
 
 # The default first, then the candidates bench_kernels measures beside it (attention.cu says
-# how they compared). Shared memory holds stage * stages tokens of K and V: 64 at most keeps
-# four blocks an SM (HEAD_DIM 128).
-ATTENTION_TILINGS = (AttentionTiling(256, 32, 64, 1), AttentionTiling(64, 64, 64, 1),
-                     AttentionTiling(128, 64, 64, 1), AttentionTiling(128, 64, 32, 2),
-                     AttentionTiling(256, 32, 32, 2))
+# how they compared). Stages of at most 48 KB (stage * stages <= 96 tokens at HEAD_DIM 128)
+# keep four blocks an SM, 64 KB three.
+ATTENTION_TILINGS = (AttentionTiling(256, 32, 64, 1), AttentionTiling(128, 64, 64, 1),
+                     AttentionTiling(256, 32, 64, 2), AttentionTiling(256, 32, 48, 2))
 ATTENTION_TILING = ATTENTION_TILINGS[0]
 
 
@@ -70,8 +76,8 @@ def source(module: str) -> str:
     return re.sub(r'#include "(\w+\.cuh)"', lambda m: (CUDA_DIR / m.group(1)).read_text(), text)
 
 
-def gemm_name(tiles: int, epilogue: str, pipelined: bool = False) -> str:
-    return f"tc_gemm<{tiles}, {GEMM_EPILOGUES[epilogue]}, {int(pipelined)}>"
+def gemm_name(tiles: int, epilogue: str, variant: str = "plain") -> str:
+    return f"tc_gemm<{tiles}, {GEMM_EPILOGUES[epilogue]}, {GEMM_VARIANTS[variant]}>"
 
 
 def wide_gemm_name(rows: int, epilogue: str) -> str:
@@ -79,8 +85,8 @@ def wide_gemm_name(rows: int, epilogue: str) -> str:
 
 
 def gemm_names() -> tuple[str, ...]:
-    return tuple(gemm_name(t, e, pipe) for t in GEMM_TILES for e in GEMM_EPILOGUES
-                 for pipe in (False, True) if t <= PIPELINED_TILES or not pipe) + tuple(
+    return tuple(gemm_name(t, e, v) for t in GEMM_TILES for e in GEMM_EPILOGUES
+                 for v in GEMM_VARIANTS if t <= PIPELINED_TILES or v == "plain") + tuple(
         wide_gemm_name(r, e) for r in WIDE_GEMM_ROWS for e in GEMM_EPILOGUES)
 
 

@@ -200,34 +200,38 @@ def wide_rows(n: int, batch: int) -> int:
     return 128 if -(-n // 128) * -(-batch // WIDE_BN) >= sm_count() else 64
 
 
-def pipelined_default(n: int, batch: int) -> bool:
-    """tc_gemm's pipelined variant (one block an SM, gemm.cu) where the grid has no more
-    blocks than the SMs anyway, up to the batch it is built for."""
-    return gemm_tiles(batch) <= PIPELINED_TILES and gemm_blocks(n, batch) <= sm_count()
+def gemm_variant_default(n: int, batch: int) -> str:
+    """tc_gemm's variant (gemm.cu, PIPE): pipe (one block an SM) where the grid has no more
+    blocks than the SMs anyway, up to batch 16; else pipe1 at batch 9-16 (two batch tiles,
+    twice the MMAs a round, which a pipeline hides); else plain."""
+    tiles = gemm_tiles(batch)
+    if tiles <= PIPELINED_TILES and gemm_blocks(n, batch) <= sm_count():
+        return "pipe"
+    return "pipe1" if tiles == PIPELINED_TILES else "plain"
 
 
 def gemm_choice(x: cp.ndarray, w: cp.ndarray, batch: int, epilogue: str, out: cp.ndarray,
-                pdl: bool | None = None, pipelined: bool | None = None,
+                pdl: bool | None = None, variant: str | None = None,
                 wide: bool | None = None) -> KernelCall:
     """``out (+)= x[:batch] @ w.T`` with an epilogue, on the kernel this device and these
-    settings pick: ``pdl`` defaults to ``pdl_default()``, ``pipelined`` (tc_gemm's variant) to
-    ``pipelined_default``; ``wide`` picks the kernel that stages operands in shared memory
+    settings pick: ``pdl`` defaults to ``pdl_default()``, ``variant`` (tc_gemm's) to
+    ``gemm_variant_default``; ``wide`` picks the kernel that stages operands in shared memory
     for large batches (gemm.cu), by default from ``wide_gemm_from()``."""
     pdl = pdl_default() if pdl is None else pdl
     if wide is None:
         wide = 0 < wide_gemm_from() <= batch
     if wide:
         return gemm_call(x, w, batch, epilogue, out, pdl, wide_rows=wide_rows(w.shape[0], batch))
-    if pipelined is None:
-        pipelined = pipelined_default(w.shape[0], batch)
-    return gemm_call(x, w, batch, epilogue, out, pdl, pipelined)
+    if variant is None:
+        variant = gemm_variant_default(w.shape[0], batch)
+    return gemm_call(x, w, batch, epilogue, out, pdl, variant)
 
 
 def gemm_launch(x: cp.ndarray, w: cp.ndarray, batch: int, epilogue: str, out: cp.ndarray,
-                pdl: bool | None = None, pipelined: bool | None = None,
+                pdl: bool | None = None, variant: str | None = None,
                 wide: bool | None = None) -> Launch:
     """``gemm_choice``, packed for the driver."""
-    return launch_of(gemm_choice(x, w, batch, epilogue, out, pdl, pipelined, wide))
+    return launch_of(gemm_choice(x, w, batch, epilogue, out, pdl, variant, wide))
 
 
 def attention_launch(cfg: ModelConfig, qkv: cp.ndarray, positions: cp.ndarray,

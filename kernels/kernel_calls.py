@@ -20,6 +20,7 @@ import numpy as np
 
 from kernels.cuda_sources import (
     ATTENTION_TILING,
+    GEMM_VARIANTS,
     PIPELINED_TILES,
     AttentionTiling,
     attention_name,
@@ -105,10 +106,10 @@ def wide_smem_bytes(rows: int) -> int:
 
 
 def gemm_call(x, w, batch: int, epilogue: str, out, pdl: bool = False,
-              pipelined: bool = False, wide_rows: int = 0) -> KernelCall:
-    """``out (+)= x[:batch] @ w.T`` with an epilogue: on tc_gemm (``pipelined``: its variant
-    that loads a round ahead, up to batch 16), or with ``wide_rows`` (64 or 128 weight rows a
-    block) on wide_gemm."""
+              variant: str = "plain", wide_rows: int = 0) -> KernelCall:
+    """``out (+)= x[:batch] @ w.T`` with an epilogue: on tc_gemm (``variant``: one of
+    ``GEMM_VARIANTS``, the pipelined ones up to batch 16), or with ``wide_rows`` (64 or 128
+    weight rows a block) on wide_gemm."""
     n, k = w.shape
     if k < GEMM_K_CHUNK or k % GEMM_K_CHUNK or x.dtype != np.float16 or w.dtype != np.float16:
         raise ValueError(f"tc_gemm needs fp16 x and w with K a multiple of {GEMM_K_CHUNK}; got "
@@ -120,10 +121,12 @@ def gemm_call(x, w, batch: int, epilogue: str, out, pdl: bool = False,
                           dim3((-(-batch // WIDE_BN), -(-n // wide_rows))), block, args,
                           wide_smem_bytes(wide_rows), pdl)
     tiles = gemm_tiles(batch)
-    if pipelined and tiles > PIPELINED_TILES:
-        raise ValueError(f"tc_gemm's pipelined variant goes up to batch {8 * PIPELINED_TILES}, "
+    if variant not in GEMM_VARIANTS:
+        raise ValueError(f"tc_gemm variant {variant!r}: must be one of {', '.join(GEMM_VARIANTS)}")
+    if variant != "plain" and tiles > PIPELINED_TILES:
+        raise ValueError(f"tc_gemm's {variant} variant goes up to batch {8 * PIPELINED_TILES}, "
                          f"not {batch}")
-    return KernelCall("gemm", gemm_names(), gemm_name(tiles, epilogue, pipelined),
+    return KernelCall("gemm", gemm_names(), gemm_name(tiles, epilogue, variant),
                       dim3((-(-batch // (8 * tiles)), -(-n // GEMM_ROWS))), block, args, 0, pdl)
 
 
@@ -185,7 +188,7 @@ def attention_call(cfg: ModelConfig, qkv, positions, tables, rope, k_cache, v_ca
                       (qkv, positions, tables, i32(tables.shape[-1]), i32(cfg.num_kv_heads),
                        i32(cfg.block_size), f32(cfg.head_dim ** -0.5), rope, k_cache, v_cache,
                        i32(scratch.split_stride), scratch.part_o, scratch.part_ml,
-                       scratch.counters, out))
+                       scratch.counters, out), scratch.tiling.smem_bytes(cfg.head_dim))
 
 
 @dataclass(frozen=True)

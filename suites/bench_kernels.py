@@ -1,7 +1,8 @@
 """Each decode kernel's device time, achieved GB/s and % of the copy bandwidth measured in
 the same run: the CuPy projection kernel beside cuBLAS (``cupy.matmul``) on the same
-shapes (up to batch 16 also with tc_gemm's other variant, pipelined or not, as
-``gemm_o@plain`` or ``gemm_qkv@pipe`` and ``all_128_projections_plain``, and with
+shapes (up to batch 16 also with tc_gemm's other variants, as ``gemm_o@plain`` or
+``gemm_qkv@pipe1``, and a step's projections as ``all_128_projections_plain`` and
+``all_128_projections_pipe1``, pipe1 where the default is plain; and with
 programmatic dependent launch when ``SCHEDBENCH_PDL=1``; at large batches also
 ``wide_gemm``), paged attention (its default tiling, then the candidate tilings of
 ``kernels.cuda_sources.ATTENTION_TILINGS`` as ``attention_ctx2048@split/max_splits/stage x
@@ -17,12 +18,18 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 
-from kernels.cuda_sources import ATTENTION_TILING, ATTENTION_TILINGS, PIPELINED_TILES
+from kernels.cuda_sources import (
+    ATTENTION_TILING,
+    ATTENTION_TILINGS,
+    GEMM_VARIANTS,
+    PIPELINED_TILES,
+)
 from kernels.kernel_calls import rope_table
 from kernels.registry import unavailable_reason
 from schedbench.arguments import int_list, int_list_text, reported
@@ -89,10 +96,13 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
               for p, s in shapes.items()}
         return xs, {p: projection_output(cfg, p, b, cp) for p in PROJECTIONS}
 
-    def step_rows(b: int, xs: dict, outs: dict, variants: dict[str, dict]) -> None:
-        """A step's projections with each variant of gemm_launch, then cuBLAS's."""
+    def step_rows(b: int, xs: dict, outs: dict, variants: dict[str, Callable[[str], dict]]
+                  ) -> None:
+        """A step's projections with each variant: gemm_launch's settings for a projection
+        (by default its default kernel's), then cuBLAS's."""
         for suffix, how in variants.items():
-            every = [cb.gemm_launch(xs[p], weights[p][layer], b, EPILOGUES[p], outs[p], **how)
+            every = [cb.gemm_launch(xs[p], weights[p][layer], b, EPILOGUES[p], outs[p],
+                                    **{"pdl": False, "wide": False, **how(p)})
                      for layer in range(n_layers) for p in PROJECTIONS]
             fig.record(f"all_{4 * n_layers}_projections{suffix}", b, time_launches_ms(every),
                        step_bytes)
@@ -107,23 +117,25 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
     inputs = {}
     for b in batch_sizes:
         inputs[b] = xs, outs = projection_inputs(b)
-        # Beside the default, in the same run, the candidates: tc_gemm's other variant
+        # Beside the default, in the same run, the candidates: tc_gemm's other variants
         # (gemm.cu, PIPE; up to batch 16) and PDL (opt-in, SCHEDBENCH_PDL=1).
-        other = b <= 8 * PIPELINED_TILES
+        others = b <= 8 * PIPELINED_TILES
         for p in PROJECTIONS:
-            pipe = cb.pipelined_default(shapes[p][0], b)
-            for pipelined in (pipe, not pipe) if other else (pipe,):
+            default = cb.gemm_variant_default(shapes[p][0], b)
+            for variant in GEMM_VARIANTS if others else (default,):
                 launches = [cb.gemm_launch(xs[p], w, b, EPILOGUES[p], outs[p], pdl=False,
-                                           pipelined=pipelined, wide=False) for w in weights[p]]
-                name = f"gemm_{p}" + ("" if pipelined == pipe else
-                                      "@pipe" if pipelined else "@plain")
+                                           variant=variant, wide=False) for w in weights[p]]
+                name = f"gemm_{p}" + ("" if variant == default else f"@{variant}")
                 fig.record(name, b, time_launches_ms(launches) / n_layers,
                            math.prod(shapes[p]) * 2)
-        variants = {"": {"pdl": False, "wide": False}}
-        if other:
-            variants["_plain"] = {"pdl": False, "pipelined": False, "wide": False}
+        variants: dict[str, Callable[[str], dict]] = {"": lambda p: {}}
+        plain = {p for p in PROJECTIONS if cb.gemm_variant_default(shapes[p][0], b) == "plain"}
+        if others:
+            variants["_plain"] = lambda p: {"variant": "plain"}
+        if others and plain:  # pipe1 where the default is plain (below batch 9: qkv, gate/up)
+            variants["_pipe1"] = lambda p, plain=plain: {"variant": "pipe1"} if p in plain else {}
         if cb.pdl_default():
-            variants["_pdl"] = {"pdl": True, "wide": False}
+            variants["_pdl"] = lambda p: {"pdl": True}
         step_rows(b, xs, outs, variants)
     combos = [(c, b) for c in contexts for b in batch_sizes]
     for ctx, b in combos:
@@ -145,8 +157,8 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
         """Large batches: tc_gemm beside wide_gemm, the candidate that stages operands in
         shared memory (gemm.cu), and cuBLAS."""
         for b in wide_batch_sizes:
-            step_rows(b, *projection_inputs(b), {"": {"pdl": False, "wide": False},
-                                                 "_wide": {"pdl": False, "wide": True}})
+            step_rows(b, *projection_inputs(b), {"": lambda p: {},
+                                                 "_wide": lambda p: {"wide": True}})
 
     # The kernels not yet run on a GPU come last, each section guarded: a kernel that faults
     # ends the process's CUDA context, and the figures before it must survive.
@@ -292,9 +304,10 @@ class Kernels:
     """asv: device time (events), GB/s and % of copy bandwidth of each kernel."""
 
     params = [["gemm_qkv", "gemm_o", "gemm_gate_up", "gemm_down", "all_128_projections",
-               "all_128_projections_plain", "all_128_projections_pdl",
+               "all_128_projections_plain", "all_128_projections_pipe1",
+               "all_128_projections_pdl",
                "all_128_projections_wide", "cublas_128_projections"]
-              + [f"gemm_{p}@{v}" for p in PROJECTIONS for v in ("pipe", "plain")]
+              + [f"gemm_{p}@{v}" for p in PROJECTIONS for v in GEMM_VARIANTS]
               + [f"attention_ctx{c}" for c in CONTEXTS]
               + [f"numba_gemm_{p}" for p in PROJECTIONS]
               + [f"numba_attention_ctx{c}" for c in CONTEXTS], BATCH_SIZES + WIDE_BATCH_SIZES]

@@ -12,7 +12,7 @@ import pytest
 
 from kernels import kernel_calls as kc
 from kernels import reference as ref
-from kernels.cuda_sources import ATTENTION_TILINGS
+from kernels.cuda_sources import ATTENTION_TILINGS, GEMM_VARIANTS
 from kernels.layout import StepLayout
 from schedbench.model import get_preset, interleave_gate_up, make_weights
 from tests.conftest import (
@@ -54,18 +54,27 @@ def gemm_case(rng, epilogue: str, batch: int, n: int, k: int) -> tuple[np.ndarra
             gpu=[(1, 6144, 4096), (3, 4096, 14336), (16, 512, 2560), (33, 1000, 768)])
 def test_gemm_matches_reference(dev, rng, epilogue, batch, n, k):
     """tc_gemm (batch tiles of 1, 2 and 4, partial row tiles), and up to batch 16 its
-    pipelined variant, bit for bit (K: fewer chunks than warps, an odd number of rounds)."""
+    pipelined variants, bit for bit (K: fewer chunks than warps, an odd number of rounds)."""
     x, w, base, expect = gemm_case(rng, epilogue, batch, n, k)
     xd, wd = dev.array(x), dev.array(w)
     outs = {}
-    for pipelined in (False, True) if batch <= 16 else (False,):
-        outs[pipelined] = dev.array(base)
-        dev.run(kc.gemm_call(xd, wd, batch, epilogue, outs[pipelined], pipelined=pipelined))
-    got = dev.numpy(outs[False])
+    for variant in GEMM_VARIANTS if batch <= 16 else ("plain",):
+        outs[variant] = dev.array(base)
+        dev.run(kc.gemm_call(xd, wd, batch, epilogue, outs[variant], variant=variant))
+    got = dev.numpy(outs["plain"])
     assert np.isfinite(got).all(), "unwritten (poisoned) outputs"
     assert rel_err(got, expect) < FP16_TOL
-    if True in outs:
-        np.testing.assert_array_equal(dev.numpy(outs[True]), got)
+    for variant in outs:
+        np.testing.assert_array_equal(dev.numpy(outs[variant]), got, err_msg=variant)
+
+
+def test_a_gemm_variant_past_its_batch_or_unknown_is_named():
+    x, w = np.zeros((17, 64), np.float16), np.zeros((32, 64), np.float16)
+    out = np.zeros((17, 32), np.float16)
+    with pytest.raises(ValueError, match="pipe1 variant goes up to batch 16, not 17"):
+        kc.gemm_call(x, w, 17, "store_half", out, variant="pipe1")
+    with pytest.raises(ValueError, match="variant 'fast': must be one of plain, pipe, pipe1"):
+        kc.gemm_call(x, w, 4, "store_half", out, variant="fast")
 
 
 @on_devices("n, k", emulator=[(256, 512)], gpu=[(2048, 1024)])

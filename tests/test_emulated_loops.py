@@ -64,5 +64,5 @@ def test_the_loops_agree_on_a_candidate_attention_tiling(monkeypatch):
 def test_a_bad_attention_tiling_is_named(monkeypatch):
     monkeypatch.setenv("SCHEDBENCH_ATTENTION_TILING", "64/64/64")
     with pytest.raises(ConfigError, match=r"SCHEDBENCH_ATTENTION_TILING='64/64/64': must be "
-                                          r"one of 256/32/64x1, 64/64/64x1, "):
+                                          r"one of 256/32/64x1, 128/64/64x1, "):
         attention_tiling()

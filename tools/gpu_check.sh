@@ -11,7 +11,8 @@
 #   BUDGET=540 (seconds) in a 600-second call, so that the summary still prints. Cut off
 #   anyway? `python tools/gpu_summary.py DIR` reads what the stages left in DIR.
 #   BUNDLE=FILE.tgz packs that folder into one file at the end (a lent machine may bring back
-#   only a few files: OUT=$OUT/r BUNDLE=$OUT/gpu_check.tgz).
+#   only a few files: OUT=$OUT/r BUNDLE=$OUT/gpu_check.tgz). BACKENDS=cupy leaves the Numba
+#   backend out of the tests and default stages (default: "cupy numba").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -40,7 +41,7 @@ if want tests; then
   step "GPU tests (and the Numba tests, on the GPU, not the simulator)"
   # A process per backend: a kernel that faults ends its process's CUDA context, and every
   # test after it there would fail too.
-  for part in cupy numba; do
+  for part in ${BACKENDS:-cupy numba}; do
     # (the CUDA C kernel tests' emulator cases ran in CI: not on device time)
     files=$([ $part = cupy ] && echo tests/test_cuda_kernels.py tests/test_cupy_backend.py \
             tests/test_nvtx.py || echo tests/test_numba_backend.py)
@@ -80,23 +81,27 @@ if want sanitize; then
   if command -v compute-sanitizer >/dev/null 2>&1; then
     # cupy-wide: the projections on wide_gemm (SCHEDBENCH_WIDE_GEMM=1), the others on tc_gemm.
     # attention-8b: one launch of the attention at llama3-8b's head dim (128) and group (4),
-    # which the tiny preset (32, 2) does not reach; gemm-pipe: both tc_gemm variants.
+    # which the tiny preset (32, 2) does not reach, with the default tiling, then attention-64x2
+    # with one of stages past 48 KB; gemm-pipe: every tc_gemm variant.
     # SANITIZE="numba:memcheck ..." picks runs. API errors are not counted: numba-cuda probes
     # the driver for entry points it may lack (34 cuGetProcAddress errors on an H200), which
     # says nothing of the kernels' memory accesses.
     for pair in ${SANITIZE:-cupy:memcheck cupy:racecheck cupy-wide:memcheck cupy-wide:racecheck \
-                attention-8b:memcheck attention-8b:racecheck gemm-pipe:memcheck gemm-pipe:racecheck \
+                attention-8b:memcheck attention-8b:racecheck attention-64x2:memcheck \
+                attention-64x2:racecheck gemm-pipe:memcheck gemm-pipe:racecheck \
                 numba:memcheck numba:racecheck}; do
       run=${pair%:*}; tool=${pair#*:}
       backend=${run%-wide}; wide=$([ $run = cupy-wide ] && echo 1 || echo 0)
       case $run in
-        attention-8b) what="tools/launch_once.py attention --batch 3 --context 576";;
-        gemm-pipe) what="tools/launch_once.py gemm --batch 13 --projection down --both";;
+        attention-8b|attention-64x2)
+          what="tools/launch_once.py attention --batch 3 --context 576";;
+        gemm-pipe) what="tools/launch_once.py gemm --batch 13 --projection down --variants";;
         *) what="-m schedbench --backend $backend --preset tiny --batch-sizes 3 --steps 6 \
              --warmup 1 --repeats 1 --prompt-len 1:4 --output-len 2:6";;
       esac
       log="$out/sanitizer-$run-$tool.txt"
-      SCHEDBENCH_WIDE_GEMM=$wide timeout $(lim 300) compute-sanitizer --tool "$tool" \
+      tiling=$([ $run = attention-64x2 ] && echo SCHEDBENCH_ATTENTION_TILING=256/32/64x2)
+      env $tiling SCHEDBENCH_WIDE_GEMM=$wide timeout $(lim 300) compute-sanitizer --tool "$tool" \
         --report-api-errors no --error-exitcode 9 $py $what > "$log" 2>&1
       echo "$run $tool: exit $? $(grep -hE 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -n 1)"
     done
@@ -107,12 +112,12 @@ fi
 
 if want ncu; then
   step "ncu: one launch each of the default attention (batch 16, 4k tokens) and of the down \
-projection (batch 16 and 1, both tc_gemm variants), llama3-8b"
+projection (batch 16 and 1, every tc_gemm variant), llama3-8b"
   if command -v ncu >/dev/null 2>&1; then
     sections="--section SpeedOfLight --section Occupancy --section LaunchStats \
       --section WarpStateStats --section MemoryWorkloadAnalysis"
-    for what in "attention --batch 16 --context 4096" "gemm --batch 16 --projection down --both" \
-                "gemm --batch 1 --projection down --both"; do
+    for what in "attention --batch 16 --context 4096" "gemm --batch 16 --projection down --variants" \
+                "gemm --batch 1 --projection down --variants"; do
       kind=${what%% *}; name=ncu-$kind-b$(echo "$what" | awk '{print $3}')
       timeout $(lim 120) ncu --clock-control none -k regex:$([ $kind = gemm ] && echo tc_gemm \
         || echo paged_attention) $sections $py tools/launch_once.py $what > "$out/$name.txt" 2>&1
@@ -126,7 +131,7 @@ Achieved Occupancy|Registers Per|Local Memory Spill|No Eligible" "$out/$name.txt
 fi
 
 if want default; then
-  for backend in cupy numba; do
+  for backend in ${BACKENDS:-cupy numba}; do
     preset=$([ $backend = cupy ] && echo llama3-8b || echo tiny)
     step "default sweep: python -m schedbench --backend $backend --preset $preset"
     start=$(date +%s)
@@ -162,6 +167,8 @@ step "summary"
 $py tools/gpu_summary.py "$out"
 if [[ -n ${BUNDLE:-} ]]; then  # the folder goes, unless the bundle is in it
   bundle=$(realpath -m "$BUNDLE"); dir=$(realpath -m "$out")
-  tar czf "$bundle" -C "$dir" --exclude "./${bundle#"$dir"/}" . && \
+  # written beside, then moved in: tar fails a folder that changes while it reads it
+  tmp=$(mktemp /tmp/gpu_check_bundle.XXXXXX)
+  tar czf "$tmp" -C "$dir" --exclude "./${bundle#"$dir"/}" . && mv "$tmp" "$bundle" && \
     { [[ $bundle == "$dir"/* ]] || rm -rf "$dir"; }
 fi

@@ -4,7 +4,8 @@ tools/gpu_check.sh otherwise use the tiny preset).
 
 Usage (from the repository root, on a GPU machine):
   python tools/launch_once.py attention --batch 16 --context 4096
-  python tools/launch_once.py gemm --batch 16 --projection down --both
+  python tools/launch_once.py gemm --batch 16 --projection down --variants
+  SCHEDBENCH_ATTENTION_TILING=256/32/64x2 python tools/launch_once.py attention
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import dataclasses
 import cupy as cp
 
 from kernels import cupy_backend as cb
+from kernels.cuda_sources import GEMM_VARIANTS, PIPELINED_TILES
 from kernels.kernel_calls import rope_table
 from schedbench.model import get_preset
 from suites.bench_kernels import EPILOGUES, attention_inputs, projection_output, projection_shapes
@@ -30,15 +32,18 @@ def attention(batch: int, context: int) -> list:
                                 kc[0], vc[0], batch, scratch, out)]
 
 
-def gemm(batch: int, projection: str, both: bool) -> list:
+def gemm(batch: int, projection: str, every: bool) -> list:
     n, k = projection_shapes(CFG)[projection]
     rng = cp.random.default_rng(0)
     x = rng.standard_normal((batch, k), cp.float32).astype(cp.float16)
     w = (rng.standard_normal((n, k), cp.float32) * 0.02).astype(cp.float16)
     out = projection_output(CFG, projection, batch, cp)
-    pipe = cb.pipelined_default(n, batch)
-    return [cb.gemm_launch(x, w, batch, EPILOGUES[projection], out, pipelined=p, wide=False)
-            for p in ((pipe, not pipe) if both else (pipe,))]
+    default = cb.gemm_variant_default(n, batch)
+    variants = [default]
+    if every and batch <= 8 * PIPELINED_TILES:
+        variants += [v for v in GEMM_VARIANTS if v != default]
+    return [cb.gemm_launch(x, w, batch, EPILOGUES[projection], out, variant=v, wide=False)
+            for v in variants]
 
 
 def main() -> None:
@@ -48,11 +53,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--context", type=int, default=4096, help="attention: tokens a row")
     p.add_argument("--projection", default="gate_up", choices=tuple(EPILOGUES))
-    p.add_argument("--both", action="store_true",
-                   help="gemm: the default variant, then the other (pipelined or not)")
+    p.add_argument("--variants", action="store_true",
+                   help="gemm: the default variant, then the others (up to batch 16)")
     args = p.parse_args()
     launches = (attention(args.batch, args.context) if args.kernel == "attention"
-                else gemm(args.batch, args.projection, args.both))
+                else gemm(args.batch, args.projection, args.variants))
     cp.cuda.Device().synchronize()  # the inputs, made on the legacy stream
     stream = cp.cuda.Stream(non_blocking=True)
     for launch in launches:

@@ -28,17 +28,22 @@
 // The splits' partial (max, sum, output) meet in the block of that (sequence, kv head) that
 // finishes last (a counter per pair, reset by that block), in split order: no second kernel,
 // and the same sum order every time. That block weighs the splits first (lanes over splits),
-// then reads every split's output with all its loads in flight.
+// then reads every split's output, 16 splits' loads in flight at a time.
 //
 // SPLIT, MAX_SPLITS, STAGE and STAGES are template parameters: the host's AttentionTiling
 // (kernels/cuda_sources.py) names the default and the candidates measured beside it. On an
 // H200 (llama3-8b, 2k-8k tokens, batch 1-16) the default, 256/32/64x1, ran 1.44x as fast as
-// the CUDA-core kernel it replaced (geometric mean over those 9 shapes; 1.35x its best
-// tiling), at 73 % of the copy bandwidth at 8k tokens and batch 16. Batch 1 at 2k tokens
-// lost (16 against 13 us a layer: 64 blocks for 132 SMs); 64/64/64x1 is fastest there. ncu
-// at batch 16 and 4k tokens: DRAM at 61 % of its peak, SM throughput 42 %, 24 % achieved
-// occupancy (four blocks an SM, held there by 125 registers): latency-bound, which more
-// warps in flight or a deeper pipeline a block would address.
+// the CUDA-core kernel it replaced (geometric mean over those 9 shapes), at 72 % of the copy
+// bandwidth at 8k tokens and batch 16. ncu at batch 16 and 4k tokens: DRAM at 61 % of its
+// peak, SM throughput 42 %, 24 % achieved occupancy (four blocks an SM, held there by 125
+// registers): latency-bound. More bytes in flight a block helped only where the grid leaves
+// SMs short of blocks: two 64-token stages (64 KB of dynamic shared memory, three blocks an
+// SM) ran 1.09-1.17x the default on grids of at most 256 blocks (batch 1; batch 4 at 2k) and
+// 0.73-0.90x on larger ones (0.95x over the 9 shapes); 512-token splits with two stages
+// 0.86x; two 48-token stages (four blocks) 0.97-1.08x (1.02x). Where the grid fills the SMs
+// it is blocks an SM that the kernel lacks, and five need 96 registers, which spills.
+// 128/64/64x1 is fastest at batch 1 and 2k tokens (17.7 against 11.3 % of copy: the
+// default has 64 blocks there for 132 SMs).
 #include "common.cuh"
 
 constexpr int ATTN_WARPS = 4;
@@ -219,14 +224,20 @@ struct WarpAttention {
     }
 };
 
+// Blocks an SM the kernel is built for: four (at most 128 registers) while a block's stages
+// take at most 48 KB, else three (stages of 64 tokens x 2 at HEAD_DIM 128: 64 KB a block).
+template <int HEAD_DIM, int STAGE, int STAGES>
+constexpr int ATTN_BLOCKS = STAGES * STAGE * HEAD_DIM * 4 <= 48 * 1024 ? 4 : 3;
+
 // Grid (batch, kv heads, split_stride), split_stride = num_splits(longest context) as the
 // host computes it; qkv [batch, (heads + 2 kv heads) * HEAD_DIM] unrotated; rope [batch,
 // HEAD_DIM / 2] the (cos, sin) of each pair's angle at the row's position; part_o [batch,
 // heads, split_stride, HEAD_DIM], part_ml [.., 2] (fp32); counters [batch * kv heads], zero
-// between launches; out [batch, heads * HEAD_DIM] fp16.
-// Four blocks an SM (at most 128 registers): four splits' K and V copies in flight.
+// between launches; out [batch, heads * HEAD_DIM] fp16. Dynamic shared memory: the K and V
+// stages, STAGES * STAGE * HEAD_DIM halves each (AttentionTiling.smem_bytes on the host);
+// dynamic, so that stages past the 48 KB of static shared memory can be measured.
 template <int HEAD_DIM, int GROUP, int SPLIT, int MAX_SPLITS, int STAGE, int STAGES>
-__global__ void __launch_bounds__(ATTN_WARPS * 32, 4)
+__global__ void __launch_bounds__(ATTN_WARPS * 32, (ATTN_BLOCKS<HEAD_DIM, STAGE, STAGES>))
 paged_attention(const __half* __restrict__ qkv, const int* __restrict__ positions,
                 const int* __restrict__ block_tables, int max_blocks, int num_kv_heads,
                 int block_size, float scale, const float2* __restrict__ rope,
@@ -238,8 +249,11 @@ paged_attention(const __half* __restrict__ qkv, const int* __restrict__ position
     constexpr int TG = HEAD_DIM / 8, PIECES = Warp::PIECES;
     static_assert(MAX_SPLITS <= 64, "the merge takes two splits a lane");
     static_assert(STAGE % 16 == 0, "stages of whole 16-token chunks");
-    __shared__ __align__(16) __half sk[STAGES * STAGE * HEAD_DIM];
-    __shared__ __align__(16) __half sv[STAGES * STAGE * HEAD_DIM];
+    static_assert(ATTN_WARPS * GROUP * sizeof(float) <= 2 * STAGES * STAGE * sizeof(__half),
+                  "the warps' outputs fit where the stages were");
+    extern __shared__ uint4 attn_smem[];
+    __half* const sk = reinterpret_cast<__half*>(attn_smem);
+    __half* const sv = sk + STAGES * STAGE * HEAD_DIM;
     pdl_launch_dependents();  // the O projection after this may start prefetching
     const int b = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
     const int n = positions[b] + 1;
@@ -327,9 +341,10 @@ paged_attention(const __half* __restrict__ qkv, const int* __restrict__ position
             state.chunk(ck, cv, c, count, scale * LOG2E, lane);
         __syncthreads();  // the next stage's issue overwrites this buffer
     }
-    // The warps' (max, sum, output), merged in shared memory.
+    // The warps' (max, sum, output), merged in shared memory; the outputs where the stages
+    // were (the loop's last barrier freed them, and only empty copy groups are left).
     __shared__ float sm_m[ATTN_WARPS][GROUP], sm_l[ATTN_WARPS][GROUP];
-    __shared__ float sm_o[ATTN_WARPS][GROUP][HEAD_DIM];
+    auto sm_o = reinterpret_cast<float (*)[GROUP][HEAD_DIM]>(attn_smem);
     __shared__ bool last_split;
     state.flush(sm_m[warp], sm_l[warp], sm_o[warp], lane);
     __syncthreads();
@@ -384,7 +399,7 @@ paged_attention(const __half* __restrict__ qkv, const int* __restrict__ position
         const float4* po =
             reinterpret_cast<const float4*>(part_o + (head0 + g) * split_stride * HEAD_DIM) + q4;
         float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll 8
+#pragma unroll 16  // loads in flight: the partials are L2 round trips
         for (int s = 0; s < splits; ++s) {
             const float4 v = __ldcg(po + (size_t)s * QUADS);
             const float c = sm_c[g][s];

@@ -11,8 +11,8 @@
 // permutation of physical k, the same for weights and activations, so the fragments come
 // straight from those registers (no shared memory, no ldmatrix).
 //
-// Bandwidth is bytes in flight: a warp issues the loads of CHUNKS_PER_LOAD 64-wide k chunks
-// (8 KB of weights) before its first MMA on them. That alone took o from 53 % to 74 % of
+// Bandwidth is bytes in flight: a warp issues the loads of two 64-wide k chunks (8 KB of
+// weights) before its first MMA on them. That alone took o from 53 % to 74 % of
 // the copy bandwidth on an H200 and gate_up to the copy rate; splitting K over more blocks
 // was measured too and lost at every shape (its fix-up costs more than the extra blocks
 // give). What is left on the small projections is each kernel's fixed start and tail
@@ -39,7 +39,6 @@ enum { EPI_STORE_HALF = 0, EPI_ADD_RESIDUAL = 1, EPI_STORE_FLOAT = 2, EPI_SILU_M
 constexpr int GEMM_WARPS = 8;
 constexpr int GEMM_ROWS = 32;  // two m16 tiles per warp
 constexpr int GEMM_K_CHUNK = 64;
-constexpr int CHUNKS_PER_LOAD = 2;
 
 union Half16 {
     uint4 v[2];
@@ -98,26 +97,35 @@ SB_DEVICE void epilogue(void* out, int n_rows, int batch, int n0, int b0, Sum su
 // NT: batch tiles of 8 per block (a block covers 8 * NT batch rows). Grid: (batch tiles,
 // 32-row tiles). prefetch: nonzero when launched with PDL (the prefetch is only worth its
 // instructions while the previous kernel is still draining).
-// PIPE: a warp issues the next round's loads before the MMAs of this one, in a second set of
-// registers (198 at NT = 1, 238 at 2: one block an SM). Without it a warp has nothing in
-// flight while it computes, which costs most where a grid of one block an SM leaves few warps
-// to cover it, and more at batch 16 (twice the MMAs a round). The host picks it where the grid
-// has at most a block an SM anyway: o and down at llama3-8b, which it took on an H200 from 63
-// to 68 % and from 79 to 86 % of the copy bandwidth at batch 16 (1-2 % faster at batch 1 and
-// 4); on qkv and gate/up, whose grids hold two blocks an SM, it lost (0.89x, 0.95x). Same
-// sums, same order, same bits. (Blocks of 64 weight rows, to halve the activations each
-// block re-reads, were measured too and lost: 0.73-0.90x, gate/up 1.00x.)
+// PIPE, the variant: 0 (plain) loads a round of two chunks, then runs its MMAs; 1 (pipe)
+// issues the next round's loads before the MMAs of this one, in a second set of registers
+// (198 at NT = 1, 238 at 2: one block an SM); 2 (pipe1) does the same with rounds of one
+// chunk, in the plain kernel's registers (at most 128: two blocks an SM). Without a pipeline
+// a warp has nothing in flight while it computes, which costs most where a grid of one
+// block an SM leaves few warps to cover it, and more at batch 16 (twice the MMAs a round).
+// The host picks pipe where the grid has at most a block an SM anyway: o and down at
+// llama3-8b, which it took on an H200 from 63 to 68 % and from 79 to 86 % of the copy
+// bandwidth at batch 16 (1-2 % faster at batch 1 and 4); on qkv and gate/up, whose grids hold
+// two blocks an SM, it lost (0.88x, 0.95x). There pipe1 keeps the two blocks: at batch 16 qkv
+// ran 1.08x (15.5 against 16.7 us), gate/up 1.00x, a step's 128 projections 1.015x (3.91
+// against 3.97 ms), so the host picks it at batch 9-16; at batch 1 and 4 it ran 0.98-1.00x
+// there and 0.91x on o and down. A warp sums its chunks c, c + 8, c + 16, ... in that order
+// in every variant: same sums, same order, same bits. (Blocks of 64 weight rows, to halve
+// the activations each block re-reads, were measured too and lost: 0.73-0.90x, gate/up
+// 1.00x.)
 template <int NT, int EPI, int PIPE>
-__global__ void __launch_bounds__(GEMM_WARPS * 32, NT <= 2 && !PIPE ? 2 : 1)
+__global__ void __launch_bounds__(GEMM_WARPS * 32, NT <= 2 && PIPE != 1 ? 2 : 1)
 tc_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows, int k_dim,
         int batch, void* __restrict__ out, int prefetch) {
     constexpr int BT = 8 * NT;
+    constexpr int CHUNKS_PER_LOAD = PIPE == 2 ? 1 : 2;  // a round's chunks, per warp
     __shared__ float red[GEMM_WARPS][GEMM_ROWS][BT + 1];  // +1: no bank conflicts on writes
     pdl_launch_dependents();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int n0 = blockIdx.y * GEMM_ROWS, b0 = blockIdx.x * BT;
-    const int chunks = k_dim / GEMM_K_CHUNK;
+    // unsigned: a shift of the argument, which ptxas recomputes rather than spills (pipe1)
+    const int chunks = static_cast<unsigned>(k_dim) / GEMM_K_CHUNK;
 
     // Before the wait: the first load's weights into L2, one 128-byte line per row and chunk
     // (lanes t == 0 of each row group).
@@ -179,7 +187,7 @@ tc_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows, 
                                  xa[u][j].w[2 * s], xa[u][j].w[2 * s + 1]);
     };
     constexpr int ROUND = CHUNKS_PER_LOAD * GEMM_WARPS;  // chunks of the block's warps a round
-    if constexpr (PIPE) {
+    if constexpr (PIPE != 0) {
         Weights wa0, wa1;
         Acts xa0, xa1;
         load_round(wa0, xa0, warp);

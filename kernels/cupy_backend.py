@@ -31,6 +31,7 @@ from kernels.kernel_calls import (
     gemm_blocks,
     gemm_call,
     gemm_tiles,
+    gemm_variants,
     i32,
     kernels_per_step,
     step_calls,
@@ -204,10 +205,9 @@ def gemm_variant_default(n: int, batch: int) -> str:
     """tc_gemm's variant (gemm.cu, PIPE): pipe (one block an SM) where the grid has no more
     blocks than the SMs anyway, up to batch 16; else pipe1 at batch 9-16 (two batch tiles,
     twice the MMAs a round, which a pipeline hides); else plain."""
-    tiles = gemm_tiles(batch)
-    if tiles <= PIPELINED_TILES and gemm_blocks(n, batch) <= sm_count():
+    if "pipe" in gemm_variants(batch) and gemm_blocks(n, batch) <= sm_count():
         return "pipe"
-    return "pipe1" if tiles == PIPELINED_TILES else "plain"
+    return "pipe1" if gemm_tiles(batch) == PIPELINED_TILES else "plain"
 
 
 def gemm_choice(x: cp.ndarray, w: cp.ndarray, batch: int, epilogue: str, out: cp.ndarray,

@@ -100,6 +100,12 @@ def gemm_tiles(batch: int) -> int:
     return 1 if batch <= 8 else 2 if batch <= 16 else 4
 
 
+def gemm_variants(batch: int) -> tuple[str, ...]:
+    """tc_gemm's variants at ``batch`` rows: the pipelined ones only up to
+    ``PIPELINED_TILES`` batch tiles (batch 16), past which their registers do not fit."""
+    return tuple(GEMM_VARIANTS) if gemm_tiles(batch) <= PIPELINED_TILES else ("plain",)
+
+
 def wide_smem_bytes(rows: int) -> int:
     """wide_gemm's dynamic shared memory: its staged chunks, later the fp32 tile of its sums."""
     return max(WIDE_STAGES * (rows + WIDE_BN) * GEMM_K_CHUNK * 2, rows * (WIDE_BN + 1) * 4)
@@ -123,7 +129,7 @@ def gemm_call(x, w, batch: int, epilogue: str, out, pdl: bool = False,
     tiles = gemm_tiles(batch)
     if variant not in GEMM_VARIANTS:
         raise ValueError(f"tc_gemm variant {variant!r}: must be one of {', '.join(GEMM_VARIANTS)}")
-    if variant != "plain" and tiles > PIPELINED_TILES:
+    if variant not in gemm_variants(batch):
         raise ValueError(f"tc_gemm's {variant} variant goes up to batch {8 * PIPELINED_TILES}, "
                          f"not {batch}")
     return KernelCall("gemm", gemm_names(), gemm_name(tiles, epilogue, variant),

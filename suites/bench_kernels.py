@@ -28,9 +28,8 @@ from kernels.cuda_sources import (
     ATTENTION_TILING,
     ATTENTION_TILINGS,
     GEMM_VARIANTS,
-    PIPELINED_TILES,
 )
-from kernels.kernel_calls import rope_table
+from kernels.kernel_calls import gemm_variants, rope_table
 from kernels.registry import unavailable_reason
 from schedbench.arguments import int_list, int_list_text, reported
 from schedbench.errors import ConfigError
@@ -119,10 +118,10 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
         inputs[b] = xs, outs = projection_inputs(b)
         # Beside the default, in the same run, the candidates: tc_gemm's other variants
         # (gemm.cu, PIPE; up to batch 16) and PDL (opt-in, SCHEDBENCH_PDL=1).
-        others = b <= 8 * PIPELINED_TILES
+        others = len(gemm_variants(b)) > 1
         for p in PROJECTIONS:
             default = cb.gemm_variant_default(shapes[p][0], b)
-            for variant in GEMM_VARIANTS if others else (default,):
+            for variant in gemm_variants(b):
                 launches = [cb.gemm_launch(xs[p], w, b, EPILOGUES[p], outs[p], pdl=False,
                                            variant=variant, wide=False) for w in weights[p]]
                 name = f"gemm_{p}" + ("" if variant == default else f"@{variant}")

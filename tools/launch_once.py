@@ -16,8 +16,7 @@ import dataclasses
 import cupy as cp
 
 from kernels import cupy_backend as cb
-from kernels.cuda_sources import GEMM_VARIANTS, PIPELINED_TILES
-from kernels.kernel_calls import rope_table
+from kernels.kernel_calls import gemm_variants, rope_table
 from schedbench.model import get_preset
 from suites.bench_kernels import EPILOGUES, attention_inputs, projection_output, projection_shapes
 
@@ -39,11 +38,9 @@ def gemm(batch: int, projection: str, every: bool) -> list:
     w = (rng.standard_normal((n, k), cp.float32) * 0.02).astype(cp.float16)
     out = projection_output(CFG, projection, batch, cp)
     default = cb.gemm_variant_default(n, batch)
-    variants = [default]
-    if every and batch <= 8 * PIPELINED_TILES:
-        variants += [v for v in GEMM_VARIANTS if v != default]
+    others = [v for v in gemm_variants(batch) if v != default] if every else []
     return [cb.gemm_launch(x, w, batch, EPILOGUES[projection], out, variant=v, wide=False)
-            for v in variants]
+            for v in [default, *others]]
 
 
 def main() -> None:

@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 
 import cupy as cp
 import numpy as np
 from cupy.cuda import runtime
 
 from kernels.backend import Backend, DecodeStep, Event, Graph, Stream
-from kernels.cuda_sources import PIPELINED_TILES, attention_tiling, source
+from kernels.cuda_sources import (
+    PIPELINED_TILES,
+    AttentionTiling,
+    attention_tiling,
+    attention_tiling_label,
+    source,
+)
 from kernels.cupy_launch import Launch, LaunchSequence
 from kernels.cupy_measure import graph_of
 from kernels.device_graph import DeviceLaunchedGraph, device_launch_default
@@ -28,6 +34,7 @@ from kernels.kernel_calls import (
     KernelCall,
     StepBuffers,
     attention_call,
+    attention_call_picked,
     gemm_blocks,
     gemm_call,
     gemm_tiles,
@@ -237,11 +244,12 @@ def gemm_launch(x: cp.ndarray, w: cp.ndarray, batch: int, epilogue: str, out: cp
 def attention_launch(cfg: ModelConfig, qkv: cp.ndarray, positions: cp.ndarray,
                      tables: cp.ndarray, rope: cp.ndarray, k_cache: cp.ndarray,
                      v_cache: cp.ndarray, batch: int, scratch: AttentionScratch,
-                     out: cp.ndarray) -> Launch:
-    """``attention_call``'s launch: paged attention of ``batch`` rows, RoPE and the KV append
-    included."""
-    return launch_of(attention_call(cfg, qkv, positions, tables, rope, k_cache, v_cache, batch,
-                                    scratch, out))
+                     out: cp.ndarray, tiling: AttentionTiling | None = None) -> Launch:
+    """Paged attention of ``batch`` rows, RoPE and the KV append included, packed for the
+    driver: at ``tiling``, by default the one the host picks for the grid on this GPU."""
+    args = (cfg, qkv, positions, tables, rope, k_cache, v_cache, batch, scratch, out)
+    return launch_of(attention_call(*args, tiling) if tiling else
+                     attention_call_picked(*args, sms=sm_count()))
 
 
 class CupyDecodeStep(DecodeStep):
@@ -260,7 +268,8 @@ class CupyDecodeStep(DecodeStep):
     def plan(self, meta: cp.ndarray, out_tokens: cp.ndarray, batch: int) -> LaunchSequence:
         """Every launch of one step, in stream order."""
         return LaunchSequence([launch_of(c) for c in step_calls(
-            self.cfg, self.w, self.bufs, self.layout, meta, out_tokens, batch, gemm_choice)])
+            self.cfg, self.w, self.bufs, self.layout, meta, out_tokens, batch, gemm_choice,
+            partial(attention_call_picked, sms=sm_count()))])
 
     def launch(self, meta: cp.ndarray, out_tokens: cp.ndarray, batch_size: int,
                stream: Stream) -> None:
@@ -353,7 +362,7 @@ class CupyBackend(Backend):
                 "cuda_driver": str(runtime.driverGetVersion()), "numpy": np.__version__,
                 "gemm_pdl": str(pdl_default()), "wide_gemm_from": str(wide_gemm_from()),
                 "graph_launch": "device" if device_launch_default() else "host",
-                "attention_tiling": str(attention_tiling())}
+                "attention_tiling": attention_tiling_label()}
 
     def close(self) -> None:
         cp.cuda.Device().synchronize()

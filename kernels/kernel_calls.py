@@ -26,6 +26,7 @@ from kernels.cuda_sources import (
     attention_name,
     attention_names,
     attention_tiling,
+    attention_tiling_for,
     gemm_name,
     gemm_names,
     wide_gemm_name,
@@ -182,19 +183,39 @@ def embed_call(cfg: ModelConfig, ids, slots, token_buf, table, w, positions, x, 
                        h, rope))
 
 
+def picked_attention_tiling(cfg: ModelConfig, batch: int, scratch: AttentionScratch,
+                            sms: int) -> AttentionTiling:
+    """The tiling ``attention_tiling_for`` picks for paged_attention's grid (a block per row,
+    kv head and split of the scratch) on a GPU of ``sms`` SMs."""
+    return attention_tiling_for(batch * cfg.num_kv_heads * scratch.split_stride, sms)
+
+
 def attention_call(cfg: ModelConfig, qkv, positions, tables, rope, k_cache, v_cache,
-                   batch: int, scratch: AttentionScratch, out) -> KernelCall:
+                   batch: int, scratch: AttentionScratch, out,
+                   tiling: AttentionTiling | None = None) -> KernelCall:
     """Paged attention of ``batch`` rows, with RoPE on their unrotated ``qkv`` (``rope``: the
     step's ``rope_table``) and the append of their k and v into the caches; ``tables`` is
-    [rows, max_blocks] (int32)."""
+    [rows, max_blocks] (int32). ``tiling``: the scratch's, or another with its splits."""
+    tiling = tiling or scratch.tiling
+    if (tiling.split, tiling.max_splits) != (scratch.tiling.split, scratch.tiling.max_splits):
+        raise ValueError(f"attention tiling {tiling}: its splits are not those of the scratch, "
+                         f"which was sized for {scratch.tiling}")
     group = cfg.num_heads // cfg.num_kv_heads
     return KernelCall("attention", attention_names(cfg.head_dim, group),
-                      attention_name(cfg.head_dim, group, scratch.tiling),
+                      attention_name(cfg.head_dim, group, tiling),
                       dim3((batch, cfg.num_kv_heads, scratch.split_stride)), dim3(ATTN_THREADS),
                       (qkv, positions, tables, i32(tables.shape[-1]), i32(cfg.num_kv_heads),
                        i32(cfg.block_size), f32(cfg.head_dim ** -0.5), rope, k_cache, v_cache,
                        i32(scratch.split_stride), scratch.part_o, scratch.part_ml,
-                       scratch.counters, out), scratch.tiling.smem_bytes(cfg.head_dim))
+                       scratch.counters, out), tiling.smem_bytes(cfg.head_dim))
+
+
+def attention_call_picked(cfg: ModelConfig, qkv, positions, tables, rope, k_cache, v_cache,
+                          batch: int, scratch: AttentionScratch, out, *,
+                          sms: int) -> KernelCall:
+    """``attention_call`` at ``picked_attention_tiling``."""
+    return attention_call(cfg, qkv, positions, tables, rope, k_cache, v_cache, batch, scratch,
+                          out, picked_attention_tiling(cfg, batch, scratch, sms))
 
 
 @dataclass(frozen=True)
@@ -238,13 +259,16 @@ def kernels_per_step(cfg: ModelConfig) -> int:
 
 
 GemmCall = Callable[..., KernelCall]  # gemm_call's signature: (x, w, batch, epilogue, out)
+AttentionCall = Callable[..., KernelCall]  # attention_call's, without its tiling
 
 
 def step_calls(cfg: ModelConfig, w, bufs: StepBuffers, layout: StepLayout, meta, out_tokens,
-               batch: int, gemm: GemmCall = gemm_call) -> list[KernelCall]:
+               batch: int, gemm: GemmCall = gemm_call,
+               attention: AttentionCall = attention_call) -> list[KernelCall]:
     """Every kernel of one decode step, in stream order. ``w``: fp16 weights (attributes as
     ``schedbench.model.Weights``, gate/up rows interleaved); ``meta``: the packed metadata
-    (``kernels.layout``); ``gemm`` picks each projection's kernel."""
+    (``kernels.layout``); ``gemm`` picks each projection's kernel, ``attention`` the
+    attention's tiling."""
     ids, slots, positions, tables = layout.views(meta)
     eps, hid = f32(cfg.rms_eps), i32(cfg.hidden_size)
     b = bufs
@@ -257,8 +281,8 @@ def step_calls(cfg: ModelConfig, w, bufs: StepBuffers, layout: StepLayout, meta,
         kc, vc = b.k_cache[layer], b.v_cache[layer]
         calls += [
             gemm(b.h, w.wqkv[layer], batch, "store_half", b.qkv),
-            attention_call(cfg, b.qkv, positions, tables, b.rope, kc, vc, batch, b.attn_scratch,
-                           b.attn),
+            attention(cfg, b.qkv, positions, tables, b.rope, kc, vc, batch, b.attn_scratch,
+                      b.attn),
             gemm(b.attn, w.wo[layer], batch, "add_residual", b.x),
             plain_call("norm", "rmsnorm", batch, NORM_THREADS,
                        (b.x, w.mlp_norm[layer], eps, hid, b.h)),

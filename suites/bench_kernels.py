@@ -4,11 +4,11 @@ shapes (up to batch 16 also with tc_gemm's other variants, as ``gemm_o@plain`` o
 ``gemm_qkv@pipe1``, and a step's projections as ``all_128_projections_plain`` and
 ``all_128_projections_pipe1``, pipe1 where the default is plain; and with
 programmatic dependent launch when ``SCHEDBENCH_PDL=1``; at large batches also
-``wide_gemm``), paged attention (its default tiling, then the candidate tilings of
-``kernels.cuda_sources.ATTENTION_TILINGS`` as ``attention_ctx2048@split/max_splits/stage x
-stages``), and the Numba kernels on the same shapes. Each figure is per layer, timed over
-a graph of every layer's launches, each layer with its own weights or KV cache as in a
-step, so nothing is served from L2.
+``wide_gemm``), paged attention (the tiling the host picks for the grid, then every other
+of ``kernels.cuda_sources.ATTENTION_TILINGS`` as
+``attention_ctx2048@split/max_splits/stage x stages``), and the Numba kernels on the same
+shapes. Each figure is per layer, timed over a graph of every layer's launches, each layer
+with its own weights or KV cache as in a step, so nothing is served from L2.
 
 asv: ``asv run --python=same --bench bench_kernels`` (skipped without a GPU).
 Directly: ``python suites/bench_kernels.py [--preset llama3-8b] [--batch-sizes 1,4,16]``.
@@ -25,11 +25,11 @@ from types import ModuleType
 import numpy as np
 
 from kernels.cuda_sources import (
-    ATTENTION_TILING,
     ATTENTION_TILINGS,
     GEMM_VARIANTS,
+    attention_tiling,
 )
-from kernels.kernel_calls import gemm_variants, rope_table
+from kernels.kernel_calls import gemm_variants, picked_attention_tiling, rope_table
 from kernels.registry import unavailable_reason
 from schedbench.arguments import int_list, int_list_text, reported
 from schedbench.errors import ConfigError
@@ -141,13 +141,17 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
         qkv, positions, tables, kc, vc = attention_inputs(cfg, ctx, b)
         out = cp.zeros((b, cfg.q_size), cp.float16)
         rope = rope_table(cfg, positions, cp)
-        # the default tiling, then the candidates on the same inputs (attention_ctx2048@...)
-        for tiling in ATTENTION_TILINGS:
-            scratch = cb.AttentionScratch.create(cfg, b, ctx, cp, tiling)
+        # the tiling the host picks for this grid, then every other on the same inputs
+        # (attention_ctx2048@...)
+        scratch = cb.AttentionScratch.create(cfg, b, ctx, cp, attention_tiling())
+        chosen = picked_attention_tiling(cfg, b, scratch, cb.sm_count())
+        for tiling in (None, *(t for t in ATTENTION_TILINGS if t != chosen)):
+            if tiling is not None:
+                scratch = cb.AttentionScratch.create(cfg, b, ctx, cp, tiling)
             launches = [cb.attention_launch(cfg, qkv, positions, tables, rope, kc[layer],
-                                            vc[layer], b, scratch, out)
+                                            vc[layer], b, scratch, out, tiling)
                         for layer in range(n_layers)]
-            name = f"attention_ctx{ctx}" + ("" if tiling == ATTENTION_TILING else f"@{tiling}")
+            name = f"attention_ctx{ctx}" + ("" if tiling is None else f"@{tiling}")
             fig.record(name, b, time_launches_ms(launches) / n_layers, 2 * kc[0].nbytes)
         del kc, vc, launches
         cp.get_default_memory_pool().free_all_blocks()  # the next context's caches fit

@@ -24,8 +24,8 @@ from schedbench.model import ModelConfig, interleave_gate_up, make_weights
 
 class EmulatedStep(DecodeStep):
     def __init__(self, cfg: ModelConfig, seed: int, num_blocks: int, layout: StepLayout,
-                 num_slots: int, gemm: kc.GemmCall) -> None:
-        self.cfg, self.layout, self.gemm = cfg, layout, gemm
+                 num_slots: int, gemm: kc.GemmCall, attention: kc.AttentionCall) -> None:
+        self.cfg, self.layout, self.gemm, self.attention = cfg, layout, gemm, attention
         self.kernels_per_step = kc.kernels_per_step(cfg)
         self.pad_slot, self.pad_block = num_slots, num_blocks
         w16 = make_weights(cfg, seed, np.float32).astype(np.float16)
@@ -34,7 +34,7 @@ class EmulatedStep(DecodeStep):
 
     def calls(self, meta: np.ndarray, out_tokens: np.ndarray, batch_size: int) -> list[KernelCall]:
         return kc.step_calls(self.cfg, self.weights, self.bufs, self.layout, meta, out_tokens,
-                             batch_size, self.gemm)
+                             batch_size, self.gemm, self.attention)
 
     def launch(self, meta: np.ndarray, out_tokens: np.ndarray, batch_size: int,
                stream: Stream) -> None:
@@ -53,18 +53,19 @@ class EmulatedGraph(Graph):
 
 class EmulatedCudaBackend(CpuBackend):
     """``gemm`` picks each projection's kernel, as ``kernels.cupy_backend.gemm_choice`` does
-    on a GPU."""
+    on a GPU, and ``attention`` the attention's tiling."""
 
     name = "cuda-emulator"
     supports_graphs = True
 
-    def __init__(self, gemm: kc.GemmCall = kc.gemm_call) -> None:
+    def __init__(self, gemm: kc.GemmCall = kc.gemm_call,
+                 attention: kc.AttentionCall = kc.attention_call) -> None:
         super().__init__()
-        self.gemm = gemm
+        self.gemm, self.attention = gemm, attention
 
     def decode_step(self, cfg: ModelConfig, seed: int, num_blocks: int, layout: StepLayout,
                     num_slots: int) -> EmulatedStep:
-        return EmulatedStep(cfg, seed, num_blocks, layout, num_slots, self.gemm)
+        return EmulatedStep(cfg, seed, num_blocks, layout, num_slots, self.gemm, self.attention)
 
     def capture(self, step: DecodeStep, meta: np.ndarray, out_tokens: np.ndarray,
                 batch_size: int, stream: Stream) -> EmulatedGraph:

@@ -12,7 +12,13 @@ import pytest
 
 from kernels import kernel_calls as kc
 from kernels import reference as ref
-from kernels.cuda_sources import ATTENTION_TILINGS, GEMM_VARIANTS
+from kernels.cuda_sources import (
+    ATTENTION_SMALL_GRID,
+    ATTENTION_TILING,
+    ATTENTION_TILINGS,
+    GEMM_VARIANTS,
+    attention_tiling_for,
+)
 from kernels.layout import StepLayout
 from schedbench.model import get_preset, interleave_gate_up, make_weights
 from tests.conftest import (
@@ -152,6 +158,45 @@ def test_paged_attention_with_rope_and_kv_append_matches_reference(dev, rng, cfg
     case.check(outs[0], dev.numpy(d_k), dev.numpy(d_v))
     np.testing.assert_array_equal(outs[0], outs[1])
     assert int(scratch.counters.sum()) == 0
+
+
+@on_devices("cfg, lengths", emulator=[(get_preset("llama-1b"), TILED)], gpu=[(LLAMA8B, LONG)])
+def test_attention_stages_in_flight_change_no_bit(dev, rng, cfg, lengths):
+    """The small-grid twin of the default tiling (two stages in flight) gives the default's
+    outputs and cache bit for bit, so the host may pick either for any launch."""
+    case = AppendCase.make(rng, cfg, lengths)
+    b = len(lengths)
+    scratch = kc.AttentionScratch.create(cfg, b, case.tables.shape[1] * cfg.block_size, dev.xp)
+    args = [dev.array(a) for a in (case.qkv, case.positions, case.tables,
+                                   kc.rope_table(cfg, case.positions))]
+    results = []
+    for tiling in (ATTENTION_TILING, ATTENTION_SMALL_GRID):
+        d_k, d_v = dev.array(case.k_cache), dev.array(case.v_cache)
+        out = dev.array(np.full((b, cfg.q_size), np.nan, np.float16))
+        dev.run(kc.attention_call(cfg, args[0], args[1], args[2], args[3], d_k, d_v, b, scratch,
+                                  out, tiling))
+        results.append([dev.numpy(a) for a in (out, d_k, d_v)])
+    case.check(*results[0])
+    for default, twin in zip(*results):
+        np.testing.assert_array_equal(twin, default)
+
+
+def test_the_host_picks_two_stages_on_small_grids_unless_a_tiling_is_fixed(monkeypatch):
+    monkeypatch.delenv("SCHEDBENCH_ATTENTION_TILING", raising=False)
+    assert attention_tiling_for(264, 132) == ATTENTION_SMALL_GRID
+    assert attention_tiling_for(265, 132) == ATTENTION_TILING
+    monkeypatch.setenv("SCHEDBENCH_ATTENTION_TILING", str(ATTENTION_TILING))
+    assert attention_tiling_for(1, 132) == ATTENTION_TILING
+
+
+def test_an_attention_tiling_whose_splits_are_not_the_scratchs_is_named():
+    cfg = get_preset("tiny")
+    scratch = kc.AttentionScratch.create(cfg, 1, 512, np)
+    other = next(t for t in CANDIDATES if t.split != DEFAULT.split)
+    z = np.zeros(1, np.int32)
+    with pytest.raises(ValueError, match=f"attention tiling {other}: its splits are not those "
+                                         f"of the scratch, which was sized for {DEFAULT}"):
+        kc.attention_call(cfg, None, z, z, None, None, None, 1, scratch, None, other)
 
 
 @BOTH

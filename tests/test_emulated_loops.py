@@ -3,6 +3,8 @@ emulator, behind the backend protocol (tests/emulated_backend.py)."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 
 from kernels import cuda_emulator
@@ -28,9 +30,16 @@ CFG = SweepConfig(backend="cpu", preset="micro", batch_sizes=(1, 3), steps=6, wa
                   workload=WorkloadConfig((1, 4), (2, 6), seed=3), drain=True)
 
 
-def loop_hashes(monkeypatch, gemm) -> dict[int, str]:
+# The host's attention tiling rule on a GPU of one SM: micro has a block a row (one kv head,
+# one split), so rows 1-2 run two stages in flight and 3 rows one, and a batch of 3 that
+# shrinks, or a graph bucket that pads it, switches between them.
+ONE_SM_ATTENTION = partial(kc.attention_call_picked, sms=1)
+
+
+def loop_hashes(monkeypatch, gemm, attention=kc.attention_call) -> dict[int, str]:
     """Each batch size's token hash, after checking that every mode gave the same tokens."""
-    monkeypatch.setattr(sweep_module, "make_backend", lambda name: EmulatedCudaBackend(gemm))
+    monkeypatch.setattr(sweep_module, "make_backend",
+                        lambda name: EmulatedCudaBackend(gemm, attention))
     sweep = Sweep(CFG)
     hashes = {}
     try:
@@ -50,8 +59,11 @@ def test_the_loops_give_identical_tokens_on_the_cuda_c_kernels(monkeypatch):
     """Drained runs of every mode over the same requests, on the micro model: sequential,
     overlapped (next step's tokens read from the device token buffer) and graphs (buckets of
     1, 2 and 3 rows, padding rows on the spare slot and block) agree on every token, and so
-    do the same runs with wide_gemm for the projections of batches of 2 and more."""
-    assert loop_hashes(monkeypatch, kc.gemm_call) == loop_hashes(monkeypatch, wide_from_2)
+    do the same runs with wide_gemm for the projections of batches of 2 and more, and with
+    the attention's stages in flight picked by grid size, as on a GPU."""
+    hashes = loop_hashes(monkeypatch, kc.gemm_call)
+    assert loop_hashes(monkeypatch, wide_from_2) == hashes
+    assert loop_hashes(monkeypatch, kc.gemm_call, ONE_SM_ATTENTION) == hashes
 
 
 def test_the_loops_agree_on_a_candidate_attention_tiling(monkeypatch):

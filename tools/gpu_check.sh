@@ -81,8 +81,9 @@ if want sanitize; then
   if command -v compute-sanitizer >/dev/null 2>&1; then
     # cupy-wide: the projections on wide_gemm (SCHEDBENCH_WIDE_GEMM=1), the others on tc_gemm.
     # attention-8b: one launch of the attention at llama3-8b's head dim (128) and group (4),
-    # which the tiny preset (32, 2) does not reach, with the default tiling, then attention-64x2
-    # with one of stages past 48 KB; gemm-pipe: every tc_gemm variant.
+    # which the tiny preset (32, 2) does not reach, with the default tiling fixed (on this
+    # small grid the host picks its twin), then attention-64x2 with that twin, whose stages
+    # pass 48 KB; gemm-pipe: every tc_gemm variant.
     # SANITIZE="numba:memcheck ..." picks runs. API errors are not counted: numba-cuda probes
     # the driver for entry points it may lack (34 cuGetProcAddress errors on an H200), which
     # says nothing of the kernels' memory accesses.
@@ -100,7 +101,11 @@ if want sanitize; then
              --warmup 1 --repeats 1 --prompt-len 1:4 --output-len 2:6";;
       esac
       log="$out/sanitizer-$run-$tool.txt"
-      tiling=$([ $run = attention-64x2 ] && echo SCHEDBENCH_ATTENTION_TILING=256/32/64x2)
+      case $run in
+        attention-8b) tiling=SCHEDBENCH_ATTENTION_TILING=256/32/64x1;;
+        attention-64x2) tiling=SCHEDBENCH_ATTENTION_TILING=256/32/64x2;;
+        *) tiling=;;
+      esac
       env $tiling SCHEDBENCH_WIDE_GEMM=$wide timeout $(lim 300) compute-sanitizer --tool "$tool" \
         --report-api-errors no --error-exitcode 9 $py $what > "$log" 2>&1
       echo "$run $tool: exit $? $(grep -hE 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -n 1)"

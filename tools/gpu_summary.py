@@ -43,8 +43,9 @@ def projection_targets(rows: dict, name: str, b: int, r: dict) -> list[str]:
 
 
 def attention_tiling_lines(rows: dict) -> list[str]:
-    """Each attention tiling's % of copy at every (context, batch) measured, the default
-    first, and its speed against the default's (geometric mean over those shapes)."""
+    """Each attention tiling's % of copy at every (context, batch) measured, the default (at
+    each shape the tiling the host picks for its grid) first, and its speed against the
+    default's (geometric mean over the shapes it was measured at)."""
     tilings: dict[str, dict] = {}
     for (name, b), r in rows.items():
         if m := re.fullmatch(r"attention_ctx(\d+)(?:@(.+))?", name):

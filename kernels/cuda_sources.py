@@ -23,6 +23,7 @@ GEMM_TILES = (1, 2, 4)  # batch tiles of 8 rows per block
 GEMM_VARIANTS = {"plain": 0, "pipe": 1, "pipe1": 2}
 PIPELINED_TILES = 2  # the pipelined variants up to 2 batch tiles (batch 16): registers
 WIDE_GEMM_ROWS = (64, 128)  # weight rows per wide_gemm block
+WIDE_GEMM_STAGES = (3, 4)  # wide_gemm's staged chunks: the default, then a candidate
 
 
 @dataclass(frozen=True)
@@ -109,14 +110,15 @@ def gemm_name(tiles: int, epilogue: str, variant: str = "plain") -> str:
     return f"tc_gemm<{tiles}, {GEMM_EPILOGUES[epilogue]}, {GEMM_VARIANTS[variant]}>"
 
 
-def wide_gemm_name(rows: int, epilogue: str) -> str:
-    return f"wide_gemm<{rows}, {GEMM_EPILOGUES[epilogue]}>"
+def wide_gemm_name(rows: int, epilogue: str, stages: int = WIDE_GEMM_STAGES[0]) -> str:
+    return f"wide_gemm<{rows}, {GEMM_EPILOGUES[epilogue]}, {stages}>"
 
 
 def gemm_names() -> tuple[str, ...]:
     return tuple(gemm_name(t, e, v) for t in GEMM_TILES for e in GEMM_EPILOGUES
                  for v in GEMM_VARIANTS if t <= PIPELINED_TILES or v == "plain") + tuple(
-        wide_gemm_name(r, e) for r in WIDE_GEMM_ROWS for e in GEMM_EPILOGUES)
+        wide_gemm_name(r, e, s) for r in WIDE_GEMM_ROWS for e in GEMM_EPILOGUES
+        for s in WIDE_GEMM_STAGES)
 
 
 def attention_name(head_dim: int, group: int, tiling: AttentionTiling) -> str:

@@ -20,6 +20,7 @@ from cupy.cuda import runtime
 from kernels.backend import Backend, DecodeStep, Event, Graph, Stream
 from kernels.cuda_sources import (
     PIPELINED_TILES,
+    WIDE_GEMM_STAGES,
     AttentionTiling,
     attention_tiling,
     attention_tiling_label,
@@ -202,6 +203,13 @@ def sm_count() -> int:
     return int(cp.cuda.Device().attributes["MultiProcessorCount"])
 
 
+@cache
+def smem_per_block() -> int:
+    """The most shared memory a block may ask for on this GPU (99 KB on sm_86 and sm_89,
+    163 KB on an A100, 227 KB on Hopper)."""
+    return int(cp.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"])
+
+
 def wide_rows(n: int, batch: int) -> int:
     """Weight rows per wide_gemm block: 128 where that still gives every SM a block (fewer
     re-reads of the activations), else 64."""
@@ -219,16 +227,18 @@ def gemm_variant_default(n: int, batch: int) -> str:
 
 def gemm_choice(x: cp.ndarray, w: cp.ndarray, batch: int, epilogue: str, out: cp.ndarray,
                 pdl: bool | None = None, variant: str | None = None,
-                wide: bool | None = None) -> KernelCall:
+                wide: bool | None = None, wide_stages: int = WIDE_GEMM_STAGES[0]) -> KernelCall:
     """``out (+)= x[:batch] @ w.T`` with an epilogue, on the kernel this device and these
     settings pick: ``pdl`` defaults to ``pdl_default()``, ``variant`` (tc_gemm's) to
     ``gemm_variant_default``; ``wide`` picks the kernel that stages operands in shared memory
-    for large batches (gemm.cu), by default from ``wide_gemm_from()``."""
+    for large batches (gemm.cu; ``wide_stages`` of them), by default from
+    ``wide_gemm_from()``."""
     pdl = pdl_default() if pdl is None else pdl
     if wide is None:
         wide = 0 < wide_gemm_from() <= batch
     if wide:
-        return gemm_call(x, w, batch, epilogue, out, pdl, wide_rows=wide_rows(w.shape[0], batch))
+        return gemm_call(x, w, batch, epilogue, out, pdl, wide_rows=wide_rows(w.shape[0], batch),
+                         wide_stages=wide_stages)
     if variant is None:
         variant = gemm_variant_default(w.shape[0], batch)
     return gemm_call(x, w, batch, epilogue, out, pdl, variant)
@@ -236,9 +246,9 @@ def gemm_choice(x: cp.ndarray, w: cp.ndarray, batch: int, epilogue: str, out: cp
 
 def gemm_launch(x: cp.ndarray, w: cp.ndarray, batch: int, epilogue: str, out: cp.ndarray,
                 pdl: bool | None = None, variant: str | None = None,
-                wide: bool | None = None) -> Launch:
+                wide: bool | None = None, wide_stages: int = WIDE_GEMM_STAGES[0]) -> Launch:
     """``gemm_choice``, packed for the driver."""
-    return launch_of(gemm_choice(x, w, batch, epilogue, out, pdl, variant, wide))
+    return launch_of(gemm_choice(x, w, batch, epilogue, out, pdl, variant, wide, wide_stages))
 
 
 def attention_launch(cfg: ModelConfig, qkv: cp.ndarray, positions: cp.ndarray,

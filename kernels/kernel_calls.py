@@ -22,6 +22,8 @@ from kernels.cuda_sources import (
     ATTENTION_TILING,
     GEMM_VARIANTS,
     PIPELINED_TILES,
+    WIDE_GEMM_ROWS,
+    WIDE_GEMM_STAGES,
     AttentionTiling,
     attention_name,
     attention_names,
@@ -35,7 +37,7 @@ from kernels.layout import StepLayout
 from schedbench.model import ModelConfig
 
 GEMM_WARPS, GEMM_ROWS, GEMM_K_CHUNK = 8, 32, 64  # match gemm.cu
-WIDE_BN, WIDE_STAGES = 128, 3  # match gemm.cu
+WIDE_BN = 128  # matches gemm.cu
 ATTN_THREADS = 128  # matches attention.cu (ATTN_WARPS * 32)
 NORM_THREADS = 256
 ARGMAX_THREADS = 1024
@@ -107,16 +109,17 @@ def gemm_variants(batch: int) -> tuple[str, ...]:
     return tuple(GEMM_VARIANTS) if gemm_tiles(batch) <= PIPELINED_TILES else ("plain",)
 
 
-def wide_smem_bytes(rows: int) -> int:
+def wide_smem_bytes(rows: int, stages: int) -> int:
     """wide_gemm's dynamic shared memory: its staged chunks, later the fp32 tile of its sums."""
-    return max(WIDE_STAGES * (rows + WIDE_BN) * GEMM_K_CHUNK * 2, rows * (WIDE_BN + 1) * 4)
+    return max(stages * (rows + WIDE_BN) * GEMM_K_CHUNK * 2, rows * (WIDE_BN + 1) * 4)
 
 
 def gemm_call(x, w, batch: int, epilogue: str, out, pdl: bool = False,
-              variant: str = "plain", wide_rows: int = 0) -> KernelCall:
+              variant: str = "plain", wide_rows: int = 0,
+              wide_stages: int = WIDE_GEMM_STAGES[0]) -> KernelCall:
     """``out (+)= x[:batch] @ w.T`` with an epilogue: on tc_gemm (``variant``: one of
     ``GEMM_VARIANTS``, the pipelined ones up to batch 16), or with ``wide_rows`` (64 or 128
-    weight rows a block) on wide_gemm."""
+    weight rows a block) on wide_gemm, staging ``wide_stages`` chunks (``WIDE_GEMM_STAGES``)."""
     n, k = w.shape
     if k < GEMM_K_CHUNK or k % GEMM_K_CHUNK or x.dtype != np.float16 or w.dtype != np.float16:
         raise ValueError(f"tc_gemm needs fp16 x and w with K a multiple of {GEMM_K_CHUNK}; got "
@@ -124,9 +127,12 @@ def gemm_call(x, w, batch: int, epilogue: str, out, pdl: bool = False,
     args = (x, w, i32(n), i32(k), i32(batch), out, i32(pdl))
     block = dim3(GEMM_WARPS * 32)
     if wide_rows:
-        return KernelCall("gemm", gemm_names(), wide_gemm_name(wide_rows, epilogue),
+        if wide_rows not in WIDE_GEMM_ROWS or wide_stages not in WIDE_GEMM_STAGES:
+            raise ValueError(f"wide_gemm of {wide_rows} rows and {wide_stages} stages: rows one "
+                             f"of {WIDE_GEMM_ROWS}, stages one of {WIDE_GEMM_STAGES}")
+        return KernelCall("gemm", gemm_names(), wide_gemm_name(wide_rows, epilogue, wide_stages),
                           dim3((-(-batch // WIDE_BN), -(-n // wide_rows))), block, args,
-                          wide_smem_bytes(wide_rows), pdl)
+                          wide_smem_bytes(wide_rows, wide_stages), pdl)
     tiles = gemm_tiles(batch)
     if variant not in GEMM_VARIANTS:
         raise ValueError(f"tc_gemm variant {variant!r}: must be one of {', '.join(GEMM_VARIANTS)}")

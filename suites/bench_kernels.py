@@ -4,8 +4,8 @@ shapes (up to batch 16 also with tc_gemm's other variants, as ``gemm_o@plain`` o
 ``gemm_qkv@pipe1``, and a step's projections as ``all_128_projections_plain`` and
 ``all_128_projections_pipe1``, pipe1 where the default is plain; and with
 programmatic dependent launch when ``SCHEDBENCH_PDL=1``; at large batches also
-``wide_gemm``), paged attention (the tiling the host picks for the grid, then every other
-of ``kernels.cuda_sources.ATTENTION_TILINGS`` as
+``wide_gemm``, with each of its stage counts), paged attention (the tiling the host picks
+for the grid, then every other of ``kernels.cuda_sources.ATTENTION_TILINGS`` as
 ``attention_ctx2048@split/max_splits/stage x stages``), and the Numba kernels on the same
 shapes. Each figure is per layer, timed over a graph of every layer's launches, each layer
 with its own weights or KV cache as in a step, so nothing is served from L2.
@@ -27,9 +27,16 @@ import numpy as np
 from kernels.cuda_sources import (
     ATTENTION_TILINGS,
     GEMM_VARIANTS,
+    WIDE_GEMM_ROWS,
+    WIDE_GEMM_STAGES,
     attention_tiling,
 )
-from kernels.kernel_calls import gemm_variants, picked_attention_tiling, rope_table
+from kernels.kernel_calls import (
+    gemm_variants,
+    picked_attention_tiling,
+    rope_table,
+    wide_smem_bytes,
+)
 from kernels.registry import unavailable_reason
 from schedbench.arguments import int_list, int_list_text, reported
 from schedbench.errors import ConfigError
@@ -157,11 +164,14 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
         cp.get_default_memory_pool().free_all_blocks()  # the next context's caches fit
 
     def wide_rows() -> None:
-        """Large batches: tc_gemm beside wide_gemm, the candidate that stages operands in
-        shared memory (gemm.cu), and cuBLAS."""
+        """Large batches: tc_gemm beside wide_gemm, the kernel that stages operands in shared
+        memory (gemm.cu), with each of its stage counts whose shared memory this GPU gives a
+        block (``_wide``: the default's, then ``_wide4``), and cuBLAS."""
+        wide = {"_wide" + ("" if s == WIDE_GEMM_STAGES[0] else str(s)):
+                lambda p, s=s: {"wide": True, "wide_stages": s} for s in WIDE_GEMM_STAGES
+                if wide_smem_bytes(max(WIDE_GEMM_ROWS), s) <= cb.smem_per_block()}
         for b in wide_batch_sizes:
-            step_rows(b, *projection_inputs(b), {"": lambda p: {},
-                                                 "_wide": lambda p: {"wide": True}})
+            step_rows(b, *projection_inputs(b), {"": lambda p: {}, **wide})
 
     # The kernels not yet run on a GPU come last, each section guarded: a kernel that faults
     # ends the process's CUDA context, and the figures before it must survive.
@@ -309,7 +319,8 @@ class Kernels:
     params = [["gemm_qkv", "gemm_o", "gemm_gate_up", "gemm_down", "all_128_projections",
                "all_128_projections_plain", "all_128_projections_pipe1",
                "all_128_projections_pdl",
-               "all_128_projections_wide", "cublas_128_projections"]
+               "all_128_projections_wide", "all_128_projections_wide4",
+               "cublas_128_projections"]
               + [f"gemm_{p}@{v}" for p in PROJECTIONS for v in GEMM_VARIANTS]
               + [f"attention_ctx{c}" for c in CONTEXTS]
               + [f"numba_gemm_{p}" for p in PROJECTIONS]

@@ -36,6 +36,7 @@ def test_every_target_gets_a_verdict(tmp_path):
         kernel("cublas_128_projections", 16, 4.1, 3480.0, 87.0),
         kernel("all_128_projections", 256, 40.0, 360.0, 9.0),
         kernel("all_128_projections_wide", 256, 10.0, 1440.0, 36.0),
+        kernel("all_128_projections_wide4", 256, 50.0, 288.0, 7.2),
         kernel("cublas_128_projections", 256, 8.0, 1800.0, 45.0),
         kernel("attention_ctx4096", 16, 0.01, 2400.0, 60.0),
         kernel("gemm_qkv", 16, 0.015, 3400.0, 85.0),
@@ -63,6 +64,8 @@ def test_every_target_gets_a_verdict(tmp_path):
         "  #3 all_128_projections b=16: 91.0% of copy (>= 90), cuBLAS 87.0%: met",
         "  candidate wide_gemm b=256: 10.00 ms a step, tc_gemm 40.00 ms, cuBLAS 8.00 ms: "
         "faster (SCHEDBENCH_WIDE_GEMM)",
+        "  candidate wide_gemm, 4 stages b=256: 50.00 ms a step, tc_gemm 40.00 ms, cuBLAS "
+        "8.00 ms: slower",
         "  #3 attention ctx 4096 b=16: 60.0% of copy (>= 70): MISSED",
         "  #4 numba_gemm_qkv b=16: CuPy/Numba GB/s 2.00 (<= 1.5): MISSED",
         "  #3 step enqueue 0.84x bare (<= 1.3): met",

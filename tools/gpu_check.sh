@@ -83,20 +83,21 @@ if want sanitize; then
     # attention-8b: one launch of the attention at llama3-8b's head dim (128) and group (4),
     # which the tiny preset (32, 2) does not reach, with the default tiling fixed (on this
     # small grid the host picks its twin), then attention-64x2 with that twin, whose stages
-    # pass 48 KB; gemm-pipe: every tc_gemm variant.
+    # pass 48 KB; gemm-pipe: every tc_gemm variant; gemm-wide: wide_gemm, each stage count.
     # SANITIZE="numba:memcheck ..." picks runs. API errors are not counted: numba-cuda probes
     # the driver for entry points it may lack (34 cuGetProcAddress errors on an H200), which
     # says nothing of the kernels' memory accesses.
     for pair in ${SANITIZE:-cupy:memcheck cupy:racecheck cupy-wide:memcheck cupy-wide:racecheck \
                 attention-8b:memcheck attention-8b:racecheck attention-64x2:memcheck \
                 attention-64x2:racecheck gemm-pipe:memcheck gemm-pipe:racecheck \
-                numba:memcheck numba:racecheck}; do
+                gemm-wide:memcheck gemm-wide:racecheck numba:memcheck numba:racecheck}; do
       run=${pair%:*}; tool=${pair#*:}
       backend=${run%-wide}; wide=$([ $run = cupy-wide ] && echo 1 || echo 0)
       case $run in
         attention-8b|attention-64x2)
           what="tools/launch_once.py attention --batch 3 --context 576";;
         gemm-pipe) what="tools/launch_once.py gemm --batch 13 --projection down --variants";;
+        gemm-wide) what="tools/launch_once.py gemm --batch 130 --projection o --wide";;
         *) what="-m schedbench --backend $backend --preset tiny --batch-sizes 3 --steps 6 \
              --warmup 1 --repeats 1 --prompt-len 1:4 --output-len 2:6";;
       esac
@@ -116,16 +117,23 @@ if want sanitize; then
 fi
 
 if want ncu; then
-  step "ncu: one launch each of the default attention (batch 16, 4k tokens) and of the down \
-projection (batch 16 and 1, every tc_gemm variant), llama3-8b"
+  step "ncu: one launch each of the default attention (batch 16, 4k tokens), of the down \
+projection (batch 16 and 1, every tc_gemm variant) and of gate/up on wide_gemm (batch 256, \
+each stage count), llama3-8b"
   if command -v ncu >/dev/null 2>&1; then
     sections="--section SpeedOfLight --section Occupancy --section LaunchStats \
       --section WarpStateStats --section MemoryWorkloadAnalysis"
     for what in "attention --batch 16 --context 4096" "gemm --batch 16 --projection down --variants" \
-                "gemm --batch 1 --projection down --variants"; do
+                "gemm --batch 1 --projection down --variants" \
+                "gemm --batch 256 --projection gate_up --wide"; do
       kind=${what%% *}; name=ncu-$kind-b$(echo "$what" | awk '{print $3}')
-      timeout $(lim 120) ncu --clock-control none -k regex:$([ $kind = gemm ] && echo tc_gemm \
-        || echo paged_attention) $sections $py tools/launch_once.py $what > "$out/$name.txt" 2>&1
+      case $what in
+        attention*) kernel=paged_attention;;
+        *--wide) kernel=wide_gemm;;
+        *) kernel=tc_gemm;;
+      esac
+      timeout $(lim 120) ncu --clock-control none -k regex:$kernel $sections \
+        $py tools/launch_once.py $what > "$out/$name.txt" 2>&1
       echo "$name: exit $?"; grep -E "^  [a-z_]+<|Duration|DRAM Throughput|L2 Cache Throughput|\
 L1/TEX Hit|L2 Hit|Mem Busy|Max Bandwidth|Compute \(SM\) Throughput|Issue Slots Busy|\
 Achieved Occupancy|Registers Per|Local Memory Spill|No Eligible" "$out/$name.txt" | head -n 40

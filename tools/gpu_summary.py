@@ -24,21 +24,23 @@ def load(out: Path, name: str) -> dict | None:
 
 
 def projection_targets(rows: dict, name: str, b: int, r: dict) -> list[str]:
-    """A step's projections: #3's target at batch 1-16, cuBLAS beside; at large batches, the
-    wide_gemm candidate against tc_gemm."""
+    """A step's projections: #3's target at batch 1-16, cuBLAS beside; at large batches,
+    wide_gemm (each stage count) against tc_gemm."""
     cub = rows.get((re.sub(r"^all_(\d+_projections).*", r"cublas_\1", name), b))
     targets = []
     if b <= 16:
         vs = f", cuBLAS {cub['pct_copy']:.1f}%" if cub else ""
         targets.append(f"  #3 {name} b={b}: {r['pct_copy']:.1f}% of copy (>= 90){vs}: "
                        f"{verdict(r['pct_copy'] >= 90 and (not cub or r['ms'] < cub['ms']))}")
-    if name.endswith("_wide"):
-        tc = rows.get((name.removesuffix("_wide"), b))
+    if m := re.fullmatch(r"(all_\d+_projections)_wide(\d*)", name):
+        tc = rows.get((m[1], b))
         vs = f", cuBLAS {cub['ms']:.2f} ms" if cub else ""
         faster = bool(tc) and r["ms"] < tc["ms"]
-        targets.append(f"  candidate wide_gemm b={b}: {r['ms']:.2f} ms a step, tc_gemm "
+        stages = f", {m[2]} stages" if m[2] else ""  # a candidate no setting picks yet
+        targets.append(f"  candidate wide_gemm{stages} b={b}: {r['ms']:.2f} ms a step, tc_gemm "
                        f"{tc['ms'] if tc else float('nan'):.2f} ms{vs}: "
-                       f"{'faster' if faster else 'slower'} (SCHEDBENCH_WIDE_GEMM)")
+                       f"{'faster' if faster else 'slower'}"
+                       + ("" if m[2] else " (SCHEDBENCH_WIDE_GEMM)"))
     return targets
 
 

@@ -5,6 +5,7 @@ tools/gpu_check.sh otherwise use the tiny preset).
 Usage (from the repository root, on a GPU machine):
   python tools/launch_once.py attention --batch 16 --context 4096
   python tools/launch_once.py gemm --batch 16 --projection down --variants
+  python tools/launch_once.py gemm --batch 256 --projection gate_up --wide
   SCHEDBENCH_ATTENTION_TILING=256/32/64x2 python tools/launch_once.py attention
 """
 
@@ -16,6 +17,7 @@ import dataclasses
 import cupy as cp
 
 from kernels import cupy_backend as cb
+from kernels.cuda_sources import WIDE_GEMM_STAGES
 from kernels.kernel_calls import gemm_variants, rope_table
 from schedbench.model import get_preset
 from suites.bench_kernels import EPILOGUES, attention_inputs, projection_output, projection_shapes
@@ -31,12 +33,15 @@ def attention(batch: int, context: int) -> list:
                                 kc[0], vc[0], batch, scratch, out)]
 
 
-def gemm(batch: int, projection: str, every: bool) -> list:
+def gemm(batch: int, projection: str, every: bool, wide: bool) -> list:
     n, k = projection_shapes(CFG)[projection]
     rng = cp.random.default_rng(0)
     x = rng.standard_normal((batch, k), cp.float32).astype(cp.float16)
     w = (rng.standard_normal((n, k), cp.float32) * 0.02).astype(cp.float16)
     out = projection_output(CFG, projection, batch, cp)
+    if wide:
+        return [cb.gemm_launch(x, w, batch, EPILOGUES[projection], out, wide=True,
+                               wide_stages=s) for s in WIDE_GEMM_STAGES]
     default = cb.gemm_variant_default(n, batch)
     others = [v for v in gemm_variants(batch) if v != default] if every else []
     return [cb.gemm_launch(x, w, batch, EPILOGUES[projection], out, variant=v, wide=False)
@@ -52,9 +57,11 @@ def main() -> None:
     p.add_argument("--projection", default="gate_up", choices=tuple(EPILOGUES))
     p.add_argument("--variants", action="store_true",
                    help="gemm: the default variant, then the others (up to batch 16)")
+    p.add_argument("--wide", action="store_true",
+                   help="gemm: wide_gemm (the large-batch kernel), with each stage count")
     args = p.parse_args()
     launches = (attention(args.batch, args.context) if args.kernel == "attention"
-                else gemm(args.batch, args.projection, args.variants))
+                else gemm(args.batch, args.projection, args.variants, args.wide))
     cp.cuda.Device().synchronize()  # the inputs, made on the legacy stream
     stream = cp.cuda.Stream(non_blocking=True)
     for launch in launches:

@@ -226,9 +226,9 @@ tc_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows, 
 // At batch 256 tc_gemm reads each weight once per 32-row batch tile and each activation once
 // per 32 weight rows, straight into registers: about 16x a step's weight bytes from L2
 // (~256 GB for llama3-8b), and that is most of the 40 ms step on an H200. wide_gemm stages
-// 64-wide k chunks of BM weight rows and 128 batch rows in shared memory (cp.async, three
-// stages in flight), where 8 warps share them: each weight byte is read once per 128 batch
-// rows and each activation byte once per BM weight rows.
+// 64-wide k chunks of BM weight rows and 128 batch rows in shared memory (cp.async, STAGES
+// stages), where 8 warps share them: each weight byte is read once per 128 batch rows and
+// each activation byte once per BM weight rows.
 //
 // Same bits: tc_gemm's warp v sums the k chunks v, v+8, v+16, ... in that order (four k16
 // MMAs per chunk, each lane holding the same 16 consecutive k of its rows), and the eight
@@ -241,7 +241,6 @@ tc_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows, 
 // change a token: where K is not a multiple of 1024, some tc_gemm warps run MMAs on zero
 // padding, which turn a sum of exactly -0 into +0.)
 constexpr int WIDE_BN = 128;  // batch rows per block
-constexpr int WIDE_STAGES = 3;
 
 // Chunk after c in tc_gemm's summation order; -1 after the last.
 SB_DEVICE int next_chunk(int c, int chunks) {
@@ -261,9 +260,15 @@ SB_DEVICE void load_row16(Half16& dst, const __half* tile, int r, int t) {
 // BM: weight rows per block, 128 or 64 (the host picks 64 where 128 leaves SMs idle).
 // Warps: BM / 32 over the weight rows (32 each, two m16 tiles, as in tc_gemm) by the rest over
 // the batch rows. Dynamic shared memory: wide_smem_bytes in kernels/kernel_calls.py (96 KB
-// at BM 128, 72 KB at 64). At BM 64 two blocks share an SM (123 registers, no spills), so
-// one block's MMAs cover the other's wait for its next chunk.
-template <int BM, int EPI>
+// at BM 128, 72 KB at 64, with three stages). At BM 64 two blocks share an SM (123
+// registers, no spills), so one block's MMAs cover the other's wait for its next chunk.
+// STAGES: chunks staged, all but one in flight while that one is computed; 3 by default.
+// 4 is a candidate, unmeasured (bench_kernels' _wide4 rows): on an H200 at batch 256 the
+// kernel ran its MMAs at about 180 TFLOPS (a step's projections in 20.1 ms), far below the
+// tensor cores' rate, while a chunk's copies are issued only two chunks' compute (about
+// 1 us) before it is needed, about DRAM's latency under load. The stages hold the same
+// chunks whatever their number: the same bits.
+template <int BM, int EPI, int STAGES>
 __global__ void __launch_bounds__(GEMM_WARPS * 32, BM == 64 ? 2 : 1)
 wide_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows, int k_dim,
           int batch, void* __restrict__ out, int prefetch) {
@@ -285,7 +290,7 @@ wide_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows
     const int chunks = k_dim / GEMM_K_CHUNK;
 
     if (prefetch) {  // the first stages' weights into L2, before the wait (see tc_gemm)
-        for (int c = 0, s = 0; c >= 0 && s < WIDE_STAGES - 1; c = next_chunk(c, chunks), ++s)
+        for (int c = 0, s = 0; c >= 0 && s < STAGES - 1; c = next_chunk(c, chunks), ++s)
             for (int r = threadIdx.x; r < BM; r += blockDim.x)
                 if (n0 + r < n_rows)
                     prefetch_l2(w + (size_t)(n0 + r) * k_dim + c * GEMM_K_CHUNK);
@@ -330,7 +335,7 @@ wide_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows
     };
 
     int c_next = 0;  // the next chunk to stage
-    for (int s = 0; s < WIDE_STAGES - 1; ++s) {
+    for (int s = 0; s < STAGES - 1; ++s) {
         if (c_next >= 0) {
             stage_chunk(s, c_next);
             c_next = next_chunk(c_next, chunks);
@@ -338,16 +343,16 @@ wide_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows
         cp_async_commit();  // empty groups too: one per step keeps the wait count uniform
     }
     for (int i = 0, c = 0; c >= 0; ++i, c = next_chunk(c, chunks)) {
-        cp_async_wait_group<WIDE_STAGES - 2>();  // chunk i has landed (this thread's copies)
+        cp_async_wait_group<STAGES - 2>();  // chunk i has landed (this thread's copies)
         __syncthreads();  // everyone's; and every warp is done with chunk i - 1's stage
         if (c_next >= 0) {
-            stage_chunk((i + WIDE_STAGES - 1) % WIDE_STAGES, c_next);
+            stage_chunk((i + STAGES - 1) % STAGES, c_next);
             c_next = next_chunk(c_next, chunks);
         }
         cp_async_commit();
         while (part < c % GEMM_WARPS) close_partial();
 
-        const __half* sw = stages + (i % WIDE_STAGES) * STAGE;
+        const __half* sw = stages + (i % STAGES) * STAGE;
         const __half* sx = sw + BM * GEMM_K_CHUNK;
         Half16 wa[2][2];  // [m tile][g, g+8], as in tc_gemm
 #pragma unroll

@@ -56,7 +56,8 @@ ATTENTION_TILINGS = (AttentionTiling(256, 32, 64, 1), AttentionTiling(128, 64, 6
                      AttentionTiling(256, 32, 64, 2), AttentionTiling(256, 32, 48, 2))
 ATTENTION_TILING = ATTENTION_TILINGS[0]
 # The default's twin with two stages in flight, which the host runs on small grids
-# (attention_tiling_for): the same splits and stages, so the same sums, bit for bit.
+# (attention_tiling_for): the same splits and 64-token stages, so the same sums, bit for bit
+# (which tokens a warp sums depends on the stage size, not on how many stages fly).
 ATTENTION_SMALL_GRID = ATTENTION_TILINGS[2]
 SMALL_GRID_BLOCKS_PER_SM = 2
 

@@ -23,7 +23,7 @@ GEMM_TILES = (1, 2, 4)  # batch tiles of 8 rows per block
 GEMM_VARIANTS = {"plain": 0, "pipe": 1, "pipe1": 2}
 PIPELINED_TILES = 2  # the pipelined variants up to 2 batch tiles (batch 16): registers
 WIDE_GEMM_ROWS = (64, 128)  # weight rows per wide_gemm block
-WIDE_GEMM_STAGES = (3, 4)  # wide_gemm's staged chunks: the default, then a candidate
+WIDE_GEMM_STAGES = (3, 4, 5)  # wide_gemm's staged chunks: the default, then candidates
 
 
 @dataclass(frozen=True)

@@ -166,7 +166,7 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
     def wide_rows() -> None:
         """Large batches: tc_gemm beside wide_gemm, the kernel that stages operands in shared
         memory (gemm.cu), with each of its stage counts whose shared memory this GPU gives a
-        block (``_wide``: the default's, then ``_wide4``), and cuBLAS."""
+        block (``_wide``: the default's, then ``_wide4``, ``_wide5``), and cuBLAS."""
         wide = {"_wide" + ("" if s == WIDE_GEMM_STAGES[0] else str(s)):
                 lambda p, s=s: {"wide": True, "wide_stages": s} for s in WIDE_GEMM_STAGES
                 if wide_smem_bytes(max(WIDE_GEMM_ROWS), s) <= cb.smem_per_block()}
@@ -320,6 +320,7 @@ class Kernels:
                "all_128_projections_plain", "all_128_projections_pipe1",
                "all_128_projections_pdl",
                "all_128_projections_wide", "all_128_projections_wide4",
+               "all_128_projections_wide5",
                "cublas_128_projections"]
               + [f"gemm_{p}@{v}" for p in PROJECTIONS for v in GEMM_VARIANTS]
               + [f"attention_ctx{c}" for c in CONTEXTS]

@@ -263,11 +263,12 @@ SB_DEVICE void load_row16(Half16& dst, const __half* tile, int r, int t) {
 // at BM 128, 72 KB at 64, with three stages). At BM 64 two blocks share an SM (123
 // registers, no spills), so one block's MMAs cover the other's wait for its next chunk.
 // STAGES: chunks staged, all but one in flight while that one is computed; 3 by default.
-// 4 is a candidate, unmeasured (bench_kernels' _wide4 rows): on an H200 at batch 256 the
-// kernel ran its MMAs at about 180 TFLOPS (a step's projections in 20.1 ms), far below the
-// tensor cores' rate, while a chunk's copies are issued only two chunks' compute (about
-// 1 us) before it is needed, about DRAM's latency under load. The stages hold the same
-// chunks whatever their number: the same bits.
+// 4 and 5 are candidates, unmeasured (bench_kernels' _wide4 and _wide5 rows; five stages at
+// BM 64, 120 KB, leave one block an SM): on an H200 at batch 256 the kernel ran its MMAs at
+// about 180 TFLOPS (a step's projections in 20.1 ms), far below the tensor cores' rate, while
+// a chunk's copies are issued only two chunks' compute (about 1 us) before it is needed,
+// about DRAM's latency under load. The stages hold the same chunks whatever their number:
+// the same bits.
 template <int BM, int EPI, int STAGES>
 __global__ void __launch_bounds__(GEMM_WARPS * 32, BM == 64 ? 2 : 1)
 wide_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows, int k_dim,

@@ -22,8 +22,29 @@ GEMM_TILES = (1, 2, 4)  # batch tiles of 8 rows per block
 # an SM), pipelined in the plain kernel's registers (pipe1: rounds of one chunk)
 GEMM_VARIANTS = {"plain": 0, "pipe": 1, "pipe1": 2}
 PIPELINED_TILES = 2  # the pipelined variants up to 2 batch tiles (batch 16): registers
-WIDE_GEMM_ROWS = (64, 128)  # weight rows per wide_gemm block
-WIDE_GEMM_STAGES = (3, 4, 5)  # wide_gemm's staged chunks: the default, then candidates
+GEMM_K_CHUNK = 64  # k per chunk, tc_gemm's and wide_gemm's (gemm.cu)
+
+
+@dataclass(frozen=True)
+class WideTiling:
+    """wide_gemm's template parameters (gemm.cu): ``rows`` weight rows and ``cols`` batch rows
+    a block, ``stages`` k chunks staged in shared memory."""
+
+    rows: int
+    cols: int
+    stages: int = 3
+
+    def smem_bytes(self) -> int:
+        """Dynamic shared memory: the staged chunks (fp16), later the fp32 tile of the sums."""
+        return max(self.stages * (self.rows + self.cols) * GEMM_K_CHUNK * 2,
+                   self.rows * (self.cols + 1) * 4)
+
+
+# Weight rows and batch rows a block, chunks staged: the default first (three stages),
+# then the candidates bench_kernels measures.
+WIDE_GEMM_ROWS, WIDE_GEMM_COLS, WIDE_GEMM_STAGES = (64, 128), (64, 128), (3, 4, 5)
+WIDE_TILINGS = tuple(WideTiling(r, c, s) for r in WIDE_GEMM_ROWS for c in WIDE_GEMM_COLS
+                     for s in WIDE_GEMM_STAGES)
 
 
 @dataclass(frozen=True)
@@ -111,15 +132,15 @@ def gemm_name(tiles: int, epilogue: str, variant: str = "plain") -> str:
     return f"tc_gemm<{tiles}, {GEMM_EPILOGUES[epilogue]}, {GEMM_VARIANTS[variant]}>"
 
 
-def wide_gemm_name(rows: int, epilogue: str, stages: int = WIDE_GEMM_STAGES[0]) -> str:
-    return f"wide_gemm<{rows}, {GEMM_EPILOGUES[epilogue]}, {stages}>"
+def wide_gemm_name(tiling: WideTiling, epilogue: str) -> str:
+    t = tiling
+    return f"wide_gemm<{t.rows}, {t.cols}, {GEMM_EPILOGUES[epilogue]}, {t.stages}>"
 
 
 def gemm_names() -> tuple[str, ...]:
     return tuple(gemm_name(t, e, v) for t in GEMM_TILES for e in GEMM_EPILOGUES
                  for v in GEMM_VARIANTS if t <= PIPELINED_TILES or v == "plain") + tuple(
-        wide_gemm_name(r, e, s) for r in WIDE_GEMM_ROWS for e in GEMM_EPILOGUES
-        for s in WIDE_GEMM_STAGES)
+        wide_gemm_name(t, e) for t in WIDE_TILINGS for e in GEMM_EPILOGUES)
 
 
 def attention_name(head_dim: int, group: int, tiling: AttentionTiling) -> str:

@@ -22,6 +22,7 @@ from kernels.cuda_sources import (
     PIPELINED_TILES,
     WIDE_GEMM_STAGES,
     AttentionTiling,
+    WideTiling,
     attention_tiling,
     attention_tiling_label,
     source,
@@ -30,7 +31,6 @@ from kernels.cupy_launch import Launch, LaunchSequence
 from kernels.cupy_measure import graph_of
 from kernels.device_graph import DeviceLaunchedGraph, device_launch_default
 from kernels.kernel_calls import (
-    WIDE_BN,
     AttentionScratch,
     KernelCall,
     StepBuffers,
@@ -184,9 +184,10 @@ def pdl_default() -> bool:
 def wide_gemm_from() -> int:
     """The smallest batch that wide_gemm serves, ``SCHEDBENCH_WIDE_GEMM=N`` (0: none); by
     default 256. On an H200 (bench_kernels' ``_wide`` rows) it took a llama3-8b step's 128
-    projections from 29.4 to 20.1 ms at batch 256 and lost at batch 64 (13.5 against 8.1 ms);
-    between those it is unmeasured. Its sums are tc_gemm's, bit for bit, so where the line
-    falls changes no token.
+    projections from 29.4 to 20.1 ms at batch 256 and lost at batch 64 (13.5 against 8.1 ms)
+    in blocks of 128 batch rows; in the blocks of 64 it now runs there (``wide_tiling``), and
+    between those batches, it is unmeasured. Its sums are tc_gemm's, bit for bit, so where
+    the line falls changes no token.
     """
     raw = os.environ.get("SCHEDBENCH_WIDE_GEMM", "256")
     try:
@@ -210,10 +211,12 @@ def smem_per_block() -> int:
     return int(cp.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"])
 
 
-def wide_rows(n: int, batch: int) -> int:
-    """Weight rows per wide_gemm block: 128 where that still gives every SM a block (fewer
+def wide_tiling(n: int, batch: int, stages: int = WIDE_GEMM_STAGES[0]) -> WideTiling:
+    """wide_gemm's tiling for ``n`` weight rows: blocks of 64 batch rows up to batch 64 (no
+    padding there), else 128; 128 weight rows where that still gives every SM a block (fewer
     re-reads of the activations), else 64."""
-    return 128 if -(-n // 128) * -(-batch // WIDE_BN) >= sm_count() else 64
+    cols = 64 if batch <= 64 else 128
+    return WideTiling(128 if -(-n // 128) * -(-batch // cols) >= sm_count() else 64, cols, stages)
 
 
 def gemm_variant_default(n: int, batch: int) -> str:
@@ -237,8 +240,8 @@ def gemm_choice(x: cp.ndarray, w: cp.ndarray, batch: int, epilogue: str, out: cp
     if wide is None:
         wide = 0 < wide_gemm_from() <= batch
     if wide:
-        return gemm_call(x, w, batch, epilogue, out, pdl, wide_rows=wide_rows(w.shape[0], batch),
-                         wide_stages=wide_stages)
+        return gemm_call(x, w, batch, epilogue, out, pdl,
+                         wide=wide_tiling(w.shape[0], batch, wide_stages))
     if variant is None:
         variant = gemm_variant_default(w.shape[0], batch)
     return gemm_call(x, w, batch, epilogue, out, pdl, variant)

@@ -20,11 +20,15 @@ import numpy as np
 
 from kernels.cuda_sources import (
     ATTENTION_TILING,
+    GEMM_K_CHUNK,
     GEMM_VARIANTS,
     PIPELINED_TILES,
+    WIDE_GEMM_COLS,
     WIDE_GEMM_ROWS,
     WIDE_GEMM_STAGES,
+    WIDE_TILINGS,
     AttentionTiling,
+    WideTiling,
     attention_name,
     attention_names,
     attention_tiling,
@@ -36,8 +40,7 @@ from kernels.cuda_sources import (
 from kernels.layout import StepLayout
 from schedbench.model import ModelConfig
 
-GEMM_WARPS, GEMM_ROWS, GEMM_K_CHUNK = 8, 32, 64  # match gemm.cu
-WIDE_BN = 128  # matches gemm.cu
+GEMM_WARPS, GEMM_ROWS = 8, 32  # match gemm.cu
 ATTN_THREADS = 128  # matches attention.cu (ATTN_WARPS * 32)
 NORM_THREADS = 256
 ARGMAX_THREADS = 1024
@@ -109,30 +112,24 @@ def gemm_variants(batch: int) -> tuple[str, ...]:
     return tuple(GEMM_VARIANTS) if gemm_tiles(batch) <= PIPELINED_TILES else ("plain",)
 
 
-def wide_smem_bytes(rows: int, stages: int) -> int:
-    """wide_gemm's dynamic shared memory: its staged chunks, later the fp32 tile of its sums."""
-    return max(stages * (rows + WIDE_BN) * GEMM_K_CHUNK * 2, rows * (WIDE_BN + 1) * 4)
-
-
 def gemm_call(x, w, batch: int, epilogue: str, out, pdl: bool = False,
-              variant: str = "plain", wide_rows: int = 0,
-              wide_stages: int = WIDE_GEMM_STAGES[0]) -> KernelCall:
+              variant: str = "plain", wide: WideTiling | None = None) -> KernelCall:
     """``out (+)= x[:batch] @ w.T`` with an epilogue: on tc_gemm (``variant``: one of
-    ``GEMM_VARIANTS``, the pipelined ones up to batch 16), or with ``wide_rows`` (64 or 128
-    weight rows a block) on wide_gemm, staging ``wide_stages`` chunks (``WIDE_GEMM_STAGES``)."""
+    ``GEMM_VARIANTS``, the pipelined ones up to batch 16), or with ``wide`` (one of
+    ``WIDE_TILINGS``) on wide_gemm."""
     n, k = w.shape
     if k < GEMM_K_CHUNK or k % GEMM_K_CHUNK or x.dtype != np.float16 or w.dtype != np.float16:
         raise ValueError(f"tc_gemm needs fp16 x and w with K a multiple of {GEMM_K_CHUNK}; got "
                          f"K={k}, {x.dtype}, {w.dtype}")
     args = (x, w, i32(n), i32(k), i32(batch), out, i32(pdl))
     block = dim3(GEMM_WARPS * 32)
-    if wide_rows:
-        if wide_rows not in WIDE_GEMM_ROWS or wide_stages not in WIDE_GEMM_STAGES:
-            raise ValueError(f"wide_gemm of {wide_rows} rows and {wide_stages} stages: rows one "
-                             f"of {WIDE_GEMM_ROWS}, stages one of {WIDE_GEMM_STAGES}")
-        return KernelCall("gemm", gemm_names(), wide_gemm_name(wide_rows, epilogue, wide_stages),
-                          dim3((-(-batch // WIDE_BN), -(-n // wide_rows))), block, args,
-                          wide_smem_bytes(wide_rows, wide_stages), pdl)
+    if wide:
+        if wide not in WIDE_TILINGS:
+            raise ValueError(f"wide_gemm is not built for {wide}: rows one of {WIDE_GEMM_ROWS}, "
+                             f"cols one of {WIDE_GEMM_COLS}, stages one of {WIDE_GEMM_STAGES}")
+        return KernelCall("gemm", gemm_names(), wide_gemm_name(wide, epilogue),
+                          dim3((-(-batch // wide.cols), -(-n // wide.rows))), block, args,
+                          wide.smem_bytes(), pdl)
     tiles = gemm_tiles(batch)
     if variant not in GEMM_VARIANTS:
         raise ValueError(f"tc_gemm variant {variant!r}: must be one of {', '.join(GEMM_VARIANTS)}")

@@ -4,7 +4,8 @@ shapes (up to batch 16 also with tc_gemm's other variants, as ``gemm_o@plain`` o
 ``gemm_qkv@pipe1``, and a step's projections as ``all_128_projections_plain`` and
 ``all_128_projections_pipe1``, pipe1 where the default is plain; and with
 programmatic dependent launch when ``SCHEDBENCH_PDL=1``; at large batches also
-``wide_gemm``, with each of its stage counts), paged attention (the tiling the host picks
+``wide_gemm``, per projection as ``gemm_o@wide`` and a step's with each of its stage
+counts), paged attention (the tiling the host picks
 for the grid, then every other of ``kernels.cuda_sources.ATTENTION_TILINGS`` as
 ``attention_ctx2048@split/max_splits/stage x stages``), and the Numba kernels on the same
 shapes. Each figure is per layer, timed over a graph of every layer's launches, each layer
@@ -27,16 +28,11 @@ import numpy as np
 from kernels.cuda_sources import (
     ATTENTION_TILINGS,
     GEMM_VARIANTS,
-    WIDE_GEMM_ROWS,
     WIDE_GEMM_STAGES,
+    WideTiling,
     attention_tiling,
 )
-from kernels.kernel_calls import (
-    gemm_variants,
-    picked_attention_tiling,
-    rope_table,
-    wide_smem_bytes,
-)
+from kernels.kernel_calls import gemm_variants, picked_attention_tiling, rope_table
 from kernels.registry import unavailable_reason
 from schedbench.arguments import int_list, int_list_text, reported
 from schedbench.errors import ConfigError
@@ -120,6 +116,12 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
 
         fig.record(f"cublas_{4 * n_layers}_projections", b, time_ms(cublas), step_bytes)
 
+    def projection_row(name: str, b: int, xs: dict, outs: dict, p: str, **how) -> None:
+        """One projection of every layer, with gemm_launch's settings ``how``."""
+        launches = [cb.gemm_launch(xs[p], w, b, EPILOGUES[p], outs[p], **{"pdl": False, **how})
+                    for w in weights[p]]
+        fig.record(name, b, time_launches_ms(launches) / n_layers, math.prod(shapes[p]) * 2)
+
     inputs = {}
     for b in batch_sizes:
         inputs[b] = xs, outs = projection_inputs(b)
@@ -129,11 +131,8 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
         for p in PROJECTIONS:
             default = cb.gemm_variant_default(shapes[p][0], b)
             for variant in gemm_variants(b):
-                launches = [cb.gemm_launch(xs[p], w, b, EPILOGUES[p], outs[p], pdl=False,
-                                           variant=variant, wide=False) for w in weights[p]]
-                name = f"gemm_{p}" + ("" if variant == default else f"@{variant}")
-                fig.record(name, b, time_launches_ms(launches) / n_layers,
-                           math.prod(shapes[p]) * 2)
+                projection_row(f"gemm_{p}" + ("" if variant == default else f"@{variant}"), b,
+                               xs, outs, p, variant=variant, wide=False)
         variants: dict[str, Callable[[str], dict]] = {"": lambda p: {}}
         plain = {p for p in PROJECTIONS if cb.gemm_variant_default(shapes[p][0], b) == "plain"}
         if others:
@@ -165,13 +164,18 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
 
     def wide_rows() -> None:
         """Large batches: tc_gemm beside wide_gemm, the kernel that stages operands in shared
-        memory (gemm.cu), with each of its stage counts whose shared memory this GPU gives a
-        block (``_wide``: the default's, then ``_wide4``, ``_wide5``), and cuBLAS."""
+        memory (gemm.cu), per projection (``gemm_o`` and ``gemm_o@wide``) and for a step's
+        projections with each stage count whose shared memory this GPU gives a block
+        (``_wide``: the default's, then ``_wide4``, ``_wide5``), and cuBLAS."""
         wide = {"_wide" + ("" if s == WIDE_GEMM_STAGES[0] else str(s)):
                 lambda p, s=s: {"wide": True, "wide_stages": s} for s in WIDE_GEMM_STAGES
-                if wide_smem_bytes(max(WIDE_GEMM_ROWS), s) <= cb.smem_per_block()}
+                if WideTiling(128, 128, s).smem_bytes() <= cb.smem_per_block()}
         for b in wide_batch_sizes:
-            step_rows(b, *projection_inputs(b), {"": lambda p: {}, **wide})
+            xs, outs = projection_inputs(b)
+            for p in PROJECTIONS:
+                projection_row(f"gemm_{p}", b, xs, outs, p, wide=False)
+                projection_row(f"gemm_{p}@wide", b, xs, outs, p, wide=True)
+            step_rows(b, xs, outs, {"": lambda p: {}, **wide})
 
     # The kernels not yet run on a GPU come last, each section guarded: a kernel that faults
     # ends the process's CUDA context, and the figures before it must survive.
@@ -322,7 +326,7 @@ class Kernels:
                "all_128_projections_wide", "all_128_projections_wide4",
                "all_128_projections_wide5",
                "cublas_128_projections"]
-              + [f"gemm_{p}@{v}" for p in PROJECTIONS for v in GEMM_VARIANTS]
+              + [f"gemm_{p}@{v}" for p in PROJECTIONS for v in (*GEMM_VARIANTS, "wide")]
               + [f"attention_ctx{c}" for c in CONTEXTS]
               + [f"numba_gemm_{p}" for p in PROJECTIONS]
               + [f"numba_attention_ctx{c}" for c in CONTEXTS], BATCH_SIZES + WIDE_BATCH_SIZES]

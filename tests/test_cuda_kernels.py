@@ -18,6 +18,7 @@ from kernels.cuda_sources import (
     ATTENTION_TILINGS,
     GEMM_VARIANTS,
     WIDE_GEMM_STAGES,
+    WideTiling,
     attention_tiling_for,
 )
 from kernels.layout import StepLayout
@@ -97,39 +98,39 @@ def test_gemm_rows_do_not_depend_on_batch(dev, rng, n, k):
         np.testing.assert_array_equal(got[0], results[1][0], err_msg=f"batch {batch}")
 
 
-@pytest.mark.parametrize("rows", [64, 128])
+@pytest.mark.parametrize("rows, cols", [(64, 128), (128, 128), (64, 64), (128, 64)])
 @pytest.mark.parametrize("epilogue", EPILOGUES)
 @on_devices("batch, n, k",
             emulator=[(130, 200, 768), (40, 136, 256), (3, 96, 1600), (129, 64, 64)],
             gpu=[(256, 6144, 4096), (130, 1000, 768), (40, 512, 256), (3, 384, 14336),
                  (129, 256, 64)])
-def test_wide_gemm_sums_are_tc_gemms_bit_for_bit(dev, rng, rows, epilogue, batch, n, k):
-    """wide_gemm (large batches), with each of its stage counts, must give every output
-    tc_gemm's bits: a request's tokens may not depend on which kernel its batch size picks.
-    Shapes: partial tiles of both operands, K chunks fewer than tc_gemm's eight partial sums
-    (256, 64) or not a multiple of them (768, 1600), a long K (14336). On the emulator, also
-    run last block and thread first: a race in its staging would show as a difference."""
+def test_wide_gemm_sums_are_tc_gemms_bit_for_bit(dev, rng, rows, cols, epilogue, batch, n, k):
+    """wide_gemm (large batches), with each of its tilings, must give every output tc_gemm's
+    bits: a request's tokens may not depend on which kernel its batch size picks. Shapes:
+    partial tiles of both operands, K chunks fewer than tc_gemm's eight partial sums (256, 64)
+    or not a multiple of them (768, 1600), a long K (14336). On the emulator, also run last
+    block and thread first: a race in its staging would show as a difference."""
     x, w, base, expect = gemm_case(rng, epilogue, batch, n, k)
     xd, wd = dev.array(x), dev.array(w)
     outs = {}
-    for wide, stages, reverse in [(0, 3, False)] + [(rows, s, r) for s in WIDE_GEMM_STAGES
-                                                     for r in (False, True)]:
-        out = outs[wide, stages, reverse] = dev.array(base)
-        dev.run(kc.gemm_call(xd, wd, batch, epilogue, out, wide_rows=wide, wide_stages=stages),
-                reverse=reverse)
-    got = dev.numpy(outs[0, 3, False])
+    for wide, reverse in [(None, False)] + [(WideTiling(rows, cols, s), r)
+                                            for s in WIDE_GEMM_STAGES for r in (False, True)]:
+        out = outs[wide, reverse] = dev.array(base)
+        dev.run(kc.gemm_call(xd, wd, batch, epilogue, out, wide=wide), reverse=reverse)
+    got = dev.numpy(outs[None, False])
     assert np.isfinite(got).all(), "unwritten (poisoned) outputs"
     assert rel_err(got, expect) < FP16_TOL
-    for key, out in outs.items():
-        np.testing.assert_array_equal(dev.numpy(out), got, err_msg=f"rows, stages, reverse: {key}")
+    for (wide, reverse), out in outs.items():
+        np.testing.assert_array_equal(dev.numpy(out), got, err_msg=f"{wide}, reverse {reverse}")
 
 
-def test_a_wide_gemm_shape_it_is_not_built_for_is_named():
+def test_a_wide_gemm_tiling_it_is_not_built_for_is_named():
     x, w = np.zeros((130, 64), np.float16), np.zeros((32, 64), np.float16)
     out = np.zeros((130, 32), np.float16)
-    with pytest.raises(ValueError, match=r"wide_gemm of 128 rows and 6 stages: rows one of "
-                                         r"\(64, 128\), stages one of \(3, 4, 5\)"):
-        kc.gemm_call(x, w, 130, "store_half", out, wide_rows=128, wide_stages=6)
+    with pytest.raises(ValueError, match=r"wide_gemm is not built for WideTiling\(rows=128, "
+                                         r"cols=128, stages=6\): rows one of \(64, 128\), cols "
+                                         r"one of \(64, 128\), stages one of \(3, 4, 5\)"):
+        kc.gemm_call(x, w, 130, "store_half", out, wide=WideTiling(128, 128, 6))
 
 
 # one split, split edges (64, 65), many splits, past max_splits * split (longer splits)

@@ -9,7 +9,7 @@ import pytest
 
 from kernels import cuda_emulator
 from kernels import kernel_calls as kc
-from kernels.cuda_sources import ATTENTION_TILINGS, attention_tiling
+from kernels.cuda_sources import ATTENTION_TILINGS, WideTiling, attention_tiling
 from schedbench import sweep as sweep_module
 from schedbench.errors import ConfigError
 from schedbench.sweep import Sweep, SweepConfig
@@ -22,7 +22,8 @@ pytestmark = pytest.mark.skipif(cuda_emulator.compiler() is None,
 
 def wide_from_2(x, w, batch: int, epilogue: str, out) -> kc.KernelCall:
     """wide_gemm (64-row tiles) for batches of 2 and more (on a GPU: SCHEDBENCH_WIDE_GEMM=2)."""
-    return kc.gemm_call(x, w, batch, epilogue, out, wide_rows=64 if batch >= 2 else 0)
+    return kc.gemm_call(x, w, batch, epilogue, out,
+                        wide=WideTiling(64, 64) if batch >= 2 else None)
 
 
 CFG = SweepConfig(backend="cpu", preset="micro", batch_sizes=(1, 3), steps=6, warmup=0,

@@ -226,8 +226,8 @@ tc_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows, 
 // At batch 256 tc_gemm reads each weight once per 32-row batch tile and each activation once
 // per 32 weight rows, straight into registers: about 16x a step's weight bytes from L2
 // (~256 GB for llama3-8b), and that is most of the 40 ms step on an H200. wide_gemm stages
-// 64-wide k chunks of BM weight rows and 128 batch rows in shared memory (cp.async, STAGES
-// stages), where 8 warps share them: each weight byte is read once per 128 batch rows and
+// 64-wide k chunks of BM weight rows and BN batch rows in shared memory (cp.async, STAGES
+// stages), where 8 warps share them: each weight byte is read once per BN batch rows and
 // each activation byte once per BM weight rows.
 //
 // Same bits: tc_gemm's warp v sums the k chunks v, v+8, v+16, ... in that order (four k16
@@ -240,7 +240,6 @@ tc_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows, 
 // tokens are the same whichever kernel its batch size picks. (One difference that cannot
 // change a token: where K is not a multiple of 1024, some tc_gemm warps run MMAs on zero
 // padding, which turn a sum of exactly -0 into +0.)
-constexpr int WIDE_BN = 128;  // batch rows per block
 
 // Chunk after c in tc_gemm's summation order; -1 after the last.
 SB_DEVICE int next_chunk(int c, int chunks) {
@@ -258,10 +257,15 @@ SB_DEVICE void load_row16(Half16& dst, const __half* tile, int r, int t) {
 }
 
 // BM: weight rows per block, 128 or 64 (the host picks 64 where 128 leaves SMs idle).
+// BN: batch rows per block, 128, or 64 (a candidate for batches up to 64, unmeasured: at
+// batch 64 tc_gemm reads the activations from L2 once per 32 weight rows and the weights
+// once per 32 batch rows, about 4x a projection's weight bytes, where this reads them once
+// and the activations once per BM rows; BN 128 there is half padding, and lost).
 // Warps: BM / 32 over the weight rows (32 each, two m16 tiles, as in tc_gemm) by the rest over
-// the batch rows. Dynamic shared memory: wide_smem_bytes in kernels/kernel_calls.py (96 KB
-// at BM 128, 72 KB at 64, with three stages). At BM 64 two blocks share an SM (123
-// registers, no spills), so one block's MMAs cover the other's wait for its next chunk.
+// the batch rows. Dynamic shared memory: WideTiling.smem_bytes in kernels/cuda_sources.py
+// (96 KB at BM 128 and BN 128 with three stages, 72 KB at BM 64). Where BM or BN is 64 two
+// blocks share an SM (at most 128 registers, no spills), so one block's MMAs cover the
+// other's wait for its next chunk.
 // STAGES: chunks staged, all but one in flight while that one is computed; 3 by default.
 // 4 and 5 are candidates, unmeasured (bench_kernels' _wide4 and _wide5 rows; five stages at
 // BM 64, 120 KB, leave one block an SM): on an H200 at batch 256 the kernel ran its MMAs at
@@ -269,16 +273,16 @@ SB_DEVICE void load_row16(Half16& dst, const __half* tile, int r, int t) {
 // a chunk's copies are issued only two chunks' compute (about 1 us) before it is needed,
 // about DRAM's latency under load. The stages hold the same chunks whatever their number:
 // the same bits.
-template <int BM, int EPI, int STAGES>
-__global__ void __launch_bounds__(GEMM_WARPS * 32, BM == 64 ? 2 : 1)
+template <int BM, int BN, int EPI, int STAGES>
+__global__ void __launch_bounds__(GEMM_WARPS * 32, BM == 64 || BN == 64 ? 2 : 1)
 wide_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows, int k_dim,
           int batch, void* __restrict__ out, int prefetch) {
     constexpr int WARPS_M = BM / 32, WARPS_N = GEMM_WARPS / WARPS_M;
-    constexpr int NT = WIDE_BN / WARPS_N / 8;  // n8 tiles per warp
-    constexpr int ROWS = BM + WIDE_BN;         // staged rows: weights, then activations
+    constexpr int NT = BN / WARPS_N / 8;       // n8 tiles per warp
+    constexpr int ROWS = BM + BN;              // staged rows: weights, then activations
     constexpr int STAGE = ROWS * GEMM_K_CHUNK;  // halves
     constexpr int LOADS = ROWS * 8 / (GEMM_WARPS * 32);  // 16-byte copies per thread and chunk
-    constexpr int LD = WIDE_BN + 1;            // fp32 output tile row: +1, no bank conflicts
+    constexpr int LD = BN + 1;                 // fp32 output tile row: +1, no bank conflicts
     static_assert(BM % 32 == 0 && GEMM_WARPS % WARPS_M == 0 && NT >= 1);
     static_assert(ROWS * 8 % (GEMM_WARPS * 32) == 0 && BM * 8 % (GEMM_WARPS * 32) == 0);
     extern __shared__ uint4 wide_smem[];
@@ -287,7 +291,7 @@ wide_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int wm = warp % WARPS_M, wn = warp / WARPS_M;
-    const int n0 = blockIdx.y * BM, b0 = blockIdx.x * WIDE_BN;
+    const int n0 = blockIdx.y * BM, b0 = blockIdx.x * BN;
     const int chunks = k_dim / GEMM_K_CHUNK;
 
     if (prefetch) {  // the first stages' weights into L2, before the wait (see tc_gemm)
@@ -385,6 +389,6 @@ wide_gemm(const __half* __restrict__ x, const __half* __restrict__ w, int n_rows
             store_fragment(tile, LD, wm * 32 + 16 * m + g, wn * 8 * NT + 8 * j + 2 * t, sum[m][j]);
     __syncthreads();
 
-    epilogue<EPI, BM, WIDE_BN>(out, n_rows, batch, n0, b0,
+    epilogue<EPI, BM, BN>(out, n_rows, batch, n0, b0,
                                [&](int r, int c) { return tile[r * LD + c]; });
 }

@@ -47,7 +47,9 @@
 // tokens, so the twin's sums are the default's, bit for bit, and a graph bucket's padding
 // rows, which may tip its grid over the line, change no token.
 // 128/64/64x1 is fastest at batch 1 and 2k tokens (17.7 against 11.3 % of copy: the
-// default has 64 blocks there for 132 SMs).
+// default has 64 blocks there for 132 SMs). 512/16/64x1, a candidate not yet measured, asks
+// whether a block's fixed costs (its start, q, the partials and the merge) are what the
+// default loses at batch 16, where a block streams only four stages.
 #include "common.cuh"
 
 constexpr int ATTN_WARPS = 4;

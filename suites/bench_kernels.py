@@ -5,11 +5,11 @@ shapes (up to batch 16 also with tc_gemm's other variants, as ``gemm_o@plain`` o
 ``all_128_projections_pipe1``, pipe1 where the default is plain; and with
 programmatic dependent launch when ``SCHEDBENCH_PDL=1``; at large batches also
 ``wide_gemm``, per projection as ``gemm_o@wide`` and a step's with each of its stage
-counts), paged attention (the tiling the host picks
-for the grid, then every other of ``kernels.cuda_sources.ATTENTION_TILINGS`` as
-``attention_ctx2048@split/max_splits/stage x stages``), and the Numba kernels on the same
-shapes. Each figure is per layer, timed over a graph of every layer's launches, each layer
-with its own weights or KV cache as in a step, so nothing is served from L2.
+counts), paged attention (the tiling the host picks for the grid, then every other of
+``kernels.cuda_sources.ATTENTION_TILINGS`` as ``attention_ctx2048@split/max_splits/stage x
+stages``), and the Numba kernels on the same shapes. Each figure is per layer, timed over
+a graph of every layer's launches, each layer with its own weights or KV cache as in a
+step, so nothing is served from L2.
 
 asv: ``asv run --python=same --bench bench_kernels`` (skipped without a GPU).
 Directly: ``python suites/bench_kernels.py [--preset llama3-8b] [--batch-sizes 1,4,16]``.

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 
@@ -65,26 +66,40 @@ def projection_output(cfg: ModelConfig, projection: str, batch: int, xp: ModuleT
 
 
 class Figures(dict):
-    """{(kernel, batch): {"ms", "gbs", "pct_copy"}}, against the copy bandwidth."""
+    """{(kernel, batch): {"ms", "gbs", "pct_copy"}}, against the copy bandwidth; ``sink``
+    sees them after every figure, so a run cut off keeps what it measured."""
 
-    def __init__(self, copy_gbs: float) -> None:
+    def __init__(self, copy_gbs: float, sink: Callable[[Figures], None] | None = None) -> None:
         super().__init__({("copy", 0): {"ms": 0.0, "gbs": copy_gbs, "pct_copy": 100.0}})
-        self.copy_gbs = copy_gbs
+        self.copy_gbs, self.sink = copy_gbs, sink
 
     def record(self, name: str, batch: int, ms: float, nbytes: float) -> None:
         gbs = nbytes / ms / 1e6
         self[name, batch] = {"ms": ms, "gbs": gbs, "pct_copy": 100 * gbs / self.copy_gbs}
+        if self.sink:
+            self.sink(self)
+
+
+def kernels_doc(preset: str, fig: Figures, complete: bool) -> dict:
+    """The figures as ``--json`` writes them; ``complete`` is false until the last one."""
+    return {"preset": preset, "complete": complete,
+            "kernels": [{"kernel": k, "batch_size": b, **v} for (k, b), v in fig.items()]}
+
+
+def write_partial(path: Path, preset: str, fig: Figures) -> None:
+    write_json(path, kernels_doc(preset, fig, False))
 
 
 def measure(preset: str, batch_sizes: list[int], contexts: list[int],
-            wide_batch_sizes: list[int] = WIDE_BATCH_SIZES, numba: bool = True) -> Figures:
+            wide_batch_sizes: list[int] = WIDE_BATCH_SIZES, numba: bool = True,
+            sink: Callable[[Figures], None] | None = None) -> Figures:
     import cupy as cp
 
     from kernels import cupy_backend as cb
     from kernels.cupy_measure import copy_bandwidth_gbs, guarded, time_launches_ms, time_ms
 
     cfg = get_preset(preset)
-    fig = Figures(copy_bandwidth_gbs())
+    fig = Figures(copy_bandwidth_gbs(), sink)
     rng = cp.random.default_rng(1)
     n_layers = cfg.num_layers
     shapes = projection_shapes(cfg)
@@ -297,7 +312,9 @@ def main() -> None:
                    help="batch sizes of the step's projections only: tc_gemm, wide_gemm, "
                         f"cuBLAS ('' for none; default {int_list_text(WIDE_BATCH_SIZES)})")
     p.add_argument("--no-numba", action="store_true", help="CuPy kernels only")
-    p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
+    p.add_argument("--json", type=Path, default=None,
+                   help="also write the figures as JSON, rewritten after each one (\"complete\": "
+                        "false until the last, so a run cut off keeps what it measured)")
     args = p.parse_args()
     batch_sizes, contexts, wide = map(list, (args.batch_sizes, args.contexts,
                                              args.wide_batch_sizes))
@@ -305,16 +322,15 @@ def main() -> None:
         check_shapes(args.preset, batch_sizes + wide, contexts)
         if why := unavailable_reason("cupy"):
             raise SystemExit(f"bench_kernels needs a GPU that runs the CuPy kernels: {why}")
-        res = measure(args.preset, batch_sizes, contexts, wide, numba=not args.no_numba)
+        res = measure(args.preset, batch_sizes, contexts, wide, numba=not args.no_numba,
+                      sink=partial(write_partial, args.json, args.preset) if args.json else None)
     rows = [[k, str(b or "-"), f"{v['ms'] * 1e3:.1f}" if v["ms"] else "-", f"{v['gbs']:.0f}",
              f"{v['pct_copy']:.1f}"] for (k, b), v in res.items()]
     print(f"preset {args.preset}; % copy = achieved GB/s over the device-to-device copy "
           f"measured in this run")
     print(format_table(["Kernel", "Batch", "Time (us)", "GB/s", "% copy"], rows))
     if args.json:
-        write_json(args.json, {"preset": args.preset,
-                               "kernels": [{"kernel": k, "batch_size": b, **v}
-                                           for (k, b), v in res.items()]})
+        write_json(args.json, kernels_doc(args.preset, res, True))
 
 
 class Kernels:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,3 +123,19 @@ def test_gemm_candidates_are_compared_with_the_default(tmp_path):
     assert [ln for ln in lines if "@" in ln] == [
         "  gemm_o@plain                 b=16       32.0 us   93.8% copy, 1.25x the default's "
         "speed"]
+
+
+def test_a_kernels_file_from_a_cut_off_run_says_so(tmp_path):
+    """bench_kernels --json rewrites its file after every figure, "complete" false until the
+    last, so a run a time limit stopped keeps what it measured and the summary says so."""
+    from suites import bench_kernels
+
+    path = tmp_path / "kernels.json"
+    fig = bench_kernels.Figures(4000.0, partial(bench_kernels.write_partial, path, "llama3-8b"))
+    fig.record("gemm_o", 16, 0.04, 120e6)
+    doc = json.loads(path.read_text())
+    assert not doc["complete"] and [r["kernel"] for r in doc["kernels"]] == ["copy", "gemm_o"]
+    assert ("copy bandwidth: 4000 GB/s; bench_kernels was cut off: the rows it had not "
+            "measured are missing\n") in gpu_summary.summary(tmp_path)
+    write(tmp_path, "kernels.json", bench_kernels.kernels_doc("llama3-8b", fig, True))
+    assert "copy bandwidth: 4000 GB/s\n" in gpu_summary.summary(tmp_path)

@@ -80,7 +80,9 @@ def gemm_candidate_lines(rows: dict) -> list[str]:
 
 def kernel_lines(k: dict) -> tuple[list[str], list[str]]:
     rows = {(r["kernel"], r["batch_size"]): r for r in k["kernels"]}
-    lines = [f"copy bandwidth: {rows['copy', 0]['gbs']:.0f} GB/s"]
+    cut = "; bench_kernels was cut off: the rows it had not measured are missing"
+    lines = [f"copy bandwidth: {rows['copy', 0]['gbs']:.0f} GB/s"
+             + (cut if k.get("complete") is False else "")]
     targets = []
     for (name, b), r in rows.items():
         if "@" in name:  # a candidate: gemm_candidate_lines, attention_tiling_lines

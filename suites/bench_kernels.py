@@ -177,7 +177,7 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
         del kc, vc, launches
         cp.get_default_memory_pool().free_all_blocks()  # the next context's caches fit
 
-    def wide_rows() -> None:
+    def large_batch_rows() -> None:
         """Large batches: tc_gemm beside wide_gemm, the kernel that stages operands in shared
         memory (gemm.cu), per projection (``gemm_o`` and ``gemm_o@wide``) and for a step's
         projections with each stage count whose shared memory this GPU gives a block
@@ -194,7 +194,7 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
 
     # The kernels not yet run on a GPU come last, each section guarded: a kernel that faults
     # ends the process's CUDA context, and the figures before it must survive.
-    guarded("bench_kernels: the large-batch projection", wide_rows)
+    guarded("bench_kernels: the large-batch projection", large_batch_rows)
     if numba:
         guarded("bench_kernels: the Numba GEMM", numba_gemms, fig, shapes, weights, inputs)
         for ctx, b in combos:

@@ -103,16 +103,30 @@ def attention_tiling() -> AttentionTiling:
     return attention_tiling_fixed() or ATTENTION_TILING
 
 
-def attention_tiling_for(blocks: int, sms: int) -> AttentionTiling:
-    """The tiling of an attention launch of ``blocks`` blocks on ``sms`` SMs: the fixed one if
-    set; else the default, with two stages in flight where the grid has at most
-    ``SMALL_GRID_BLOCKS_PER_SM`` blocks an SM. There every block is resident with either
-    (the twin fits three an SM), so more bytes in flight a block is all the difference: on an
-    H200 (132 SMs) the twin ran 1.09-1.17x the default on grids of 64-256 blocks and 0.73-0.90x
-    on grids of 512 and more, where four blocks an SM beat three (attention.cu)."""
+@dataclass(frozen=True)
+class DeviceFacts:
+    """What the host's kernel picks depend on: the GPU's SMs and shared memory an SM."""
+
+    sms: int
+    smem_per_sm: int
+
+
+def attention_tiling_for(blocks: int, device: DeviceFacts, head_dim: int) -> AttentionTiling:
+    """The tiling of an attention launch of ``blocks`` blocks: the fixed one if set; else the
+    default, with two stages in flight where the grid has at most
+    ``SMALL_GRID_BLOCKS_PER_SM`` blocks an SM and the SM's shared memory holds that many of
+    the twin's. There every block is resident with either, so more bytes in flight a block is
+    all the difference: on an H200 (132 SMs, 228 KB an SM) the twin ran 1.09-1.17x the default
+    on grids of 64-256 blocks and 0.73-0.90x on grids of 512 and more, where four blocks an SM
+    beat three (attention.cu). On sm_86 and sm_89 (100 KB an SM) it would run one block an
+    SM, so the default stays."""
     if (fixed := attention_tiling_fixed()) is not None:
         return fixed
-    return ATTENTION_SMALL_GRID if blocks <= SMALL_GRID_BLOCKS_PER_SM * sms else ATTENTION_TILING
+    # 4 KB a block beside its stages: its static shared memory and what the GPU reserves
+    fits = SMALL_GRID_BLOCKS_PER_SM * (ATTENTION_SMALL_GRID.smem_bytes(head_dim) + 4096)
+    if blocks <= SMALL_GRID_BLOCKS_PER_SM * device.sms and fits <= device.smem_per_sm:
+        return ATTENTION_SMALL_GRID
+    return ATTENTION_TILING
 
 
 def attention_tiling_label() -> str:
@@ -120,7 +134,7 @@ def attention_tiling_label() -> str:
     if (fixed := attention_tiling_fixed()) is not None:
         return str(fixed)
     return (f"{ATTENTION_TILING}; {ATTENTION_SMALL_GRID} on grids of at most "
-            f"{SMALL_GRID_BLOCKS_PER_SM} blocks an SM")
+            f"{SMALL_GRID_BLOCKS_PER_SM} blocks an SM, where an SM holds that many")
 
 
 @cache

@@ -22,6 +22,7 @@ from kernels.cuda_sources import (
     PIPELINED_TILES,
     WIDE_GEMM_STAGES,
     AttentionTiling,
+    DeviceFacts,
     WideTiling,
     attention_tiling,
     attention_tiling_label,
@@ -205,6 +206,12 @@ def sm_count() -> int:
 
 
 @cache
+def device_facts() -> DeviceFacts:
+    attrs = cp.cuda.Device().attributes
+    return DeviceFacts(sm_count(), int(attrs["MaxSharedMemoryPerMultiprocessor"]))
+
+
+@cache
 def smem_per_block() -> int:
     """The most shared memory a block may ask for on this GPU (99 KB on sm_86 and sm_89,
     163 KB on an A100, 227 KB on Hopper)."""
@@ -262,7 +269,7 @@ def attention_launch(cfg: ModelConfig, qkv: cp.ndarray, positions: cp.ndarray,
     driver: at ``tiling``, by default the one the host picks for the grid on this GPU."""
     args = (cfg, qkv, positions, tables, rope, k_cache, v_cache, batch, scratch, out)
     return launch_of(attention_call(*args, tiling) if tiling else
-                     attention_call_picked(*args, sms=sm_count()))
+                     attention_call_picked(*args, device=device_facts()))
 
 
 class CupyDecodeStep(DecodeStep):
@@ -282,7 +289,7 @@ class CupyDecodeStep(DecodeStep):
         """Every launch of one step, in stream order."""
         return LaunchSequence([launch_of(c) for c in step_calls(
             self.cfg, self.w, self.bufs, self.layout, meta, out_tokens, batch, gemm_choice,
-            partial(attention_call_picked, sms=sm_count()))])
+            partial(attention_call_picked, device=device_facts()))])
 
     def launch(self, meta: cp.ndarray, out_tokens: cp.ndarray, batch_size: int,
                stream: Stream) -> None:

@@ -28,6 +28,7 @@ from kernels.cuda_sources import (
     WIDE_GEMM_STAGES,
     WIDE_TILINGS,
     AttentionTiling,
+    DeviceFacts,
     WideTiling,
     attention_name,
     attention_names,
@@ -187,10 +188,11 @@ def embed_call(cfg: ModelConfig, ids, slots, token_buf, table, w, positions, x, 
 
 
 def picked_attention_tiling(cfg: ModelConfig, batch: int, scratch: AttentionScratch,
-                            sms: int) -> AttentionTiling:
+                            device: DeviceFacts) -> AttentionTiling:
     """The tiling ``attention_tiling_for`` picks for paged_attention's grid (a block per row,
-    kv head and split of the scratch) on a GPU of ``sms`` SMs."""
-    return attention_tiling_for(batch * cfg.num_kv_heads * scratch.split_stride, sms)
+    kv head and split of the scratch) on ``device``."""
+    return attention_tiling_for(batch * cfg.num_kv_heads * scratch.split_stride, device,
+                                cfg.head_dim)
 
 
 def attention_call(cfg: ModelConfig, qkv, positions, tables, rope, k_cache, v_cache,
@@ -215,10 +217,10 @@ def attention_call(cfg: ModelConfig, qkv, positions, tables, rope, k_cache, v_ca
 
 def attention_call_picked(cfg: ModelConfig, qkv, positions, tables, rope, k_cache, v_cache,
                           batch: int, scratch: AttentionScratch, out, *,
-                          sms: int) -> KernelCall:
+                          device: DeviceFacts) -> KernelCall:
     """``attention_call`` at ``picked_attention_tiling``."""
     return attention_call(cfg, qkv, positions, tables, rope, k_cache, v_cache, batch, scratch,
-                          out, picked_attention_tiling(cfg, batch, scratch, sms))
+                          out, picked_attention_tiling(cfg, batch, scratch, device))
 
 
 @dataclass(frozen=True)

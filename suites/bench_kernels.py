@@ -165,7 +165,7 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
         # the tiling the host picks for this grid, then every other on the same inputs
         # (attention_ctx2048@...)
         scratch = cb.AttentionScratch.create(cfg, b, ctx, cp, attention_tiling())
-        chosen = picked_attention_tiling(cfg, b, scratch, cb.sm_count())
+        chosen = picked_attention_tiling(cfg, b, scratch, cb.device_facts())
         for tiling in (None, *(t for t in ATTENTION_TILINGS if t != chosen)):
             if tiling is not None:
                 scratch = cb.AttentionScratch.create(cfg, b, ctx, cp, tiling)

@@ -18,6 +18,7 @@ from kernels.cuda_sources import (
     ATTENTION_TILINGS,
     GEMM_VARIANTS,
     WIDE_GEMM_STAGES,
+    DeviceFacts,
     WideTiling,
     attention_tiling_for,
 )
@@ -193,11 +194,16 @@ def test_attention_stages_in_flight_change_no_bit(dev, rng, cfg, lengths):
 
 
 def test_the_host_picks_two_stages_on_small_grids_unless_a_tiling_is_fixed(monkeypatch):
+    """Two stages where the grid has at most two blocks an SM and two of the twin's 64 KB
+    (head dim 128) fit an SM: on an H200, not on an sm_89 GPU (100 KB an SM)."""
     monkeypatch.delenv("SCHEDBENCH_ATTENTION_TILING", raising=False)
-    assert attention_tiling_for(264, 132) == ATTENTION_SMALL_GRID
-    assert attention_tiling_for(265, 132) == ATTENTION_TILING
+    h200, sm89 = DeviceFacts(132, 228 * 1024), DeviceFacts(128, 100 * 1024)
+    assert attention_tiling_for(264, h200, 128) == ATTENTION_SMALL_GRID
+    assert attention_tiling_for(265, h200, 128) == ATTENTION_TILING
+    assert attention_tiling_for(64, sm89, 128) == ATTENTION_TILING
+    assert attention_tiling_for(64, sm89, 64) == ATTENTION_SMALL_GRID  # 32 KB stages
     monkeypatch.setenv("SCHEDBENCH_ATTENTION_TILING", str(ATTENTION_TILING))
-    assert attention_tiling_for(1, 132) == ATTENTION_TILING
+    assert attention_tiling_for(1, h200, 128) == ATTENTION_TILING
 
 
 def test_an_attention_tiling_whose_splits_are_not_the_scratchs_is_named():

@@ -9,7 +9,7 @@ import pytest
 
 from kernels import cuda_emulator
 from kernels import kernel_calls as kc
-from kernels.cuda_sources import ATTENTION_TILINGS, WideTiling, attention_tiling
+from kernels.cuda_sources import ATTENTION_TILINGS, DeviceFacts, WideTiling, attention_tiling
 from schedbench import sweep as sweep_module
 from schedbench.errors import ConfigError
 from schedbench.sweep import Sweep, SweepConfig
@@ -34,7 +34,7 @@ CFG = SweepConfig(backend="cpu", preset="micro", batch_sizes=(1, 3), steps=6, wa
 # The host's attention tiling rule on a GPU of one SM: micro has a block a row (one kv head,
 # one split), so rows 1-2 run two stages in flight and 3 rows one, and a batch of 3 that
 # shrinks, or a graph bucket that pads it, switches between them.
-ONE_SM_ATTENTION = partial(kc.attention_call_picked, sms=1)
+ONE_SM_ATTENTION = partial(kc.attention_call_picked, device=DeviceFacts(1, 228 * 1024))
 
 
 def loop_hashes(monkeypatch, gemm, attention=kc.attention_call) -> dict[int, str]:

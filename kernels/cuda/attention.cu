@@ -42,8 +42,9 @@
 // 0.73-0.90x on larger ones (0.95x over the 9 shapes); 512-token splits with two stages
 // 0.86x; two 48-token stages (four blocks) 0.97-1.08x (1.02x). Where the grid fills the SMs
 // it is blocks an SM that the kernel lacks, and five need 96 registers, which spills. So the
-// host runs the two-stage twin on grids of at most two blocks an SM (attention_tiling_for in
-// kernels/cuda_sources.py): STAGES decides how many stages fly, never which warp sums which
+// host runs the two-stage twin on grids of at most two blocks an SM, where an SM's shared
+// memory holds two (attention_tiling_for in kernels/cuda_sources.py; not on sm_86 and sm_89
+// at HEAD_DIM 128): STAGES decides how many stages fly, never which warp sums which
 // tokens, so the twin's sums are the default's, bit for bit, and a graph bucket's padding
 // rows, which may tip its grid over the line, change no token.
 // 128/64/64x1 is fastest at batch 1 and 2k tokens (17.7 against 11.3 % of copy: the

@@ -105,10 +105,13 @@ def attention_tiling() -> AttentionTiling:
 
 @dataclass(frozen=True)
 class DeviceFacts:
-    """What the host's kernel picks depend on: the GPU's SMs and shared memory an SM."""
+    """What the host's kernel picks depend on: the GPU's SMs, shared memory an SM, and the
+    most a block may ask for (99 KB on sm_86 and sm_89, 163 KB on an A100, 227 KB on
+    Hopper)."""
 
     sms: int
     smem_per_sm: int
+    smem_per_block: int
 
 
 def attention_tiling_for(blocks: int, device: DeviceFacts, head_dim: int) -> AttentionTiling:

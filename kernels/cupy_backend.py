@@ -201,21 +201,11 @@ def wide_gemm_from() -> int:
 
 
 @cache
-def sm_count() -> int:
-    return int(cp.cuda.Device().attributes["MultiProcessorCount"])
-
-
-@cache
 def device_facts() -> DeviceFacts:
     attrs = cp.cuda.Device().attributes
-    return DeviceFacts(sm_count(), int(attrs["MaxSharedMemoryPerMultiprocessor"]))
-
-
-@cache
-def smem_per_block() -> int:
-    """The most shared memory a block may ask for on this GPU (99 KB on sm_86 and sm_89,
-    163 KB on an A100, 227 KB on Hopper)."""
-    return int(cp.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"])
+    return DeviceFacts(int(attrs["MultiProcessorCount"]),
+                       int(attrs["MaxSharedMemoryPerMultiprocessor"]),
+                       int(attrs["MaxSharedMemoryPerBlockOptin"]))
 
 
 def wide_tiling(n: int, batch: int, stages: int = WIDE_GEMM_STAGES[0]) -> WideTiling:
@@ -223,14 +213,15 @@ def wide_tiling(n: int, batch: int, stages: int = WIDE_GEMM_STAGES[0]) -> WideTi
     padding there), else 128; 128 weight rows where that still gives every SM a block (fewer
     re-reads of the activations), else 64."""
     cols = 64 if batch <= 64 else 128
-    return WideTiling(128 if -(-n // 128) * -(-batch // cols) >= sm_count() else 64, cols, stages)
+    rows = 128 if -(-n // 128) * -(-batch // cols) >= device_facts().sms else 64
+    return WideTiling(rows, cols, stages)
 
 
 def gemm_variant_default(n: int, batch: int) -> str:
     """tc_gemm's variant (gemm.cu, PIPE): pipe (one block an SM) where the grid has no more
     blocks than the SMs anyway, up to batch 16; else pipe1 at batch 9-16 (two batch tiles,
     twice the MMAs a round, which a pipeline hides); else plain."""
-    if "pipe" in gemm_variants(batch) and gemm_blocks(n, batch) <= sm_count():
+    if "pipe" in gemm_variants(batch) and gemm_blocks(n, batch) <= device_facts().sms:
         return "pipe"
     return "pipe1" if gemm_tiles(batch) == PIPELINED_TILES else "plain"
 

@@ -29,6 +29,8 @@ import numpy as np
 from kernels.cuda_sources import (
     ATTENTION_TILINGS,
     GEMM_VARIANTS,
+    WIDE_GEMM_COLS,
+    WIDE_GEMM_ROWS,
     WIDE_GEMM_STAGES,
     WideTiling,
     attention_tiling,
@@ -184,7 +186,8 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
         (``_wide``: the default's, then ``_wide4``, ``_wide5``), and cuBLAS."""
         wide = {"_wide" + ("" if s == WIDE_GEMM_STAGES[0] else str(s)):
                 lambda p, s=s: {"wide": True, "wide_stages": s} for s in WIDE_GEMM_STAGES
-                if WideTiling(128, 128, s).smem_bytes() <= cb.smem_per_block()}
+                if WideTiling(max(WIDE_GEMM_ROWS), max(WIDE_GEMM_COLS), s).smem_bytes()
+                <= cb.device_facts().smem_per_block}
         for b in wide_batch_sizes:
             xs, outs = projection_inputs(b)
             for p in PROJECTIONS:

@@ -197,7 +197,7 @@ def test_the_host_picks_two_stages_on_small_grids_unless_a_tiling_is_fixed(monke
     """Two stages where the grid has at most two blocks an SM and two of the twin's 64 KB
     (head dim 128) fit an SM: on an H200, not on an sm_89 GPU (100 KB an SM)."""
     monkeypatch.delenv("SCHEDBENCH_ATTENTION_TILING", raising=False)
-    h200, sm89 = DeviceFacts(132, 228 * 1024), DeviceFacts(128, 100 * 1024)
+    h200, sm89 = DeviceFacts(132, 228 * 1024, 227 * 1024), DeviceFacts(128, 100 * 1024, 99 * 1024)
     assert attention_tiling_for(264, h200, 128) == ATTENTION_SMALL_GRID
     assert attention_tiling_for(265, h200, 128) == ATTENTION_TILING
     assert attention_tiling_for(64, sm89, 128) == ATTENTION_TILING

@@ -34,7 +34,8 @@ CFG = SweepConfig(backend="cpu", preset="micro", batch_sizes=(1, 3), steps=6, wa
 # The host's attention tiling rule on a GPU of one SM: micro has a block a row (one kv head,
 # one split), so rows 1-2 run two stages in flight and 3 rows one, and a batch of 3 that
 # shrinks, or a graph bucket that pads it, switches between them.
-ONE_SM_ATTENTION = partial(kc.attention_call_picked, device=DeviceFacts(1, 228 * 1024))
+ONE_SM_ATTENTION = partial(kc.attention_call_picked,
+                           device=DeviceFacts(1, 228 * 1024, 227 * 1024))
 
 
 def loop_hashes(monkeypatch, gemm, attention=kc.attention_call) -> dict[int, str]:

@@ -1,6 +1,6 @@
-"""Numba CUDA backend: the same decode step as kernels/numba_kernels.py and numba_gemm.py,
-on Numba's own streams, events, device arrays and pinned host buffers, so one code path
-runs on a GPU and in the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) that CI uses.
+"""Numba CUDA backend: the same decode step as kernels/numba_kernels.py, numba_tc_gemm.py and
+numba_gemm.py, on Numba's own streams, events, device arrays and pinned host buffers, so one
+code path runs on a GPU and in the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) that CI uses.
 
 Arrays: the facts measured on an H200 (2026-11) put a Numba launch at about 30 us of host
 time with Numba device arrays as arguments and about 67 us with CuPy arrays (each CuPy
@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 import numba
 import numpy as np
 
-from kernels import numba_gemm as ng
 from kernels import numba_kernels as nk
+from kernels import numba_tc_gemm as tg
 from kernels.backend import Backend, DecodeStep, Event, Stream
 from kernels.layout import StepLayout
 from schedbench.errors import ConfigError
@@ -107,7 +107,7 @@ def device_zeros(shape: int | tuple[int, ...], dtype: np.dtype | type):
 
 class NumbaDecodeStep(DecodeStep):
     def __init__(self, cfg: ModelConfig, weights: dict, num_blocks: int, layout: StepLayout,
-                 num_slots: int) -> None:
+                 num_slots: int, gemm_family: str) -> None:
         group = cfg.num_heads // cfg.num_kv_heads
         if cfg.head_dim > nk.MAX_HEAD_DIM or cfg.head_dim % 4 or group > nk.MAX_GROUP:
             raise ConfigError(f"model {cfg.name!r}: the Numba attention takes a head_dim that "
@@ -117,7 +117,7 @@ class NumbaDecodeStep(DecodeStep):
         if (odd := [k for k in (cfg.hidden_size, cfg.intermediate_size) if k % 4]):
             raise ConfigError(f"model {cfg.name!r}: the Numba GEMM loads 4 halves at a time; "
                               f"{odd[0]} is not a multiple of 4")
-        self.cfg, self.w, self.layout = cfg, weights, layout
+        self.cfg, self.w, self.layout, self.gemm_family = cfg, weights, layout, gemm_family
         self.kernels_per_step = 7 * cfg.num_layers + 3
         self.pad_slot, self.pad_block = num_slots, num_blocks
         shape = (cfg.num_layers, num_blocks + 1, cfg.block_size, cfg.num_kv_heads, cfg.head_dim)
@@ -159,9 +159,8 @@ class NumbaDecodeStep(DecodeStep):
         def rows(kernel):
             return kernel, batch, t
 
-        def gemm(epilogue, weight_rows):
-            return (ng.gemm_kernel(epilogue, batch), ng.gemm_grid(batch, weight_rows),
-                    ng.GEMM_THREADS)
+        def gemm(epilogue, weight_rows, k_dim):
+            return tg.gemm_launch(self.gemm_family, epilogue, batch, weight_rows, k_dim)
 
         rope = self.rope[:batch]
         plan = [(*rows(nk.embed_rmsnorm), (ids, slots, self.token_buf, w["embed"],
@@ -172,20 +171,21 @@ class NumbaDecodeStep(DecodeStep):
                 plan.append((*rows(nk.rmsnorm), (x, w["attn_norm"][layer], eps, h)))
             kc, vc = self.k_cache[layer], self.v_cache[layer]
             plan += [
-                (*gemm("store", cfg.qkv_size), (h, w["wqkv"][layer], qkv)),
+                (*gemm("store", cfg.qkv_size, cfg.hidden_size), (h, w["wqkv"][layer], qkv)),
                 (nk.paged_attention, self.attention_grid(batch), t,
                  (qkv, positions, tables, kc, vc, cfg.num_heads, cfg.num_kv_heads,
                   cfg.head_dim, cfg.head_dim ** -0.5, rope, self.part_o, self.part_ml,
                   self.counters, attn)),
-                (*gemm("add", cfg.hidden_size), (attn, w["wo"][layer], x)),
+                (*gemm("add", cfg.hidden_size, cfg.q_size), (attn, w["wo"][layer], x)),
                 (*rows(nk.rmsnorm), (x, w["mlp_norm"][layer], eps, h)),
-                (*gemm("silu_mul", 2 * cfg.intermediate_size),
+                (*gemm("silu_mul", 2 * cfg.intermediate_size, cfg.hidden_size),
                  (h, w["w_gate_up"][layer], act)),
-                (*gemm("add", cfg.hidden_size), (act, w["w_down"][layer], x)),
+                (*gemm("add", cfg.hidden_size, cfg.intermediate_size),
+                 (act, w["w_down"][layer], x)),
             ]
         plan += [
             (*rows(nk.rmsnorm), (x, w["final_norm"], eps, h)),
-            (*gemm("store", cfg.vocab_size), (h, w["lm_head"], logits)),
+            (*gemm("store", cfg.vocab_size, cfg.hidden_size), (h, w["lm_head"], logits)),
             (*rows(nk.argmax_tokens), (logits, slots, self.token_buf, out_tokens[:batch])),
         ]
         assert len(plan) == self.kernels_per_step
@@ -247,7 +247,13 @@ class NumbaBackend(Backend):
             from kernels.cupy_backend import check_fits_on_device
 
             check_fits_on_device(cfg, num_blocks, layout, self.device_name)
-        return NumbaDecodeStep(cfg, device_weights(cfg, seed), num_blocks, layout, num_slots)
+        return NumbaDecodeStep(cfg, device_weights(cfg, seed), num_blocks, layout, num_slots,
+                               self.gemm_family())
+
+    def gemm_family(self) -> str:
+        """The projections' kernels on this device (numba_tc_gemm.gemm_family)."""
+        return tg.gemm_family(None if SIMULATOR
+                              else cuda.get_current_device().compute_capability)
 
     def spin_step(self, vocab_size: int, compute_ms: float, layout: StepLayout,
                   num_slots: int) -> DecodeStep:
@@ -256,7 +262,7 @@ class NumbaBackend(Backend):
 
     def versions(self) -> dict[str, str]:
         return {"numba": numba.__version__, "numpy": np.__version__,
-                "simulator": str(SIMULATOR)}
+                "simulator": str(SIMULATOR), "numba_gemm": self.gemm_family()}
 
     def close(self) -> None:
         cuda.synchronize()

@@ -114,7 +114,6 @@ def _team_total(red, bb, r):  # pragma: no cover - device code
 @functools.cache
 def _gemm(epilogue: int, tile: int):
     rows, unroll, block_rows = group_rows(tile), gemm_unroll(tile), gemm_rows(tile)
-    rows_out = block_rows // 2 if epilogue == SILU_MUL else block_rows
     step = TEAM * unroll  # words a round covers
     red_shape = (tile, block_rows, TEAM + 1)  # +1: a row's partials start in another bank
 
@@ -179,22 +178,39 @@ def _gemm(epilogue: int, tile: int):
                 for bb in range(tile):
                     red[bb, r0 + r, t] = acc[r, bb]
 
+    write = output_writer(epilogue, _team_total, tile, block_rows, GEMM_THREADS)
+
     def gemm(x, w, out):  # pragma: no cover - device code
         red = cuda.shared.array(red_shape, float32)
         dot_rows(x, w, red)
         cuda.syncthreads()
-        b0, n0 = cuda.blockIdx.x * tile, cuda.blockIdx.y * rows_out
-        for o in range(cuda.threadIdx.x, tile * rows_out, GEMM_THREADS):
-            bb, r = o // rows_out, o % rows_out  # consecutive threads: consecutive features
-            b, n = b0 + bb, n0 + r
-            if b < out.shape[0] and n < out.shape[1]:
-                if epilogue == SILU_MUL:
-                    g, u = _team_total(red, bb, 2 * r), _team_total(red, bb, 2 * r + 1)
-                    out[b, n] = g / (1.0 + math.exp(-g)) * u
-                elif epilogue == ADD:
-                    out[b, n] += _team_total(red, bb, r)
-                else:
-                    out[b, n] = _team_total(red, bb, r)
+        write(red, out)
 
     gemm.__name__ = gemm.__qualname__ = f"gemm_{GEMM_EPILOGUES[epilogue]}"
     return cuda.jit(gemm)
+
+
+def output_writer(epilogue: int, total, tile: int, block_rows: int, threads: int):
+    """The epilogue of a block of ``tile`` batch rows (blockIdx.x) by ``block_rows`` weight
+    rows (blockIdx.y), as a device function ``write(red, out)``; ``total(red, bb, r)`` is the
+    finished sum of the block's weight row r for its batch row bb. Consecutive threads take
+    consecutive features, so the stores are coalesced; silu_mul rows come as (gate, up)
+    pairs, a block's output features half its rows."""
+    rows_out = block_rows // 2 if epilogue == SILU_MUL else block_rows
+
+    @cuda.jit(device=True)
+    def write(red, out):  # pragma: no cover - device code
+        b0, n0 = cuda.blockIdx.x * tile, cuda.blockIdx.y * rows_out
+        for o in range(cuda.threadIdx.x, tile * rows_out, threads):
+            bb, r = o // rows_out, o % rows_out
+            b, n = b0 + bb, n0 + r
+            if b < out.shape[0] and n < out.shape[1]:
+                if epilogue == SILU_MUL:
+                    g, u = total(red, bb, 2 * r), total(red, bb, 2 * r + 1)
+                    out[b, n] = g / (1.0 + math.exp(-g)) * u
+                elif epilogue == ADD:
+                    out[b, n] += total(red, bb, r)
+                else:
+                    out[b, n] = total(red, bb, r)
+
+    return write

@@ -248,20 +248,25 @@ def numba_timed_ms(launches: list[tuple]) -> float:
 
 
 def numba_gemms(fig: Figures, shapes: dict, weights: dict, inputs: dict) -> None:
-    """The Numba GEMM on the CuPy rows' arrays (wrapped zero-copy), every layer's weights."""
-    from kernels import numba_gemm as ng
+    """The Numba GEMM on the CuPy rows' arrays (wrapped zero-copy), every layer's weights:
+    ``numba_gemm_p`` the kernels this GPU runs by default, ``numba_gemm_p@family`` the
+    other family where the GPU has both (numba_tc_gemm.GEMM_FAMILIES)."""
+    from kernels import numba_tc_gemm as tg
     from kernels.numba_kernels import cuda
 
     epilogues = {"store_half": "store", "add_residual": "add", "silu_mul": "silu_mul"}
+    families = tg.gemm_families(cuda.get_current_device().compute_capability)
     for p in PROJECTIONS:
         ws = [cuda.as_cuda_array(w) for w in weights[p]]
         for b, (xs, outs) in inputs.items():
             x, out = cuda.as_cuda_array(xs[p]), cuda.as_cuda_array(outs[p])
-            kernel = ng.gemm_kernel(epilogues[EPILOGUES[p]], b)
-            launches = [(kernel, ng.gemm_grid(b, w.shape[0]), ng.GEMM_THREADS, (x, w, out))
-                        for w in ws]
-            fig.record(f"numba_gemm_{p}", b, numba_timed_ms(launches) / len(launches),
-                       math.prod(shapes[p]) * 2)
+            for family in families:
+                kernel, grid, threads = tg.gemm_launch(family, epilogues[EPILOGUES[p]], b,
+                                                       ws[0].shape[0], ws[0].shape[1])
+                launches = [(kernel, grid, threads, (x, w, out)) for w in ws]
+                name = f"numba_gemm_{p}" + (f"@{family}" if family != families[0] else "")
+                fig.record(name, b, numba_timed_ms(launches) / len(launches),
+                           math.prod(shapes[p]) * 2)
 
 
 def numba_attention(fig: Figures, cfg: ModelConfig, ctx: int, b: int) -> None:

@@ -6,10 +6,12 @@ test in test_numba_compile.py does, for sm_90 and sm_75): the simulator never co
 a kernel that fails to type or lower for a real GPU, or asks for more registers or shared
 memory than a launch of its block size can get, or keeps a register array in local memory,
 would otherwise pass CI and show up only on a GPU. The argument types and block sizes are
-those of the backend's own plan, built over host arrays, for batch 1, 2, 3 and 8 (the GEMM
-is a kernel per batch tile: 1, 2, 4, 8). NVVM makes the PTX, nvJitLink assembles it,
-nvdisasm shows the SASS (all three from pip wheels): a GEMM whose loads ptxas has spread
-out between the FMAs fails too. Prints one JSON object per kernel and signature.
+those of the backend's own plan, built over host arrays, for batch 1, 2, 3, 8 and 16 (the GEMM
+is a kernel per batch tile: 1, 2, 4, 8), with both GEMM families where the architecture
+runs both (numba_tc_gemm: the tensor-core kernels from sm_80). NVVM makes the PTX,
+nvJitLink assembles it, nvdisasm shows the SASS (all three from pip wheels): a GEMM whose
+loads ptxas has spread out between the FMAs or MMAs fails too. Prints one JSON object per
+kernel and signature.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ import numpy as np
 
 from kernels import numba_backend as nbk
 from kernels import numba_gemm as ng
+from kernels import numba_tc_gemm as tg
 from kernels.layout import StepLayout
 from schedbench.model import get_preset, make_weights
 
 ARCH = "sm_90"  # what the kernels are tuned for; sm_75 is checked too (kernels/registry.py)
-BATCHES = (1, 2, 3, 8)
+BATCHES = (1, 2, 3, 8, 16)
 
 
 def link_info(ptx: str, arch: str) -> dict[str, int]:
@@ -77,19 +80,24 @@ def disassemble(cubin: bytes) -> str | None:
 
 
 def load_burst(sass: str) -> int:
-    """The most global loads issued one after another with no FMA between them: at best,
-    the loads a thread has in flight at once. (ptxas moves a load next to its first use
-    when nothing keeps it earlier, whatever order the source wrote them in.)"""
+    """The most global loads issued one after another with no FMA or MMA between them: at
+    best, the loads a thread has in flight at once. (ptxas moves a load next to its first
+    use when nothing keeps it earlier, whatever order the source wrote them in.)"""
     best = run = 0
-    for op in re.findall(r"\b(LDG|FFMA)\b", sass):
+    for op in re.findall(r"\b(LDG|FFMA|HMMA)\b", sass):
         run = run + 1 if op == "LDG" else 0
         best = max(best, run)
     return best
 
 
 def loads_written(kernel: str, batch: int) -> int:
-    """The global loads a GEMM thread issues together, as the source writes them: a round
-    of words for each of its rows."""
+    """The global loads a GEMM thread must have issued together: the CUDA-core kernel's
+    round of words for each of its rows; the tensor-core kernel's chunk, two 16-byte loads
+    for each of its four weight rows and its batch tiles (of a two-chunk round, ptxas may
+    issue the second chunk's among the first's MMAs, as it does for kernels/cuda/gemm.cu's
+    tc_gemm)."""
+    if kernel.startswith("tc_gemm_"):
+        return 2 * (4 + tg.batch_tiles(batch))
     if not kernel.startswith("gemm_"):
         return 0
     tile = ng.batch_tile(batch)
@@ -103,7 +111,7 @@ SMEM_LIMIT, RESERVED_SMEM, REGISTER_FILE = 48 * 1024, 1024, 64 * 1024
 # left a loop over one rolled and the array went to local memory, traffic in the inner
 # loop. (embed_rmsnorm's frame is libdevice's sin/cos argument reduction, which only
 # angles beyond any context length take.)
-REGISTER_ARRAYS = ("gemm_", "paged_attention")
+REGISTER_ARRAYS = ("gemm_", "tc_gemm_", "paged_attention")
 
 
 def problems(row: dict) -> list[str]:
@@ -134,20 +142,24 @@ def main(arch: str = ARCH) -> int:
     nbk.device_zeros = np.zeros
     cfg = get_preset("tiny")
     layout = StepLayout(max(BATCHES), cfg.max_blocks_per_seq)
-    step = nbk.NumbaDecodeStep(cfg, nbk.upload_weights(make_weights(cfg, 0)), 8, layout, 8)
+    weights = nbk.upload_weights(make_weights(cfg, 0))
+    meta, out_tokens = np.zeros(layout.size, np.int32), np.zeros(layout.max_batch, np.int32)
     seen = set()
-    for batch in BATCHES:
-        for kernel, _, block, args in step.plan(np.zeros(layout.size, np.int32),
-                                                np.zeros(layout.max_batch, np.int32), batch):
-            sig = tuple(numba.typeof(a) for a in args)
-            if (kernel, sig) in seen:
-                continue
-            seen.add((kernel, sig))
-            ptx, _ = numba.cuda.compile_ptx(kernel.py_func, sig, cc=cc)
-            name = kernel.py_func.__name__
-            print(json.dumps({"kernel": name, "batch": batch, "threads": block,
-                              "loads_written": loads_written(name, batch),
-                              **link_info(ptx, arch)}))
+    for family in tg.gemm_families(cc):
+        step = nbk.NumbaDecodeStep(cfg, weights, 8, layout, 8, family)
+        for batch in BATCHES:
+            for kernel, _, block, args in step.plan(meta, out_tokens, batch):
+                sig = tuple(numba.typeof(a) for a in args)
+                if (kernel, sig) in seen:
+                    continue
+                seen.add((kernel, sig))
+                bounds = kernel.targetoptions.get("launch_bounds")
+                ptx, _ = numba.cuda.compile_ptx(kernel.py_func, sig, cc=cc,
+                                                launch_bounds=bounds)
+                name = kernel.py_func.__name__
+                print(json.dumps({"kernel": name, "batch": batch, "threads": block,
+                                  "loads_written": loads_written(name, batch),
+                                  **link_info(ptx, arch)}))
     return 0
 
 

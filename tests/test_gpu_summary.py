@@ -41,7 +41,8 @@ def test_every_target_gets_a_verdict(tmp_path):
         kernel("cublas_128_projections", 256, 8.0, 1800.0, 45.0),
         kernel("attention_ctx4096", 16, 0.01, 2400.0, 60.0),
         kernel("gemm_qkv", 16, 0.015, 3400.0, 85.0),
-        kernel("numba_gemm_qkv", 16, 0.03, 1700.0, 42.5)]})
+        kernel("numba_gemm_qkv", 16, 0.03, 1700.0, 42.5),
+        kernel("numba_gemm_qkv@fma", 16, 0.06, 850.0, 21.25)]})
     write(tmp_path, "launch.json", {**LAUNCH, **NUMBA, "graph_replay_device_us": 4.0,
                                     "graph_replay_device_queued_us": 4.5})
     runs = [{"mode": m, "batch_size": 1, "step_ms": 5.5, "schedule_ms": 0.04,
@@ -60,6 +61,8 @@ def test_every_target_gets_a_verdict(tmp_path):
                            "14 passed\n")
     assert "  graphs     b=1   step    5.500 ms" in text and text.count("itl p99 5.600") == 3
     assert "sweep llama3-8b on H100: tokens identical=True, wide_gemm_from=0\n" in text
+    assert "  numba_gemm_qkv@fma           b=16       60.0 us   21.2% copy, 0.50x the default's " \
+           "speed\n" in text
     targets = text.split("targets:\n")[1].splitlines()
     assert targets == [
         "  #3 all_128_projections b=16: 91.0% of copy (>= 90), cuBLAS 87.0%: met",

@@ -33,6 +33,7 @@ if not available("numba"):
 from kernels import numba_backend as nbk
 from kernels import numba_gemm as ng
 from kernels import numba_kernels as nk
+from kernels import numba_tc_gemm as tg
 
 cuda = nk.cuda
 MICRO = get_preset("micro")
@@ -110,45 +111,127 @@ def test_norms_and_embedding(rng):
                                rtol=0, atol=1e-9)
 
 
-def gemm(kind: str, x, w, out):
-    b, n = x.shape[0], w.shape[0]
-    return run(ng.gemm_kernel(kind, b), ng.gemm_grid(b, n), x, w, out,
-               threads=ng.GEMM_THREADS)[2]
+def gemm(kind: str, x, w, out, family: str = "fma"):
+    b, (n, k) = x.shape[0], w.shape
+    kernel, grid, threads = tg.gemm_launch(family, kind, b, n, k)
+    return run(kernel, grid, x, w, out, threads=threads)[2]
 
 
-# Batch 1, 3 and 11: tiles of 1, 4 and 8 (the second tile of 11 partly past the batch).
-# 70 rows: a last block of 6 (16 or 32 per simulated block); K = 1100 halves = 275 words,
-# two whole rounds of a team's 64 threads x 2 words, and the rest a word at a time.
+# K for each family: fma 1100 halves = 275 words, two whole rounds of a team's 64 threads x
+# 2 words, and the rest a word at a time; mma 320 = five 64-wide chunks over the simulator's
+# two warps, so a warp's last two-chunk round (batch 1 and 3) has one chunk past the end.
+GEMM_K = {"fma": 1100, "mma": 320}
+
+
+# Batch 1, 3 and 11: fma tiles of 1, 4 and 8 (the second tile of 11 partly past the batch);
+# mma tiles of 8, and of 16 at batch 11. 70 rows: a last block of 6 (fma: 16 or 32 rows a
+# simulated block; mma: 32).
+@pytest.mark.parametrize("family", tg.GEMM_FAMILIES)
 @pytest.mark.parametrize(("kind", "b"), [("store", 1), ("store", 11), ("add", 3),
                                          ("silu_mul", 3)])
-def test_gemm(rng, kind, b):
-    n, k = 70, 1100
+def test_gemm(rng, kind, b, family):
+    n, k = 70, GEMM_K[family]
     x, w = half(rng, b, k), half(rng, n, k, scale=k ** -0.5)
     full = x.astype(np.float64) @ w.T.astype(np.float64)
     if kind == "store":
-        got = gemm(kind, x, w, np.full((b, n), np.nan, np.float32))
+        got = gemm(kind, x, w, np.full((b, n), np.nan, np.float32), family)
         expect = full
     elif kind == "add":
         base = rng.standard_normal((b, n)).astype(np.float32)
-        got = gemm(kind, x, w, base.copy())
+        got = gemm(kind, x, w, base.copy(), family)
         expect = base + full
     else:
         wi = np.ascontiguousarray(interleave_gate_up(w[None])[0])
-        got = gemm(kind, x, wi, np.full((b, n // 2), np.nan, np.float16))
+        got = gemm(kind, x, wi, np.full((b, n // 2), np.nan, np.float16), family)
         expect = ref.silu_mul(full)
     assert np.isfinite(got).all() and rel_err(got, expect) < FP16_TOL
 
 
-def test_gemm_rows_do_not_depend_on_the_batch(rng):
+@pytest.mark.parametrize("family", tg.GEMM_FAMILIES)
+def test_gemm_rows_do_not_depend_on_the_batch(rng, family):
     """A row's outputs are the same bits alone, in a tile of 2, and in the second tile of
-    a batch of 9: the loops batch requests differently and must agree token for token."""
-    n, k = 20, 1100
+    a batch of 9 (mma: the 16-row tile, a chunk a round): the loops batch requests
+    differently and must agree token for token."""
+    n, k = 20, GEMM_K[family]
     x, w = half(rng, 9, k), half(rng, n, k, scale=k ** -0.5)
-    alone = gemm("store", x[8:9], w, np.full((1, n), np.nan, np.float32))
-    pair = gemm("store", x[7:9], w, np.full((2, n), np.nan, np.float32))
-    nine = gemm("store", x, w, np.full((9, n), np.nan, np.float32))
+    alone = gemm("store", x[8:9], w, np.full((1, n), np.nan, np.float32), family)
+    pair = gemm("store", x[7:9], w, np.full((2, n), np.nan, np.float32), family)
+    nine = gemm("store", x, w, np.full((9, n), np.nan, np.float32), family)
     np.testing.assert_array_equal(pair[1], alone[0])
     np.testing.assert_array_equal(nine[8], alone[0])
+
+
+def test_mma_gemm_falls_back_where_k_is_not_whole_chunks():
+    assert tg.gemm_launch("mma", "store", 4, 64, 320)[0] is tg.tc_gemm_kernel("store", 4)
+    assert tg.gemm_launch("mma", "store", 4, 64, 1100)[0] is ng.gemm_kernel("store", 4)
+
+
+def test_the_simulated_mma_follows_the_ptx_fragment_layouts(rng):
+    """Each lane's registers laid out as the PTX ISA's m16n8k16 figures draw them, written
+    here independently of kernels/numba_mma.py: D = A.B + C lands where the figure for D
+    puts it."""
+    from kernels.numba_mma import mma_fragments
+
+    a, b = half(rng, 16, 16), half(rng, 16, 8)
+    c = rng.standard_normal((16, 8)).astype(np.float32)
+
+    def pair(lo, hi) -> np.uint32:
+        return np.array([lo, hi], np.float16).view(np.uint32)[0]
+
+    regs, acc, where = np.zeros((32, 6), np.uint32), np.zeros((32, 4), np.float32), []
+    for lane in range(32):
+        g, t = lane // 4, lane % 4
+        regs[lane] = [pair(a[g, 2 * t], a[g, 2 * t + 1]),
+                      pair(a[g + 8, 2 * t], a[g + 8, 2 * t + 1]),
+                      pair(a[g, 2 * t + 8], a[g, 2 * t + 9]),
+                      pair(a[g + 8, 2 * t + 8], a[g + 8, 2 * t + 9]),
+                      pair(b[2 * t, g], b[2 * t + 1, g]), pair(b[2 * t + 8, g], b[2 * t + 9, g])]
+        where.append([(g, 2 * t), (g, 2 * t + 1), (g + 8, 2 * t), (g + 8, 2 * t + 1)])
+        acc[lane] = [c[i, j] for i, j in where[-1]]
+    d = mma_fragments(regs, acc)
+    expect = c + a.astype(np.float64) @ b.astype(np.float64)
+    got = np.zeros((16, 8))
+    for lane in range(32):
+        for v, (i, j) in zip(d[lane], where[lane], strict=True):
+            got[i, j] = v
+    np.testing.assert_allclose(got, expect, rtol=1e-6, atol=1e-6)
+
+
+def test_the_gemm_family_follows_the_gpu_and_the_setting(monkeypatch):
+    from schedbench.errors import ConfigError
+
+    monkeypatch.delenv("SCHEDBENCH_NUMBA_GEMM", raising=False)
+    assert tg.gemm_family((9, 0)) == "mma" and tg.gemm_family((8, 0)) == "mma"
+    assert tg.gemm_family((7, 5)) == "fma" and tg.gemm_family(None) == "fma"  # simulator
+    assert tg.gemm_families((9, 0)) == ["mma", "fma"] and tg.gemm_families((7, 5)) == ["fma"]
+    monkeypatch.setenv("SCHEDBENCH_NUMBA_GEMM", "fma")
+    assert tg.gemm_families((9, 0)) == ["fma", "mma"]
+    monkeypatch.setenv("SCHEDBENCH_NUMBA_GEMM", "mma")
+    assert tg.gemm_family(None) == "mma"
+    with pytest.raises(ConfigError, match=r"needs compute capability 8\.0 .* this GPU has 7\.5"):
+        tg.gemm_family((7, 5))
+    monkeypatch.setenv("SCHEDBENCH_NUMBA_GEMM", "wmma")
+    with pytest.raises(ConfigError, match=r"SCHEDBENCH_NUMBA_GEMM='wmma': one of"):
+        tg.gemm_family((9, 0))
+
+
+def test_a_misaligned_16_byte_load_is_refused_as_a_gpu_would():
+    if not nbk.SIMULATOR:
+        pytest.skip("on a GPU it faults and takes the context with it: the simulator's "
+                    "check is what is tested")
+    from kernels.numba_mma import ldg16
+
+    @cuda.jit
+    def load(words, col, out):
+        q = ldg16(words, 0, col, True)
+        out[0] = q[0]
+
+    words = cuda.to_device(np.arange(16, dtype=np.uint32).reshape(2, 8))
+    out = cuda.to_device(np.zeros(1, np.uint32))
+    load[1, 1](words, 4, out)
+    assert out.copy_to_host()[0] == 4
+    with pytest.raises(ValueError, match="not 16 contiguous bytes at a multiple of 16"):
+        load[1, 1](words, 2, out)
 
 
 # head_dim 20: 5 words a row, so the staging leaves some threads without a token
@@ -191,10 +274,13 @@ def test_real_shapes_on_a_gpu(rng):
     cfg = get_preset("llama3-8b")
     n, k = 6144, 4096
     w = half(rng, n, k, scale=k ** -0.5)
-    for b in (1, 2, 4, 13):  # every tile; 13 is two tiles of 8, the second partial
-        x = half(rng, b, k)
-        got = gemm("store", x, w, np.full((b, n), np.nan, np.float32))
-        assert rel_err(got, x.astype(np.float64) @ w.T.astype(np.float64)) < FP16_TOL, b
+    # every fma tile, 13 its two tiles of 8, the second partial; mma's 8 and 16-row tiles
+    for family in tg.gemm_families(cuda.get_current_device().compute_capability):
+        for b in (1, 2, 4, 13, 16):
+            x = half(rng, b, k)
+            got = gemm("store", x, w, np.full((b, n), np.nan, np.float32), family)
+            expect = x.astype(np.float64) @ w.T.astype(np.float64)
+            assert rel_err(got, expect) < FP16_TOL, (family, b)
     case = AppendCase.make(rng, cfg, [1, 2048, 8192])
     case.check(*attend(cfg, case.qkv, case.positions, case.tables, case.k_cache, case.v_cache))
 
@@ -210,13 +296,14 @@ def test_argmax_first_maximum(rng):
     np.testing.assert_array_equal(out[2][slots], out[3])
 
 
-def test_whole_step_matches_reference(rng):
+@pytest.mark.parametrize("family", tg.GEMM_FAMILIES)
+def test_whole_step_matches_reference(rng, family):
     cfg, b, seed = MICRO, 3, int(rng.integers(1 << 30))
     layout = StepLayout(4, cfg.max_blocks_per_seq)
     lengths = [1, 9, 30]
     tables, kc, vc = paged_fp16(rng, cfg, lengths)
     w16 = make_weights(cfg, seed).astype(np.float16)
-    step = nbk.NumbaDecodeStep(cfg, nbk.upload_weights(w16), len(kc), layout, 8)
+    step = nbk.NumbaDecodeStep(cfg, nbk.upload_weights(w16), len(kc), layout, 8, family)
     k_all = np.zeros((cfg.num_layers, len(kc) + 1, *kc.shape[1:]), np.float16)
     v_all = k_all.copy()
     k_all[:, :len(kc)], v_all[:, :len(vc)] = kc, vc
@@ -268,7 +355,7 @@ def test_shapes_the_attention_cannot_take_are_refused(change, what):
 
     cfg = replace(MICRO, **change)
     with pytest.raises(ConfigError, match=what):
-        nbk.NumbaDecodeStep(cfg, {}, 4, StepLayout(2, cfg.max_blocks_per_seq), 4)
+        nbk.NumbaDecodeStep(cfg, {}, 4, StepLayout(2, cfg.max_blocks_per_seq), 4, "fma")
 
 
 @pytest.mark.gpu

@@ -1,0 +1,167 @@
+"""Two PTX instructions Numba has no Python spelling for, as Numba intrinsics (inline PTX
+through llvmlite, the way numba-cuda writes its own cache-hinted loads), each with a
+simulator twin so ``NUMBA_ENABLE_CUDASIM=1`` runs the kernels that call them:
+
+- ``ldg16(words, row, col, ok)``: words[row, col:col + 4] of a 2-D uint32 array in one
+  16-byte load through the read-only path (``ld.global.nc.v4.u32``), zeros where ``ok`` is
+  false (no access then). ``col`` is a multiple of 4 and rows are 16-byte aligned.
+- ``mma_m16n8k16(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3)``: the warp's
+  ``mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32``, fp16 pairs in uint32 registers,
+  returning d0..d3 = A.B + C. Lane (g, t) = (lane / 4, lane % 4) holds A(g, 2t..2t+1),
+  A(g+8, 2t..), A(g, 2t+8..), A(g+8, 2t+8..) in a0..a3, B(2t..2t+1, g), B(2t+8.., g) in b0,
+  b1, and C(g, 2t..2t+1), C(g+8, 2t..) in c0..c3 (the PTX ISA's fragment layouts; the first
+  of a pair in the low half). Every lane of the warp calls it together (``.sync.aligned``).
+
+Why inline PTX: numba-cuda has no tensor-core operation and no vector load. The decode
+projections at batch 16 need 16 FMAs per weight element, which Hopper's CUDA cores cannot
+issue at memory speed (kernels/cuda/gemm.cu says why), so without mma the Numba GEMM ran 4-7x
+behind the CUDA C one there. NVIDIA's numba-cuda issue #532 names an intrinsic with an
+``ir.InlineAsm`` as today's way to write inline PTX.
+
+The simulator runs a block's threads as Python threads; the twin of the warp-wide MMA is a
+``threading.Barrier`` of the warp's 32 lanes whose action multiplies the fragments they left.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+
+import numpy as np
+
+from kernels import numba_shim
+
+numba_shim.apply()  # NOTE: before numba.cuda compiles anything
+
+from numba import config, types  # noqa: E402
+
+MMA_MIN_CC = (8, 0)  # mma.sync.m16n8k16 with fp16 operands: sm_80 and later
+
+
+def _fragment_index() -> tuple[np.ndarray, ...]:
+    """Where each lane's halves sit: A's (row, k) for a0..a3 (low, high half), B's (k, col)
+    for b0, b1, and C's (row, col) for c0..c3, each indexed [lane, register(, half)]."""
+    g, t = np.divmod(np.arange(32), 4)
+    r, hi = np.arange(4)[None, :, None], np.arange(2)[None, None, :]
+    g3, t3 = g[:, None, None], t[:, None, None]
+    a_rows = np.broadcast_to(g3 + 8 * (r & 1), (32, 4, 2))
+    a_cols = np.broadcast_to(2 * t3 + hi + 8 * (r >> 1), (32, 4, 2))
+    b_rows = np.broadcast_to(2 * t3 + hi + 8 * r[:, :2], (32, 2, 2))
+    b_cols = np.broadcast_to(g3, (32, 2, 2))
+    i = np.arange(4)[None, :]
+    c_rows, c_cols = g[:, None] + 8 * (i >> 1), 2 * t[:, None] + (i & 1)
+    return a_rows, a_cols, b_rows, b_cols, c_rows, c_cols
+
+
+_A_ROWS, _A_COLS, _B_ROWS, _B_COLS, _C_ROWS, _C_COLS = _fragment_index()
+
+
+def mma_fragments(regs: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """d0..d3 of every lane of one m16n8k16 MMA, [lane, 4] fp32, from each lane's registers
+    ``regs`` [lane, 6] (a0..a3, b0, b1; uint32) and accumulators ``c`` [lane, 4], in the
+    layouts above. fp16 products are exact; each output's 16 are summed in float64 and
+    rounded once, then added to C in fp32."""
+    halves = regs.astype(np.uint32).view(np.float16).reshape(32, 6, 2).astype(np.float64)
+    a, b = np.empty((16, 16)), np.empty((16, 8))
+    a[_A_ROWS, _A_COLS] = halves[:, :4]
+    b[_B_ROWS, _B_COLS] = halves[:, 4:]
+    return c.astype(np.float32) + (a @ b)[_C_ROWS, _C_COLS].astype(np.float32)
+
+
+class _Warp:
+    """Where one simulated warp's lanes meet for an MMA."""
+
+    def __init__(self) -> None:
+        self.regs, self.c = np.zeros((32, 6), np.uint32), np.zeros((32, 4), np.float32)
+        self.out = self.c
+        # a lane that dies before the MMA leaves the others a broken barrier, not a hang
+        self.barrier = threading.Barrier(32, action=self._multiply, timeout=120)
+
+    def _multiply(self) -> None:
+        self.out = mma_fragments(self.regs, self.c)
+
+
+_warps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # block -> {warp: _Warp}
+_warps_lock = threading.Lock()
+
+
+def _simulated_mma(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
+    thread = threading.current_thread()  # the simulator's BlockThread of this lane
+    warp_id, lane = divmod(thread.thread_id, 32)
+    with _warps_lock:
+        warp = _warps.setdefault(thread._manager, {}).setdefault(warp_id, _Warp())
+    warp.regs[lane], warp.c[lane] = (a0, a1, a2, a3, b0, b1), (c0, c1, c2, c3)
+    warp.barrier.wait()  # the last lane in multiplies for the warp before any leaves
+    d = warp.out[lane]
+    return d[0], d[1], d[2], d[3]
+
+
+def _simulated_ldg16(words, row, col, ok):
+    if not ok:
+        return (np.uint32(0),) * 4
+    four = words[row, col:col + 4]._ary  # NOTE: the simulator's array wraps the host one
+    if four.ctypes.data % 16 or four.shape != (4,) or four.strides != (4,):
+        raise ValueError(f"ldg16: words[{row}, {col}:{col + 4}] are not 16 contiguous bytes "
+                         f"at a multiple of 16, which a GPU's 16-byte load faults on")
+    return four[0], four[1], four[2], four[3]
+
+
+def _intrinsics():
+    from llvmlite import ir
+    from numba.cuda import cgutils
+    from numba.cuda.extending import intrinsic
+
+    i32, i64, f32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
+
+    @intrinsic
+    def ldg16(typingctx, words, row, col, ok):
+        if not (isinstance(words, types.Array) and words.dtype == types.uint32
+                and words.ndim == 2):
+            return None
+        sig = types.UniTuple(types.uint32, 4)(words, row, col, ok)
+
+        def codegen(context, builder, sig, args):
+            aryty, rowty, colty, okty = sig.args
+            ary = context.make_array(aryty)(context, builder, value=args[0])
+            index = [context.cast(builder, v, t, types.intp)
+                     for v, t in ((args[1], rowty), (args[2], colty))]
+            ptr = cgutils.get_item_pointer(context, builder, aryty, ary, index,
+                                           wraparound=False)
+            pred = context.cast(builder, args[3], okty, types.int32)
+            fnty = ir.FunctionType(ir.LiteralStructType([i32] * 4), [i64, i32])
+            asm = ir.InlineAsm(
+                fnty,
+                "{\n .reg .pred p;\n setp.ne.b32 p, $5, 0;\n"
+                " mov.b32 $0, 0;\n mov.b32 $1, 0;\n mov.b32 $2, 0;\n mov.b32 $3, 0;\n"
+                " @p ld.global.nc.v4.u32 {$0, $1, $2, $3}, [$4];\n}",
+                "=r,=r,=r,=r,l,r")
+            got = builder.call(asm, [builder.ptrtoint(ptr, i64), pred])
+            return context.make_tuple(builder, sig.return_type,
+                                      [builder.extract_value(got, i) for i in range(4)])
+
+        return sig, codegen
+
+    @intrinsic
+    def mma_m16n8k16(typingctx, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
+        sig = types.UniTuple(types.float32, 4)(*[types.uint32] * 6, *[types.float32] * 4)
+
+        def codegen(context, builder, sig, args):
+            fnty = ir.FunctionType(ir.LiteralStructType([f32] * 4), [i32] * 6 + [f32] * 4)
+            asm = ir.InlineAsm(
+                fnty,
+                "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {$0, $1, $2, $3}, "
+                "{$4, $5, $6, $7}, {$8, $9}, {$10, $11, $12, $13};",
+                "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f")
+            got = builder.call(asm, args)  # NOTE: numba cast them to sig's types
+            return context.make_tuple(builder, sig.return_type,
+                                      [builder.extract_value(got, i) for i in range(4)])
+
+        return sig, codegen
+
+    return ldg16, mma_m16n8k16
+
+
+if config.ENABLE_CUDASIM:
+    ldg16, mma_m16n8k16 = _simulated_ldg16, _simulated_mma
+else:
+    ldg16, mma_m16n8k16 = _intrinsics()

@@ -84,21 +84,26 @@ if want sanitize; then
     # which the tiny preset (32, 2) does not reach, with the default tiling fixed (on this
     # small grid the host picks its twin), then attention-64x2 with that twin, whose stages
     # pass 48 KB; gemm-pipe: every tc_gemm variant; gemm-wide: wide_gemm, each stage count.
+    # numba: its default projections (the tensor-core kernels from sm_80) at batch 3 and 13
+    # (one and two 8-row tiles); numba-fma: the same on the CUDA-core kernels.
     # SANITIZE="numba:memcheck ..." picks runs. API errors are not counted: numba-cuda probes
     # the driver for entry points it may lack (34 cuGetProcAddress errors on an H200), which
     # says nothing of the kernels' memory accesses.
     for pair in ${SANITIZE:-cupy:memcheck cupy:racecheck cupy-wide:memcheck cupy-wide:racecheck \
                 attention-8b:memcheck attention-8b:racecheck attention-64x2:memcheck \
                 attention-64x2:racecheck gemm-pipe:memcheck gemm-pipe:racecheck \
-                gemm-wide:memcheck gemm-wide:racecheck numba:memcheck numba:racecheck}; do
+                gemm-wide:memcheck gemm-wide:racecheck numba:memcheck numba:racecheck \
+                numba-fma:memcheck numba-fma:racecheck}; do
       run=${pair%:*}; tool=${pair#*:}
-      backend=${run%-wide}; wide=$([ $run = cupy-wide ] && echo 1 || echo 0)
+      backend=${run%-*}; wide=$([ $run = cupy-wide ] && echo 1 || echo 0)
+      numba_gemm=$([ $run = numba-fma ] && echo fma || true)
+      batches=$([ $backend = numba ] && echo 3,13 || echo 3)
       case $run in
         attention-8b|attention-64x2)
           what="tools/launch_once.py attention --batch 3 --context 576";;
         gemm-pipe) what="tools/launch_once.py gemm --batch 13 --projection down --variants";;
         gemm-wide) what="tools/launch_once.py gemm --batch 130 --projection o --wide";;
-        *) what="-m schedbench --backend $backend --preset tiny --batch-sizes 3 --steps 6 \
+        *) what="-m schedbench --backend $backend --preset tiny --batch-sizes $batches --steps 6 \
              --warmup 1 --repeats 1 --prompt-len 1:4 --output-len 2:6";;
       esac
       log="$out/sanitizer-$run-$tool.txt"
@@ -107,8 +112,9 @@ if want sanitize; then
         attention-64x2) tiling=SCHEDBENCH_ATTENTION_TILING=256/32/64x2;;
         *) tiling=;;
       esac
-      env $tiling SCHEDBENCH_WIDE_GEMM=$wide timeout $(lim 300) compute-sanitizer --tool "$tool" \
-        --report-api-errors no --error-exitcode 9 $py $what > "$log" 2>&1
+      env $tiling SCHEDBENCH_WIDE_GEMM=$wide SCHEDBENCH_NUMBA_GEMM=$numba_gemm \
+        timeout $(lim 300) compute-sanitizer --tool "$tool" --report-api-errors no \
+        --error-exitcode 9 $py $what > "$log" 2>&1
       echo "$run $tool: exit $? $(grep -hE 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -n 1)"
     done
   else

@@ -22,6 +22,8 @@ from kernels import numba_kernels as nk
 from kernels import numba_tc_gemm as tg
 from kernels.backend import Backend, DecodeStep, Event, Stream
 from kernels.layout import StepLayout
+from kernels.numba_tc_attention import attention_kernel
+from kernels.numba_warp import kernel_family
 from schedbench.errors import ConfigError
 from schedbench.model import ModelConfig, Weights, interleave_gate_up, make_weights
 
@@ -107,7 +109,7 @@ def device_zeros(shape: int | tuple[int, ...], dtype: np.dtype | type):
 
 class NumbaDecodeStep(DecodeStep):
     def __init__(self, cfg: ModelConfig, weights: dict, num_blocks: int, layout: StepLayout,
-                 num_slots: int, gemm_family: str) -> None:
+                 num_slots: int, family: str) -> None:
         group = cfg.num_heads // cfg.num_kv_heads
         if cfg.head_dim > nk.MAX_HEAD_DIM or cfg.head_dim % 4 or group > nk.MAX_GROUP:
             raise ConfigError(f"model {cfg.name!r}: the Numba attention takes a head_dim that "
@@ -117,7 +119,7 @@ class NumbaDecodeStep(DecodeStep):
         if (odd := [k for k in (cfg.hidden_size, cfg.intermediate_size) if k % 4]):
             raise ConfigError(f"model {cfg.name!r}: the Numba GEMM loads 4 halves at a time; "
                               f"{odd[0]} is not a multiple of 4")
-        self.cfg, self.w, self.layout, self.gemm_family = cfg, weights, layout, gemm_family
+        self.cfg, self.w, self.layout, self.family = cfg, weights, layout, family
         self.kernels_per_step = 7 * cfg.num_layers + 3
         self.pad_slot, self.pad_block = num_slots, num_blocks
         shape = (cfg.num_layers, num_blocks + 1, cfg.block_size, cfg.num_kv_heads, cfg.head_dim)
@@ -160,9 +162,10 @@ class NumbaDecodeStep(DecodeStep):
             return kernel, batch, t
 
         def gemm(epilogue, weight_rows, k_dim):
-            return tg.gemm_launch(self.gemm_family, epilogue, batch, weight_rows, k_dim)
+            return tg.gemm_launch(self.family, epilogue, batch, weight_rows, k_dim)
 
         rope = self.rope[:batch]
+        attention = attention_kernel(self.family, cfg.head_dim, cfg.num_heads // cfg.num_kv_heads)
         plan = [(*rows(nk.embed_rmsnorm), (ids, slots, self.token_buf, w["embed"],
                                           w["attn_norm"][0], eps, positions,
                                           math.log2(cfg.rope_theta), x, h, rope))]
@@ -172,7 +175,7 @@ class NumbaDecodeStep(DecodeStep):
             kc, vc = self.k_cache[layer], self.v_cache[layer]
             plan += [
                 (*gemm("store", cfg.qkv_size, cfg.hidden_size), (h, w["wqkv"][layer], qkv)),
-                (nk.paged_attention, self.attention_grid(batch), t,
+                (attention, self.attention_grid(batch), t,
                  (qkv, positions, tables, kc, vc, cfg.num_heads, cfg.num_kv_heads,
                   cfg.head_dim, cfg.head_dim ** -0.5, rope, self.part_o, self.part_ml,
                   self.counters, attn)),
@@ -248,12 +251,12 @@ class NumbaBackend(Backend):
 
             check_fits_on_device(cfg, num_blocks, layout, self.device_name)
         return NumbaDecodeStep(cfg, device_weights(cfg, seed), num_blocks, layout, num_slots,
-                               self.gemm_family())
+                               self.kernel_family())
 
-    def gemm_family(self) -> str:
-        """The projections' kernels on this device (numba_tc_gemm.gemm_family)."""
-        return tg.gemm_family(None if SIMULATOR
-                              else cuda.get_current_device().compute_capability)
+    def kernel_family(self) -> str:
+        """Tensor-core or CUDA-core kernels on this device (numba_warp.kernel_family)."""
+        return kernel_family(None if SIMULATOR
+                             else cuda.get_current_device().compute_capability)
 
     def spin_step(self, vocab_size: int, compute_ms: float, layout: StepLayout,
                   num_slots: int) -> DecodeStep:
@@ -262,7 +265,7 @@ class NumbaBackend(Backend):
 
     def versions(self) -> dict[str, str]:
         return {"numba": numba.__version__, "numpy": np.__version__,
-                "simulator": str(SIMULATOR), "numba_gemm": self.gemm_family()}
+                "simulator": str(SIMULATOR), "numba_kernels": self.kernel_family()}
 
     def close(self) -> None:
         cuda.synchronize()

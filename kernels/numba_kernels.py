@@ -159,7 +159,28 @@ def _stage_kv(k_words, v_words, tables, b, g, t0, ntok, kv, rows):  # pragma: no
 
 
 @cuda.jit(device=True)
-def _rope(qkv, b, base, d, half, rope):  # pragma: no cover - device code
+def stage_split(qkv, tables, k_cache, v_cache, num_heads, num_kv_heads, head_dim, rope, b, g,
+                pos, t0, ntok, kv_words, rows):  # pragma: no cover - device code
+    """The split's ntok K and V rows from token t0 into kv_words (``_stage_kv``); where the
+    split holds the row's new token (at pos), its k (rotated) and v from this step's qkv
+    into its staged row and into the cache. Ends before a barrier the caller makes."""
+    _stage_kv(k_cache.view(np.int64), v_cache.view(np.int64), tables, b, g, t0, ntok,
+              kv_words, rows)
+    if pos - t0 < ntok:  # the new token is in this split: its staged row is stale
+        cuda.syncthreads()
+        staged = kv_words.view(np.float16)
+        blk, off = tables[b, pos // k_cache.shape[1]], pos % k_cache.shape[1]
+        k0 = (num_heads + g) * head_dim
+        v0 = (num_heads + num_kv_heads + g) * head_dim
+        for d in range(cuda.threadIdx.x, head_dim, THREADS):
+            staged[0, pos - t0, d] = rope_dim(qkv, b, k0, d, head_dim // 2, rope)
+            staged[1, pos - t0, d] = qkv[b, v0 + d]
+            k_cache[blk, off, g, d] = staged[0, pos - t0, d]
+            v_cache[blk, off, g, d] = staged[1, pos - t0, d]
+
+
+@cuda.jit(device=True)
+def rope_dim(qkv, b, base, d, half, rope):  # pragma: no cover - device code
     """Dim d of the head at qkv[b, base:] after rotate-half RoPE (rope: embed_rmsnorm's)."""
     j = d % half
     x, other = float32(qkv[b, base + d]), float32(qkv[b, base + (d + half) % (2 * half)])
@@ -192,21 +213,10 @@ def paged_attention(qkv, positions, tables, k_cache, v_cache, num_heads, num_kv_
     rounded = cuda.local.array(1, np.float16)  # rotated values are rounded to fp16, as stored
     for e in range(tid, group * head_dim, THREADS):
         h, d = e // head_dim, e % head_dim
-        rounded[0] = _rope(qkv, b, (g * group + h) * head_dim, d, half, rope)
+        rounded[0] = rope_dim(qkv, b, (g * group + h) * head_dim, d, half, rope)
         q[h, d] = float32(rounded[0]) * scale
-    _stage_kv(k_cache.view(np.int64), v_cache.view(np.int64), tables, b, g, t0, ntok,
-              kv_words, rows)
-    if pos - t0 < ntok:  # the new token is in this split: its staged row is stale
-        cuda.syncthreads()
-        staged = kv_words.view(np.float16)
-        blk, off = tables[b, pos // k_cache.shape[1]], pos % k_cache.shape[1]
-        k0 = (num_heads + g) * head_dim
-        v0 = (num_heads + num_kv_heads + g) * head_dim
-        for d in range(tid, head_dim, THREADS):
-            staged[0, pos - t0, d] = _rope(qkv, b, k0, d, half, rope)
-            staged[1, pos - t0, d] = qkv[b, v0 + d]
-            k_cache[blk, off, g, d] = staged[0, pos - t0, d]
-            v_cache[blk, off, g, d] = staged[1, pos - t0, d]
+    stage_split(qkv, tables, k_cache, v_cache, num_heads, num_kv_heads, head_dim, rope, b, g,
+                pos, t0, ntok, kv_words, rows)
     words = head_dim // 4
     word = cuda.local.array(1, int64)  # a staged word, read as 4 halves
     halves = word.view(np.float16)
@@ -252,12 +262,12 @@ def paged_attention(qkv, positions, tables, k_cache, v_cache, num_heads, num_kv_
                 total += sc[h, t]
             part_ml[b, head, sp, 0] = mx[h]
             part_ml[b, head, sp, 1] = total
-    _merge_if_last(b, g, group, head_dim, (pos + ATTN_SPLIT) // ATTN_SPLIT, part_o, part_ml,
+    merge_if_last(b, g, group, head_dim, (pos + ATTN_SPLIT) // ATTN_SPLIT, part_o, part_ml,
                    counters[b * num_kv_heads + g:], out)
 
 
 @cuda.jit(device=True)
-def _merge_if_last(b, g, group, head_dim, splits, part_o, part_ml, counter,
+def merge_if_last(b, g, group, head_dim, splits, part_o, part_ml, counter,
                    out):  # pragma: no cover
     """The block of (row b, kv head g) that counts last merges every split's partials, in
     split order, into out (fp16) and resets the counter (``counter[0]``). Each split's

@@ -1,6 +1,6 @@
 """The decode step's projections on tensor cores as Numba kernels: kernels/cuda/gemm.cu's
 tc_gemm (its plain variant) written in Numba, with the PTX it needs from
-kernels/numba_mma.py. Same layouts and epilogues as numba_gemm.py's CUDA-core kernels, which
+kernels/numba_warp.py. Same layouts and epilogues as numba_gemm.py's CUDA-core kernels, which
 stay for GPUs before sm_80 and for K that is not whole 64-wide chunks; ``gemm_launch`` picks.
 
 How it works (tc_gemm's comment has the measurements behind each choice): the weight rows
@@ -21,7 +21,6 @@ The simulator runs 2 warps a block (each of its threads is a Python thread); the
 from __future__ import annotations
 
 import functools
-import os
 
 import numpy as np
 
@@ -32,43 +31,18 @@ numba_shim.apply()  # NOTE: before numba.cuda compiles anything
 from numba import config, cuda, float32, uint32  # noqa: E402
 
 from kernels import numba_gemm as ng  # noqa: E402
-from kernels.numba_mma import MMA_MIN_CC, ldg16, mma_m16n8k16  # noqa: E402
-from schedbench.errors import ConfigError  # noqa: E402
+from kernels.numba_warp import ldg16, mma_m16n8k16  # noqa: E402
 
 TC_WARPS = 2 if config.ENABLE_CUDASIM else 8
 TC_THREADS = 32 * TC_WARPS
 TC_ROWS = 32  # weight rows a block: two m16 tiles
 TC_K_CHUNK = 64  # halves of k a warp takes at a time: four k16 MMA steps
-GEMM_FAMILIES = ("mma", "fma")  # tensor cores (this module), CUDA cores (numba_gemm)
-
-
-def gemm_family(compute_capability: tuple[int, int] | None) -> str:
-    """The projections' kernels: SCHEDBENCH_NUMBA_GEMM if set, else mma from sm_80 and fma
-    before it. In the simulator (``compute_capability`` None) the default is fma: there each
-    warp-wide MMA is a barrier of 32 Python threads (about 10 ms), minutes for a step."""
-    can_mma = compute_capability is None or compute_capability >= MMA_MIN_CC
-    default = "mma" if compute_capability is not None and can_mma else "fma"
-    family = os.environ.get("SCHEDBENCH_NUMBA_GEMM") or default
-    if family not in GEMM_FAMILIES:
-        raise ConfigError(f"SCHEDBENCH_NUMBA_GEMM={family!r}: one of {GEMM_FAMILIES}")
-    if family == "mma" and not can_mma:
-        cc = ".".join(map(str, compute_capability))
-        raise ConfigError(f"SCHEDBENCH_NUMBA_GEMM=mma needs compute capability "
-                          f"{'.'.join(map(str, MMA_MIN_CC))} or later (mma.sync.m16n8k16); "
-                          f"this GPU has {cc}")
-    return family
-
-
-def gemm_families(compute_capability: tuple[int, int]) -> list[str]:
-    """The families a GPU of this compute capability runs, its default first."""
-    default = gemm_family(compute_capability)
-    runs = [f for f in GEMM_FAMILIES if f == "fma" or compute_capability >= MMA_MIN_CC]
-    return [default] + [f for f in runs if f != default]
 
 
 def gemm_launch(family: str, epilogue: str, batch: int, weight_rows: int, k_dim: int):
     """``(kernel, grid, threads)`` of one projection out (+)= x @ w.T, w [weight_rows, k_dim]:
-    ``family``'s kernel, or the CUDA-core one where k_dim is not whole chunks."""
+    ``family``'s kernel (numba_warp.KERNEL_FAMILIES), or the CUDA-core one where k_dim is
+    not whole chunks."""
     if family == "mma" and k_dim % TC_K_CHUNK == 0:
         return tc_gemm_kernel(epilogue, batch), tc_gemm_grid(batch, weight_rows), TC_THREADS
     return (ng.gemm_kernel(epilogue, batch), ng.gemm_grid(batch, weight_rows),

@@ -250,12 +250,13 @@ def numba_timed_ms(launches: list[tuple]) -> float:
 def numba_gemms(fig: Figures, shapes: dict, weights: dict, inputs: dict) -> None:
     """The Numba GEMM on the CuPy rows' arrays (wrapped zero-copy), every layer's weights:
     ``numba_gemm_p`` the kernels this GPU runs by default, ``numba_gemm_p@family`` the
-    other family where the GPU has both (numba_tc_gemm.GEMM_FAMILIES)."""
+    other family where the GPU has both (numba_warp.KERNEL_FAMILIES)."""
     from kernels import numba_tc_gemm as tg
     from kernels.numba_kernels import cuda
+    from kernels.numba_warp import kernel_families
 
     epilogues = {"store_half": "store", "add_residual": "add", "silu_mul": "silu_mul"}
-    families = tg.gemm_families(cuda.get_current_device().compute_capability)
+    families = kernel_families(cuda.get_current_device().compute_capability)
     for p in PROJECTIONS:
         ws = [cuda.as_cuda_array(w) for w in weights[p]]
         for b, (xs, outs) in inputs.items():
@@ -270,10 +271,13 @@ def numba_gemms(fig: Figures, shapes: dict, weights: dict, inputs: dict) -> None
 
 
 def numba_attention(fig: Figures, cfg: ModelConfig, ctx: int, b: int) -> None:
-    """The Numba attention on the CuPy row's inputs, every layer's."""
+    """The Numba attention on the CuPy row's inputs, every layer's: ``numba_attention_ctxN``
+    this GPU's default kernel family, ``numba_attention_ctxN@family`` the other."""
     import cupy as cp
 
     from kernels import numba_kernels as nk
+    from kernels.numba_tc_attention import attention_kernel
+    from kernels.numba_warp import kernel_families
 
     wrap = nk.cuda.as_cuda_array
     qkv, positions, tables, kc, vc = attention_inputs(cfg, ctx, b)
@@ -286,13 +290,16 @@ def numba_attention(fig: Figures, cfg: ModelConfig, ctx: int, b: int) -> None:
         wrap(positions), wrap(tables)
     rope = wrap(rope_table(cfg, positions, cp, np.float64))
     grid = nk.attention_grid(b, cfg.num_kv_heads, ctx)
-    launches = [(nk.paged_attention, grid, nk.THREADS,
-                 (q, pos, tab, wrap(kc[layer]), wrap(vc[layer]), cfg.num_heads,
-                  cfg.num_kv_heads, cfg.head_dim, cfg.head_dim ** -0.5, rope, part_o, part_ml,
-                  counters, out))
-                for layer in range(n_layers)]
-    fig.record(f"numba_attention_ctx{ctx}", b, numba_timed_ms(launches) / n_layers,
-               2 * kc[0].nbytes)
+    families = kernel_families(nk.cuda.get_current_device().compute_capability)
+    for family in families:
+        kernel = attention_kernel(family, cfg.head_dim, cfg.num_heads // cfg.num_kv_heads)
+        launches = [(kernel, grid, nk.THREADS,
+                     (q, pos, tab, wrap(kc[layer]), wrap(vc[layer]), cfg.num_heads,
+                      cfg.num_kv_heads, cfg.head_dim, cfg.head_dim ** -0.5, rope, part_o,
+                      part_ml, counters, out))
+                    for layer in range(n_layers)]
+        name = f"numba_attention_ctx{ctx}" + (f"@{family}" if family != families[0] else "")
+        fig.record(name, b, numba_timed_ms(launches) / n_layers, 2 * kc[0].nbytes)
 
 
 def check_shapes(preset: str, batch_sizes: list[int], contexts: list[int]) -> None:

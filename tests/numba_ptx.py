@@ -8,7 +8,7 @@ memory than a launch of its block size can get, or keeps a register array in loc
 would otherwise pass CI and show up only on a GPU. The argument types and block sizes are
 those of the backend's own plan, built over host arrays, for batch 1, 2, 3, 8 and 16 (the GEMM
 is a kernel per batch tile: 1, 2, 4, 8), with both GEMM families where the architecture
-runs both (numba_tc_gemm: the tensor-core kernels from sm_80). NVVM makes the PTX,
+runs both (numba_warp.kernel_families: the tensor-core kernels from sm_80). NVVM makes the PTX,
 nvJitLink assembles it, nvdisasm shows the SASS (all three from pip wheels): a GEMM whose
 loads ptxas has spread out between the FMAs or MMAs fails too. Prints one JSON object per
 kernel and signature.
@@ -32,6 +32,7 @@ from kernels import numba_backend as nbk
 from kernels import numba_gemm as ng
 from kernels import numba_tc_gemm as tg
 from kernels.layout import StepLayout
+from kernels.numba_warp import kernel_families
 from schedbench.model import get_preset, make_weights
 
 ARCH = "sm_90"  # what the kernels are tuned for; sm_75 is checked too (kernels/registry.py)
@@ -111,7 +112,7 @@ SMEM_LIMIT, RESERVED_SMEM, REGISTER_FILE = 48 * 1024, 1024, 64 * 1024
 # left a loop over one rolled and the array went to local memory, traffic in the inner
 # loop. (embed_rmsnorm's frame is libdevice's sin/cos argument reduction, which only
 # angles beyond any context length take.)
-REGISTER_ARRAYS = ("gemm_", "tc_gemm_", "paged_attention")
+REGISTER_ARRAYS = ("gemm_", "tc_gemm_", "paged_attention", "tc_paged_attention")
 
 
 def problems(row: dict) -> list[str]:
@@ -145,7 +146,7 @@ def main(arch: str = ARCH) -> int:
     weights = nbk.upload_weights(make_weights(cfg, 0))
     meta, out_tokens = np.zeros(layout.size, np.int32), np.zeros(layout.max_batch, np.int32)
     seen = set()
-    for family in tg.gemm_families(cc):
+    for family in kernel_families(cc):
         step = nbk.NumbaDecodeStep(cfg, weights, 8, layout, 8, family)
         for batch in BATCHES:
             for kernel, _, block, args in step.plan(meta, out_tokens, batch):

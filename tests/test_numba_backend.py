@@ -34,6 +34,8 @@ from kernels import numba_backend as nbk
 from kernels import numba_gemm as ng
 from kernels import numba_kernels as nk
 from kernels import numba_tc_gemm as tg
+from kernels.numba_tc_attention import attention_kernel
+from kernels.numba_warp import KERNEL_FAMILIES, kernel_families, kernel_family
 
 cuda = nk.cuda
 MICRO = get_preset("micro")
@@ -126,7 +128,7 @@ GEMM_K = {"fma": 1100, "mma": 320}
 # Batch 1, 3 and 11: fma tiles of 1, 4 and 8 (the second tile of 11 partly past the batch);
 # mma tiles of 8, and of 16 at batch 11. 70 rows: a last block of 6 (fma: 16 or 32 rows a
 # simulated block; mma: 32).
-@pytest.mark.parametrize("family", tg.GEMM_FAMILIES)
+@pytest.mark.parametrize("family", KERNEL_FAMILIES)
 @pytest.mark.parametrize(("kind", "b"), [("store", 1), ("store", 11), ("add", 3),
                                          ("silu_mul", 3)])
 def test_gemm(rng, kind, b, family):
@@ -147,7 +149,7 @@ def test_gemm(rng, kind, b, family):
     assert np.isfinite(got).all() and rel_err(got, expect) < FP16_TOL
 
 
-@pytest.mark.parametrize("family", tg.GEMM_FAMILIES)
+@pytest.mark.parametrize("family", KERNEL_FAMILIES)
 def test_gemm_rows_do_not_depend_on_the_batch(rng, family):
     """A row's outputs are the same bits alone, in a tile of 2, and in the second tile of
     a batch of 9 (mma: the 16-row tile, a chunk a round): the loops batch requests
@@ -168,9 +170,9 @@ def test_mma_gemm_falls_back_where_k_is_not_whole_chunks():
 
 def test_the_simulated_mma_follows_the_ptx_fragment_layouts(rng):
     """Each lane's registers laid out as the PTX ISA's m16n8k16 figures draw them, written
-    here independently of kernels/numba_mma.py: D = A.B + C lands where the figure for D
+    here independently of kernels/numba_warp.py: D = A.B + C lands where the figure for D
     puts it."""
-    from kernels.numba_mma import mma_fragments
+    from kernels.numba_warp import mma_fragments
 
     a, b = half(rng, 16, 16), half(rng, 16, 8)
     c = rng.standard_normal((16, 8)).astype(np.float32)
@@ -197,29 +199,43 @@ def test_the_simulated_mma_follows_the_ptx_fragment_layouts(rng):
     np.testing.assert_allclose(got, expect, rtol=1e-6, atol=1e-6)
 
 
-def test_the_gemm_family_follows_the_gpu_and_the_setting(monkeypatch):
+def test_the_kernel_family_follows_the_gpu_and_the_setting(monkeypatch):
     from schedbench.errors import ConfigError
 
-    monkeypatch.delenv("SCHEDBENCH_NUMBA_GEMM", raising=False)
-    assert tg.gemm_family((9, 0)) == "mma" and tg.gemm_family((8, 0)) == "mma"
-    assert tg.gemm_family((7, 5)) == "fma" and tg.gemm_family(None) == "fma"  # simulator
-    assert tg.gemm_families((9, 0)) == ["mma", "fma"] and tg.gemm_families((7, 5)) == ["fma"]
-    monkeypatch.setenv("SCHEDBENCH_NUMBA_GEMM", "fma")
-    assert tg.gemm_families((9, 0)) == ["fma", "mma"]
-    monkeypatch.setenv("SCHEDBENCH_NUMBA_GEMM", "mma")
-    assert tg.gemm_family(None) == "mma"
+    monkeypatch.delenv("SCHEDBENCH_NUMBA_KERNELS", raising=False)
+    assert kernel_family((9, 0)) == "mma" and kernel_family((8, 0)) == "mma"
+    assert kernel_family((7, 5)) == "fma" and kernel_family(None) == "fma"  # simulator
+    assert kernel_families((9, 0)) == ["mma", "fma"] and kernel_families((7, 5)) == ["fma"]
+    monkeypatch.setenv("SCHEDBENCH_NUMBA_KERNELS", "fma")
+    assert kernel_families((9, 0)) == ["fma", "mma"]
+    monkeypatch.setenv("SCHEDBENCH_NUMBA_KERNELS", "mma")
+    assert kernel_family(None) == "mma"
     with pytest.raises(ConfigError, match=r"needs compute capability 8\.0 .* this GPU has 7\.5"):
-        tg.gemm_family((7, 5))
-    monkeypatch.setenv("SCHEDBENCH_NUMBA_GEMM", "wmma")
-    with pytest.raises(ConfigError, match=r"SCHEDBENCH_NUMBA_GEMM='wmma': one of"):
-        tg.gemm_family((9, 0))
+        kernel_family((7, 5))
+    monkeypatch.setenv("SCHEDBENCH_NUMBA_KERNELS", "wmma")
+    with pytest.raises(ConfigError, match=r"SCHEDBENCH_NUMBA_KERNELS='wmma': one of"):
+        kernel_family((9, 0))
+
+
+def test_warp_shuffles_take_each_lanes_own_source():
+    from kernels.numba_warp import shfl_idx, shfl_xor
+
+    @cuda.jit
+    def shuffle(out):
+        lane = cuda.threadIdx.x
+        out[0, lane] = shfl_idx(lane * 10, (lane * 7 + 3) % 32)
+        out[1, lane] = shfl_xor(lane * 10, 5)
+
+    got = run(shuffle, 1, np.full((2, 32), -1, np.int64), threads=32)[0]
+    lanes = np.arange(32)
+    np.testing.assert_array_equal(got, [(lanes * 7 + 3) % 32 * 10, (lanes ^ 5) * 10])
 
 
 def test_a_misaligned_16_byte_load_is_refused_as_a_gpu_would():
     if not nbk.SIMULATOR:
         pytest.skip("on a GPU it faults and takes the context with it: the simulator's "
                     "check is what is tested")
-    from kernels.numba_mma import ldg16
+    from kernels.numba_warp import ldg16
 
     @cuda.jit
     def load(words, col, out):
@@ -246,8 +262,30 @@ def test_attention_with_rope_and_kv_append(rng, head_dim):
     case.check(*attend(cfg, case.qkv, case.positions, case.tables, case.k_cache, case.v_cache))
 
 
-def attend(cfg, qkv, positions, tables, kc, vc) -> tuple[np.ndarray, ...]:
-    """paged_attention over every split (NaN-poisoned partials and output) twice, the second
+# Two kv heads of 3 and of 4 query heads (the MMA pads them to 8 and 16); 17 tokens leave a
+# 16-token chunk one token; 70 and 130 take two and three splits.
+@pytest.mark.parametrize(("head_dim", "group", "contexts"), [(32, 3, [1, 17, 70, 130]),
+                                                            (64, 4, [17, 70])])
+def test_tensor_core_attention_with_rope_and_kv_append(rng, head_dim, group, contexts):
+    from kernels.numba_tc_attention import tc_attention_kernel
+
+    cfg = replace(MICRO, num_heads=2 * group, num_kv_heads=2, head_dim=head_dim)
+    kernel = attention_kernel("mma", head_dim, group)
+    assert kernel is tc_attention_kernel(head_dim, group)
+    case = AppendCase.make(rng, cfg, contexts)
+    case.check(*attend(cfg, case.qkv, case.positions, case.tables, case.k_cache, case.v_cache,
+                       kernel))
+
+
+def test_tensor_core_attention_falls_back_where_it_cannot_take_the_shape():
+    assert attention_kernel("mma", 20, 3) is nk.paged_attention  # head dim not 32s
+    assert attention_kernel("mma", 32, 8) is nk.paged_attention  # group past TC_MAX_GROUP
+    assert attention_kernel("fma", 32, 4) is nk.paged_attention
+
+
+def attend(cfg, qkv, positions, tables, kc, vc,
+           kernel=nk.paged_attention) -> tuple[np.ndarray, ...]:
+    """``kernel`` over every split (NaN-poisoned partials and output) twice, the second
     launch on the counters the first left: the attention (the same both times) and the
     caches it leaves."""
     b = len(positions)
@@ -260,7 +298,7 @@ def attend(cfg, qkv, positions, tables, kc, vc) -> tuple[np.ndarray, ...]:
             np.zeros(b * cfg.num_kv_heads, np.int32)]
     outs = []
     for _ in range(2):
-        got = run(nk.paged_attention, grid, *args, np.full((b, cfg.q_size), np.nan, np.float16))
+        got = run(kernel, grid, *args, np.full((b, cfg.q_size), np.nan, np.float16))
         outs.append(got[-1])
         args[3:5], args[-1] = got[3:5], got[-2]
     np.testing.assert_array_equal(outs[0], outs[1])
@@ -275,14 +313,18 @@ def test_real_shapes_on_a_gpu(rng):
     n, k = 6144, 4096
     w = half(rng, n, k, scale=k ** -0.5)
     # every fma tile, 13 its two tiles of 8, the second partial; mma's 8 and 16-row tiles
-    for family in tg.gemm_families(cuda.get_current_device().compute_capability):
+    families = kernel_families(cuda.get_current_device().compute_capability)
+    for family in families:
         for b in (1, 2, 4, 13, 16):
             x = half(rng, b, k)
             got = gemm("store", x, w, np.full((b, n), np.nan, np.float32), family)
             expect = x.astype(np.float64) @ w.T.astype(np.float64)
             assert rel_err(got, expect) < FP16_TOL, (family, b)
-    case = AppendCase.make(rng, cfg, [1, 2048, 8192])
-    case.check(*attend(cfg, case.qkv, case.positions, case.tables, case.k_cache, case.v_cache))
+    group = cfg.num_heads // cfg.num_kv_heads
+    for family in families:
+        case = AppendCase.make(rng, cfg, [1, 17, 2048, 8192])
+        case.check(*attend(cfg, case.qkv, case.positions, case.tables, case.k_cache,
+                           case.v_cache, attention_kernel(family, cfg.head_dim, group)))
 
 
 def test_argmax_first_maximum(rng):
@@ -296,7 +338,7 @@ def test_argmax_first_maximum(rng):
     np.testing.assert_array_equal(out[2][slots], out[3])
 
 
-@pytest.mark.parametrize("family", tg.GEMM_FAMILIES)
+@pytest.mark.parametrize("family", KERNEL_FAMILIES)
 def test_whole_step_matches_reference(rng, family):
     cfg, b, seed = MICRO, 3, int(rng.integers(1 << 30))
     layout = StepLayout(4, cfg.max_blocks_per_seq)

@@ -1,6 +1,6 @@
 """Without a GPU: every Numba kernel compiles for sm_90, and for sm_75 (the T4, which the CuPy
 kernels cannot serve: kernels/registry.py names the Numba backend there), and fits a launch of
-its block size, and the GEMMs (both families on sm_90) keep their loads in flight together
+its block size, and the GEMMs (both kernel families on sm_90) keep their loads in flight together
 (tests/numba_ptx.py, in a process without the simulator)."""
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from tests.numba_ptx import problems
 
 KERNELS = {"embed_rmsnorm", "rmsnorm", "gemm_store", "gemm_add", "gemm_silu_mul",
            "paged_attention", "argmax_tokens"}
-TC_KERNELS = {"tc_gemm_store", "tc_gemm_add", "tc_gemm_silu_mul"}  # sm_80 on
+TC_KERNELS = {"tc_gemm_store", "tc_gemm_add", "tc_gemm_silu_mul",  # sm_80 on
+              "tc_paged_attention"}
 
 
 def _missing_tools() -> str | None:

@@ -84,8 +84,8 @@ if want sanitize; then
     # which the tiny preset (32, 2) does not reach, with the default tiling fixed (on this
     # small grid the host picks its twin), then attention-64x2 with that twin, whose stages
     # pass 48 KB; gemm-pipe: every tc_gemm variant; gemm-wide: wide_gemm, each stage count.
-    # numba: its default projections (the tensor-core kernels from sm_80) at batch 3 and 13
-    # (one and two 8-row tiles); numba-fma: the same on the CUDA-core kernels.
+    # numba: its default kernels (the tensor-core ones from sm_80) at batch 3 and 13 (one and
+    # two 8-row GEMM tiles); numba-fma: the same on the CUDA-core kernels.
     # SANITIZE="numba:memcheck ..." picks runs. API errors are not counted: numba-cuda probes
     # the driver for entry points it may lack (34 cuGetProcAddress errors on an H200), which
     # says nothing of the kernels' memory accesses.
@@ -96,7 +96,7 @@ if want sanitize; then
                 numba-fma:memcheck numba-fma:racecheck}; do
       run=${pair%:*}; tool=${pair#*:}
       backend=${run%-*}; wide=$([ $run = cupy-wide ] && echo 1 || echo 0)
-      numba_gemm=$([ $run = numba-fma ] && echo fma || true)
+      numba_kernels=$([ $run = numba-fma ] && echo fma || true)
       batches=$([ $backend = numba ] && echo 3,13 || echo 3)
       case $run in
         attention-8b|attention-64x2)
@@ -112,7 +112,7 @@ if want sanitize; then
         attention-64x2) tiling=SCHEDBENCH_ATTENTION_TILING=256/32/64x2;;
         *) tiling=;;
       esac
-      env $tiling SCHEDBENCH_WIDE_GEMM=$wide SCHEDBENCH_NUMBA_GEMM=$numba_gemm \
+      env $tiling SCHEDBENCH_WIDE_GEMM=$wide SCHEDBENCH_NUMBA_KERNELS=$numba_kernels \
         timeout $(lim 300) compute-sanitizer --tool "$tool" --report-api-errors no \
         --error-exitcode 9 $py $what > "$log" 2>&1
       echo "$run $tool: exit $? $(grep -hE 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -n 1)"

@@ -68,11 +68,12 @@ def attention_tiling_lines(rows: dict) -> list[str]:
 
 
 def gemm_candidate_lines(rows: dict) -> list[str]:
-    """Each projection's candidate variants (``gemm_o@plain``, and the Numba GEMM's other
-    family, ``numba_gemm_o@fma``) against the default's time at the same batch size."""
+    """Each projection's candidate variants (``gemm_o@plain``), and the Numba kernels' other
+    family (``numba_gemm_o@fma``, ``numba_attention_ctx4096@fma``), against the default's
+    time at the same batch size."""
     lines = []
     for (name, b), r in sorted(rows.items()):
-        m = re.fullmatch(r"((?:numba_)?gemm_\w+)@(\w+)", name)
+        m = re.fullmatch(r"((?:numba_)?gemm_\w+|numba_attention_ctx\d+)@(\w+)", name)
         if m and (base := rows.get((m[1], b))):
             lines.append(f"  {name:28s} b={b:<3d} {r['ms'] * 1e3:9.1f} us {r['pct_copy']:6.1f}% "
                          f"copy, {base['ms'] / r['ms']:.2f}x the default's speed")

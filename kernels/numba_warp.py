@@ -1,6 +1,7 @@
-"""Two PTX instructions Numba has no Python spelling for, as Numba intrinsics (inline PTX
-through llvmlite, the way numba-cuda writes its own cache-hinted loads), each with a
-simulator twin so ``NUMBA_ENABLE_CUDASIM=1`` runs the kernels that call them:
+"""Warp-wide operations for the Numba kernels, each with a simulator twin so that
+``NUMBA_ENABLE_CUDASIM=1`` runs the kernels that call them. Two are PTX that Numba has no
+Python spelling for, written as Numba intrinsics (inline PTX through llvmlite, the way
+numba-cuda writes its own cache-hinted loads):
 
 - ``ldg16(words, row, col, ok)``: words[row, col:col + 4] of a 2-D uint32 array in one
   16-byte load through the read-only path (``ld.global.nc.v4.u32``), zeros where ``ok`` is
@@ -12,18 +13,23 @@ simulator twin so ``NUMBA_ENABLE_CUDASIM=1`` runs the kernels that call them:
   b1, and C(g, 2t..2t+1), C(g+8, 2t..) in c0..c3 (the PTX ISA's fragment layouts; the first
   of a pair in the low half). Every lane of the warp calls it together (``.sync.aligned``).
 
+and two are Numba's own shuffles over the full warp, which its simulator lacks:
+``shfl_xor(v, mask)`` (lane l gets lane l ^ mask's v) and ``shfl_idx(v, src)`` (lane src's).
+
 Why inline PTX: numba-cuda has no tensor-core operation and no vector load. The decode
 projections at batch 16 need 16 FMAs per weight element, which Hopper's CUDA cores cannot
 issue at memory speed (kernels/cuda/gemm.cu says why), so without mma the Numba GEMM ran 4-7x
 behind the CUDA C one there. NVIDIA's numba-cuda issue #532 names an intrinsic with an
 ``ir.InlineAsm`` as today's way to write inline PTX.
 
-The simulator runs a block's threads as Python threads; the twin of the warp-wide MMA is a
-``threading.Barrier`` of the warp's 32 lanes whose action multiplies the fragments they left.
+The simulator runs a block's threads as Python threads; each twin is a ``threading.Barrier``
+of the warp's 32 lanes whose action computes every lane's result from the values they left
+(about 10 ms a call: use them on small shapes).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 
@@ -36,6 +42,35 @@ numba_shim.apply()  # NOTE: before numba.cuda compiles anything
 from numba import config, types  # noqa: E402
 
 MMA_MIN_CC = (8, 0)  # mma.sync.m16n8k16 with fp16 operands: sm_80 and later
+# The Numba backend's products: on tensor cores (numba_tc_gemm, numba_tc_attention) or on
+# CUDA cores (numba_gemm, numba_kernels.paged_attention).
+KERNEL_FAMILIES = ("mma", "fma")
+
+
+def kernel_family(compute_capability: tuple[int, int] | None) -> str:
+    """SCHEDBENCH_NUMBA_KERNELS if set, else mma from sm_80 and fma before it. In the
+    simulator (``compute_capability`` None) the default is fma: there each warp-wide MMA is a
+    barrier of 32 Python threads (about 10 ms), minutes for a step."""
+    from schedbench.errors import ConfigError
+
+    can_mma = compute_capability is None or compute_capability >= MMA_MIN_CC
+    default = "mma" if compute_capability is not None and can_mma else "fma"
+    family = os.environ.get("SCHEDBENCH_NUMBA_KERNELS") or default
+    if family not in KERNEL_FAMILIES:
+        raise ConfigError(f"SCHEDBENCH_NUMBA_KERNELS={family!r}: one of {KERNEL_FAMILIES}")
+    if family == "mma" and not can_mma:
+        cc = ".".join(map(str, compute_capability))
+        raise ConfigError(f"SCHEDBENCH_NUMBA_KERNELS=mma needs compute capability "
+                          f"{'.'.join(map(str, MMA_MIN_CC))} or later (mma.sync.m16n8k16); "
+                          f"this GPU has {cc}")
+    return family
+
+
+def kernel_families(compute_capability: tuple[int, int]) -> list[str]:
+    """The families a GPU of this compute capability runs, its default first."""
+    default = kernel_family(compute_capability)
+    runs = [f for f in KERNEL_FAMILIES if f == "fma" or compute_capability >= MMA_MIN_CC]
+    return [default] + [f for f in runs if f != default]
 
 
 def _fragment_index() -> tuple[np.ndarray, ...]:
@@ -69,31 +104,55 @@ def mma_fragments(regs: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 
 class _Warp:
-    """Where one simulated warp's lanes meet for an MMA."""
+    """Where one simulated warp's lanes meet: each leaves its value, the last to arrive runs
+    ``op`` on all 32 before any leaves, and each takes its result."""
 
     def __init__(self) -> None:
-        self.regs, self.c = np.zeros((32, 6), np.uint32), np.zeros((32, 4), np.float32)
-        self.out = self.c
-        # a lane that dies before the MMA leaves the others a broken barrier, not a hang
-        self.barrier = threading.Barrier(32, action=self._multiply, timeout=120)
+        self.values: list = [None] * 32
+        self.results: list = []
+        self.op = None
+        # a lane that dies before the meeting leaves the others a broken barrier, not a hang
+        self.barrier = threading.Barrier(32, action=self._run, timeout=120)
 
-    def _multiply(self) -> None:
-        self.out = mma_fragments(self.regs, self.c)
+    def _run(self) -> None:
+        self.results = self.op(self.values)
 
 
 _warps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # block -> {warp: _Warp}
 _warps_lock = threading.Lock()
 
 
-def _simulated_mma(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
+def _collective(op, value):
+    """This lane's result of ``op`` (32 lanes' values -> 32 results) over its warp."""
     thread = threading.current_thread()  # the simulator's BlockThread of this lane
     warp_id, lane = divmod(thread.thread_id, 32)
     with _warps_lock:
         warp = _warps.setdefault(thread._manager, {}).setdefault(warp_id, _Warp())
-    warp.regs[lane], warp.c[lane] = (a0, a1, a2, a3, b0, b1), (c0, c1, c2, c3)
-    warp.barrier.wait()  # the last lane in multiplies for the warp before any leaves
-    d = warp.out[lane]
+    warp.values[lane], warp.op = value, op  # one op for all: what differs is in the value
+    warp.barrier.wait()
+    return warp.results[lane]
+
+
+def _mma_all(values: list) -> np.ndarray:
+    return mma_fragments(np.array([v[:6] for v in values], np.uint32),
+                         np.array([v[6:] for v in values], np.float32))
+
+
+def _simulated_mma(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
+    d = _collective(_mma_all, (a0, a1, a2, a3, b0, b1, c0, c1, c2, c3))
     return d[0], d[1], d[2], d[3]
+
+
+def _shuffle_all(values: list) -> list:  # each lane's (value, source lane)
+    return [values[src][0] for _, src in values]
+
+
+def _simulated_shfl_xor(v, mask):
+    return _collective(_shuffle_all, (v, (threading.current_thread().thread_id % 32) ^ mask))
+
+
+def _simulated_shfl_idx(v, src):
+    return _collective(_shuffle_all, (v, src % 32))
 
 
 def _simulated_ldg16(words, row, col, ok):
@@ -161,7 +220,23 @@ def _intrinsics():
     return ldg16, mma_m16n8k16
 
 
+def _shuffles():
+    from numba import cuda
+
+    @cuda.jit(device=True)
+    def shfl_xor(v, mask):  # pragma: no cover - device code
+        return cuda.shfl_xor_sync(0xFFFFFFFF, v, mask)
+
+    @cuda.jit(device=True)
+    def shfl_idx(v, src):  # pragma: no cover - device code
+        return cuda.shfl_sync(0xFFFFFFFF, v, src)
+
+    return shfl_xor, shfl_idx
+
+
 if config.ENABLE_CUDASIM:
     ldg16, mma_m16n8k16 = _simulated_ldg16, _simulated_mma
+    shfl_xor, shfl_idx = _simulated_shfl_xor, _simulated_shfl_idx
 else:
     ldg16, mma_m16n8k16 = _intrinsics()
+    shfl_xor, shfl_idx = _shuffles()

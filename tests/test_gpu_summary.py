@@ -42,7 +42,9 @@ def test_every_target_gets_a_verdict(tmp_path):
         kernel("attention_ctx4096", 16, 0.01, 2400.0, 60.0),
         kernel("gemm_qkv", 16, 0.015, 3400.0, 85.0),
         kernel("numba_gemm_qkv", 16, 0.03, 1700.0, 42.5),
-        kernel("numba_gemm_qkv@fma", 16, 0.06, 850.0, 21.25)]})
+        kernel("numba_gemm_qkv@fma", 16, 0.06, 850.0, 21.25),
+        kernel("numba_attention_ctx4096", 16, 0.02, 1200.0, 30.0),
+        kernel("numba_attention_ctx4096@fma", 16, 0.05, 480.0, 12.0)]})
     write(tmp_path, "launch.json", {**LAUNCH, **NUMBA, "graph_replay_device_us": 4.0,
                                     "graph_replay_device_queued_us": 4.5})
     runs = [{"mode": m, "batch_size": 1, "step_ms": 5.5, "schedule_ms": 0.04,
@@ -63,6 +65,8 @@ def test_every_target_gets_a_verdict(tmp_path):
     assert "sweep llama3-8b on H100: tokens identical=True, wide_gemm_from=0\n" in text
     assert "  numba_gemm_qkv@fma           b=16       60.0 us   21.2% copy, 0.50x the default's " \
            "speed\n" in text
+    assert "  numba_attention_ctx4096@fma  b=16       50.0 us   12.0% copy, 0.40x the default's " \
+           "speed\n" in text
     targets = text.split("targets:\n")[1].splitlines()
     assert targets == [
         "  #3 all_128_projections b=16: 91.0% of copy (>= 90), cuBLAS 87.0%: met",
@@ -72,6 +76,7 @@ def test_every_target_gets_a_verdict(tmp_path):
         "8.00 ms: slower",
         "  #3 attention ctx 4096 b=16: 60.0% of copy (>= 70): MISSED",
         "  #4 numba_gemm_qkv b=16: CuPy/Numba GB/s 2.00 (<= 1.5): MISSED",
+        "  #4 numba_attention_ctx4096 b=16: CuPy/Numba GB/s 2.00 (<= 1.5): MISSED",
         "  #3 step enqueue 0.84x bare (<= 1.3): met",
         "  #3 graph replay, host launch, 25.0 us (<= 20): MISSED",
         "  #3 graph replay, device launch, 4.0 us (<= 20): met",

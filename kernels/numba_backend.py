@@ -1,6 +1,7 @@
-"""Numba CUDA backend: the same decode step as kernels/numba_kernels.py, numba_tc_gemm.py and
-numba_gemm.py, on Numba's own streams, events, device arrays and pinned host buffers, so one
-code path runs on a GPU and in the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) that CI uses.
+"""Numba CUDA backend: the same decode step as kernels/numba_kernels.py and numba_gemm.py (on
+CUDA cores), or with their tensor-core twins numba_tc_gemm.py and numba_tc_attention.py, on
+Numba's own streams, events, device arrays and pinned host buffers, so one code path runs on
+a GPU and in the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) that CI uses.
 
 Arrays: the facts measured on an H200 (2026-11) put a Numba launch at about 30 us of host
 time with Numba device arrays as arguments and about 67 us with CuPy arrays (each CuPy

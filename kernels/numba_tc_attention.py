@@ -87,8 +87,8 @@ def tc_attention_kernel(head_dim: int, group: int):
         for e in range(tid, group * head_dim, nk.THREADS):
             h, d = e // head_dim, e % head_dim
             sq[h, d] = nk.rope_dim(qkv, b, (g * group + h) * head_dim, d, head_dim // 2, rope)
-        nk.stage_split(qkv, tables, k_cache, v_cache, num_heads, num_kv_heads, head_dim, rope,
-                       b, g, pos, t0, ntok, kv_words, rows)
+        nk.stage_split(qkv, tables, k_cache, v_cache, num_heads, num_kv_heads, head_dim,
+                       head_dim // 2, rope, b, g, tid, pos, t0, ntok, kv_words, rows)
         padded = (ntok + CHUNK - 1) // CHUNK * CHUNK
         for i in range(tid, (padded - ntok) * nk.KV_WORDS, nk.THREADS):  # 0 * stale = NaN
             r, w = ntok + i // nk.KV_WORDS, i % nk.KV_WORDS

@@ -19,8 +19,10 @@ and two are Numba's own shuffles over the full warp, which its simulator lacks:
 Why inline PTX: numba-cuda has no tensor-core operation and no vector load. The decode
 projections at batch 16 need 16 FMAs per weight element, which Hopper's CUDA cores cannot
 issue at memory speed (kernels/cuda/gemm.cu says why), so without mma the Numba GEMM ran 4-7x
-behind the CUDA C one there. NVIDIA's numba-cuda issue #532 names an intrinsic with an
-``ir.InlineAsm`` as today's way to write inline PTX.
+behind the CUDA C one there, and the attention 2.5-5.5x (about 200 instructions a token and
+kv head on CUDA cores, about 10 on tensor cores: kernels/cuda/attention.cu). NVIDIA's
+numba-cuda issue #532 names an intrinsic with an ``ir.InlineAsm`` as today's way to write
+inline PTX.
 
 The simulator runs a block's threads as Python threads; each twin is a ``threading.Barrier``
 of the warp's 32 lanes whose action computes every lane's result from the values they left
@@ -41,6 +43,8 @@ numba_shim.apply()  # NOTE: before numba.cuda compiles anything
 
 from numba import config, types  # noqa: E402
 
+from schedbench.errors import ConfigError  # noqa: E402
+
 MMA_MIN_CC = (8, 0)  # mma.sync.m16n8k16 with fp16 operands: sm_80 and later
 # The Numba backend's products: on tensor cores (numba_tc_gemm, numba_tc_attention) or on
 # CUDA cores (numba_gemm, numba_kernels.paged_attention).
@@ -51,8 +55,6 @@ def kernel_family(compute_capability: tuple[int, int] | None) -> str:
     """SCHEDBENCH_NUMBA_KERNELS if set, else mma from sm_80 and fma before it. In the
     simulator (``compute_capability`` None) the default is fma: there each warp-wide MMA is a
     barrier of 32 Python threads (about 10 ms), minutes for a step."""
-    from schedbench.errors import ConfigError
-
     can_mma = compute_capability is None or compute_capability >= MMA_MIN_CC
     default = "mma" if compute_capability is not None and can_mma else "fma"
     family = os.environ.get("SCHEDBENCH_NUMBA_KERNELS") or default
@@ -124,7 +126,7 @@ _warps_lock = threading.Lock()
 
 def _collective(op, value):
     """This lane's result of ``op`` (32 lanes' values -> 32 results) over its warp."""
-    thread = threading.current_thread()  # the simulator's BlockThread of this lane
+    thread = threading.current_thread()  # NOTE: the simulator's BlockThread (numba-cuda 0.30)
     warp_id, lane = divmod(thread.thread_id, 32)
     with _warps_lock:
         warp = _warps.setdefault(thread._manager, {}).setdefault(warp_id, _Warp())

@@ -217,6 +217,11 @@ def wide_tiling(n: int, batch: int, stages: int = WIDE_GEMM_STAGES[0]) -> WideTi
     return WideTiling(rows, cols, stages)
 
 
+def wide_gemm_fits(tiling: WideTiling) -> bool:
+    """Whether this GPU gives a block the shared memory of wide_gemm at ``tiling``."""
+    return tiling.smem_bytes() <= device_facts().smem_per_block
+
+
 def gemm_variant_default(n: int, batch: int) -> str:
     """tc_gemm's variant (gemm.cu, PIPE): pipe (one block an SM) where the grid has no more
     blocks than the SMs anyway, up to batch 16; else pipe1 at batch 9-16 (two batch tiles,

@@ -82,6 +82,12 @@ class Figures(dict):
             self.sink(self)
 
 
+def row_name(kernel: str, pick, default) -> str:
+    """A figure's name: ``kernel`` where ``pick`` is the default, else ``kernel@pick`` (a
+    candidate measured beside it)."""
+    return kernel if pick == default else f"{kernel}@{pick}"
+
+
 def kernels_doc(preset: str, fig: Figures, complete: bool) -> dict:
     """The figures as ``--json`` writes them; ``complete`` is false until the last one."""
     return {"preset": preset, "complete": complete,
@@ -148,8 +154,8 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
         for p in PROJECTIONS:
             default = cb.gemm_variant_default(shapes[p][0], b)
             for variant in gemm_variants(b):
-                projection_row(f"gemm_{p}" + ("" if variant == default else f"@{variant}"), b,
-                               xs, outs, p, variant=variant, wide=False)
+                projection_row(row_name(f"gemm_{p}", variant, default), b, xs, outs, p,
+                               variant=variant, wide=False)
         variants: dict[str, Callable[[str], dict]] = {"": lambda p: {}}
         plain = {p for p in PROJECTIONS if cb.gemm_variant_default(shapes[p][0], b) == "plain"}
         if others:
@@ -174,8 +180,8 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
             launches = [cb.attention_launch(cfg, qkv, positions, tables, rope, kc[layer],
                                             vc[layer], b, scratch, out, tiling)
                         for layer in range(n_layers)]
-            name = f"attention_ctx{ctx}" + ("" if tiling is None else f"@{tiling}")
-            fig.record(name, b, time_launches_ms(launches) / n_layers, 2 * kc[0].nbytes)
+            fig.record(row_name(f"attention_ctx{ctx}", tiling, None), b,
+                       time_launches_ms(launches) / n_layers, 2 * kc[0].nbytes)
         del kc, vc, launches
         cp.get_default_memory_pool().free_all_blocks()  # the next context's caches fit
 
@@ -186,8 +192,7 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
         (``_wide``: the default's, then ``_wide4``, ``_wide5``), and cuBLAS."""
         wide = {"_wide" + ("" if s == WIDE_GEMM_STAGES[0] else str(s)):
                 lambda p, s=s: {"wide": True, "wide_stages": s} for s in WIDE_GEMM_STAGES
-                if WideTiling(max(WIDE_GEMM_ROWS), max(WIDE_GEMM_COLS), s).smem_bytes()
-                <= cb.device_facts().smem_per_block}
+                if cb.wide_gemm_fits(WideTiling(max(WIDE_GEMM_ROWS), max(WIDE_GEMM_COLS), s))}
         for b in wide_batch_sizes:
             xs, outs = projection_inputs(b)
             for p in PROJECTIONS:
@@ -265,9 +270,8 @@ def numba_gemms(fig: Figures, shapes: dict, weights: dict, inputs: dict) -> None
                 kernel, grid, threads = tg.gemm_launch(family, epilogues[EPILOGUES[p]], b,
                                                        ws[0].shape[0], ws[0].shape[1])
                 launches = [(kernel, grid, threads, (x, w, out)) for w in ws]
-                name = f"numba_gemm_{p}" + (f"@{family}" if family != families[0] else "")
-                fig.record(name, b, numba_timed_ms(launches) / len(launches),
-                           math.prod(shapes[p]) * 2)
+                fig.record(row_name(f"numba_gemm_{p}", family, families[0]), b,
+                           numba_timed_ms(launches) / len(launches), math.prod(shapes[p]) * 2)
 
 
 def numba_attention(fig: Figures, cfg: ModelConfig, ctx: int, b: int) -> None:
@@ -298,8 +302,8 @@ def numba_attention(fig: Figures, cfg: ModelConfig, ctx: int, b: int) -> None:
                       cfg.num_kv_heads, cfg.head_dim, cfg.head_dim ** -0.5, rope, part_o,
                       part_ml, counters, out))
                     for layer in range(n_layers)]
-        name = f"numba_attention_ctx{ctx}" + (f"@{family}" if family != families[0] else "")
-        fig.record(name, b, numba_timed_ms(launches) / n_layers, 2 * kc[0].nbytes)
+        fig.record(row_name(f"numba_attention_ctx{ctx}", family, families[0]), b,
+                   numba_timed_ms(launches) / n_layers, 2 * kc[0].nbytes)
 
 
 def check_shapes(preset: str, batch_sizes: list[int], contexts: list[int]) -> None:

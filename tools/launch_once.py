@@ -42,7 +42,7 @@ def gemm(batch: int, projection: str, every: bool, wide: bool) -> list:
     if wide:  # every stage count whose shared memory this GPU gives a block
         return [cb.gemm_launch(x, w, batch, EPILOGUES[projection], out, wide=True,
                                wide_stages=s) for s in WIDE_GEMM_STAGES
-                if cb.wide_tiling(n, batch, s).smem_bytes() <= cb.device_facts().smem_per_block]
+                if cb.wide_gemm_fits(cb.wide_tiling(n, batch, s))]
     default = cb.gemm_variant_default(n, batch)
     others = [v for v in gemm_variants(batch) if v != default] if every else []
     return [cb.gemm_launch(x, w, batch, EPILOGUES[projection], out, variant=v, wide=False)

@@ -213,7 +213,9 @@ def _intrinsics():
                 "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {$0, $1, $2, $3}, "
                 "{$4, $5, $6, $7}, {$8, $9}, {$10, $11, $12, $13};",
                 "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f")
-            got = builder.call(asm, args)  # NOTE: numba cast them to sig's types
+            # convergent, as nvcc and clang mark every call in device code: no pass may move
+            # an instruction the whole warp must issue together into a divergent branch
+            got = builder.call(asm, args, attrs=("convergent",))  # args: numba cast to sig's
             return context.make_tuple(builder, sig.return_type,
                                       [builder.extract_value(got, i) for i in range(4)])
 

@@ -133,7 +133,7 @@ class NumbaDecodeStep(DecodeStep):
                   "act": (cfg.intermediate_size, np.float16),
                   "logits": (cfg.vocab_size, np.float32)}
         self.buf = {k: device_zeros((b, n), t) for k, (n, t) in widths.items()}
-        self.rope = device_zeros((b, cfg.head_dim // 2, 2), np.float64)
+        self.rope = device_zeros((b, cfg.head_dim // 2, 2), np.float32)
         self.max_context = layout.max_blocks * cfg.block_size
         splits = nk.attention_splits(self.max_context)
         self.part_o = device_zeros((b, cfg.num_heads, splits, cfg.head_dim), np.float32)

@@ -207,7 +207,7 @@ def output_writer(epilogue: int, total, tile: int, block_rows: int, threads: int
             if b < out.shape[0] and n < out.shape[1]:
                 if epilogue == SILU_MUL:
                     g, u = total(red, bb, 2 * r), total(red, bb, 2 * r + 1)
-                    out[b, n] = g / (1.0 + math.exp(-g)) * u
+                    out[b, n] = g / (float32(1.0) + math.exp(-g)) * u
                 elif epilogue == ADD:
                     out[b, n] += total(red, bb, r)
                 else:

@@ -46,8 +46,10 @@ def _block_reduce(buf, v, is_max):  # pragma: no cover - device code
 def embed_rmsnorm(ids, slots, token_buf, table, w, eps, positions, log2_theta, x, h,
                   rope):  # pragma: no cover
     """Block per row: x = embed[token] (fp32 residual), h = rmsnorm(x) * w (fp16), and
-    rope[row, j] = (cos, sin) of RoPE pair j's angle at the row's position (float64), which
-    every layer's attention reads: the angles depend on nothing else."""
+    rope[row, j] = (cos, sin) of RoPE pair j's angle at the row's position, which every
+    layer's attention reads: the angles depend on nothing else. fp32, as the CUDA C kernels'
+    table, from the angle in float64 (in fp32, the angle at position 8191 would be off by
+    up to 5e-4 rad)."""
     row, tid = cuda.blockIdx.x, cuda.threadIdx.x
     buf = cuda.shared.array(THREADS, float32)
     tok = ids[row] if ids[row] >= 0 else token_buf[slots[row]]
@@ -57,7 +59,7 @@ def embed_rmsnorm(ids, slots, token_buf, table, w, eps, positions, log2_theta, x
         v = float32(table[tok, j])
         x[row, j] = v
         ss += v * v
-    scale = 1.0 / math.sqrt(_block_reduce(buf, ss, False) / n + eps)
+    scale = float32(1.0) / math.sqrt(_block_reduce(buf, ss, False) / float32(n) + eps)
     for j in range(tid, n, THREADS):
         h[row, j] = x[row, j] * scale * float32(w[j])
     pairs = rope.shape[1]
@@ -74,7 +76,7 @@ def rmsnorm(x, w, eps, h):  # pragma: no cover
     ss = float32(0.0)
     for j in range(tid, n, THREADS):
         ss += x[row, j] * x[row, j]
-    scale = 1.0 / math.sqrt(_block_reduce(buf, ss, False) / n + eps)
+    scale = float32(1.0) / math.sqrt(_block_reduce(buf, ss, False) / float32(n) + eps)
     for j in range(tid, n, THREADS):
         h[row, j] = x[row, j] * scale * float32(w[j])
 
@@ -216,7 +218,7 @@ def paged_attention(qkv, positions, tables, k_cache, v_cache, num_heads, num_kv_
     for e in range(tid, group * head_dim, THREADS):
         h, d = e // head_dim, e % head_dim
         rounded[0] = rope_dim(qkv, b, (g * group + h) * head_dim, d, half, rope)
-        q[h, d] = float32(rounded[0]) * scale
+        q[h, d] = float32(rounded[0]) * float32(scale)
     stage_split(qkv, tables, k_cache, v_cache, num_heads, num_kv_heads, head_dim, half, rope,
                 b, g, tid, pos, t0, ntok, kv_words, rows)
     words = head_dim // 4

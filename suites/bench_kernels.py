@@ -292,7 +292,7 @@ def numba_attention(fig: Figures, cfg: ModelConfig, ctx: int, b: int) -> None:
     counters = wrap(cp.zeros(b * cfg.num_kv_heads, cp.int32))
     out, q, pos, tab = wrap(cp.zeros((b, cfg.q_size), cp.float16)), wrap(qkv), \
         wrap(positions), wrap(tables)
-    rope = wrap(rope_table(cfg, positions, cp, np.float64))
+    rope = wrap(rope_table(cfg, positions, cp))
     grid = nk.attention_grid(b, cfg.num_kv_heads, ctx)
     families = kernel_families(nk.cuda.get_current_device().compute_capability)
     for family in families:

@@ -218,7 +218,7 @@ def paged_attention(qkv, positions, tables, k_cache, v_cache, num_heads, num_kv_
     for e in range(tid, group * head_dim, THREADS):
         h, d = e // head_dim, e % head_dim
         rounded[0] = rope_dim(qkv, b, (g * group + h) * head_dim, d, half, rope)
-        q[h, d] = float32(rounded[0]) * float32(scale)
+        q[h, d] = float32(rounded[0]) * scale
     stage_split(qkv, tables, k_cache, v_cache, num_heads, num_kv_heads, head_dim, half, rope,
                 b, g, tid, pos, t0, ntok, kv_words, rows)
     words = head_dim // 4

@@ -111,7 +111,6 @@ def tc_attention_kernel(head_dim: int, group: int):
         p = cuda.local.array((2, 2), float32)
         ph = cuda.local.array(2, np.float16)  # two probabilities as one MMA operand
         m, lsum = float32(-math.inf), float32(0.0)
-        scale32 = float32(scale)  # the host passes a Python float: no fp64 in the loop
         for c in range(warp, padded // CHUNK, TC_WARPS):
             for nt in range(2):
                 for i in range(4):
@@ -131,7 +130,7 @@ def tc_attention_kernel(head_dim: int, group: int):
             for nt in range(2):  # s[nt, e]: head gq, token 16c + 8nt + 2tq + e
                 for e in range(2):
                     live = CHUNK * c + 8 * nt + 2 * tq + e < ntok
-                    p[nt, e] = s[nt, e] * scale32 if live else float32(-math.inf)
+                    p[nt, e] = s[nt, e] * scale if live else float32(-math.inf)
                     cmax = max(cmax, p[nt, e])
             cmax = max(cmax, shfl_xor(cmax, 1))
             cmax = max(cmax, shfl_xor(cmax, 2))

@@ -10,8 +10,8 @@ those of the backend's own plan, built over host arrays, for batch 1, 2, 3, 8 an
 is a kernel per batch tile: 1, 2, 4, 8), with both GEMM families where the architecture
 runs both (numba_warp.kernel_families: the tensor-core kernels from sm_80). NVVM makes the PTX,
 nvJitLink assembles it, nvdisasm shows the SASS (all three from pip wheels): a GEMM whose
-loads ptxas has spread out between the FMAs or MMAs fails too. Prints one JSON object per
-kernel and signature.
+loads ptxas has spread out between the FMAs or MMAs fails too, and so does a kernel with fp64
+instructions where it means fp32. Prints one JSON object per kernel and signature.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ def link_info(ptx: str, arch: str) -> dict[str, int]:
     info = {k: int(m.group(1)) for k, m in found.items()}
     if (sass := disassemble(bytes(cubin))) is not None:
         info["load_burst"] = load_burst(sass)
+        info["fp64"] = len(re.findall(FP64_OPS, sass))
     return info
 
 
@@ -89,6 +90,14 @@ def load_burst(sass: str) -> int:
         run = run + 1 if op == "LDG" else 0
         best = max(best, run)
     return best
+
+
+# Double-precision arithmetic and conversions: a Python float argument or literal (1.0) in
+# a kernel's fp32 expression makes it float64, a rate of 1/64 of fp32's on sm_86 and sm_89.
+FP64_OPS = r"\b(?:D(?:ADD|MUL|FMA|SETP|MNMX)|F2F\.[\w.]*F64|MUFU\.\w+64\w*)\b"
+# embed_rmsnorm's RoPE angles are float64 on purpose: in fp32 the angle at position 8191
+# would be off by up to 5e-4 rad.
+FP64_KERNELS = ("embed_rmsnorm",)
 
 
 def loads_written(kernel: str, batch: int) -> int:
@@ -126,6 +135,8 @@ def problems(row: dict) -> list[str]:
         out.append(f"{row['spill_stores']} bytes of register spills, {row['lmem']} of lmem")
     if row["stack"] and row["kernel"].startswith(REGISTER_ARRAYS):
         out.append(f"a {row['stack']}-byte stack frame: a register array in local memory")
+    if row.get("fp64") and row["kernel"] not in FP64_KERNELS:
+        out.append(f"{row['fp64']} fp64 instructions: a float64 value in fp32 arithmetic")
     if row.get("load_burst", math.inf) < row.get("loads_written", 0):
         out.append(f"at most {row['load_burst']} global loads in flight, where the source "
                    f"issues {row['loads_written']} together")

@@ -1,19 +1,21 @@
 """Without a GPU: every Numba kernel compiles for sm_90, and for sm_75 (the T4, which the CuPy
 kernels cannot serve: kernels/registry.py names the Numba backend there), and fits a launch of
-its block size, and the GEMMs (both kernel families on sm_90) keep their loads in flight together
-(tests/numba_ptx.py, in a process without the simulator)."""
+its block size, and the GEMMs (both kernel families on sm_90) keep their loads in flight together,
+and no kernel's fp32 arithmetic goes through fp64 (tests/numba_ptx.py, in a process without
+the simulator)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.numba_ptx import problems
+from tests.numba_ptx import FP64_OPS, problems
 
 KERNELS = {"embed_rmsnorm", "rmsnorm", "gemm_store", "gemm_add", "gemm_silu_mul",
            "paged_attention", "argmax_tokens"}
@@ -59,7 +61,28 @@ def test_every_numba_kernel_compiles_and_fits_its_launch(arch):
      "stack frame"),
     ({"smem": 0, "registers": 32, "threads": 128, "load_burst": 5, "loads_written": 40},
      "5 global loads in flight"),
+    ({"smem": 0, "registers": 32, "threads": 128, "fp64": 3}, "3 fp64 instructions"),
 ])
 def test_a_kernel_that_cannot_launch_is_reported(row, what):
     row = {"kernel": "rmsnorm", "spill_stores": 0, "lmem": 0, "stack": 0, **row}
     assert any(what in p for p in problems(row))
+
+
+def test_fp64_instructions_are_told_from_fp32_ones():
+    sass = """
+        /*1b10*/                   F2F.F64.F32 R8, R0 ;
+        /*1b20*/                   DMUL R8, R8, R10 ;
+        /*1b30*/                   DADD R10, -RZ, -R8 ;
+        /*1b60*/                   DFMA R6, R54, R6, R8 ;
+        /*1b70*/                   F2F.F16.F64 R6, R6 ;
+        /*1be0*/                   F2F.F32.F64 R4, R4 ;
+        /*1bf0*/                   MUFU.RSQ64H R5, R7 ;
+        /*1c00*/                   FMUL R20, R125, R92 ;
+        /*1c10*/                   FFMA R6, R54, R6, R8 ;
+        /*1c20*/                   F2FP.F16.F32.PACK_AB R4, R5, R4 ;
+        /*1c30*/                   HADD2.F32 R0, -RZ, R12.H0_H0 ;
+        /*1c40*/                   MUFU.EX2 R3, R3 ;
+    """
+    assert len(re.findall(FP64_OPS, sass)) == 7
+    assert not problems({"kernel": "embed_rmsnorm", "smem": 0, "registers": 32, "threads": 128,
+                         "spill_stores": 0, "lmem": 0, "stack": 0, "fp64": 147})

@@ -21,8 +21,8 @@ one order whatever the batch, so the loops agree token for token.
 Takes head dims that are multiples of 32 up to MAX_HEAD_DIM and groups of at most
 TC_MAX_GROUP query heads (the warps' outputs must fit beside the staged rows in 48 KB of
 static shared memory); ``attention_kernel`` falls back to the CUDA-core kernel otherwise.
-At head dim 128 ptxas gives it 147 registers (sm_90), three blocks an SM where the CUDA-core
-kernel (104) has four; held to 128 it spills 16 bytes. Not yet measured on a GPU.
+At head dim 128 ptxas gives it 127 registers (sm_90): four blocks an SM, where the CUDA-core
+kernel (96 registers) has five. Not yet measured on a GPU.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from kernels import numba_shim
 
 numba_shim.apply()  # NOTE: before numba.cuda compiles anything
 
-from numba import cuda, float32, int32, int64, uint32  # noqa: E402
+from numba import cuda, float32, int32, int64, uint32, uint64  # noqa: E402
 
 from kernels import numba_kernels as nk  # noqa: E402
 from kernels.numba_warp import mma_m16n8k16, shfl_idx, shfl_xor  # noqa: E402
@@ -115,14 +115,18 @@ def tc_attention_kernel(head_dim: int, group: int):
             for nt in range(2):
                 for i in range(4):
                     s[nt, i] = float32(0.0)
-                tok = CHUNK * c + 8 * nt + gq
+                # Unsigned indices: Numba wraps a signed index (i < 0: i + n) at each access,
+                # 64-bit arithmetic and a select (with them: 147 registers at head dim 128 and
+                # 456 instructions a chunk, against 127 and 298). uint64 + an int literal is
+                # float64 (NumPy's rule), so the offsets are uint64 too.
+                tok = uint64(CHUNK * c + 8 * nt + gq)
                 for u in range(q_words):
-                    w0 = 16 * u + 4 * tq
+                    w0 = uint64(16 * u + 4 * tq)
                     r4 = mma_m16n8k16(qf[u, 0], uint32(0), qf[u, 1], uint32(0),
-                                      k32[tok, w0], k32[tok, w0 + 1],
+                                      k32[tok, w0], k32[tok, w0 + uint64(1)],
                                       s[nt, 0], s[nt, 1], s[nt, 2], s[nt, 3])
                     r4 = mma_m16n8k16(qf[u, 2], uint32(0), qf[u, 3], uint32(0),
-                                      k32[tok, w0 + 2], k32[tok, w0 + 3],
+                                      k32[tok, w0 + uint64(2)], k32[tok, w0 + uint64(3)],
                                       r4[0], r4[1], r4[2], r4[3])
                     for i in range(4):
                         s[nt, i] = r4[i]
@@ -148,13 +152,14 @@ def tc_attention_kernel(head_dim: int, group: int):
             ph[0], ph[1] = p[1, 0], p[1, 1]
             b1 = ph.view(np.uint32)[0]
             c0, c1 = shfl_idx(corr, 8 * tq), shfl_idx(corr, 8 * tq + 4)  # heads 2tq, 2tq + 1
-            t = CHUNK * c + 2 * tq
+            t = uint64(CHUNK * c + 2 * tq)  # unsigned, as tok
             for j in range(tiles):
-                dim = 16 * j + gq
-                r4 = mma_m16n8k16(pack(v16[t, dim], v16[t + 1, dim]),
-                                  pack(v16[t, dim + 8], v16[t + 1, dim + 8]),
-                                  pack(v16[t + 8, dim], v16[t + 9, dim]),
-                                  pack(v16[t + 8, dim + 8], v16[t + 9, dim + 8]), b0, b1,
+                dim = uint64(16 * j + gq)
+                t1, t8, t9, d8 = t + uint64(1), t + uint64(8), t + uint64(9), dim + uint64(8)
+                r4 = mma_m16n8k16(pack(v16[t, dim], v16[t1, dim]),
+                                  pack(v16[t, d8], v16[t1, d8]),
+                                  pack(v16[t8, dim], v16[t9, dim]),
+                                  pack(v16[t8, d8], v16[t9, d8]), b0, b1,
                                   acc[j, 0] * c0, acc[j, 1] * c1, acc[j, 2] * c0, acc[j, 3] * c1)
                 for i in range(4):
                     acc[j, i] = r4[i]

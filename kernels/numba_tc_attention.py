@@ -115,10 +115,8 @@ def tc_attention_kernel(head_dim: int, group: int):
             for nt in range(2):
                 for i in range(4):
                     s[nt, i] = float32(0.0)
-                # Unsigned indices: Numba wraps a signed index (i < 0: i + n) at each access,
-                # 64-bit arithmetic and a select (with them: 147 registers at head dim 128 and
-                # 456 instructions a chunk, against 127 and 298). uint64 + an int literal is
-                # float64 (NumPy's rule), so the offsets are uint64 too.
+                # Unsigned indices, as in nk.paged_attention, which says why (signed: 147
+                # registers at head dim 128 and 456 instructions a chunk, against 127 and 298)
                 tok = uint64(CHUNK * c + 8 * nt + gq)
                 for u in range(q_words):
                     w0 = uint64(16 * u + 4 * tq)

@@ -21,6 +21,8 @@ numba_shim.apply()  # NOTE: before numba.cuda compiles anything
 
 from numba import config, cuda, float32, int32, int64, uint64  # noqa: E402
 
+from kernels.numba_warp import flat_load  # noqa: E402
+
 # Every kernel below is launched with this many threads per block (a power of two). The
 # simulator runs each thread as a Python thread, so it gets one warp's worth.
 THREADS = 32 if config.ENABLE_CUDASIM else 128
@@ -136,12 +138,17 @@ else:
 @cuda.jit(device=True)
 def _stage_kv(k_words, v_words, tables, b, g, t0, ntok, kv, rows):  # pragma: no cover
     """kv[0 / 1, t, w] = word w of the K / V row of token t0 + t of row b, kv head g.
-    ``rows`` (shared, [ATTN_SPLIT, 2]) gets each token's (cache block, offset) first: the
-    divisions are done once per token, not per load (64-bit ones are subroutine calls)."""
+    ``rows`` (shared, [ATTN_SPLIT] uint64) gets each token's row first, as its first word's
+    flat offset into either cache (they share a layout): the block table lookup, the
+    divisions and the 4-D index's products are done once per token, not per load. (A round
+    of 16 loads took 659 SASS instructions at head dim 128 indexed k_words[blk, off, g, w],
+    455 with unsigned indices, 267 through flat_load; the attention kernels' registers went
+    from 96 and 127 to 80 and 107.)"""
     tid = cuda.threadIdx.x
-    bs, words = k_words.shape[1], k_words.shape[3]
+    bs, heads, words = k_words.shape[1], k_words.shape[2], k_words.shape[3]
     for t in range(tid, ntok, THREADS):
-        rows[t, 0], rows[t, 1] = tables[b, (t0 + t) // bs], (t0 + t) % bs
+        blk, off = uint64(tables[b, (t0 + t) // bs]), uint64((t0 + t) % bs)
+        rows[t] = ((blk * uint64(bs) + off) * uint64(heads) + uint64(g)) * uint64(words)
     cuda.syncthreads()
     per_pass = THREADS // words  # tokens the block's threads cover a word each of
     t, w = tid // words, tid % words  # the thread's first token and its word of every row
@@ -149,19 +156,20 @@ def _stage_kv(k_words, v_words, tables, b, g, t0, ntok, kv, rows):  # pragma: no
     vs = cuda.local.array(STAGE_UNROLL, int64)
     if t >= per_pass:
         return
+    wu = uint64(w)
     for first in range(t, ntok, STAGE_UNROLL * per_pass):  # STAGE_UNROLL tokens a round
         for u in range(STAGE_UNROLL):  # no bounds branch: every load first, then the stores
-            r = min(first + u * per_pass, ntok - 1)  # past the split: reload the last
-            ks[u] = k_words[rows[r, 0], rows[r, 1], g, w]
-            vs[u] = v_words[rows[r, 0], rows[r, 1], g, w]
+            r = uint64(min(first + u * per_pass, ntok - 1))  # past the split: reload the last
+            ks[u], vs[u] = flat_load(k_words, rows[r] + wu), flat_load(v_words, rows[r] + wu)
         for u in range(STAGE_UNROLL):
             r = first + u * per_pass
             if r < ntok:
-                kv[0, r, w], kv[1, r, w] = ks[u], vs[u]
+                ru = uint64(r)
+                kv[0, ru, wu], kv[1, ru, wu] = ks[u], vs[u]
 
 
-# inline="always": inlined in Numba's IR, not called (ptxas gave paged_attention 104
-# registers for the call, against 96 inline: four blocks an SM instead of five)
+# inline="always": inlined in Numba's IR, not called (ptxas gave paged_attention 91
+# registers for the call, against 80 inline)
 @cuda.jit(device=True, inline="always")
 def stage_split(qkv, tables, k_cache, v_cache, num_heads, num_kv_heads, head_dim, half, rope,
                 b, g, tid, pos, t0, ntok, kv_words, rows):  # pragma: no cover - device code
@@ -212,7 +220,7 @@ def paged_attention(qkv, positions, tables, k_cache, v_cache, num_heads, num_kv_
     q = cuda.shared.array((MAX_GROUP, MAX_HEAD_DIM), float32)
     sc = cuda.shared.array((MAX_GROUP, ATTN_SPLIT), float32)
     mx = cuda.shared.array(MAX_GROUP, float32)
-    rows = cuda.shared.array((ATTN_SPLIT, 2), int32)
+    rows = cuda.shared.array(ATTN_SPLIT, uint64)
     half = head_dim // 2
     rounded = cuda.local.array(1, np.float16)  # rotated values are rounded to fp16, as stored
     for e in range(tid, group * head_dim, THREADS):

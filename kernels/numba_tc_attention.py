@@ -21,8 +21,8 @@ one order whatever the batch, so the loops agree token for token.
 Takes head dims that are multiples of 32 up to MAX_HEAD_DIM and groups of at most
 TC_MAX_GROUP query heads (the warps' outputs must fit beside the staged rows in 48 KB of
 static shared memory); ``attention_kernel`` falls back to the CUDA-core kernel otherwise.
-At head dim 128 ptxas gives it 127 registers (sm_90): four blocks an SM, where the CUDA-core
-kernel (96 registers) has five. Not yet measured on a GPU.
+At head dim 128 ptxas gives it 107 registers (sm_90): four blocks an SM by shared memory, as
+by registers, where the CUDA-core kernel (80 registers) has five. Not yet measured on a GPU.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from kernels import numba_shim
 
 numba_shim.apply()  # NOTE: before numba.cuda compiles anything
 
-from numba import cuda, float32, int32, int64, uint32, uint64  # noqa: E402
+from numba import cuda, float32, int64, uint32, uint64  # noqa: E402
 
 from kernels import numba_kernels as nk  # noqa: E402
 from kernels.numba_warp import mma_m16n8k16, shfl_idx, shfl_xor  # noqa: E402
@@ -59,7 +59,7 @@ def attention_kernel(family: str, head_dim: int, group: int):
 @functools.cache
 def tc_attention_kernel(head_dim: int, group: int):
     q_words, tiles = head_dim // 32, head_dim // 16  # q's 16-byte pieces a lane; O^T's m16s
-    kv_shape, rows_shape, sq_shape = (2, nk.ATTN_SPLIT, nk.KV_WORDS), (nk.ATTN_SPLIT, 2), \
+    kv_shape, rows_shape, sq_shape = (2, nk.ATTN_SPLIT, nk.KV_WORDS), nk.ATTN_SPLIT, \
         (group, head_dim)
     o_shape = (TC_WARPS, group, head_dim)
     ml_shape = (TC_WARPS, group)
@@ -79,7 +79,7 @@ def tc_attention_kernel(head_dim: int, group: int):
         if ntok <= 0:  # the whole block leaves: no barrier is left waiting
             return
         kv_words = cuda.shared.array(kv_shape, int64)
-        rows = cuda.shared.array(rows_shape, int32)
+        rows = cuda.shared.array(rows_shape, uint64)
         sq = cuda.shared.array(sq_shape, np.float16)  # q rotated, fp16 as stored
         sm_o = cuda.shared.array(o_shape, float32)
         sm_m = cuda.shared.array(ml_shape, float32)
@@ -115,8 +115,9 @@ def tc_attention_kernel(head_dim: int, group: int):
             for nt in range(2):
                 for i in range(4):
                     s[nt, i] = float32(0.0)
-                # Unsigned indices, as in nk.paged_attention, which says why (signed: 147
-                # registers at head dim 128 and 456 instructions a chunk, against 127 and 298)
+                # Unsigned indices, as in nk.paged_attention, which says why (signed, the loop
+                # took 456 SASS instructions a chunk at head dim 128 against 298, and the
+                # kernel 20 more registers)
                 tok = uint64(CHUNK * c + 8 * nt + gq)
                 for u in range(q_words):
                     w0 = uint64(16 * u + 4 * tq)

@@ -16,6 +16,12 @@ numba-cuda writes its own cache-hinted loads):
 and two are Numba's own shuffles over the full warp, which its simulator lacks:
 ``shfl_xor(v, mask)`` (lane l gets lane l ^ mask's v) and ``shfl_idx(v, src)`` (lane src's).
 
+One is a plain load: ``flat_load(ary, i)``, element i of a C-contiguous array counted in
+flat order. Numba's N-D index multiplies each index by the array's runtime stride in 64-bit
+arithmetic (three products and a wraparound select per dimension), and its ``reshape`` is a
+call into a runtime function; a kernel that has the flat offset already needs one address
+computation.
+
 Why inline PTX: numba-cuda has no tensor-core operation and no vector load. The decode
 projections at batch 16 need 16 FMAs per weight element, which Hopper's CUDA cores cannot
 issue at memory speed (kernels/cuda/gemm.cu says why), so without mma the Numba GEMM ran 4-7x
@@ -167,6 +173,13 @@ def _simulated_ldg16(words, row, col, ok):
     return four[0], four[1], four[2], four[3]
 
 
+def _simulated_flat_load(ary, i):
+    host = ary._ary  # NOTE: the simulator's array wraps the host one
+    if not host.flags.c_contiguous:
+        raise ValueError("flat_load: the array is not C-contiguous")
+    return host.reshape(-1)[i]
+
+
 def _intrinsics():
     from llvmlite import ir
     from numba.cuda import cgutils
@@ -203,6 +216,21 @@ def _intrinsics():
         return sig, codegen
 
     @intrinsic
+    def flat_load(typingctx, ary, i):
+        if not (isinstance(ary, types.Array) and ary.layout == "C"
+                and isinstance(i, types.Integer)):
+            return None
+        sig = ary.dtype(ary, i)
+
+        def codegen(context, builder, sig, args):
+            aryty, ity = sig.args
+            data = context.make_array(aryty)(context, builder, value=args[0]).data
+            index = context.cast(builder, args[1], ity, types.intp)
+            return builder.load(builder.gep(data, [index], inbounds=True))
+
+        return sig, codegen
+
+    @intrinsic
     def mma_m16n8k16(typingctx, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
         sig = types.UniTuple(types.float32, 4)(*[types.uint32] * 6, *[types.float32] * 4)
 
@@ -221,7 +249,7 @@ def _intrinsics():
 
         return sig, codegen
 
-    return ldg16, mma_m16n8k16
+    return ldg16, flat_load, mma_m16n8k16
 
 
 def _shuffles():
@@ -239,8 +267,8 @@ def _shuffles():
 
 
 if config.ENABLE_CUDASIM:
-    ldg16, mma_m16n8k16 = _simulated_ldg16, _simulated_mma
+    ldg16, flat_load, mma_m16n8k16 = _simulated_ldg16, _simulated_flat_load, _simulated_mma
     shfl_xor, shfl_idx = _simulated_shfl_xor, _simulated_shfl_idx
 else:
-    ldg16, mma_m16n8k16 = _intrinsics()
+    ldg16, flat_load, mma_m16n8k16 = _intrinsics()
     shfl_xor, shfl_idx = _shuffles()

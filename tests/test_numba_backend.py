@@ -231,6 +231,25 @@ def test_warp_shuffles_take_each_lanes_own_source():
     np.testing.assert_array_equal(got, [(lanes * 7 + 3) % 32 * 10, (lanes ^ 5) * 10])
 
 
+def test_flat_load_reads_an_element_by_its_flat_offset():
+    from numba.core.errors import TypingError
+
+    from kernels.numba_warp import flat_load
+
+    @cuda.jit
+    def load(a, i, out):
+        out[0] = flat_load(a, i)
+
+    host = np.arange(60, dtype=np.int64).reshape(3, 4, 5)
+    a, out = cuda.to_device(host), cuda.to_device(np.zeros(1, np.int64))
+    for i in (0, 17, 59):
+        load[1, 1](a, np.uint64(i), out)
+        assert out.copy_to_host()[0] == i
+    # the GPU's intrinsic takes only C-contiguous arrays; the simulator's twin checks it too
+    with pytest.raises(ValueError if nbk.SIMULATOR else TypingError, match="flat_load"):
+        load[1, 1](cuda.to_device(np.asfortranarray(host)), np.uint64(1), out)
+
+
 def test_a_misaligned_16_byte_load_is_refused_as_a_gpu_would():
     if not nbk.SIMULATOR:
         pytest.skip("on a GPU it faults and takes the context with it: the simulator's "

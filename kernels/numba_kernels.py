@@ -112,7 +112,7 @@ ATTN_SPLIT = 64
 MAX_HEAD_DIM, MAX_GROUP = 128, 8  # static shared memory: 33 KB of K and V, 6 KB of q, scores
 KV_WORDS = MAX_HEAD_DIM // 4 + 1  # int64 words per staged row, one of them padding
 STAGE_UNROLL = 8
-MERGE_UNROLL = 4  # splits a merge loop loads at once (8 took the kernel from 96 to 108 registers)
+MERGE_UNROLL = 8  # splits a merge loop loads at once (16: paged_attention 79 -> 96 registers)
 
 
 def attention_splits(max_context: int) -> int:

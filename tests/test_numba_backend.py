@@ -275,9 +275,10 @@ def test_attention_with_rope_and_kv_append(rng, head_dim):
     """RoPE on this step's q and k, k and v appended, attention over the cache that leaves
     (tests/conftest.py, AppendCase)."""
     # two kv heads of three query heads each; a full split, three splits (fewer than a merge
-    # loads at once), six (more, not a multiple)
+    # loads at once), eleven (more, not a multiple)
+    assert 3 < nk.MERGE_UNROLL < 11 and 11 % nk.MERGE_UNROLL
     cfg = replace(MICRO, num_heads=6, num_kv_heads=2, head_dim=head_dim)
-    case = AppendCase.make(rng, cfg, [1, 17, 64, 130, 330])
+    case = AppendCase.make(rng, cfg, [1, 17, 64, 130, 700])
     case.check(*attend(cfg, case.qkv, case.positions, case.tables, case.k_cache, case.v_cache))
 
 

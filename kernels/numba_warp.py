@@ -1,4 +1,4 @@
-"""Warp-wide operations for the Numba kernels, each with a simulator twin so that
+"""Warp-wide operations and loads for the Numba kernels, each with a simulator twin so that
 ``NUMBA_ENABLE_CUDASIM=1`` runs the kernels that call them. Two are PTX that Numba has no
 Python spelling for, written as Numba intrinsics (inline PTX through llvmlite, the way
 numba-cuda writes its own cache-hinted loads):
@@ -17,9 +17,9 @@ and two are Numba's own shuffles over the full warp, which its simulator lacks:
 ``shfl_xor(v, mask)`` (lane l gets lane l ^ mask's v) and ``shfl_idx(v, src)`` (lane src's).
 
 One is a plain load: ``flat_load(ary, i)``, element i of a C-contiguous array counted in
-flat order. Numba's N-D index multiplies each index by the array's runtime stride in 64-bit
-arithmetic (three products and a wraparound select per dimension), and its ``reshape`` is a
-call into a runtime function; a kernel that has the flat offset already needs one address
+flat order. Numba's N-D index takes a 64-bit product by the array's runtime stride and a
+wraparound select per dimension, and its ``reshape`` is a call into a function the
+dispatcher links in; a kernel that has the flat offset already needs one address
 computation.
 
 Why inline PTX: numba-cuda has no tensor-core operation and no vector load. The decode

@@ -19,7 +19,7 @@ from kernels import numba_shim
 
 numba_shim.apply()  # NOTE: before numba.cuda compiles anything
 
-from numba import config, cuda, float32, int32, int64, uint64  # noqa: E402
+from numba import config, cuda, float32, int32, int64, uint32, uint64  # noqa: E402
 
 from kernels.numba_warp import flat_load  # noqa: E402
 
@@ -147,7 +147,8 @@ def _stage_kv(k_words, v_words, tables, b, g, t0, ntok, kv, rows):  # pragma: no
     tid = cuda.threadIdx.x
     bs, heads, words = k_words.shape[1], k_words.shape[2], k_words.shape[3]
     for t in range(tid, ntok, THREADS):
-        blk, off = uint64(tables[b, (t0 + t) // bs]), uint64((t0 + t) % bs)
+        tok, bsu = uint32(t0 + t), uint32(bs)  # a 32-bit division: half the instructions
+        blk, off = uint64(tables[b, tok // bsu]), uint64(tok % bsu)
         rows[t] = ((blk * uint64(bs) + off) * uint64(heads) + uint64(g)) * uint64(words)
     cuda.syncthreads()
     per_pass = THREADS // words  # tokens the block's threads cover a word each of
@@ -193,11 +194,16 @@ def stage_split(qkv, tables, k_cache, v_cache, num_heads, num_kv_heads, head_dim
 
 @cuda.jit(device=True)
 def rope_dim(qkv, b, base, d, half, rope):  # pragma: no cover - device code
-    """Dim d of the head at qkv[b, base:] after rotate-half RoPE (rope: embed_rmsnorm's)."""
-    j = d % half
-    x, other = float32(qkv[b, base + d]), float32(qkv[b, base + (d + half) % (2 * half)])
-    c, s = rope[b, j, 0], rope[b, j, 1]
-    return x * c - other * s if d < half else x * c + other * s
+    """Dim d (< 2 half) of the head at qkv[b, base:] after rotate-half RoPE (rope:
+    embed_rmsnorm's). Unsigned indices, as paged_attention's loops, and a select where
+    d % half would be a division by a runtime value."""
+    bu, du, hu, base_u = uint64(b), uint64(d), uint64(half), uint64(base)
+    first = du < hu  # pair j = d % half: dims j and j + half
+    j = du if first else du - hu
+    x = float32(qkv[bu, base_u + du])
+    other = float32(qkv[bu, base_u + (j + hu if first else j)])
+    c, s = rope[bu, j, uint64(0)], rope[bu, j, uint64(1)]
+    return x * c - other * s if first else x * c + other * s
 
 
 @cuda.jit
@@ -223,9 +229,10 @@ def paged_attention(qkv, positions, tables, k_cache, v_cache, num_heads, num_kv_
     rows = cuda.shared.array(ATTN_SPLIT, uint64)
     half = head_dim // 2
     rounded = cuda.local.array(1, np.float16)  # rotated values are rounded to fp16, as stored
+    hd = uint64(head_dim)  # unsigned, as in rope_dim
     for e in range(tid, group * head_dim, THREADS):
-        h, d = e // head_dim, e % head_dim
-        rounded[0] = rope_dim(qkv, b, (g * group + h) * head_dim, d, half, rope)
+        h, d = uint64(e) // hd, uint64(e) % hd
+        rounded[0] = rope_dim(qkv, b, (uint64(g * group) + h) * hd, d, half, rope)
         q[h, d] = float32(rounded[0]) * scale
     stage_split(qkv, tables, k_cache, v_cache, num_heads, num_kv_heads, head_dim, half, rope,
                 b, g, tid, pos, t0, ntok, kv_words, rows)

@@ -178,7 +178,7 @@ class NumbaDecodeStep(DecodeStep):
                 (*gemm("store", cfg.qkv_size, cfg.hidden_size), (h, w["wqkv"][layer], qkv)),
                 (attention, self.attention_grid(batch), t,
                  (qkv, positions, tables, kc, vc, cfg.num_heads, cfg.num_kv_heads,
-                  cfg.head_dim, np.float32(cfg.head_dim ** -0.5), rope, self.part_o, self.part_ml,
+                  cfg.head_dim, nk.attention_scale(cfg.head_dim), rope, self.part_o, self.part_ml,
                   self.counters, attn)),
                 (*gemm("add", cfg.hidden_size, cfg.q_size), (attn, w["wo"][layer], x)),
                 (*rows(nk.rmsnorm), (x, w["mlp_norm"][layer], eps, h)),

@@ -123,6 +123,12 @@ def attention_grid(batch: int, num_kv_heads: int, max_context: int) -> tuple[int
     return batch, num_kv_heads, attention_splits(max_context)
 
 
+def attention_scale(head_dim: int) -> np.float32:
+    """The scores' scale argument. fp32: a Python float would make Numba compile the attention
+    for a float64 scale, fp64 arithmetic in its loops."""
+    return np.float32(head_dim ** -0.5)
+
+
 if config.ENABLE_CUDASIM:  # one memory, no caches
     @cuda.jit(device=True)
     def _coherent(a, i, j, k, m):  # pragma: no cover - device code

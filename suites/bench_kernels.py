@@ -299,7 +299,7 @@ def numba_attention(fig: Figures, cfg: ModelConfig, ctx: int, b: int) -> None:
         kernel = attention_kernel(family, cfg.head_dim, cfg.num_heads // cfg.num_kv_heads)
         launches = [(kernel, grid, nk.THREADS,
                      (q, pos, tab, wrap(kc[layer]), wrap(vc[layer]), cfg.num_heads,
-                      cfg.num_kv_heads, cfg.head_dim, np.float32(cfg.head_dim ** -0.5), rope,
+                      cfg.num_kv_heads, cfg.head_dim, nk.attention_scale(cfg.head_dim), rope,
                       part_o, part_ml, counters, out))
                     for layer in range(n_layers)]
         fig.record(row_name(f"numba_attention_ctx{ctx}", family, families[0]), b,

@@ -314,7 +314,7 @@ def attend(cfg, qkv, positions, tables, kc, vc,
     part_ml = np.full((b, cfg.num_heads, splits, 2), np.nan, np.float32)
     grid = nk.attention_grid(b, cfg.num_kv_heads, tables.shape[1] * cfg.block_size)
     args = [qkv, positions, tables, kc, vc, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
-            np.float32(cfg.head_dim ** -0.5), rope_table(cfg, positions, np), part_o, part_ml,
+            nk.attention_scale(cfg.head_dim), rope_table(cfg, positions, np), part_o, part_ml,
             np.zeros(b * cfg.num_kv_heads, np.int32)]
     outs = []
     for _ in range(2):

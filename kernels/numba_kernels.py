@@ -198,6 +198,18 @@ def stage_split(qkv, tables, k_cache, v_cache, num_heads, num_kv_heads, head_dim
             v_cache[blk, off, g, d] = staged[1, pos - t0, d]
 
 
+@cuda.jit(device=True, inline="always")
+def rotate_q(qkv, b, g, group, head_dim, rope, tid, scale, q):  # pragma: no cover
+    """q[h, d] = dim d of the group's query head h (kv head g) after RoPE, rounded to fp16 as
+    stored, times scale. Ends before a barrier the caller makes."""
+    rounded = cuda.local.array(1, np.float16)
+    hd = uint64(head_dim)  # unsigned, as in rope_dim
+    for e in range(tid, group * head_dim, THREADS):
+        h, d = uint64(e) // hd, uint64(e) % hd
+        rounded[0] = rope_dim(qkv, b, (uint64(g * group) + h) * hd, d, head_dim // 2, rope)
+        q[h, d] = float32(rounded[0]) * scale
+
+
 @cuda.jit(device=True)
 def rope_dim(qkv, b, base, d, half, rope):  # pragma: no cover - device code
     """Dim d (< 2 half) of the head at qkv[b, base:] after rotate-half RoPE (rope:
@@ -234,12 +246,7 @@ def paged_attention(qkv, positions, tables, k_cache, v_cache, num_heads, num_kv_
     mx = cuda.shared.array(MAX_GROUP, float32)
     rows = cuda.shared.array(ATTN_SPLIT, uint64)
     half = head_dim // 2
-    rounded = cuda.local.array(1, np.float16)  # rotated values are rounded to fp16, as stored
-    hd = uint64(head_dim)  # unsigned, as in rope_dim
-    for e in range(tid, group * head_dim, THREADS):
-        h, d = uint64(e) // hd, uint64(e) % hd
-        rounded[0] = rope_dim(qkv, b, (uint64(g * group) + h) * hd, d, half, rope)
-        q[h, d] = float32(rounded[0]) * scale
+    rotate_q(qkv, b, g, group, head_dim, rope, tid, scale, q)
     stage_split(qkv, tables, k_cache, v_cache, num_heads, num_kv_heads, head_dim, half, rope,
                 b, g, tid, pos, t0, ntok, kv_words, rows)
     words = head_dim // 4

@@ -84,10 +84,7 @@ def tc_attention_kernel(head_dim: int, group: int):
         sm_o = cuda.shared.array(o_shape, float32)
         sm_m = cuda.shared.array(ml_shape, float32)
         sm_l = cuda.shared.array(ml_shape, float32)
-        hd = uint64(head_dim)  # unsigned, as in rope_dim
-        for e in range(tid, group * head_dim, nk.THREADS):
-            h, d = uint64(e) // hd, uint64(e) % hd
-            sq[h, d] = nk.rope_dim(qkv, b, (uint64(g * group) + h) * hd, d, head_dim // 2, rope)
+        nk.rotate_q(qkv, b, g, group, head_dim, rope, tid, float32(1.0), sq)
         nk.stage_split(qkv, tables, k_cache, v_cache, num_heads, num_kv_heads, head_dim,
                        head_dim // 2, rope, b, g, tid, pos, t0, ntok, kv_words, rows)
         padded = (ntok + CHUNK - 1) // CHUNK * CHUNK

@@ -16,6 +16,22 @@ from kernels.registry import gpu_unavailable_reason
 # it is first imported, so it is set before any test module can import numba.
 if gpu_unavailable_reason():
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+# The simulator runs a block's threads as Python threads that meet at every barrier and warp
+# shuffle; at the default 5 ms switch interval a meeting of 32 took tens of ms, and
+# test_numba_backend.py ran 2.8x as long (216 s against 78 s on a 2-vCPU VM).
+SIMULATOR_SWITCH_INTERVAL_S = 5e-4
+
+
+@pytest.fixture(scope="module")
+def simulator_switch_interval():
+    """The module's tests with SIMULATOR_SWITCH_INTERVAL_S where the simulator runs them."""
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
+        yield
+        return
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(SIMULATOR_SWITCH_INTERVAL_S)
+    yield
+    sys.setswitchinterval(before)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

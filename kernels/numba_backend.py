@@ -23,7 +23,7 @@ from kernels import numba_kernels as nk
 from kernels import numba_tc_gemm as tg
 from kernels.backend import Backend, DecodeStep, Event, Stream
 from kernels.layout import StepLayout
-from kernels.numba_tc_attention import attention_kernel
+from kernels.numba_tc_attention import attention_launch
 from kernels.numba_warp import kernel_family
 from schedbench.errors import ConfigError
 from schedbench.model import ModelConfig, Weights, interleave_gate_up, make_weights
@@ -134,16 +134,11 @@ class NumbaDecodeStep(DecodeStep):
                   "logits": (cfg.vocab_size, np.float32)}
         self.buf = {k: device_zeros((b, n), t) for k, (n, t) in widths.items()}
         self.rope = device_zeros((b, cfg.head_dim // 2, 2), np.float32)
-        self.max_context = layout.max_blocks * cfg.block_size
-        splits = nk.attention_splits(self.max_context)
-        self.part_o = device_zeros((b, cfg.num_heads, splits, cfg.head_dim), np.float32)
-        self.part_ml = device_zeros((b, cfg.num_heads, splits, 2), np.float32)
-        self.counters = device_zeros(b * cfg.num_kv_heads, np.int32)
+        self.attn_scratch = nk.attention_scratch(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                                                 b, layout.max_blocks * cfg.block_size,
+                                                 device_zeros)
         # the plan's launches as they are in the simulator, packed (cupy_launch) on a GPU
         self._plans: dict[tuple, list[tuple] | LaunchSequence] = {}
-
-    def attention_grid(self, batch: int) -> tuple[int, int, int]:
-        return nk.attention_grid(batch, self.cfg.num_kv_heads, self.max_context)
 
     def plan(self, meta, out_tokens, batch: int) -> list[tuple]:
         """Every launch of one step as ``(kernel, grid, block, args)``, views and scalars
@@ -166,7 +161,6 @@ class NumbaDecodeStep(DecodeStep):
             return tg.gemm_launch(self.family, epilogue, batch, weight_rows, k_dim)
 
         rope = self.rope[:batch]
-        attention = attention_kernel(self.family, cfg.head_dim, cfg.num_heads // cfg.num_kv_heads)
         plan = [(*rows(nk.embed_rmsnorm), (ids, slots, self.token_buf, w["embed"],
                                           w["attn_norm"][0], eps, positions,
                                           math.log2(cfg.rope_theta), x, h, rope))]
@@ -176,10 +170,8 @@ class NumbaDecodeStep(DecodeStep):
             kc, vc = self.k_cache[layer], self.v_cache[layer]
             plan += [
                 (*gemm("store", cfg.qkv_size, cfg.hidden_size), (h, w["wqkv"][layer], qkv)),
-                (attention, self.attention_grid(batch), t,
-                 (qkv, positions, tables, kc, vc, cfg.num_heads, cfg.num_kv_heads,
-                  cfg.head_dim, nk.attention_scale(cfg.head_dim), rope, self.part_o, self.part_ml,
-                  self.counters, attn)),
+                attention_launch(self.family, cfg, qkv, positions, tables, kc, vc, rope, batch,
+                                 self.attn_scratch, attn),
                 (*gemm("add", cfg.hidden_size, cfg.q_size), (attn, w["wo"][layer], x)),
                 (*rows(nk.rmsnorm), (x, w["mlp_norm"][layer], eps, h)),
                 (*gemm("silu_mul", 2 * cfg.intermediate_size, cfg.hidden_size),

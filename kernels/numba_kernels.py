@@ -12,6 +12,8 @@ produces the same tokens.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +23,7 @@ numba_shim.apply()  # NOTE: before numba.cuda compiles anything
 
 from numba import config, cuda, float32, int32, int64, uint32, uint64  # noqa: E402
 
-from kernels.numba_warp import flat_load  # noqa: E402
+from kernels.numba_warp import flat_load, warp_max, warp_sum  # noqa: E402
 
 # Every kernel below is launched with this many threads per block (a power of two). The
 # simulator runs each thread as a Python thread, so it gets one warp's worth.
@@ -115,12 +117,15 @@ STAGE_UNROLL = 8
 MERGE_UNROLL = 8  # splits a merge loop loads at once (16: paged_attention 79 -> 96 registers)
 
 
-def attention_splits(max_context: int) -> int:
-    return -(-max_context // ATTN_SPLIT)
-
-
-def attention_grid(batch: int, num_kv_heads: int, max_context: int) -> tuple[int, int, int]:
-    return batch, num_kv_heads, attention_splits(max_context)
+def attention_scratch(num_heads: int, num_kv_heads: int, head_dim: int, max_batch: int,
+                      max_context: int, zeros: Callable[..., Any]) -> tuple:
+    """(part_o, part_ml, counters) of the attention kernels for up to ``max_batch`` rows of up
+    to ``max_context`` tokens, made by ``zeros(shape, dtype)``: the layout of attention.cu's
+    scratch (kernel_calls.AttentionScratch), at ATTN_SPLIT-token splits."""
+    splits = -(-max_context // ATTN_SPLIT)
+    return (zeros((max_batch, num_heads, splits, head_dim), np.float32),
+            zeros((max_batch, num_heads, splits, 2), np.float32),
+            zeros(max_batch * num_kv_heads, np.int32))
 
 
 def attention_scale(head_dim: int) -> np.float32:
@@ -307,14 +312,17 @@ def paged_attention(qkv, positions, tables, k_cache, v_cache, num_heads, num_kv_
 @cuda.jit(device=True)
 def merge_if_last(b, g, group, head_dim, splits, part_o, part_ml, counter,
                    out):  # pragma: no cover
-    """The block of (row b, kv head g) that counts last merges every split's partials, in
-    split order, into out (fp16) and resets the counter (``counter[0]``). Each split's
-    weight exp(max_s - max) replaces its max in part_ml. The loops over the splits load
-    MERGE_UNROLL of them at once: a load at a time, each waited for, a 64-split merge of
-    four heads a thread is a few hundred L2 round trips."""
+    """The block of (row b, kv head g) that counts last merges every split's partials into
+    out (fp16) and resets the counter (``counter[0]``). First a warp a head, its lanes over
+    the splits (every 32nd each), finds the head's max and its sum of weighted sums
+    (numba_warp's butterflies: a fixed order), writing each split's weight exp(max_s - max)
+    over its max in part_ml; then a thread per (head, dim) sums the weighted outputs in split
+    order, MERGE_UNROLL splits' loads at once. (A thread a head walking the splits, as the
+    first two steps were, waited on about 18 L2 round trips in turn at 64 splits, MERGE_UNROLL
+    loads at a time; the warps wait on four.)"""
     tid = cuda.threadIdx.x
     last = cuda.shared.array(1, int32)
-    stats = cuda.shared.array((2, MAX_GROUP), float32)  # each head's max, then its sum
+    sums = cuda.shared.array(MAX_GROUP, float32)  # each head's sum of weighted sums
     cuda.threadfence()  # the partials are visible device-wide before the count says so
     cuda.syncthreads()
     if tid == 0:
@@ -327,31 +335,21 @@ def merge_if_last(b, g, group, head_dim, splits, part_o, part_ml, counter,
         counter[0] = 0  # ready for the next launch
     va = cuda.local.array(MERGE_UNROLL, float32)
     vb = cuda.local.array(MERGE_UNROLL, float32)
-    if tid < group:  # each head's max, a thread per head
+    lane = tid % 32
+    for h in range(tid // 32, group, THREADS // 32):  # the whole warp: it shuffles
+        head = g * group + h
         m = float32(-math.inf)
-        for s0 in range(0, splits, MERGE_UNROLL):
-            for u in range(MERGE_UNROLL):  # every load first; past the end, the last again
-                va[u] = _coherent(part_ml, b, g * group + tid, min(s0 + u, splits - 1), 0)
-            for u in range(MERGE_UNROLL):
-                m = max(m, va[u])
-        stats[0, tid] = m
-    cuda.syncthreads()
-    for p in range(tid, group * splits, THREADS):  # the weights, a thread per (head, split)
-        head, s = g * group + p // splits, p % splits
-        part_ml[b, head, s, 0] = math.exp(_coherent(part_ml, b, head, s, 0) -
-                                          stats[0, p // splits])
-    cuda.syncthreads()
-    if tid < group:  # each head's sum of weighted sums, in split order
+        for s in range(lane, splits, 32):
+            m = max(m, _coherent(part_ml, b, head, s, 0))
+        m = warp_max(m)
         total = float32(0.0)
-        for s0 in range(0, splits, MERGE_UNROLL):
-            for u in range(MERGE_UNROLL):
-                s = min(s0 + u, splits - 1)
-                va[u] = _coherent(part_ml, b, g * group + tid, s, 0)
-                vb[u] = _coherent(part_ml, b, g * group + tid, s, 1)
-            for u in range(MERGE_UNROLL):
-                if s0 + u < splits:
-                    total += vb[u] * va[u]
-        stats[1, tid] = total
+        for s in range(lane, splits, 32):
+            c = math.exp(_coherent(part_ml, b, head, s, 0) - m)
+            total += _coherent(part_ml, b, head, s, 1) * c
+            part_ml[b, head, s, 0] = c
+        total = warp_sum(total)
+        if lane == 0:
+            sums[h] = total
     cuda.syncthreads()
     for p in range(tid, group * head_dim, THREADS):  # the output, a thread per (head, dim)
         head, j = g * group + p // head_dim, p % head_dim
@@ -364,7 +362,7 @@ def merge_if_last(b, g, group, head_dim, splits, part_o, part_ml, counter,
             for u in range(MERGE_UNROLL):
                 if s0 + u < splits:
                     acc += vb[u] * va[u]
-        out[b, head * head_dim + j] = acc / stats[1, p // head_dim]
+        out[b, head * head_dim + j] = acc / sums[p // head_dim]
 
 
 @cuda.jit

@@ -40,6 +40,7 @@ from numba import cuda, float32, int64, uint32, uint64  # noqa: E402
 
 from kernels import numba_kernels as nk  # noqa: E402
 from kernels.numba_warp import mma_m16n8k16, shfl_idx, shfl_xor  # noqa: E402
+from schedbench.model import ModelConfig  # noqa: E402
 
 TC_WARPS = nk.THREADS // 32
 TC_MAX_GROUP = 4
@@ -54,6 +55,20 @@ def attention_kernel(family: str, head_dim: int, group: int):
             and group <= TC_MAX_GROUP:
         return tc_attention_kernel(head_dim, group)
     return nk.paged_attention
+
+
+def attention_launch(family: str, cfg: ModelConfig, qkv, positions, tables, k_cache, v_cache,
+                     rope, batch: int, scratch: tuple, out) -> tuple:
+    """The attention of ``batch`` rows over one layer's caches as one launch, ``(kernel,
+    grid, threads, args)``: ``family``'s kernel (``attention_kernel``), with RoPE on the
+    rows' unrotated ``qkv`` (``rope``: embed_rmsnorm's table) and the append of their k and
+    v; ``scratch``: ``numba_kernels.attention_scratch``'s, whose splits make the grid."""
+    part_o, part_ml, counters = scratch
+    kernel = attention_kernel(family, cfg.head_dim, cfg.num_heads // cfg.num_kv_heads)
+    return (kernel, (batch, cfg.num_kv_heads, part_o.shape[2]), nk.THREADS,
+            (qkv, positions, tables, k_cache, v_cache, cfg.num_heads, cfg.num_kv_heads,
+             cfg.head_dim, nk.attention_scale(cfg.head_dim), rope, part_o, part_ml, counters,
+             out))
 
 
 @functools.cache

@@ -13,8 +13,11 @@ numba-cuda writes its own cache-hinted loads):
   b1, and C(g, 2t..2t+1), C(g+8, 2t..) in c0..c3 (the PTX ISA's fragment layouts; the first
   of a pair in the low half). Every lane of the warp calls it together (``.sync.aligned``).
 
-and two are Numba's own shuffles over the full warp, which its simulator lacks:
-``shfl_xor(v, mask)`` (lane l gets lane l ^ mask's v) and ``shfl_idx(v, src)`` (lane src's).
+and four are Numba's own shuffles over the full warp, which its simulator lacks:
+``shfl_xor(v, mask)`` (lane l gets lane l ^ mask's v), ``shfl_idx(v, src)`` (lane src's),
+and the butterfly reductions ``warp_max(v)`` and ``warp_sum(v)`` (every lane gets the warp's
+max or sum, through five xor shuffles, so the sum's order is fixed; their twins run the same
+butterfly, bit for bit, in one meeting of the lanes rather than five).
 
 One is a plain load: ``flat_load(ary, i)``, element i of a C-contiguous array counted in
 flat order. Numba's N-D index takes a 64-bit product by the array's runtime stride and a
@@ -163,6 +166,27 @@ def _simulated_shfl_idx(v, src):
     return _collective(_shuffle_all, (v, src % 32))
 
 
+def _butterfly(op):
+    def all_lanes(values: list) -> list:
+        v, lanes = np.array(values, np.float32), np.arange(32)
+        for i in range(5):
+            v = op(v, v[lanes ^ (16 >> i)])
+        return list(v)
+
+    return all_lanes
+
+
+_max_all, _sum_all = _butterfly(np.maximum), _butterfly(np.add)
+
+
+def _simulated_warp_max(v):
+    return _collective(_max_all, v)
+
+
+def _simulated_warp_sum(v):
+    return _collective(_sum_all, v)
+
+
 def _simulated_ldg16(words, row, col, ok):
     if not ok:
         return (np.uint32(0),) * 4
@@ -263,12 +287,25 @@ def _shuffles():
     def shfl_idx(v, src):  # pragma: no cover - device code
         return cuda.shfl_sync(0xFFFFFFFF, v, src)
 
-    return shfl_xor, shfl_idx
+    @cuda.jit(device=True)
+    def warp_max(v):  # pragma: no cover - device code
+        for i in range(5):
+            v = max(v, cuda.shfl_xor_sync(0xFFFFFFFF, v, 16 >> i))
+        return v
+
+    @cuda.jit(device=True)
+    def warp_sum(v):  # pragma: no cover - device code
+        for i in range(5):
+            v += cuda.shfl_xor_sync(0xFFFFFFFF, v, 16 >> i)
+        return v
+
+    return shfl_xor, shfl_idx, warp_max, warp_sum
 
 
 if config.ENABLE_CUDASIM:
     ldg16, flat_load, mma_m16n8k16 = _simulated_ldg16, _simulated_flat_load, _simulated_mma
     shfl_xor, shfl_idx = _simulated_shfl_xor, _simulated_shfl_idx
+    warp_max, warp_sum = _simulated_warp_max, _simulated_warp_sum
 else:
     ldg16, flat_load, mma_m16n8k16 = _intrinsics()
-    shfl_xor, shfl_idx = _shuffles()
+    shfl_xor, shfl_idx, warp_max, warp_sum = _shuffles()

@@ -280,28 +280,21 @@ def numba_attention(fig: Figures, cfg: ModelConfig, ctx: int, b: int) -> None:
     import cupy as cp
 
     from kernels import numba_kernels as nk
-    from kernels.numba_tc_attention import attention_kernel
+    from kernels.numba_tc_attention import attention_launch
     from kernels.numba_warp import kernel_families
 
     wrap = nk.cuda.as_cuda_array
     qkv, positions, tables, kc, vc = attention_inputs(cfg, ctx, b)
     n_layers = kc.shape[0]
-    splits = nk.attention_splits(ctx)
-    part_o = wrap(cp.zeros((b, cfg.num_heads, splits, cfg.head_dim), cp.float32))
-    part_ml = wrap(cp.zeros((b, cfg.num_heads, splits, 2), cp.float32))
-    counters = wrap(cp.zeros(b * cfg.num_kv_heads, cp.int32))
+    scratch = nk.attention_scratch(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, b, ctx,
+                                   lambda *a: wrap(cp.zeros(*a)))
     out, q, pos, tab = wrap(cp.zeros((b, cfg.q_size), cp.float16)), wrap(qkv), \
         wrap(positions), wrap(tables)
     rope = wrap(rope_table(cfg, positions, cp))
-    grid = nk.attention_grid(b, cfg.num_kv_heads, ctx)
     families = kernel_families(nk.cuda.get_current_device().compute_capability)
     for family in families:
-        kernel = attention_kernel(family, cfg.head_dim, cfg.num_heads // cfg.num_kv_heads)
-        launches = [(kernel, grid, nk.THREADS,
-                     (q, pos, tab, wrap(kc[layer]), wrap(vc[layer]), cfg.num_heads,
-                      cfg.num_kv_heads, cfg.head_dim, nk.attention_scale(cfg.head_dim), rope,
-                      part_o, part_ml, counters, out))
-                    for layer in range(n_layers)]
+        launches = [attention_launch(family, cfg, q, pos, tab, wrap(kc[layer]), wrap(vc[layer]),
+                                     rope, b, scratch, out) for layer in range(n_layers)]
         fig.record(row_name(f"numba_attention_ctx{ctx}", family, families[0]), b,
                    numba_timed_ms(launches) / n_layers, 2 * kc[0].nbytes)
 

@@ -34,11 +34,12 @@ from kernels import numba_backend as nbk
 from kernels import numba_gemm as ng
 from kernels import numba_kernels as nk
 from kernels import numba_tc_gemm as tg
-from kernels.numba_tc_attention import attention_kernel
+from kernels.numba_tc_attention import attention_kernel, attention_launch
 from kernels.numba_warp import KERNEL_FAMILIES, kernel_families, kernel_family
 
 cuda = nk.cuda
 MICRO = get_preset("micro")
+pytestmark = pytest.mark.usefixtures("simulator_switch_interval")
 
 
 def test_row_stack_shim_is_in_place_before_numba_compiles():
@@ -231,6 +232,31 @@ def test_warp_shuffles_take_each_lanes_own_source():
     np.testing.assert_array_equal(got, [(lanes * 7 + 3) % 32 * 10, (lanes ^ 5) * 10])
 
 
+def test_warp_reductions_are_the_xor_butterfly_bit_for_bit(rng):
+    """Every lane gets the warp's max and its sum, the sum in the butterfly's order (lane l
+    adds lane l ^ 16's, then l ^ 8's, ...): on a GPU, what the simulator's twin computes."""
+    from kernels.numba_warp import warp_max, warp_sum
+
+    @cuda.jit
+    def reduce(v, out):
+        lane = cuda.threadIdx.x
+        out[0, lane] = warp_max(v[lane])
+        out[1, lane] = warp_sum(v[lane])
+
+    # 2^24 + 1 rounds to 2^24 in fp32: added in lane order the sum stays 2^24; the butterfly
+    # adds the ones to each other first (2^24 + 30)
+    ones = np.ones(32, np.float32)
+    ones[0] = 2.0 ** 24
+    for v in (rng.standard_normal(32).astype(np.float32) * 1e3, ones):
+        got = run(reduce, 1, v, np.full((2, 32), np.nan, np.float32), threads=32)[1]
+        expect, lanes = v.copy(), np.arange(32)
+        for mask in (16, 8, 4, 2, 1):
+            expect = expect + expect[lanes ^ mask]
+        np.testing.assert_array_equal(got[0], np.full(32, v.max()))
+        np.testing.assert_array_equal(got[1], expect)
+    assert got[1][0] == 2.0 ** 24 + 30
+
+
 def test_flat_load_reads_an_element_by_its_flat_offset():
     from numba.core.errors import TypingError
 
@@ -269,16 +295,19 @@ def test_a_misaligned_16_byte_load_is_refused_as_a_gpu_would():
         load[1, 1](words, 2, out)
 
 
-# head_dim 20: 5 words a row, so the staging leaves some threads without a token
-@pytest.mark.parametrize("head_dim", [32, 20])
-def test_attention_with_rope_and_kv_append(rng, head_dim):
+# head_dim 20: 5 words a row, so the staging leaves some threads without a token; 2100
+# tokens: 33 splits, so the merge's first lane takes two
+@pytest.mark.parametrize(("head_dim", "contexts"), [(32, [1, 17, 64, 130, 700]),
+                                                    (20, [1, 17, 64, 130, 700]), (32, [2100])])
+def test_attention_with_rope_and_kv_append(rng, head_dim, contexts):
     """RoPE on this step's q and k, k and v appended, attention over the cache that leaves
     (tests/conftest.py, AppendCase)."""
     # two kv heads of three query heads each; a full split, three splits (fewer than a merge
     # loads at once), eleven (more, not a multiple)
     assert 3 < nk.MERGE_UNROLL < 11 and 11 % nk.MERGE_UNROLL
+    assert 32 < -(-2100 // nk.ATTN_SPLIT) <= 64
     cfg = replace(MICRO, num_heads=6, num_kv_heads=2, head_dim=head_dim)
-    case = AppendCase.make(rng, cfg, [1, 17, 64, 130, 700])
+    case = AppendCase.make(rng, cfg, contexts)
     case.check(*attend(cfg, case.qkv, case.positions, case.tables, case.k_cache, case.v_cache))
 
 
@@ -290,11 +319,10 @@ def test_tensor_core_attention_with_rope_and_kv_append(rng, head_dim, group, con
     from kernels.numba_tc_attention import tc_attention_kernel
 
     cfg = replace(MICRO, num_heads=2 * group, num_kv_heads=2, head_dim=head_dim)
-    kernel = attention_kernel("mma", head_dim, group)
-    assert kernel is tc_attention_kernel(head_dim, group)
+    assert attention_kernel("mma", head_dim, group) is tc_attention_kernel(head_dim, group)
     case = AppendCase.make(rng, cfg, contexts)
     case.check(*attend(cfg, case.qkv, case.positions, case.tables, case.k_cache, case.v_cache,
-                       kernel))
+                       "mma"))
 
 
 def test_tensor_core_attention_falls_back_where_it_cannot_take_the_shape():
@@ -303,27 +331,29 @@ def test_tensor_core_attention_falls_back_where_it_cannot_take_the_shape():
     assert attention_kernel("fma", 32, 4) is nk.paged_attention
 
 
-def attend(cfg, qkv, positions, tables, kc, vc,
-           kernel=nk.paged_attention) -> tuple[np.ndarray, ...]:
-    """``kernel`` over every split (NaN-poisoned partials and output) twice, the second
-    launch on the counters the first left: the attention (the same both times) and the
-    caches it leaves."""
+def attend(cfg, qkv, positions, tables, kc, vc, family="fma") -> tuple[np.ndarray, ...]:
+    """``family``'s attention kernel (attention_launch) over every split (NaN-poisoned
+    partials and output) twice, the second launch on the counters the first left: the
+    attention (the same both times) and the caches it leaves."""
     b = len(positions)
-    splits = nk.attention_splits(tables.shape[1] * cfg.block_size)
-    part_o = np.full((b, cfg.num_heads, splits, cfg.head_dim), np.nan, np.float32)
-    part_ml = np.full((b, cfg.num_heads, splits, 2), np.nan, np.float32)
-    grid = nk.attention_grid(b, cfg.num_kv_heads, tables.shape[1] * cfg.block_size)
-    args = [qkv, positions, tables, kc, vc, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
-            nk.attention_scale(cfg.head_dim), rope_table(cfg, positions, np), part_o, part_ml,
-            np.zeros(b * cfg.num_kv_heads, np.int32)]
+
+    def poisoned(shape, dtype):
+        return np.full(shape, np.nan if dtype == np.float32 else 0, dtype)
+
+    scratch = nk.attention_scratch(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, b,
+                                   tables.shape[1] * cfg.block_size, poisoned)
     outs = []
     for _ in range(2):
-        got = run(kernel, grid, *args, np.full((b, cfg.q_size), np.nan, np.float16))
+        kernel, grid, threads, args = attention_launch(
+            family, cfg, qkv, positions, tables, kc, vc, rope_table(cfg, positions, np), b,
+            scratch, np.full((b, cfg.q_size), np.nan, np.float16))
+        got = run(kernel, grid, *args, threads=threads)
         outs.append(got[-1])
-        args[3:5], args[-1] = got[3:5], got[-2]
+        kc, vc = got[3:5]
+        scratch = tuple(got[-4:-1])
     np.testing.assert_array_equal(outs[0], outs[1])
-    np.testing.assert_array_equal(args[-1], 0)
-    return outs[0], args[3], args[4]
+    np.testing.assert_array_equal(scratch[2], 0)
+    return outs[0], kc, vc
 
 
 @pytest.mark.gpu
@@ -340,11 +370,10 @@ def test_real_shapes_on_a_gpu(rng):
             got = gemm("store", x, w, np.full((b, n), np.nan, np.float32), family)
             expect = x.astype(np.float64) @ w.T.astype(np.float64)
             assert rel_err(got, expect) < FP16_TOL, (family, b)
-    group = cfg.num_heads // cfg.num_kv_heads
     for family in families:
         case = AppendCase.make(rng, cfg, [1, 17, 2048, 8192])
         case.check(*attend(cfg, case.qkv, case.positions, case.tables, case.k_cache,
-                           case.v_cache, attention_kernel(family, cfg.head_dim, group)))
+                           case.v_cache, family))
 
 
 def test_argmax_first_maximum(rng):

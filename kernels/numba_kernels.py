@@ -23,7 +23,7 @@ numba_shim.apply()  # NOTE: before numba.cuda compiles anything
 
 from numba import config, cuda, float32, int32, int64, uint32, uint64  # noqa: E402
 
-from kernels.numba_warp import flat_load, warp_max, warp_sum  # noqa: E402
+from kernels.numba_warp import flat_load, ldcg4, warp_max, warp_sum  # noqa: E402
 
 # Every kernel below is launched with this many threads per block (a power of two). The
 # simulator runs each thread as a Python thread, so it gets one warp's worth.
@@ -316,10 +316,11 @@ def merge_if_last(b, g, group, head_dim, splits, part_o, part_ml, counter,
     out (fp16) and resets the counter (``counter[0]``). First a warp a head, its lanes over
     the splits (every 32nd each), finds the head's max and its sum of weighted sums
     (numba_warp's butterflies: a fixed order), writing each split's weight exp(max_s - max)
-    over its max in part_ml; then a thread per (head, dim) sums the weighted outputs in split
-    order, MERGE_UNROLL splits' loads at once. (A thread a head walking the splits, as the
-    first two steps were, waited on about 18 L2 round trips in turn at 64 splits, MERGE_UNROLL
-    loads at a time; the warps wait on four.)"""
+    over its max in part_ml; then a thread per (head, 4 dims) sums the weighted outputs in
+    split order, MERGE_UNROLL splits' 16-byte loads at once. (A thread a head walking the
+    splits, as the first two steps were, waited on about 18 L2 round trips in turn at 64
+    splits, MERGE_UNROLL loads at a time; the warps wait on four. A thread per (head, dim),
+    as the last was, loading a float a split: 32 at head dim 128 and group 4, now 8.)"""
     tid = cuda.threadIdx.x
     last = cuda.shared.array(1, int32)
     sums = cuda.shared.array(MAX_GROUP, float32)  # each head's sum of weighted sums
@@ -334,7 +335,6 @@ def merge_if_last(b, g, group, head_dim, splits, part_o, part_ml, counter,
     if tid == 0:
         counter[0] = 0  # ready for the next launch
     va = cuda.local.array(MERGE_UNROLL, float32)
-    vb = cuda.local.array(MERGE_UNROLL, float32)
     lane = tid % 32
     for h in range(tid // 32, group, THREADS // 32):  # the whole warp: it shuffles
         head = g * group + h
@@ -351,18 +351,29 @@ def merge_if_last(b, g, group, head_dim, splits, part_o, part_ml, counter,
         if lane == 0:
             sums[h] = total
     cuda.syncthreads()
-    for p in range(tid, group * head_dim, THREADS):  # the output, a thread per (head, dim)
-        head, j = g * group + p // head_dim, p % head_dim
-        acc = float32(0.0)
+    quads, hd = head_dim // 4, uint64(head_dim)  # unsigned offsets, as paged_attention's
+    vals = cuda.local.array((MERGE_UNROLL, 4), float32)
+    acc = cuda.local.array(4, float32)
+    for p in range(tid, group * quads, THREADS):  # the output, a thread per (head, 4 dims)
+        h, q = p // quads, p % quads
+        head = g * group + h
+        # part_o[b, head, s, 4q:4q + 4] is at flat offset first + s * head_dim
+        first = uint64(b * part_o.shape[1] + head) * uint64(part_o.shape[2]) * hd + uint64(4 * q)
+        for e in range(4):
+            acc[e] = float32(0.0)
         for s0 in range(0, splits, MERGE_UNROLL):
-            for u in range(MERGE_UNROLL):
+            for u in range(MERGE_UNROLL):  # every load first; past the end, the last again
                 s = min(s0 + u, splits - 1)
                 va[u] = _coherent(part_ml, b, head, s, 0)
-                vb[u] = _coherent(part_o, b, head, s, j)
+                four = ldcg4(part_o, first + uint64(s) * hd)
+                for e in range(4):
+                    vals[u, e] = four[e]
             for u in range(MERGE_UNROLL):
                 if s0 + u < splits:
-                    acc += vb[u] * va[u]
-        out[b, head * head_dim + j] = acc / sums[p // head_dim]
+                    for e in range(4):
+                        acc[e] += vals[u, e] * va[u]
+        for e in range(4):
+            out[b, head * head_dim + 4 * q + e] = acc[e] / sums[h]
 
 
 @cuda.jit

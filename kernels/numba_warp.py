@@ -19,11 +19,13 @@ and the butterfly reductions ``warp_max(v)`` and ``warp_sum(v)`` (every lane get
 max or sum, through five xor shuffles, so the sum's order is fixed; their twins run the same
 butterfly, bit for bit, in one meeting of the lanes rather than five).
 
-One is a plain load: ``flat_load(ary, i)``, element i of a C-contiguous array counted in
-flat order. Numba's N-D index takes a 64-bit product by the array's runtime stride and a
-wraparound select per dimension, and its ``reshape`` is a call into a function the
-dispatcher links in; a kernel that has the flat offset already needs one address
-computation.
+Two load by a flat offset: ``flat_load(ary, i)``, element i of a C-contiguous array counted
+in flat order, and ``ldcg4(ary, i)``, its fp32 elements i..i+3 in one 16-byte load from L2
+(``ld.global.cg.v4.f32``: not the SM's L1, which may hold an older line of data another block
+wrote during the launch; i a multiple of 4, the array 16-byte aligned). Numba's N-D index
+takes a 64-bit product by the array's runtime stride and a wraparound select per dimension,
+and its ``reshape`` is a call into a function the dispatcher links in; a kernel that has the
+flat offset already needs one address computation.
 
 Why inline PTX: numba-cuda has no tensor-core operation and no vector load. The decode
 projections at batch 16 need 16 FMAs per weight element, which Hopper's CUDA cores cannot
@@ -204,6 +206,15 @@ def _simulated_flat_load(ary, i):
     return host.reshape(-1)[i]
 
 
+def _simulated_ldcg4(ary, i):
+    host = ary._ary  # NOTE: the simulator's array wraps the host one
+    four = host.reshape(-1)[i:i + 4] if host.flags.c_contiguous else None
+    if four is None or host.dtype != np.float32 or four.shape != (4,) or four.ctypes.data % 16:
+        raise ValueError(f"ldcg4: elements {i}..{i + 3} are not 4 fp32 values at a multiple of "
+                         f"16 bytes of a C-contiguous array, which a GPU's 16-byte load needs")
+    return four[0], four[1], four[2], four[3]
+
+
 def _intrinsics():
     from llvmlite import ir
     from numba.cuda import cgutils
@@ -255,6 +266,29 @@ def _intrinsics():
         return sig, codegen
 
     @intrinsic
+    def ldcg4(typingctx, ary, i):
+        if not (isinstance(ary, types.Array) and ary.layout == "C"
+                and ary.dtype == types.float32 and isinstance(i, types.Integer)):
+            return None
+        sig = types.UniTuple(types.float32, 4)(ary, i)
+
+        def codegen(context, builder, sig, args):
+            aryty, ity = sig.args
+            data = context.make_array(aryty)(context, builder, value=args[0]).data
+            ptr = builder.gep(data, [context.cast(builder, args[1], ity, types.intp)],
+                              inbounds=True)
+            fnty = ir.FunctionType(ir.LiteralStructType([f32] * 4), [i64])
+            # side_effect: LLVM must not move it above the fence and count that make the
+            # data complete, as it may move an asm that reads nothing it can see
+            asm = ir.InlineAsm(fnty, "ld.global.cg.v4.f32 {$0, $1, $2, $3}, [$4];",
+                               "=f,=f,=f,=f,l", side_effect=True)
+            got = builder.call(asm, [builder.ptrtoint(ptr, i64)])
+            return context.make_tuple(builder, sig.return_type,
+                                      [builder.extract_value(got, i) for i in range(4)])
+
+        return sig, codegen
+
+    @intrinsic
     def mma_m16n8k16(typingctx, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
         sig = types.UniTuple(types.float32, 4)(*[types.uint32] * 6, *[types.float32] * 4)
 
@@ -273,7 +307,7 @@ def _intrinsics():
 
         return sig, codegen
 
-    return ldg16, flat_load, mma_m16n8k16
+    return ldg16, flat_load, ldcg4, mma_m16n8k16
 
 
 def _shuffles():
@@ -304,8 +338,9 @@ def _shuffles():
 
 if config.ENABLE_CUDASIM:
     ldg16, flat_load, mma_m16n8k16 = _simulated_ldg16, _simulated_flat_load, _simulated_mma
+    ldcg4 = _simulated_ldcg4
     shfl_xor, shfl_idx = _simulated_shfl_xor, _simulated_shfl_idx
     warp_max, warp_sum = _simulated_warp_max, _simulated_warp_sum
 else:
-    ldg16, flat_load, mma_m16n8k16 = _intrinsics()
+    ldg16, flat_load, ldcg4, mma_m16n8k16 = _intrinsics()
     shfl_xor, shfl_idx, warp_max, warp_sum = _shuffles()

@@ -35,7 +35,7 @@ from kernels import numba_gemm as ng
 from kernels import numba_kernels as nk
 from kernels import numba_tc_gemm as tg
 from kernels.numba_tc_attention import attention_kernel, attention_launch
-from kernels.numba_warp import KERNEL_FAMILIES, kernel_families, kernel_family
+from kernels.numba_warp import KERNEL_FAMILIES, kernel_families, kernel_family, ldcg4
 
 cuda = nk.cuda
 MICRO = get_preset("micro")
@@ -276,6 +276,25 @@ def test_flat_load_reads_an_element_by_its_flat_offset():
         load[1, 1](cuda.to_device(np.asfortranarray(host)), np.uint64(1), out)
 
 
+@cuda.jit
+def _ldcg4(a, i, out):  # pragma: no cover - device code
+    four = ldcg4(a, i)
+    for e in range(4):
+        out[e] = four[e]
+
+
+def test_ldcg4_reads_four_floats_by_their_flat_offset():
+    from numba.core.errors import TypingError
+
+    host = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    a, out = cuda.to_device(host), cuda.to_device(np.full(4, np.nan, np.float32))
+    for i in (0, 4, 20):
+        _ldcg4[1, 1](a, np.uint64(i), out)
+        np.testing.assert_array_equal(out.copy_to_host(), np.arange(i, i + 4))
+    with pytest.raises(ValueError if nbk.SIMULATOR else TypingError, match="ldcg4"):
+        _ldcg4[1, 1](cuda.to_device(host.astype(np.float64)), np.uint64(0), out)
+
+
 def test_a_misaligned_16_byte_load_is_refused_as_a_gpu_would():
     if not nbk.SIMULATOR:
         pytest.skip("on a GPU it faults and takes the context with it: the simulator's "
@@ -293,6 +312,10 @@ def test_a_misaligned_16_byte_load_is_refused_as_a_gpu_would():
     assert out.copy_to_host()[0] == 4
     with pytest.raises(ValueError, match="not 16 contiguous bytes at a multiple of 16"):
         load[1, 1](words, 2, out)
+    floats = cuda.to_device(np.zeros(8, np.float32))
+    with pytest.raises(ValueError, match=r"ldcg4: elements 2\.\.5 are not 4 fp32 values at "
+                                         r"a multiple of 16 bytes"):
+        _ldcg4[1, 1](floats, np.uint64(2), cuda.to_device(np.zeros(4, np.float32)))
 
 
 # head_dim 20: 5 words a row, so the staging leaves some threads without a token; 2100

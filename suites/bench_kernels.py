@@ -274,9 +274,9 @@ def numba_gemms(fig: Figures, shapes: dict, weights: dict, inputs: dict) -> None
                            numba_timed_ms(launches) / len(launches), math.prod(shapes[p]) * 2)
 
 
-def numba_attention(fig: Figures, cfg: ModelConfig, ctx: int, b: int) -> None:
-    """The Numba attention on the CuPy row's inputs, every layer's: ``numba_attention_ctxN``
-    this GPU's default kernel family, ``numba_attention_ctxN@family`` the other."""
+def numba_attention_launches(cfg: ModelConfig, ctx: int, b: int) -> tuple[dict, int]:
+    """The Numba attention over ``attention_inputs``, every layer's, for each kernel family
+    this GPU runs (its default first): ``{family: launches}``, and a layer's K/V bytes."""
     import cupy as cp
 
     from kernels import numba_kernels as nk
@@ -285,18 +285,25 @@ def numba_attention(fig: Figures, cfg: ModelConfig, ctx: int, b: int) -> None:
 
     wrap = nk.cuda.as_cuda_array
     qkv, positions, tables, kc, vc = attention_inputs(cfg, ctx, b)
-    n_layers = kc.shape[0]
     scratch = nk.attention_scratch(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, b, ctx,
                                    lambda *a: wrap(cp.zeros(*a)))
     out, q, pos, tab = wrap(cp.zeros((b, cfg.q_size), cp.float16)), wrap(qkv), \
         wrap(positions), wrap(tables)
     rope = wrap(rope_table(cfg, positions, cp))
     families = kernel_families(nk.cuda.get_current_device().compute_capability)
-    for family in families:
-        launches = [attention_launch(family, cfg, q, pos, tab, wrap(kc[layer]), wrap(vc[layer]),
-                                     rope, b, scratch, out) for layer in range(n_layers)]
-        fig.record(row_name(f"numba_attention_ctx{ctx}", family, families[0]), b,
-                   numba_timed_ms(launches) / n_layers, 2 * kc[0].nbytes)
+    return {f: [attention_launch(f, cfg, q, pos, tab, wrap(kc[layer]), wrap(vc[layer]), rope, b,
+                                 scratch, out) for layer in range(kc.shape[0])]
+            for f in families}, 2 * kc[0].nbytes
+
+
+def numba_attention(fig: Figures, cfg: ModelConfig, ctx: int, b: int) -> None:
+    """``numba_attention_ctxN``: this GPU's default kernel family, ``numba_attention_ctxN@family``
+    the other, on the CuPy row's inputs."""
+    by_family, kv_bytes = numba_attention_launches(cfg, ctx, b)
+    default = next(iter(by_family))
+    for family, launches in by_family.items():
+        fig.record(row_name(f"numba_attention_ctx{ctx}", family, default), b,
+                   numba_timed_ms(launches) / len(launches), kv_bytes)
 
 
 def check_shapes(preset: str, batch_sizes: list[int], contexts: list[int]) -> None:

@@ -85,7 +85,8 @@ if want sanitize; then
     # small grid the host picks its twin), then attention-64x2 with that twin, whose stages
     # pass 48 KB; gemm-pipe: every tc_gemm variant; gemm-wide: wide_gemm, each stage count.
     # numba: its default kernels (the tensor-core ones from sm_80) at batch 3 and 13 (one and
-    # two 8-row GEMM tiles); numba-fma: the same on the CUDA-core kernels.
+    # two 8-row GEMM tiles); numba-fma: the same on the CUDA-core kernels; numba-attention: one
+    # launch of each family's attention at llama3-8b's head dim and group, 576 tokens (9 splits).
     # SANITIZE="numba:memcheck ..." picks runs. API errors are not counted: numba-cuda probes
     # the driver for entry points it may lack (34 cuGetProcAddress errors on an H200), which
     # says nothing of the kernels' memory accesses.
@@ -93,7 +94,7 @@ if want sanitize; then
                 attention-8b:memcheck attention-8b:racecheck attention-64x2:memcheck \
                 attention-64x2:racecheck gemm-pipe:memcheck gemm-pipe:racecheck \
                 gemm-wide:memcheck gemm-wide:racecheck numba:memcheck numba:racecheck \
-                numba-fma:memcheck numba-fma:racecheck}; do
+                numba-fma:memcheck numba-fma:racecheck numba-attention:memcheck}; do
       run=${pair%:*}; tool=${pair#*:}
       backend=${run%-*}; wide=$([ $run = cupy-wide ] && echo 1 || echo 0)
       numba_kernels=$([ $run = numba-fma ] && echo fma || true)
@@ -101,6 +102,7 @@ if want sanitize; then
       case $run in
         attention-8b|attention-64x2)
           what="tools/launch_once.py attention --batch 3 --context 576";;
+        numba-attention) what="tools/launch_once.py numba-attention --batch 3 --context 576";;
         gemm-pipe) what="tools/launch_once.py gemm --batch 13 --projection down --variants";;
         gemm-wide) what="tools/launch_once.py gemm --batch 130 --projection o --wide";;
         *) what="-m schedbench --backend $backend --preset tiny --batch-sizes $batches --steps 6 \
@@ -123,18 +125,20 @@ if want sanitize; then
 fi
 
 if want ncu; then
-  step "ncu: one launch each of the default attention (batch 16, 4k tokens), of the down \
-projection (batch 16 and 1, every tc_gemm variant) and of gate/up on wide_gemm (batch 256, \
-each stage count), llama3-8b"
+  step "ncu: one launch each of the default attention (batch 16, 4k tokens), of the Numba \
+attention (each family, batch 1 and 16, 4k tokens), of the down projection (batch 16 and 1, \
+every tc_gemm variant) and of gate/up on wide_gemm (batch 256, each stage count), llama3-8b"
   if command -v ncu >/dev/null 2>&1; then
     sections="--section SpeedOfLight --section Occupancy --section LaunchStats \
       --section WarpStateStats --section MemoryWorkloadAnalysis"
-    for what in "attention --batch 16 --context 4096" "gemm --batch 16 --projection down --variants" \
+    for what in "attention --batch 16 --context 4096" "numba-attention --batch 1 --context 4096" \
+                "numba-attention --batch 16 --context 4096" \
+                "gemm --batch 16 --projection down --variants" \
                 "gemm --batch 1 --projection down --variants" \
                 "gemm --batch 256 --projection gate_up --wide"; do
       kind=${what%% *}; name=ncu-$kind-b$(echo "$what" | awk '{print $3}')
       case $what in
-        attention*) kernel=paged_attention;;
+        attention*|numba-attention*) kernel=paged_attention;;  # and tc_paged_attention
         *--wide) kernel=wide_gemm;;
         *) kernel=tc_gemm;;
       esac

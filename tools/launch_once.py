@@ -1,9 +1,10 @@
-"""One launch of a CuPy kernel at llama3-8b shapes, for a tool that watches it: ncu profiles
-it, compute-sanitizer checks it at the head dim the step runs (the sanitizer runs of
-tools/gpu_check.sh otherwise use the tiny preset).
+"""One launch of a CuPy kernel (or of the Numba attention) at llama3-8b shapes, for a tool
+that watches it: ncu profiles it, compute-sanitizer checks it at the head dim the step runs
+(the sanitizer runs of tools/gpu_check.sh otherwise use the tiny preset).
 
 Usage (from the repository root, on a GPU machine):
   python tools/launch_once.py attention --batch 16 --context 4096
+  python tools/launch_once.py numba-attention --batch 1 --context 4096   (each family)
   python tools/launch_once.py gemm --batch 16 --projection down --variants
   python tools/launch_once.py gemm --batch 256 --projection gate_up --wide
   SCHEDBENCH_ATTENTION_TILING=256/32/64x2 python tools/launch_once.py attention
@@ -20,7 +21,13 @@ from kernels import cupy_backend as cb
 from kernels.cuda_sources import WIDE_GEMM_STAGES
 from kernels.kernel_calls import gemm_variants, rope_table
 from schedbench.model import get_preset
-from suites.bench_kernels import EPILOGUES, attention_inputs, projection_output, projection_shapes
+from suites.bench_kernels import (
+    EPILOGUES,
+    attention_inputs,
+    numba_attention_launches,
+    projection_output,
+    projection_shapes,
+)
 
 CFG = dataclasses.replace(get_preset("llama3-8b"), num_layers=1)  # one layer's cache to fill
 
@@ -31,6 +38,16 @@ def attention(batch: int, context: int) -> list:
     out = cp.zeros((batch, CFG.q_size), cp.float16)
     return [cb.attention_launch(CFG, qkv, positions, tables, rope_table(CFG, positions, cp),
                                 kc[0], vc[0], batch, scratch, out)]
+
+
+def numba_attention(batch: int, context: int) -> list:
+    """The Numba attention of each kernel family, the GPU's default first, as launches on a
+    stream pointer like the CuPy ones."""
+    from kernels.numba_kernels import cuda
+
+    by_family, _ = numba_attention_launches(CFG, context, batch)
+    return [lambda ptr, k=kernel, g=grid, t=threads, a=args: k[g, t, cuda.external_stream(ptr)](*a)
+            for launches in by_family.values() for kernel, grid, threads, args in launches]
 
 
 def gemm(batch: int, projection: str, every: bool, wide: bool) -> list:
@@ -52,7 +69,7 @@ def gemm(batch: int, projection: str, every: bool, wide: bool) -> list:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("kernel", choices=("attention", "gemm"))
+    p.add_argument("kernel", choices=("attention", "numba-attention", "gemm"))
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--context", type=int, default=4096, help="attention: tokens a row")
     p.add_argument("--projection", default="gate_up", choices=tuple(EPILOGUES))
@@ -61,8 +78,10 @@ def main() -> None:
     p.add_argument("--wide", action="store_true",
                    help="gemm: wide_gemm (the large-batch kernel), with each stage count")
     args = p.parse_args()
-    launches = (attention(args.batch, args.context) if args.kernel == "attention"
-                else gemm(args.batch, args.projection, args.variants, args.wide))
+    launches = {"attention": lambda: attention(args.batch, args.context),
+                "numba-attention": lambda: numba_attention(args.batch, args.context),
+                "gemm": lambda: gemm(args.batch, args.projection, args.variants, args.wide),
+                }[args.kernel]()
     cp.cuda.Device().synchronize()  # the inputs, made on the legacy stream
     stream = cp.cuda.Stream(non_blocking=True)
     for launch in launches:

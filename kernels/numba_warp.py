@@ -1,7 +1,7 @@
 """Warp-wide operations and loads for the Numba kernels, each with a simulator twin so that
-``NUMBA_ENABLE_CUDASIM=1`` runs the kernels that call them. Two are PTX that Numba has no
+``NUMBA_ENABLE_CUDASIM=1`` runs the kernels that call them. Three are PTX that Numba has no
 Python spelling for, written as Numba intrinsics (inline PTX through llvmlite, the way
-numba-cuda writes its own cache-hinted loads):
+numba-cuda writes its own cache-hinted loads): these two, and ``ldcg4`` below.
 
 - ``ldg16(words, row, col, ok)``: words[row, col:col + 4] of a 2-D uint32 array in one
   16-byte load through the read-only path (``ld.global.nc.v4.u32``), zeros where ``ok`` is

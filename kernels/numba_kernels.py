@@ -114,7 +114,10 @@ ATTN_SPLIT = 64
 MAX_HEAD_DIM, MAX_GROUP = 128, 8  # static shared memory: 33 KB of K and V, 6 KB of q, scores
 KV_WORDS = MAX_HEAD_DIM // 4 + 1  # int64 words per staged row, one of them padding
 STAGE_UNROLL = 8
-MERGE_UNROLL = 8  # splits a merge loop loads at once (16: paged_attention 79 -> 96 registers)
+# splits the merge's output loop loads at once: with 16, ptxas issued them in groups of
+# 1 to 10 between the FMAs that wait on them (SASS, sm_90, head dim 128); with 8, all
+# 8 before the first (tc_paged_attention), or 7 (paged_attention)
+MERGE_UNROLL = 8
 
 
 def attention_scratch(num_heads: int, num_kv_heads: int, head_dim: int, max_batch: int,
@@ -317,10 +320,10 @@ def merge_if_last(b, g, group, head_dim, splits, part_o, part_ml, counter,
     the splits (every 32nd each), finds the head's max and its sum of weighted sums
     (numba_warp's butterflies: a fixed order), writing each split's weight exp(max_s - max)
     over its max in part_ml; then a thread per (head, 4 dims) sums the weighted outputs in
-    split order, MERGE_UNROLL splits' 16-byte loads at once. (A thread a head walking the
-    splits, as the first two steps were, waited on about 18 L2 round trips in turn at 64
-    splits, MERGE_UNROLL loads at a time; the warps wait on four. A thread per (head, dim),
-    as the last was, loading a float a split: 32 at head dim 128 and group 4, now 8.)"""
+    split order, MERGE_UNROLL splits' 16-byte loads at once. At 64 splits, head dim 128 and
+    group 4, a thread waits on 4 L2 round trips for the max and sum and 8 for the output.
+    (Before, a thread a head walked the splits for the max and the sum, 8 loads at a time,
+    about 18 round trips, and a thread per (head, dim) loaded a float a split, 32.)"""
     tid = cuda.threadIdx.x
     last = cuda.shared.array(1, int32)
     sums = cuda.shared.array(MAX_GROUP, float32)  # each head's sum of weighted sums

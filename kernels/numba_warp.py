@@ -324,13 +324,13 @@ def _shuffles():
     @cuda.jit(device=True)
     def warp_max(v):  # pragma: no cover - device code
         for i in range(5):
-            v = max(v, cuda.shfl_xor_sync(0xFFFFFFFF, v, 16 >> i))
+            v = max(v, shfl_xor(v, 16 >> i))
         return v
 
     @cuda.jit(device=True)
     def warp_sum(v):  # pragma: no cover - device code
         for i in range(5):
-            v += cuda.shfl_xor_sync(0xFFFFFFFF, v, 16 >> i)
+            v += shfl_xor(v, 16 >> i)
         return v
 
     return shfl_xor, shfl_idx, warp_max, warp_sum

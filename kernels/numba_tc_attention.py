@@ -21,8 +21,9 @@ one order whatever the batch, so the loops agree token for token.
 Takes head dims that are multiples of 32 up to MAX_HEAD_DIM and groups of at most
 TC_MAX_GROUP query heads (the warps' outputs must fit beside the staged rows in 48 KB of
 static shared memory); ``attention_kernel`` falls back to the CUDA-core kernel otherwise.
-At head dim 128 ptxas gives it 107 registers (sm_90): four blocks an SM by shared memory, as
-by registers, where the CUDA-core kernel (80 registers) has five. Not yet measured on a GPU.
+At head dim 128 ptxas gives it 113 registers (sm_90; allocated as 120): four blocks an SM by
+shared memory, as by registers, where the CUDA-core kernel (80 registers) has five. Not yet
+measured on a GPU.
 """
 
 from __future__ import annotations

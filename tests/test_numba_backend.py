@@ -35,7 +35,14 @@ from kernels import numba_gemm as ng
 from kernels import numba_kernels as nk
 from kernels import numba_tc_gemm as tg
 from kernels.numba_tc_attention import attention_kernel, attention_launch
-from kernels.numba_warp import KERNEL_FAMILIES, kernel_families, kernel_family, ldcg4
+from kernels.numba_warp import (
+    KERNEL_FAMILIES,
+    kernel_families,
+    kernel_family,
+    ldcg4,
+    ldg16,
+    mma_m16n8k16,
+)
 
 cuda = nk.cuda
 MICRO = get_preset("micro")
@@ -169,12 +176,11 @@ def test_mma_gemm_falls_back_where_k_is_not_whole_chunks():
     assert tg.gemm_launch("mma", "store", 4, 64, 1100)[0] is ng.gemm_kernel("store", 4)
 
 
-def test_the_simulated_mma_follows_the_ptx_fragment_layouts(rng):
-    """Each lane's registers laid out as the PTX ISA's m16n8k16 figures draw them, written
-    here independently of kernels/numba_warp.py: D = A.B + C lands where the figure for D
-    puts it."""
-    from kernels.numba_warp import mma_fragments
-
+def _mma_operands(rng) -> tuple:
+    """A [16, 16], B [16, 8] (fp16) and C [16, 8] (fp32) of one m16n8k16 MMA, and each lane's
+    registers as the PTX ISA's figures draw them, written here independently of
+    kernels/numba_warp.py: regs [lane, 6] (a0..a3, b0, b1), acc [lane, 4] (c0..c3), and
+    where [lane] the (row, col) of C and D that each accumulator register holds."""
     a, b = half(rng, 16, 16), half(rng, 16, 8)
     c = rng.standard_normal((16, 8)).astype(np.float32)
 
@@ -191,13 +197,61 @@ def test_the_simulated_mma_follows_the_ptx_fragment_layouts(rng):
                       pair(b[2 * t, g], b[2 * t + 1, g]), pair(b[2 * t + 8, g], b[2 * t + 9, g])]
         where.append([(g, 2 * t), (g, 2 * t + 1), (g + 8, 2 * t), (g + 8, 2 * t + 1)])
         acc[lane] = [c[i, j] for i, j in where[-1]]
-    d = mma_fragments(regs, acc)
+    return a, b, c, regs, acc, where
+
+
+def _assert_mma_product(d, a, b, c, where):
+    """D [lane, 4], placed by ``where``, is A.B + C: fp16 products are exact, and the sums
+    are fp32 in an order the hardware does not document (a layout error is off by O(1))."""
     expect = c + a.astype(np.float64) @ b.astype(np.float64)
     got = np.zeros((16, 8))
     for lane in range(32):
         for v, (i, j) in zip(d[lane], where[lane], strict=True):
             got[i, j] = v
-    np.testing.assert_allclose(got, expect, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got, expect, rtol=1e-5, atol=1e-4)
+
+
+def test_the_simulated_mma_follows_the_ptx_fragment_layouts(rng):
+    from kernels.numba_warp import mma_fragments
+
+    a, b, c, regs, acc, where = _mma_operands(rng)
+    _assert_mma_product(mma_fragments(regs, acc), a, b, c, where)
+
+
+@cuda.jit
+def _mma(regs, acc, d):  # pragma: no cover - device code
+    lane = cuda.threadIdx.x
+    r = mma_m16n8k16(regs[lane, 0], regs[lane, 1], regs[lane, 2], regs[lane, 3], regs[lane, 4],
+                     regs[lane, 5], acc[lane, 0], acc[lane, 1], acc[lane, 2], acc[lane, 3])
+    for i in range(4):
+        d[lane, i] = r[i]
+
+
+def test_the_mma_intrinsic_is_the_ptx_fragment_product(rng):
+    """One warp's mma_m16n8k16 through the intrinsic: on a GPU, the tensor cores' D where
+    the PTX ISA puts it (the first thing to look at if a tensor-core kernel fails there); in
+    the simulator, the twin reached through the collective."""
+    a, b, c, regs, acc, where = _mma_operands(rng)
+    d = run(_mma, 1, regs, acc, np.full((32, 4), np.nan, np.float32), threads=32)[2]
+    _assert_mma_product(d, a, b, c, where)
+
+
+@cuda.jit
+def _ldg16(words, row, col, ok, out):  # pragma: no cover - device code
+    four = ldg16(words, row, col, ok)
+    for e in range(4):
+        out[e] = four[e]
+
+
+def test_ldg16_reads_16_bytes_and_zeros_where_it_is_off():
+    """On a GPU as in the simulator: the 16-byte read-only load of the tensor-core GEMM, and
+    its predicate, which leaves zeros and reads nothing (here: past the array's end)."""
+    words = cuda.to_device(np.arange(16, dtype=np.uint32).reshape(2, 8))
+    out = cuda.to_device(np.full(4, 99, np.uint32))
+    _ldg16[1, 1](words, 1, 4, True, out)
+    np.testing.assert_array_equal(out.copy_to_host(), [12, 13, 14, 15])
+    _ldg16[1, 1](words, 2, 0, False, out)
+    np.testing.assert_array_equal(out.copy_to_host(), [0, 0, 0, 0])
 
 
 def test_the_kernel_family_follows_the_gpu_and_the_setting(monkeypatch):
@@ -299,19 +353,9 @@ def test_a_misaligned_16_byte_load_is_refused_as_a_gpu_would():
     if not nbk.SIMULATOR:
         pytest.skip("on a GPU it faults and takes the context with it: the simulator's "
                     "check is what is tested")
-    from kernels.numba_warp import ldg16
-
-    @cuda.jit
-    def load(words, col, out):
-        q = ldg16(words, 0, col, True)
-        out[0] = q[0]
-
     words = cuda.to_device(np.arange(16, dtype=np.uint32).reshape(2, 8))
-    out = cuda.to_device(np.zeros(1, np.uint32))
-    load[1, 1](words, 4, out)
-    assert out.copy_to_host()[0] == 4
     with pytest.raises(ValueError, match="not 16 contiguous bytes at a multiple of 16"):
-        load[1, 1](words, 2, out)
+        _ldg16[1, 1](words, 0, 2, True, cuda.to_device(np.zeros(4, np.uint32)))
     floats = cuda.to_device(np.zeros(8, np.float32))
     with pytest.raises(ValueError, match=r"ldcg4: elements 2\.\.5 are not 4 fp32 values at "
                                          r"a multiple of 16 bytes"):

@@ -75,7 +75,7 @@ class AttentionTiling:
 # keep four blocks an SM, 64 KB three.
 ATTENTION_TILINGS = (AttentionTiling(256, 32, 64, 1), AttentionTiling(128, 64, 64, 1),
                      AttentionTiling(256, 32, 64, 2), AttentionTiling(256, 32, 48, 2),
-                     AttentionTiling(512, 16, 64, 1))
+                     AttentionTiling(512, 16, 64, 1), AttentionTiling(64, 64, 64, 1))
 ATTENTION_TILING = ATTENTION_TILINGS[0]
 # The default's twin with two stages in flight, which the host runs on small grids
 # (attention_tiling_for): the same splits and 64-token stages, so the same sums, bit for bit

@@ -50,7 +50,12 @@
 // 128/64/64x1 is fastest at batch 1 and 2k tokens (17.7 against 11.3 % of copy: the
 // default has 64 blocks there for 132 SMs). 512/16/64x1, a candidate not yet measured, asks
 // whether a block's fixed costs (its start, q, the partials and the merge) are what the
-// default loses at batch 16, where a block streams only four stages.
+// default loses at batch 16, where a block streams only four stages. 64/64/64x1, not yet
+// measured either, asks the opposite at batch 1: there the default's 64 blocks (2k tokens)
+// each wait on four stages in turn, about 18 us a layer for 2 us of bytes; with splits of one
+// 64-token stage (256 blocks at 2k, 512 from 4k, two stages a split past 4k) a block's path
+// is its position, its block table, one stage, the partials and the merge. The Numba kernel
+// splits so (kernels/numba_kernels.py, ATTN_SPLIT).
 #include "common.cuh"
 
 constexpr int ATTN_WARPS = 4;

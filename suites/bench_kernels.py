@@ -12,7 +12,8 @@ a graph of every layer's launches, each layer with its own weights or KV cache a
 step, so nothing is served from L2.
 
 asv: ``asv run --python=same --bench bench_kernels`` (skipped without a GPU).
-Directly: ``python suites/bench_kernels.py [--preset llama3-8b] [--batch-sizes 1,4,16]``.
+Directly: ``python suites/bench_kernels.py [--preset llama3-8b] [--batch-sizes 1,4,16]``
+(``--no-candidates``: the host's picks, cuBLAS and the Numba kernels only).
 """
 
 from __future__ import annotations
@@ -100,7 +101,10 @@ def write_partial(path: Path, preset: str, fig: Figures) -> None:
 
 def measure(preset: str, batch_sizes: list[int], contexts: list[int],
             wide_batch_sizes: list[int] = WIDE_BATCH_SIZES, numba: bool = True,
-            sink: Callable[[Figures], None] | None = None) -> Figures:
+            sink: Callable[[Figures], None] | None = None, candidates: bool = True) -> Figures:
+    """Every figure the module docstring names; without ``candidates``, only what the host
+    runs (each kernel's pick for its shape), cuBLAS and the Numba kernels: the issues'
+    targets in a shorter run."""
     import cupy as cp
 
     from kernels import cupy_backend as cb
@@ -150,10 +154,10 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
         inputs[b] = xs, outs = projection_inputs(b)
         # Beside the default, in the same run, the candidates: tc_gemm's other variants
         # (gemm.cu, PIPE; up to batch 16) and PDL (opt-in, SCHEDBENCH_PDL=1).
-        others = len(gemm_variants(b)) > 1
+        others = candidates and len(gemm_variants(b)) > 1
         for p in PROJECTIONS:
             default = cb.gemm_variant_default(shapes[p][0], b)
-            for variant in gemm_variants(b):
+            for variant in gemm_variants(b) if candidates else (default,):
                 projection_row(row_name(f"gemm_{p}", variant, default), b, xs, outs, p,
                                variant=variant, wide=False)
         variants: dict[str, Callable[[str], dict]] = {"": lambda p: {}}
@@ -162,7 +166,7 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
             variants["_plain"] = lambda p: {"variant": "plain"}
         if others and plain:  # pipe1 where the default is plain (below batch 9: qkv, gate/up)
             variants["_pipe1"] = lambda p, plain=plain: {"variant": "pipe1"} if p in plain else {}
-        if cb.pdl_default():
+        if candidates and cb.pdl_default():
             variants["_pdl"] = lambda p: {"pdl": True}
         step_rows(b, xs, outs, variants)
     combos = [(c, b) for c in contexts for b in batch_sizes]
@@ -174,7 +178,8 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
         # (attention_ctx2048@...)
         scratch = cb.AttentionScratch.create(cfg, b, ctx, cp, attention_tiling())
         chosen = picked_attention_tiling(cfg, b, scratch, cb.device_facts())
-        for tiling in (None, *(t for t in ATTENTION_TILINGS if t != chosen)):
+        rest = [t for t in ATTENTION_TILINGS if t != chosen] if candidates else []
+        for tiling in (None, *rest):
             if tiling is not None:
                 scratch = cb.AttentionScratch.create(cfg, b, ctx, cp, tiling)
             launches = [cb.attention_launch(cfg, qkv, positions, tables, rope, kc[layer],
@@ -192,12 +197,14 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
         (``_wide``: the default's, then ``_wide4``, ``_wide5``), and cuBLAS."""
         wide = {"_wide" + ("" if s == WIDE_GEMM_STAGES[0] else str(s)):
                 lambda p, s=s: {"wide": True, "wide_stages": s} for s in WIDE_GEMM_STAGES
-                if cb.wide_gemm_fits(WideTiling(max(WIDE_GEMM_ROWS), max(WIDE_GEMM_COLS), s))}
+                if candidates
+                and cb.wide_gemm_fits(WideTiling(max(WIDE_GEMM_ROWS), max(WIDE_GEMM_COLS), s))}
         for b in wide_batch_sizes:
             xs, outs = projection_inputs(b)
             for p in PROJECTIONS:
                 projection_row(f"gemm_{p}", b, xs, outs, p, wide=False)
-                projection_row(f"gemm_{p}@wide", b, xs, outs, p, wide=True)
+                if candidates:
+                    projection_row(f"gemm_{p}@wide", b, xs, outs, p, wide=True)
             step_rows(b, xs, outs, {"": lambda p: {}, **wide})
 
     # The kernels not yet run on a GPU come last, each section guarded: a kernel that faults
@@ -331,6 +338,9 @@ def main() -> None:
                    help="batch sizes of the step's projections only: tc_gemm, wide_gemm, "
                         f"cuBLAS ('' for none; default {int_list_text(WIDE_BATCH_SIZES)})")
     p.add_argument("--no-numba", action="store_true", help="CuPy kernels only")
+    p.add_argument("--no-candidates", action="store_true",
+                   help="only what the host runs, cuBLAS and the Numba kernels: no other GEMM "
+                        "variant, PDL, attention tiling or wide_gemm (the targets, sooner)")
     p.add_argument("--json", type=Path, default=None,
                    help="also write the figures as JSON, rewritten after each one (\"complete\": "
                         "false until the last, so a run cut off keeps what it measured)")
@@ -342,7 +352,8 @@ def main() -> None:
         if why := unavailable_reason("cupy"):
             raise SystemExit(f"bench_kernels needs a GPU that runs the CuPy kernels: {why}")
         res = measure(args.preset, batch_sizes, contexts, wide, numba=not args.no_numba,
-                      sink=partial(write_partial, args.json, args.preset) if args.json else None)
+                      sink=partial(write_partial, args.json, args.preset) if args.json else None,
+                      candidates=not args.no_candidates)
     rows = [[k, str(b or "-"), f"{v['ms'] * 1e3:.1f}" if v["ms"] else "-", f"{v['gbs']:.0f}",
              f"{v['pct_copy']:.1f}"] for (k, b), v in res.items()]
     print(f"preset {args.preset}; % copy = achieved GB/s over the device-to-device copy "

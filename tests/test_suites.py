@@ -80,3 +80,66 @@ def test_asv_records_the_median_of_the_processes_it_is_asked_for(monkeypatch):
     monkeypatch.setenv("SCHEDBENCH_ASV_PROCESSES", "two")
     with pytest.raises(ConfigError, match="SCHEDBENCH_ASV_PROCESSES='two': must be a whole"):
         bench_overhead.asv_processes()
+
+
+def _variant_default(n: int, batch: int) -> str:
+    return "pipe" if n < 1000 else "plain"  # tiny: pipe on qkv and o, plain on gate/up, down
+
+
+def _fake_gpu(monkeypatch, launched: list) -> None:
+    """bench_kernels.measure's GPU modules as stand-ins: NumPy for CuPy, launches recorded in
+    ``launched`` instead of run, every timing 1 ms (its rows, not its numbers, are tested)."""
+    import types
+
+    import numpy as np
+
+    import kernels
+    from kernels import kernel_calls
+    from kernels.cuda_sources import DeviceFacts
+
+    cupy = types.ModuleType("cupy")
+    cupy.__dict__.update({k: v for k, v in np.__dict__.items() if not k.startswith("__")})
+    cupy.get_default_memory_pool = lambda: types.SimpleNamespace(free_all_blocks=lambda: None)
+    backend = types.ModuleType("kernels.cupy_backend")
+    backend.__dict__.update(
+        AttentionScratch=kernel_calls.AttentionScratch, pdl_default=lambda: True,
+        gemm_variant_default=_variant_default,
+        device_facts=lambda: DeviceFacts(132, 228 * 1024, 227 * 1024),
+        wide_gemm_fits=lambda tiling: True,
+        gemm_launch=lambda x, w, *a, **how: launched.append(("gemm", (w.shape[0], how))),
+        attention_launch=lambda *a: launched.append(("attention", a[-1])))
+    measure = types.ModuleType("kernels.cupy_measure")
+    measure.__dict__.update(copy_bandwidth_gbs=lambda: 4000.0,
+                            guarded=lambda what, fn, *a: fn(*a),
+                            time_launches_ms=lambda launches: 1.0, time_ms=lambda fn: 1.0)
+    for name, module in (("cupy", cupy), ("kernels.cupy_backend", backend),
+                         ("kernels.cupy_measure", measure)):
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(kernels, "cupy_backend", backend, raising=False)
+    monkeypatch.setattr(kernels, "cupy_measure", measure, raising=False)
+
+
+def test_bench_kernels_without_candidates_measures_the_host_picks_of_the_full_run(monkeypatch):
+    """--no-candidates: the rows of a full run that are what the host runs (no ``@`` pick, no
+    step of another variant, PDL or wide_gemm), each launched as the host launches it."""
+    from suites.bench_kernels import measure
+
+    def rows(candidates: bool) -> tuple[set, list]:
+        launched: list = []
+        with monkeypatch.context() as m:
+            _fake_gpu(m, launched)
+            fig = measure("tiny", [1, 16], [64, 128], [64], numba=False, candidates=candidates)
+        return set(fig), launched
+
+    full, _ = rows(True)
+    picks, launched = rows(False)
+    suffixes = ("_plain", "_pipe1", "_pdl", "_wide", "_wide4", "_wide5")
+    assert picks == {(n, b) for n, b in full if "@" not in n and not n.endswith(suffixes)}
+    assert len(full) > len(picks) > 0
+    assert {n for n, _ in full} >= {"gemm_o@plain", "gemm_gate_up@pipe", "gemm_qkv@wide",
+                                    "all_8_projections_pdl", "all_8_projections_wide",
+                                    "attention_ctx64@64/64/64x1"}
+    gemms = [what for kind, what in launched if kind == "gemm"]
+    assert gemms and all(not how["pdl"] and not how["wide"] for _, how in gemms)
+    assert all(how.get("variant", "host") in ("host", _variant_default(n, 1)) for n, how in gemms)
+    assert all(tiling is None for kind, tiling in launched if kind == "attention")

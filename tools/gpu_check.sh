@@ -7,9 +7,11 @@
 #   "default" times the full default sweeps (`python -m schedbench --backend cupy|numba`);
 #   "pdl" tries the opt-in programmatic dependent launch in processes of its own, last.
 #   Everything takes longer than one 10-minute device call: split it, the targets first, e.g.
-#   STAGES="tests kernels launch default", then STAGES="sanitize pdl sweep numba"; with
-#   BUDGET=540 (seconds) in a 600-second call, so that the summary still prints. Cut off
-#   anyway? `python tools/gpu_summary.py DIR` reads what the stages left in DIR.
+#   STAGES="tests kernels launch default" KERNEL_ARGS=--no-candidates (bench_kernels: the
+#   host's picks, cuBLAS and the Numba kernels only), then STAGES="kernels sanitize pdl sweep
+#   numba" (every candidate); with BUDGET=540 (seconds) in a 600-second call, so that the
+#   summary still prints. Cut off anyway? `python tools/gpu_summary.py DIR` reads what the
+#   stages left in DIR.
 #   BUNDLE=FILE.tgz packs that folder into one file at the end (a lent machine may bring back
 #   only a few files: OUT=$OUT/r BUNDLE=$OUT/gpu_check.tgz). BACKENDS=cupy leaves the Numba
 #   backend out of the tests and default stages (default: "cupy numba").

@@ -222,6 +222,19 @@ def _intrinsics():
 
     i32, i64, f32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
 
+    def flat_pointer(context, builder, sig, args):
+        """The address of element args[1], by flat offset, of the C-contiguous array
+        args[0]: one GEP, no strides."""
+        aryty, ity = sig.args
+        data = context.make_array(aryty)(context, builder, value=args[0]).data
+        return builder.gep(data, [context.cast(builder, args[1], ity, types.intp)],
+                           inbounds=True)
+
+    def four(context, builder, sig, got):
+        """An asm's four outputs as the intrinsic's 4-tuple."""
+        return context.make_tuple(builder, sig.return_type,
+                                  [builder.extract_value(got, i) for i in range(4)])
+
     @intrinsic
     def ldg16(typingctx, words, row, col, ok):
         if not (isinstance(words, types.Array) and words.dtype == types.uint32
@@ -244,9 +257,8 @@ def _intrinsics():
                 " mov.b32 $0, 0;\n mov.b32 $1, 0;\n mov.b32 $2, 0;\n mov.b32 $3, 0;\n"
                 " @p ld.global.nc.v4.u32 {$0, $1, $2, $3}, [$4];\n}",
                 "=r,=r,=r,=r,l,r")
-            got = builder.call(asm, [builder.ptrtoint(ptr, i64), pred])
-            return context.make_tuple(builder, sig.return_type,
-                                      [builder.extract_value(got, i) for i in range(4)])
+            return four(context, builder, sig,
+                        builder.call(asm, [builder.ptrtoint(ptr, i64), pred]))
 
         return sig, codegen
 
@@ -258,10 +270,7 @@ def _intrinsics():
         sig = ary.dtype(ary, i)
 
         def codegen(context, builder, sig, args):
-            aryty, ity = sig.args
-            data = context.make_array(aryty)(context, builder, value=args[0]).data
-            index = context.cast(builder, args[1], ity, types.intp)
-            return builder.load(builder.gep(data, [index], inbounds=True))
+            return builder.load(flat_pointer(context, builder, sig, args))
 
         return sig, codegen
 
@@ -273,18 +282,13 @@ def _intrinsics():
         sig = types.UniTuple(types.float32, 4)(ary, i)
 
         def codegen(context, builder, sig, args):
-            aryty, ity = sig.args
-            data = context.make_array(aryty)(context, builder, value=args[0]).data
-            ptr = builder.gep(data, [context.cast(builder, args[1], ity, types.intp)],
-                              inbounds=True)
+            ptr = flat_pointer(context, builder, sig, args)
             fnty = ir.FunctionType(ir.LiteralStructType([f32] * 4), [i64])
             # side_effect: LLVM must not move it above the fence and count that make the
             # data complete, as it may move an asm that reads nothing it can see
             asm = ir.InlineAsm(fnty, "ld.global.cg.v4.f32 {$0, $1, $2, $3}, [$4];",
                                "=f,=f,=f,=f,l", side_effect=True)
-            got = builder.call(asm, [builder.ptrtoint(ptr, i64)])
-            return context.make_tuple(builder, sig.return_type,
-                                      [builder.extract_value(got, i) for i in range(4)])
+            return four(context, builder, sig, builder.call(asm, [builder.ptrtoint(ptr, i64)]))
 
         return sig, codegen
 
@@ -301,9 +305,8 @@ def _intrinsics():
                 "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f")
             # convergent, as nvcc and clang mark every call in device code: no pass may move
             # an instruction the whole warp must issue together into a divergent branch
-            got = builder.call(asm, args, attrs=("convergent",))  # args: numba cast to sig's
-            return context.make_tuple(builder, sig.return_type,
-                                      [builder.extract_value(got, i) for i in range(4)])
+            # args: numba cast them to sig's
+            return four(context, builder, sig, builder.call(asm, args, attrs=("convergent",)))
 
         return sig, codegen
 

@@ -23,8 +23,8 @@ from kernels import numba_kernels as nk
 from kernels import numba_tc_gemm as tg
 from kernels.backend import Backend, DecodeStep, Event, Stream
 from kernels.layout import StepLayout
+from kernels.numba_family import kernel_family
 from kernels.numba_tc_attention import attention_launch
-from kernels.numba_warp import kernel_family
 from schedbench.errors import ConfigError
 from schedbench.model import ModelConfig, Weights, interleave_gate_up, make_weights
 
@@ -247,7 +247,7 @@ class NumbaBackend(Backend):
                                self.kernel_family())
 
     def kernel_family(self) -> str:
-        """Tensor-core or CUDA-core kernels on this device (numba_warp.kernel_family)."""
+        """Tensor-core or CUDA-core kernels on this device (numba_family.kernel_family)."""
         return kernel_family(None if SIMULATOR
                              else cuda.get_current_device().compute_capability)
 

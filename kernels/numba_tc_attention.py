@@ -49,7 +49,7 @@ CHUNK = 16  # tokens a warp's MMAs take at a time
 
 
 def attention_kernel(family: str, head_dim: int, group: int):
-    """The attention kernel of ``family`` (numba_warp.KERNEL_FAMILIES): with mma, the
+    """The attention kernel of ``family`` (numba_family.KERNEL_FAMILIES): with mma, the
     tensor-core kernel where it takes the shape; else the CUDA-core one. Both take the same
     arguments and grid."""
     if family == "mma" and head_dim % 32 == 0 and head_dim <= nk.MAX_HEAD_DIM \

@@ -41,7 +41,7 @@ TC_K_CHUNK = 64  # halves of k a warp takes at a time: four k16 MMA steps
 
 def gemm_launch(family: str, epilogue: str, batch: int, weight_rows: int, k_dim: int):
     """``(kernel, grid, threads)`` of one projection out (+)= x @ w.T, w [weight_rows, k_dim]:
-    ``family``'s kernel (numba_warp.KERNEL_FAMILIES), or the CUDA-core one where k_dim is
+    ``family``'s kernel (numba_family.KERNEL_FAMILIES), or the CUDA-core one where k_dim is
     not whole chunks."""
     if family == "mma" and k_dim % TC_K_CHUNK == 0:
         return tc_gemm_kernel(epilogue, batch), tc_gemm_grid(batch, weight_rows), TC_THREADS

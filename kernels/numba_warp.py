@@ -42,7 +42,6 @@ of the warp's 32 lanes whose action computes every lane's result from the values
 
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 
@@ -53,37 +52,6 @@ from kernels import numba_shim
 numba_shim.apply()  # NOTE: before numba.cuda compiles anything
 
 from numba import config, types  # noqa: E402
-
-from schedbench.errors import ConfigError  # noqa: E402
-
-MMA_MIN_CC = (8, 0)  # mma.sync.m16n8k16 with fp16 operands: sm_80 and later
-# The Numba backend's products: on tensor cores (numba_tc_gemm, numba_tc_attention) or on
-# CUDA cores (numba_gemm, numba_kernels.paged_attention).
-KERNEL_FAMILIES = ("mma", "fma")
-
-
-def kernel_family(compute_capability: tuple[int, int] | None) -> str:
-    """SCHEDBENCH_NUMBA_KERNELS if set, else mma from sm_80 and fma before it. In the
-    simulator (``compute_capability`` None) the default is fma: there each warp-wide MMA is a
-    barrier of 32 Python threads (about 10 ms), minutes for a step."""
-    can_mma = compute_capability is None or compute_capability >= MMA_MIN_CC
-    default = "mma" if compute_capability is not None and can_mma else "fma"
-    family = os.environ.get("SCHEDBENCH_NUMBA_KERNELS") or default
-    if family not in KERNEL_FAMILIES:
-        raise ConfigError(f"SCHEDBENCH_NUMBA_KERNELS={family!r}: one of {KERNEL_FAMILIES}")
-    if family == "mma" and not can_mma:
-        cc = ".".join(map(str, compute_capability))
-        raise ConfigError(f"SCHEDBENCH_NUMBA_KERNELS=mma needs compute capability "
-                          f"{'.'.join(map(str, MMA_MIN_CC))} or later (mma.sync.m16n8k16); "
-                          f"this GPU has {cc}")
-    return family
-
-
-def kernel_families(compute_capability: tuple[int, int]) -> list[str]:
-    """The families a GPU of this compute capability runs, its default first."""
-    default = kernel_family(compute_capability)
-    runs = [f for f in KERNEL_FAMILIES if f == "fma" or compute_capability >= MMA_MIN_CC]
-    return [default] + [f for f in runs if f != default]
 
 
 def _fragment_index() -> tuple[np.ndarray, ...]:
@@ -189,14 +157,19 @@ def _simulated_warp_sum(v):
     return _collective(_sum_all, v)
 
 
+def _sixteen_bytes(four: np.ndarray, what: str) -> tuple:
+    """The four 4-byte words of a 16-byte load, refused where a GPU's load would fault."""
+    if four.shape != (4,) or four.strides != (4,) or four.ctypes.data % 16:
+        raise ValueError(f"{what} are not 16 contiguous bytes at a multiple of 16, which a "
+                         f"GPU's 16-byte load faults on")
+    return four[0], four[1], four[2], four[3]
+
+
 def _simulated_ldg16(words, row, col, ok):
     if not ok:
         return (np.uint32(0),) * 4
-    four = words[row, col:col + 4]._ary  # NOTE: the simulator's array wraps the host one
-    if four.ctypes.data % 16 or four.shape != (4,) or four.strides != (4,):
-        raise ValueError(f"ldg16: words[{row}, {col}:{col + 4}] are not 16 contiguous bytes "
-                         f"at a multiple of 16, which a GPU's 16-byte load faults on")
-    return four[0], four[1], four[2], four[3]
+    # NOTE: the simulator's array wraps the host one
+    return _sixteen_bytes(words[row, col:col + 4]._ary, f"ldg16: words[{row}, {col}:{col + 4}]")
 
 
 def _simulated_flat_load(ary, i):
@@ -208,11 +181,10 @@ def _simulated_flat_load(ary, i):
 
 def _simulated_ldcg4(ary, i):
     host = ary._ary  # NOTE: the simulator's array wraps the host one
-    four = host.reshape(-1)[i:i + 4] if host.flags.c_contiguous else None
-    if four is None or host.dtype != np.float32 or four.shape != (4,) or four.ctypes.data % 16:
-        raise ValueError(f"ldcg4: elements {i}..{i + 3} are not 4 fp32 values at a multiple of "
-                         f"16 bytes of a C-contiguous array, which a GPU's 16-byte load needs")
-    return four[0], four[1], four[2], four[3]
+    if host.dtype != np.float32 or not host.flags.c_contiguous:
+        layout = "" if host.flags.c_contiguous else ", not C-contiguous"
+        raise ValueError(f"ldcg4: a {host.dtype} array{layout}; it reads C-contiguous fp32")
+    return _sixteen_bytes(host.reshape(-1)[i:i + 4], f"ldcg4: elements {i}..{i + 3}")
 
 
 def _intrinsics():

@@ -8,7 +8,7 @@ memory than a launch of its block size can get, or keeps a register array in loc
 would otherwise pass CI and show up only on a GPU. The argument types and block sizes are
 those of the backend's own plan, built over host arrays, for batch 1, 2, 3, 8 and 16 (the GEMM
 is a kernel per batch tile: 1, 2, 4, 8), with both GEMM families where the architecture
-runs both (numba_warp.kernel_families: the tensor-core kernels from sm_80). NVVM makes the PTX,
+runs both (numba_family.kernel_families: the tensor-core kernels from sm_80). NVVM makes the PTX,
 nvJitLink assembles it, nvdisasm shows the SASS (all three from pip wheels): a GEMM whose
 loads ptxas has spread out between the FMAs or MMAs fails too, and so does a kernel with fp64
 instructions where it means fp32. Prints one JSON object per kernel and signature.
@@ -32,7 +32,7 @@ from kernels import numba_backend as nbk
 from kernels import numba_gemm as ng
 from kernels import numba_tc_gemm as tg
 from kernels.layout import StepLayout
-from kernels.numba_warp import kernel_families
+from kernels.numba_family import kernel_families
 from schedbench.model import get_preset, make_weights
 
 ARCH = "sm_90"  # what the kernels are tuned for; sm_75 is checked too (kernels/registry.py)

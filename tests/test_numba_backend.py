@@ -34,15 +34,9 @@ from kernels import numba_backend as nbk
 from kernels import numba_gemm as ng
 from kernels import numba_kernels as nk
 from kernels import numba_tc_gemm as tg
+from kernels.numba_family import KERNEL_FAMILIES, kernel_families, kernel_family
 from kernels.numba_tc_attention import attention_kernel, attention_launch
-from kernels.numba_warp import (
-    KERNEL_FAMILIES,
-    kernel_families,
-    kernel_family,
-    ldcg4,
-    ldg16,
-    mma_m16n8k16,
-)
+from kernels.numba_warp import ldcg4, ldg16, mma_m16n8k16
 
 cuda = nk.cuda
 MICRO = get_preset("micro")
@@ -357,8 +351,8 @@ def test_a_misaligned_16_byte_load_is_refused_as_a_gpu_would():
     with pytest.raises(ValueError, match="not 16 contiguous bytes at a multiple of 16"):
         _ldg16[1, 1](words, 0, 2, True, cuda.to_device(np.zeros(4, np.uint32)))
     floats = cuda.to_device(np.zeros(8, np.float32))
-    with pytest.raises(ValueError, match=r"ldcg4: elements 2\.\.5 are not 4 fp32 values at "
-                                         r"a multiple of 16 bytes"):
+    with pytest.raises(ValueError, match=r"ldcg4: elements 2\.\.5 are not 16 contiguous bytes "
+                                         r"at a multiple of 16"):
         _ldcg4[1, 1](floats, np.uint64(2), cuda.to_device(np.zeros(4, np.float32)))
 
 

@@ -37,6 +37,7 @@ from kernels.cuda_sources import (
     attention_tiling,
 )
 from kernels.kernel_calls import gemm_variants, picked_attention_tiling, rope_table
+from kernels.numba_family import KERNEL_FAMILIES
 from kernels.registry import unavailable_reason
 from schedbench.arguments import int_list, int_list_text, reported
 from schedbench.errors import ConfigError
@@ -81,6 +82,12 @@ class Figures(dict):
         self[name, batch] = {"ms": ms, "gbs": gbs, "pct_copy": 100 * gbs / self.copy_gbs}
         if self.sink:
             self.sink(self)
+
+
+def wide_suffix(stages: int) -> str:
+    """A step's projections on wide_gemm: ``_wide`` with the default stage count, else
+    ``_wide4``, ``_wide5``."""
+    return "_wide" + ("" if stages == WIDE_GEMM_STAGES[0] else str(stages))
 
 
 def row_name(kernel: str, pick, default) -> str:
@@ -195,9 +202,8 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
         memory (gemm.cu), per projection (``gemm_o`` and ``gemm_o@wide``) and for a step's
         projections with each stage count whose shared memory this GPU gives a block
         (``_wide``: the default's, then ``_wide4``, ``_wide5``), and cuBLAS."""
-        wide = {"_wide" + ("" if s == WIDE_GEMM_STAGES[0] else str(s)):
-                lambda p, s=s: {"wide": True, "wide_stages": s} for s in WIDE_GEMM_STAGES
-                if candidates
+        wide = {wide_suffix(s): lambda p, s=s: {"wide": True, "wide_stages": s}
+                for s in WIDE_GEMM_STAGES if candidates
                 and cb.wide_gemm_fits(WideTiling(max(WIDE_GEMM_ROWS), max(WIDE_GEMM_COLS), s))}
         for b in wide_batch_sizes:
             xs, outs = projection_inputs(b)
@@ -262,10 +268,10 @@ def numba_timed_ms(launches: list[tuple]) -> float:
 def numba_gemms(fig: Figures, shapes: dict, weights: dict, inputs: dict) -> None:
     """The Numba GEMM on the CuPy rows' arrays (wrapped zero-copy), every layer's weights:
     ``numba_gemm_p`` the kernels this GPU runs by default, ``numba_gemm_p@family`` the
-    other family where the GPU has both (numba_warp.KERNEL_FAMILIES)."""
+    other family where the GPU has both (numba_family.KERNEL_FAMILIES)."""
     from kernels import numba_tc_gemm as tg
+    from kernels.numba_family import kernel_families
     from kernels.numba_kernels import cuda
-    from kernels.numba_warp import kernel_families
 
     epilogues = {"store_half": "store", "add_residual": "add", "silu_mul": "silu_mul"}
     families = kernel_families(cuda.get_current_device().compute_capability)
@@ -287,8 +293,8 @@ def numba_attention_launches(cfg: ModelConfig, ctx: int, b: int) -> tuple[dict, 
     import cupy as cp
 
     from kernels import numba_kernels as nk
+    from kernels.numba_family import kernel_families
     from kernels.numba_tc_attention import attention_launch
-    from kernels.numba_warp import kernel_families
 
     wrap = nk.cuda.as_cuda_array
     qkv, positions, tables, kc, vc = attention_inputs(cfg, ctx, b)
@@ -363,19 +369,38 @@ def main() -> None:
         write_json(args.json, kernels_doc(args.preset, res, True))
 
 
-class Kernels:
-    """asv: device time (events), GB/s and % of copy bandwidth of each kernel."""
+def asv_grids(cfg: ModelConfig) -> dict[str, tuple[list[str], list[int]]]:
+    """asv's grids, a class each below: {class: (kernels, batch sizes)}, each kernel at the
+    batch sizes ``measure`` records it at with this module's defaults (asv runs a process per
+    point, so a point that is never measured costs as much as one that is). A candidate has a
+    gap at a batch where the host picks it: its figure there is the row without ``@``."""
+    step = f"all_{4 * cfg.num_layers}_projections"
+    families = (None, *KERNEL_FAMILIES)
+    return {
+        "Kernels": ([f"gemm_{p}" for p in PROJECTIONS]
+                    + [step, f"cublas_{4 * cfg.num_layers}_projections"],
+                    BATCH_SIZES + WIDE_BATCH_SIZES),
+        "GemmCandidates": ([f"gemm_{p}@{v}" for p in PROJECTIONS for v in GEMM_VARIANTS]
+                           + [step + s for s in ("_plain", "_pipe1", "_pdl")], BATCH_SIZES),
+        "WideGemm": ([f"gemm_{p}@wide" for p in PROJECTIONS]
+                     + [step + wide_suffix(s) for s in WIDE_GEMM_STAGES], WIDE_BATCH_SIZES),
+        "Attention": ([row_name(f"attention_ctx{c}", t, None) for c in CONTEXTS
+                       for t in (None, *ATTENTION_TILINGS)], BATCH_SIZES),
+        "NumbaKernels": ([row_name(f"numba_gemm_{p}", f, None) for p in PROJECTIONS
+                          for f in families]
+                         + [row_name(f"numba_attention_ctx{c}", f, None) for c in CONTEXTS
+                            for f in families], BATCH_SIZES),
+    }
 
-    params = [["gemm_qkv", "gemm_o", "gemm_gate_up", "gemm_down", "all_128_projections",
-               "all_128_projections_plain", "all_128_projections_pipe1",
-               "all_128_projections_pdl",
-               "all_128_projections_wide", "all_128_projections_wide4",
-               "all_128_projections_wide5",
-               "cublas_128_projections"]
-              + [f"gemm_{p}@{v}" for p in PROJECTIONS for v in (*GEMM_VARIANTS, "wide")]
-              + [f"attention_ctx{c}" for c in CONTEXTS]
-              + [f"numba_gemm_{p}" for p in PROJECTIONS]
-              + [f"numba_attention_ctx{c}" for c in CONTEXTS], BATCH_SIZES + WIDE_BATCH_SIZES]
+
+ASV_GRIDS = asv_grids(get_preset(PRESET))
+
+
+class _Figures:
+    """asv: device time (events), GB/s and % of copy bandwidth of a grid of kernels. Every
+    grid inherits this ``setup_cache``, which asv keys by its source line: one ``measure``
+    serves them all."""
+
     param_names = ["kernel", "batch_size"]
     timeout = 900
 
@@ -398,6 +423,36 @@ class Kernels:
         return res[kernel, batch_size]["pct_copy"]
 
     track_pct_copy_bandwidth.unit = "%"
+
+
+class Kernels(_Figures):
+    """What the host runs: each projection's GEMM, a step's 128, and cuBLAS's."""
+
+    params = list(ASV_GRIDS["Kernels"])
+
+
+class GemmCandidates(_Figures):
+    """tc_gemm's variants beside the default, and a step's with each (and with PDL)."""
+
+    params = list(ASV_GRIDS["GemmCandidates"])
+
+
+class WideGemm(_Figures):
+    """wide_gemm at large batches, per projection and a step's with each stage count."""
+
+    params = list(ASV_GRIDS["WideGemm"])
+
+
+class Attention(_Figures):
+    """The paged attention with the host's tiling, then with every other."""
+
+    params = list(ASV_GRIDS["Attention"])
+
+
+class NumbaKernels(_Figures):
+    """The Numba GEMM and attention, this GPU's default family, then each family."""
+
+    params = list(ASV_GRIDS["NumbaKernels"])
 
 
 if __name__ == "__main__":

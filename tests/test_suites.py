@@ -143,3 +143,28 @@ def test_bench_kernels_without_candidates_measures_the_host_picks_of_the_full_ru
     assert gemms and all(not how["pdl"] and not how["wide"] for _, how in gemms)
     assert all(how.get("variant", "host") in ("host", _variant_default(n, 1)) for n, how in gemms)
     assert all(tiling is None for kind, tiling in launched if kind == "attention")
+
+
+def test_asv_tracks_every_row_bench_kernels_measures_where_it_measures_it(monkeypatch):
+    """asv's grids name their points ahead of any measurement: a row measured under another
+    name would never be tracked, and a point never measured costs asv a process."""
+    from schedbench.model import get_preset
+    from suites.bench_kernels import (
+        BATCH_SIZES,
+        CONTEXTS,
+        WIDE_BATCH_SIZES,
+        asv_grids,
+        measure,
+    )
+
+    _fake_gpu(monkeypatch, [])
+    measured = set(measure("tiny", BATCH_SIZES, CONTEXTS, WIDE_BATCH_SIZES, numba=False))
+    tracked = [(k, b) for kernels, batches in asv_grids(get_preset("tiny")).values()
+               for k in kernels for b in batches]
+    assert len(tracked) == len(set(tracked))
+    assert measured - {("copy", 0)} <= set(tracked)
+    # what the grids hold and this run did not: the Numba rows (numba=False), and a
+    # candidate at a batch where it is the host's pick (its row has no "@" there)
+    unmeasured = set(tracked) - measured
+    assert all(k.startswith("numba_") or "@" in k for k, _ in unmeasured)
+    assert len([k for k, _ in unmeasured if not k.startswith("numba_")]) < len(measured) / 4

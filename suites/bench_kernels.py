@@ -42,8 +42,10 @@ from kernels.registry import unavailable_reason
 from schedbench.arguments import int_list, int_list_text, reported
 from schedbench.errors import ConfigError
 from schedbench.model import ModelConfig, get_preset
-from schedbench.report import format_table, write_json
-from schedbench.sweep import check_batch_size
+
+# NOTE: schedbench.report and schedbench.sweep are imported where they are used: they bring in
+# the engine and Numba's CPU kernels (0.2 s), and asv imports this module once for each of
+# its hundreds of points.
 
 PRESET = "llama3-8b"
 BATCH_SIZES = [1, 4, 16]
@@ -103,6 +105,8 @@ def kernels_doc(preset: str, fig: Figures, complete: bool) -> dict:
 
 
 def write_partial(path: Path, preset: str, fig: Figures) -> None:
+    from schedbench.report import write_json
+
     write_json(path, kernels_doc(preset, fig, False))
 
 
@@ -322,6 +326,8 @@ def numba_attention(fig: Figures, cfg: ModelConfig, ctx: int, b: int) -> None:
 def check_shapes(preset: str, batch_sizes: list[int], contexts: list[int]) -> None:
     """Name a bad value before any device work; a context that is not whole blocks would
     send the attention past its block table."""
+    from schedbench.sweep import check_batch_size
+
     cfg = get_preset(preset)
     for b in batch_sizes:
         check_batch_size(b)
@@ -332,6 +338,8 @@ def check_shapes(preset: str, batch_sizes: list[int], contexts: list[int]) -> No
 
 
 def main() -> None:
+    from schedbench.report import format_table, write_json
+
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--preset", default=PRESET, help="model shapes (default %(default)s)")
     p.add_argument("--batch-sizes", type=int_list, default=tuple(BATCH_SIZES), metavar="B,B,...",

@@ -168,3 +168,14 @@ def test_asv_tracks_every_row_bench_kernels_measures_where_it_measures_it(monkey
     unmeasured = set(tracked) - measured
     assert all(k.startswith("numba_") or "@" in k for k, _ in unmeasured)
     assert len([k for k, _ in unmeasured if not k.startswith("numba_")]) < len(measured) / 4
+
+
+def test_asv_imports_bench_kernels_without_numba_or_the_engine():
+    """asv imports a suite once for each point it runs, hundreds for bench_kernels; Numba,
+    which the engine's CPU kernels bring in, would cost each of them 0.2 s."""
+    code = ("import sys, suites.bench_kernels; print(sorted(m for m in sys.modules if m in "
+            "('numba', 'cupy', 'schedbench.engine')))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"

@@ -8,7 +8,6 @@ the engine shows is real.
 
 from __future__ import annotations
 
-import platform
 import queue
 import sys
 import threading
@@ -23,6 +22,7 @@ from kernels import cpu_kernels
 from kernels.backend import Backend, DecodeStep, Event, Stream
 from kernels.layout import StepLayout, empty_meta
 from kernels.memory import available_host_bytes, check_fits
+from kernels.registry import cpu_model
 from schedbench.model import ModelConfig, make_weights
 from schedbench.synthetic import busy_until
 
@@ -254,13 +254,3 @@ def _warm_up() -> None:
     CpuSpinStep(cfg.vocab_size, 0.0, layout, 1).kernel(empty_meta(layout),
                                                        np.zeros(1, np.int32), 1)
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

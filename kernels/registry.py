@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import platform
+from importlib.metadata import version
 
 from kernels.backend import Backend
 from schedbench.errors import ConfigError
@@ -26,6 +28,17 @@ def gpu_unavailable_reason() -> str | None:
 # The CuPy kernels' tensor-core GEMM and attention (mma.sync m16n8k16 on fp16) and their
 # cp.async staging need sm_80; CUDA 13 itself compiles for sm_75 (Turing, the T4) and up.
 CUPY_MIN_CC = 80
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def gpu_model(device: int = 0) -> tuple[str, int]:
@@ -68,15 +81,13 @@ def describe_available() -> str:
 
 def describe(backend: str) -> str:
     """The device and the software versions behind a backend's numbers, in one line, without
-    starting the backend (asv records it as a parameter so machines never mix)."""
-    import numba
-    import numpy
-
+    starting the backend (asv records it as a parameter so machines never mix). Versions come
+    from the installed packages' metadata: asv imports a suite, and so calls this, once for
+    each point it runs, and importing Numba would cost each 0.2 s."""
+    numba = version("numba")
     if backend == "cpu" or (backend == "numba" and simulator_enabled()):
-        from kernels.cpu_backend import cpu_model
-
         sim = "Numba CUDA simulator on " if backend == "numba" else ""
-        return f"{sim}{cpu_model()} / numpy {numpy.__version__} / numba {numba.__version__}"
+        return f"{sim}{cpu_model()} / numpy {version('numpy')} / numba {numba}"
     if gpu_unavailable_reason():
         return "no GPU"
     import cupy
@@ -84,7 +95,7 @@ def describe(backend: str) -> str:
     rt = cupy.cuda.runtime
     name, _ = gpu_model()
     return (f"{name} / driver {rt.driverGetVersion()} / CUDA runtime {rt.runtimeGetVersion()} "
-            f"/ cupy {cupy.__version__} / numba {numba.__version__}")
+            f"/ cupy {cupy.__version__} / numba {numba}")
 
 
 def resolve(name: str) -> str:

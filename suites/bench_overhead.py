@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import TYPE_CHECKING
 
 from kernels.registry import available, describe, describe_available
 from schedbench.arguments import int_list, int_list_text, reported
 from schedbench.errors import ConfigError
-from schedbench.processes import make_sweep, pooled
-from schedbench.report import beyond_model_line, mode_table, statistic
-from schedbench.sweep import Sweep, SweepConfig
+
+# NOTE: the engine's modules are imported where they are used: asv imports this module once
+# for each of its hundreds of points, most of which only read setup_cache's figures, and
+# the engine brings in Numba (0.2 s).
+if TYPE_CHECKING:
+    from schedbench.sweep import Sweep, SweepConfig
 
 FULL = os.environ.get("SCHEDBENCH_ASV_FULL") == "1"
 BACKENDS = ["cpu", "cupy"]
@@ -33,6 +37,8 @@ def modes_for(backend: str) -> list[str]:
 
 def sweep_config(backend: str, preset: str, batch_sizes: list[int], steps: int = STEPS,
                  repeats: int = 1, processes: int = 1) -> SweepConfig:
+    from schedbench.sweep import SweepConfig
+
     return SweepConfig(backend=backend, preset=preset, batch_sizes=tuple(batch_sizes),
                        modes=tuple(modes_for(backend)), steps=steps, warmup=10,
                        repeats=repeats, processes=processes)
@@ -59,6 +65,8 @@ class Overhead:
     timeout = 1200
 
     def setup_cache(self) -> dict:
+        from schedbench.processes import make_sweep, pooled
+
         figures = {}
         for backend in filter(available, BACKENDS):
             for preset in PRESETS[backend]:
@@ -121,6 +129,8 @@ class Steps:
     def setup(self, backend: str, mode: str, batch_size: int, device: str) -> None:
         if not available(backend):
             raise NotImplementedError(f"backend {backend!r} is not available here")
+        from schedbench.sweep import Sweep
+
         self.sweep = Sweep(sweep_config(backend, PRESETS[backend][0], [batch_size], steps=40))
         self.sweep.run_one(mode, batch_size)  # warm-up: compile, allocate, fill caches
 
@@ -134,6 +144,9 @@ class Steps:
 
 
 def main() -> None:
+    from schedbench.processes import make_sweep, pooled
+    from schedbench.report import beyond_model_line, mode_table, statistic
+
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--backend", default="cpu", choices=BACKENDS, help="(default %(default)s)")
     p.add_argument("--preset", default=None, help="default: the backend's first preset")

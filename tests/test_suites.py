@@ -68,9 +68,11 @@ def test_asv_records_the_median_of_the_processes_it_is_asked_for(monkeypatch):
     monkeypatch.setenv("SCHEDBENCH_ASV_PROCESSES", "3")
     monkeypatch.setattr(bench_overhead, "BACKENDS", ["cpu"])
     monkeypatch.setattr(bench_overhead, "BATCH_SIZES", [1, 2])
+    from schedbench import processes
+
     each: list = []
-    pool = bench_overhead.pooled
-    monkeypatch.setattr(bench_overhead, "pooled", lambda runs: pool(each.extend(runs) or runs))
+    pool = processes.pooled
+    monkeypatch.setattr(processes, "pooled", lambda runs: pool(each.extend(runs) or runs))
     figures = bench_overhead.Overhead().setup_cache()
     assert sorted(figures) == sorted(("cpu", "tiny", m, b) for m in ("sequential", "overlapped")
                                      for b in (1, 2))
@@ -170,10 +172,12 @@ def test_asv_tracks_every_row_bench_kernels_measures_where_it_measures_it(monkey
     assert len([k for k, _ in unmeasured if not k.startswith("numba_")]) < len(measured) / 4
 
 
-def test_asv_imports_bench_kernels_without_numba_or_the_engine():
-    """asv imports a suite once for each point it runs, hundreds for bench_kernels; Numba,
-    which the engine's CPU kernels bring in, would cost each of them 0.2 s."""
-    code = ("import sys, suites.bench_kernels; print(sorted(m for m in sys.modules if m in "
+@pytest.mark.parametrize("name", ["bench_kernels", "bench_overhead"])
+def test_asv_imports_a_suite_without_numba_or_the_engine(name):
+    """asv imports a suite once for each point it runs, hundreds for these two, and most
+    points only read setup_cache's figures; Numba, which the engine's CPU kernels bring in,
+    would cost each of them 0.2 s."""
+    code = (f"import sys, suites.{name}; print(sorted(m for m in sys.modules if m in "
             "('numba', 'cupy', 'schedbench.engine')))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)

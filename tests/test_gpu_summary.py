@@ -147,3 +147,20 @@ def test_a_kernels_file_from_a_cut_off_run_says_so(tmp_path):
             "measured are missing\n") in gpu_summary.summary(tmp_path)
     write(tmp_path, "kernels.json", bench_kernels.kernels_doc("llama3-8b", fig, True))
     assert "copy bandwidth: 4000 GB/s\n" in gpu_summary.summary(tmp_path)
+
+
+def test_asv_results_are_counted_point_by_point(tmp_path):
+    # as asv 0.6.6 files them: a skipped point (its setup raised NotImplementedError) is NaN,
+    # a failed one null, and a benchmark that failed at every point null as a whole
+    machine = tmp_path / "asv" / "results" / "nvidia-h200"
+    machine.mkdir(parents=True)
+    (machine / "machine.json").write_text(json.dumps({"machine": "nvidia-h200", "version": 1}))
+    write(machine, "b7c30428-existing-py_opt_python3.json", {
+        "commit_hash": "b7c30428bbc6791bd71f88e87a7a8e234e27892c",
+        "result_columns": ["result", "params", "version", "started_at", "duration"],
+        "results": {"bench_kernels.Attention.track_gbps": [[3100.5, float("nan"), None], [[]]],
+                    "bench_kernels.Kernels.track_ms": [None, [[]]],
+                    "bench_launch.track_bare_us": [[5.1], []]}})
+    assert ("asv nvidia-h200 @ b7c30428: 3 benchmarks, points measured 2, skipped 1, failed 2 "
+            "(bench_kernels.Attention.track_gbps, bench_kernels.Kernels.track_ms)\ntargets:"
+            ) in gpu_summary.summary(tmp_path)

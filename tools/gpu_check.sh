@@ -2,8 +2,8 @@
 # One GPU check in one call: the GPU tests, a short run of each suite, the sweeps, the
 # sanitizers, then a compact table. Writes logs and JSON under $OUT (default /tmp/gpu_check).
 # Usage: bash tools/gpu_check.sh     (from the repository root, on a machine with a GPU)
-#   STAGES="tests kernels launch sweep numba sanitize default pdl ncu" picks stages (default:
-#   all but ncu, which profiles the attention and a projection at batch 16);
+#   STAGES="tests kernels launch sweep numba sanitize default pdl ncu asv" picks stages
+#   (default: all but ncu, which profiles the attention and a projection at batch 16, and asv);
 #   "default" times the full default sweeps (`python -m schedbench --backend cupy|numba`);
 #   "pdl" tries the opt-in programmatic dependent launch in processes of its own, last.
 #   Everything takes longer than one 10-minute device call: split it, the targets first, e.g.
@@ -15,6 +15,10 @@
 #   BUNDLE=FILE.tgz packs that folder into one file at the end (a lent machine may bring back
 #   only a few files: OUT=$OUT/r BUNDLE=$OUT/gpu_check.tgz). BACKENDS=cupy leaves the Numba
 #   backend out of the tests and default stages (default: "cupy numba").
+#   "asv" records ASV_BENCH (default bench_kernels; ASV_ARGS adds options) with asv under this
+#   commit, for the machine ASV_MACHINE (default: the GPU's name), in DIR/asv/results: first
+#   `bash tools/device_carry.sh` here, and carry .carry. Back here, copy DIR/asv/results/* into
+#   .asv/results and `asv publish`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -186,6 +190,46 @@ cb.gemm_launch(x, w, 4, 'store_float', out, pdl=True)(s.ptr)
 s.synchronize()
 import numpy.testing, cuda.bindings.driver
 print('imports after a PDL launch: ok')" 2>&1 | tail -n 2
+fi
+
+if want asv; then
+  bench=${ASV_BENCH:-bench_kernels}
+  step "asv run --python=same --bench $bench, filed under this commit (DIR/asv/results)"
+  # The device has neither asv nor .git: `bash tools/device_carry.sh` here puts both in .carry
+  # (asv's wheels, a bundle of the history and the commit), then carry [".carry"].
+  site=/tmp/schedbench_asv_site
+  if ! $py -c "import asv" 2>/dev/null && [[ -d .carry/wheels ]]; then
+    $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target "$site" .carry/wheels/*.whl && export PYTHONPATH=$PYTHONPATH:$site
+  fi
+  if [[ $(git rev-parse --show-toplevel 2>/dev/null) == "$PWD" ]]; then
+    repo=$PWD commit=$(git rev-parse HEAD)
+  elif [[ -f .carry/repo.bundle ]]; then
+    repo=/tmp/schedbench_asv_repo commit=$(cat .carry/commit)
+    rm -rf "$repo" && git clone -q --bare .carry/repo.bundle "$repo"
+    # an index of the commit's files (without one, git counts every file as deleted), then
+    # each compared with the working tree's by content
+    tree=(git --git-dir="$repo" --work-tree="$PWD")
+    "${tree[@]}" read-tree "$commit" && "${tree[@]}" diff --quiet "$commit" ||
+      echo "warning: this tree differs from ${commit:0:8}; filed under it all the same"
+  else
+    repo= commit=
+  fi
+  if ! $py -c "import asv" 2>/dev/null || [[ -z $repo ]]; then
+    echo "skipped: no asv or no repository here; run bash tools/device_carry.sh, carry .carry"
+  else
+    machine=${ASV_MACHINE:-$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null \
+      | head -n 1 | tr 'A-Z ' 'a-z-')}
+    machine=${machine:-device}
+    $py tools/asv_scratch.py "$out/asv" "$repo"
+    # asv drops PYTHONPATH from the benchmarks' processes unless it comes as ASV_PYTHONPATH
+    asv=(env ASV_PYTHONPATH="$PYTHONPATH" $py -m asv --config "$out/asv/asv.conf.json")
+    "${asv[@]}" machine --yes --machine "$machine" >/dev/null
+    timeout $(lim 560) "${asv[@]}" run --python=same --machine "$machine" \
+      --set-commit-hash "$commit" --bench "$bench" ${ASV_ARGS:-} > "$out/asv.log" 2>&1
+    echo "exit $? (log: DIR/asv.log; the summary counts the points)"
+    grep -E '^\[.*\] ··· .* failed$' "$out/asv.log" | head -n 5
+  fi
 fi
 
 step "summary"

@@ -158,6 +158,28 @@ def default_sweep_target(s: dict, secs: int) -> str:
             f" (>= 0.95): {verdict(bool(hidden) and min(hidden) >= 0.95)}")
 
 
+def asv_lines(out: Path) -> list[str]:
+    """What the asv stage filed: for each result file, its points measured, skipped (NaN:
+    setup raised NotImplementedError there) and failed (null), the failed benchmarks named."""
+    lines = []
+    for f in sorted((out / "asv" / "results").glob("*/*.json")):
+        if f.name == "machine.json":
+            continue
+        doc = json.loads(f.read_text())
+        col = doc["result_columns"].index("result")
+        counts, failed = [0, 0, 0], []
+        for name, row in doc["results"].items():
+            values = row[col] if isinstance(row[col], list) else [row[col]]
+            for v in values:
+                counts[0 if v is not None and not math.isnan(v) else 1 if v is not None else 2] += 1
+            if None in values:
+                failed.append(name)
+        lines.append(f"asv {f.parent.name} @ {doc['commit_hash'][:8]}: {len(doc['results'])} "
+                     f"benchmarks, points measured {counts[0]}, skipped {counts[1]}, "
+                     f"failed {counts[2]}" + (f" ({', '.join(failed)})" if failed else ""))
+    return lines
+
+
 def summary(out: Path) -> str:
     lines, targets = [], []
     for part in ("cupy", "numba"):
@@ -179,6 +201,7 @@ def summary(out: Path) -> str:
     for log in sorted(out.glob("sanitizer-*.txt")):
         found = re.findall(r"(?:ERROR|RACECHECK) SUMMARY: .*", log.read_text(errors="replace"))
         lines.append(f"{log.stem}: {found[-1] if found else 'no summary (cut off?)'}")
+    lines += asv_lines(out)
     wall = out / "default-cupy.wall"
     if (s := load(out, "default-cupy.json")) and wall.exists():
         targets.append(default_sweep_target(s, int(wall.read_text())))

@@ -398,6 +398,7 @@ def asv_grids(cfg: ModelConfig) -> dict[str, tuple[list[str], list[int]]]:
                           for f in families]
                          + [row_name(f"numba_attention_ctx{c}", f, None) for c in CONTEXTS
                             for f in families], BATCH_SIZES),
+        "CopyBandwidth": (["copy"], [0]),
     }
 
 
@@ -405,9 +406,8 @@ ASV_GRIDS = asv_grids(get_preset(PRESET))
 
 
 class _Figures:
-    """asv: device time (events), GB/s and % of copy bandwidth of a grid of kernels. Every
-    grid inherits this ``setup_cache``, which asv keys by its source line: one ``measure``
-    serves them all."""
+    """asv: one ``measure`` run's figures. Every class below inherits this ``setup_cache``,
+    which asv keys by its source line: one ``measure`` serves them all."""
 
     param_names = ["kernel", "batch_size"]
     timeout = 900
@@ -422,6 +422,10 @@ class _Figures:
             raise NotImplementedError(unavailable_reason("cupy")
                                       or f"{kernel} is not measured at batch {batch_size}")
 
+
+class _Grid(_Figures):
+    """asv: device time (events) and % of copy bandwidth of a grid of kernels."""
+
     def track_time_us(self, res, kernel, batch_size) -> float:
         return res[kernel, batch_size]["ms"] * 1e3
 
@@ -433,34 +437,46 @@ class _Figures:
     track_pct_copy_bandwidth.unit = "%"
 
 
-class Kernels(_Figures):
+class Kernels(_Grid):
     """What the host runs: each projection's GEMM, a step's 128, and cuBLAS's."""
 
     params = list(ASV_GRIDS["Kernels"])
 
 
-class GemmCandidates(_Figures):
+class GemmCandidates(_Grid):
     """tc_gemm's variants beside the default, and a step's with each (and with PDL)."""
 
     params = list(ASV_GRIDS["GemmCandidates"])
 
 
-class WideGemm(_Figures):
+class WideGemm(_Grid):
     """wide_gemm at large batches, per projection and a step's with each stage count."""
 
     params = list(ASV_GRIDS["WideGemm"])
 
 
-class Attention(_Figures):
+class Attention(_Grid):
     """The paged attention with the host's tiling, then with every other."""
 
     params = list(ASV_GRIDS["Attention"])
 
 
-class NumbaKernels(_Figures):
+class NumbaKernels(_Grid):
     """The Numba GEMM and attention, this GPU's default family, then each family."""
 
     params = list(ASV_GRIDS["NumbaKernels"])
+
+
+class CopyBandwidth(_Figures):
+    """The device-to-device copy that every % of copy bandwidth divides by, measured in the
+    same run: a % that moved with it moved with the device or its clocks, not a kernel."""
+
+    params = list(ASV_GRIDS["CopyBandwidth"])
+
+    def track_gbs(self, res, kernel, batch_size) -> float:
+        return res[kernel, batch_size]["gbs"]
+
+    track_gbs.unit = "GB/s"
 
 
 if __name__ == "__main__":

@@ -9,20 +9,20 @@ set -euo pipefail
 dir=$(realpath -m "${1:-$(dirname "$0")/../.carry}")
 cd "$(dirname "$0")/.."
 py=${PYTHON:-.venv/bin/python}
+if [[ $(git rev-parse --is-shallow-repository) == true ]]; then
+  echo "a shallow clone bundles a history it does not hold: git fetch --unshallow first" >&2
+  exit 1
+fi
 rm -rf "$dir"
 mkdir -p "$dir/wheels"
 # asv 0.6.6 needs asv-runner, build, importlib-metadata, json5, packaging, pympler, pyyaml,
 # tabulate and virtualenv; the image has build, packaging, pyyaml, tabulate, filelock and zipp.
 [[ ${WHEELS:-1} == 0 ]] || $py -m pip download -q --no-deps --only-binary=:all: \
-  --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-  --platform manylinux2014_x86_64 -d "$dir/wheels" \
+  --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$dir/wheels" \
   asv==0.6.6 asv-runner==0.3.2 json5==0.17.3 pympler==1.1 importlib-metadata==10.2.0 \
   lazy-importer==0.1.0 virtualenv==21.15.11 distlib==0.4.4 platformdirs==4.14.8 \
   python-discovery==1.9.6
-if [[ $(git rev-parse --is-shallow-repository) == true ]]; then
-  echo "a shallow clone bundles a history it does not hold: git fetch --unshallow first" >&2
-  exit 1
-fi
 git bundle create -q "$dir/repo.bundle" --all
 git rev-parse HEAD > "$dir/commit"
 if ! git diff --quiet HEAD; then

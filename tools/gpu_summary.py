@@ -167,16 +167,15 @@ def asv_lines(out: Path) -> list[str]:
             continue
         doc = json.loads(f.read_text())
         col = doc["result_columns"].index("result")
-        counts, failed = [0, 0, 0], []
-        for name, row in doc["results"].items():
-            values = row[col] if isinstance(row[col], list) else [row[col]]
-            for v in values:
-                counts[0 if v is not None and not math.isnan(v) else 1 if v is not None else 2] += 1
-            if None in values:
-                failed.append(name)
-        lines.append(f"asv {f.parent.name} @ {doc['commit_hash'][:8]}: {len(doc['results'])} "
-                     f"benchmarks, points measured {counts[0]}, skipped {counts[1]}, "
-                     f"failed {counts[2]}" + (f" ({', '.join(failed)})" if failed else ""))
+        values = {name: row[col] if isinstance(row[col], list) else [row[col]]
+                  for name, row in doc["results"].items()}
+        points = [v for vs in values.values() for v in vs]
+        nulls = points.count(None)
+        skipped = sum(math.isnan(v) for v in points if v is not None)
+        failed = [name for name, vs in values.items() if None in vs]
+        lines.append(f"asv {f.parent.name} @ {doc['commit_hash'][:8]}: {len(values)} "
+                     f"benchmarks, points measured {len(points) - nulls - skipped}, skipped "
+                     f"{skipped}, failed {nulls}" + (f" ({', '.join(failed)})" if failed else ""))
     return lines
 
 

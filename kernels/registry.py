@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 
 from kernels.backend import Backend
 from schedbench.errors import ConfigError
@@ -74,28 +74,40 @@ def available(backend: str) -> bool:
     return unavailable_reason(backend) is None
 
 
-def describe_available() -> str:
-    """``describe`` of every backend usable here, for the ``device`` parameter of suites."""
-    return " | ".join(describe(b) for b in BACKENDS[1:] if available(b))
-
-
 def describe(backend: str) -> str:
     """The device and the software versions behind a backend's numbers, in one line, without
-    starting the backend (asv records it as a parameter so machines never mix). Versions come
-    from the installed packages' metadata: asv imports a suite, and so calls this, once for
-    each point it runs, and importing Numba would cost each 0.2 s."""
+    starting the backend. Versions come from the installed packages' metadata: importing
+    Numba would cost 0.2 s."""
     numba = version("numba")
     if backend == "cpu" or (backend == "numba" and simulator_enabled()):
         sim = "Numba CUDA simulator on " if backend == "numba" else ""
         return f"{sim}{cpu_model()} / numpy {version('numpy')} / numba {numba}"
     if gpu_unavailable_reason():
         return "no GPU"
+    return f"{gpu_line()} / numba {numba}"
+
+
+def gpu_line() -> str:
     import cupy
 
     rt = cupy.cuda.runtime
     name, _ = gpu_model()
     return (f"{name} / driver {rt.driverGetVersion()} / CUDA runtime {rt.runtimeGetVersion()} "
-            f"/ cupy {cupy.__version__} / numba {numba}")
+            f"/ cupy {cupy.__version__}")
+
+
+def machine_device() -> str:
+    """The GPU (or none), its driver and CUDA, and the versions of the packages the numbers
+    depend on, in one line: the ``device`` field of asv's machine description
+    (tools/asv_machine.py), which every result carries, so that results of two GPUs,
+    drivers or library versions are told apart in asv's graphs. asv describes the CPU."""
+    packages = []
+    for name in ("numpy", "numba", "numba-cuda"):
+        try:
+            packages.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            pass
+    return " / ".join(["no GPU" if gpu_unavailable_reason() else gpu_line(), *packages])
 
 
 def resolve(name: str) -> str:

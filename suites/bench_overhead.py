@@ -4,7 +4,7 @@ asv: ``asv run --python=same --quick --bench bench_overhead``; SCHEDBENCH_ASV_FU
 the grid (batch 256, the llama3-8b preset on a GPU), and SCHEDBENCH_ASV_PROCESSES=N records
 the median of N processes' sweeps (see schedbench.processes) where one process's luck would
 otherwise be every commit's.
-Directly: ``python suites/bench_overhead.py [--backend cpu] [--batch-sizes 1,4,16,64]``.
+Directly: ``python suites/bench_overhead.py [--backend cpu|cupy|numba] [--batch-sizes 1,4,16,64]``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import argparse
 import os
 from typing import TYPE_CHECKING
 
-from kernels.registry import available, describe, describe_available
+from kernels.registry import describe, simulator_enabled, unavailable_reason
 from schedbench.arguments import int_list, int_list_text, reported
 from schedbench.errors import ConfigError
 
@@ -24,8 +24,9 @@ if TYPE_CHECKING:
     from schedbench.sweep import Sweep, SweepConfig
 
 FULL = os.environ.get("SCHEDBENCH_ASV_FULL") == "1"
-BACKENDS = ["cpu", "cupy"]
-PRESETS = {"cpu": ["tiny"], "cupy": ["llama-1b", "llama3-8b"] if FULL else ["llama-1b"]}
+BACKENDS = ["cpu", "cupy", "numba"]
+GPU_PRESETS = ["llama-1b", "llama3-8b"] if FULL else ["llama-1b"]
+PRESETS = {"cpu": ["tiny"], "cupy": GPU_PRESETS, "numba": GPU_PRESETS}
 MODES = ["sequential", "overlapped", "graphs"]
 BATCH_SIZES = [1, 4, 16, 64, 256] if FULL else [1, 4, 16, 64]
 STEPS = 100
@@ -35,13 +36,25 @@ def modes_for(backend: str) -> list[str]:
     return MODES if backend == "cupy" else MODES[:2]
 
 
+def unmeasured_reason(backend: str) -> str | None:
+    """Why asv records no figures of ``backend`` here, or None when it does."""
+    if backend == "numba" and simulator_enabled():
+        return "the Numba CUDA simulator runs here, and its timings are not a GPU's"
+    if why := unavailable_reason(backend):
+        return f"backend {backend!r} is not available here: {why}"
+    return None
+
+
 def sweep_config(backend: str, preset: str, batch_sizes: list[int], steps: int = STEPS,
                  repeats: int = 1, processes: int = 1) -> SweepConfig:
+    from schedbench.model import get_preset
     from schedbench.sweep import SweepConfig
+    from schedbench.workload import WorkloadConfig
 
     return SweepConfig(backend=backend, preset=preset, batch_sizes=tuple(batch_sizes),
                        modes=tuple(modes_for(backend)), steps=steps, warmup=10,
-                       repeats=repeats, processes=processes)
+                       repeats=repeats, processes=processes,
+                       workload=WorkloadConfig.fitted(get_preset(preset).max_context))
 
 
 def asv_processes() -> int:
@@ -52,66 +65,69 @@ def asv_processes() -> int:
         raise ConfigError(f"SCHEDBENCH_ASV_PROCESSES={raw!r}: must be a whole number") from None
 
 
-# Recorded with every result, so that two machines' (or two drivers') numbers never mix.
-DEVICES = [describe_available()]
+# Backend, preset and mode as one parameter, "cupy llama-1b graphs": as three, their product
+# would hold points that no backend runs (graphs on the CPU, tiny on a GPU), each a process
+# asv starts only to skip and a blank cell in every table of the published site.
+RUNS = [f"{b} {p} {m}" for b in BACKENDS for p in PRESETS[b] for m in modes_for(b)]
 
 
 class Overhead:
     """Steady-state figures; one sweep per (backend, preset), shared by every track_."""
 
-    params = [BACKENDS, sorted({p for ps in PRESETS.values() for p in ps}), MODES,
-              BATCH_SIZES, DEVICES]
-    param_names = ["backend", "preset", "mode", "batch_size", "device"]
+    params = [RUNS, BATCH_SIZES]
+    param_names = ["run", "batch_size"]
     timeout = 1200
 
     def setup_cache(self) -> dict:
         from schedbench.processes import make_sweep, pooled
 
         figures = {}
-        for backend in filter(available, BACKENDS):
+        for backend in BACKENDS:
+            if unmeasured_reason(backend):
+                continue
             for preset in PRESETS[backend]:
                 sweep = make_sweep(sweep_config(backend, preset, BATCH_SIZES,
                                                 processes=asv_processes()))
                 try:
                     for r in pooled(list(sweep.results())):
-                        figures[backend, preset, r.mode, r.batch_size] = {
+                        figures[f"{backend} {preset} {r.mode}", r.batch_size] = {
                             k: s.median for k, s in r.figures.items()}
                 finally:
                     sweep.close()
         return figures
 
-    def setup(self, figures, backend, preset, mode, batch_size, device) -> None:
-        if (backend, preset, mode, batch_size) not in figures:
-            raise NotImplementedError(f"{backend}/{preset}/{mode} is not run here")
+    def setup(self, figures, run, batch_size) -> None:
+        if why := unmeasured_reason(run.split()[0]):
+            raise NotImplementedError(why)
 
-    def track_overhead_pct(self, figures, backend, preset, mode, batch_size, device) -> float:
-        return figures[backend, preset, mode, batch_size]["overhead_pct"]
+    def track_overhead_pct(self, figures, run, batch_size) -> float:
+        return figures[run, batch_size]["overhead_pct"]
 
     track_overhead_pct.unit = "%"
 
-    def track_bubble_us(self, figures, backend, preset, mode, batch_size, device) -> float:
-        return figures[backend, preset, mode, batch_size]["bubble_us"]
+    def track_bubble_us(self, figures, run, batch_size) -> float:
+        return figures[run, batch_size]["bubble_us"]
 
     track_bubble_us.unit = "us"
 
-    def track_tokens_per_s(self, figures, backend, preset, mode, batch_size, device) -> float:
-        return figures[backend, preset, mode, batch_size]["tokens_per_s"]
+    def track_tokens_per_s(self, figures, run, batch_size) -> float:
+        return figures[run, batch_size]["tokens_per_s"]
 
     track_tokens_per_s.unit = "tokens/s"
 
-    def track_step_ms(self, figures, backend, preset, mode, batch_size, device) -> float:
-        return figures[backend, preset, mode, batch_size]["step_ms"]
+    def track_step_ms(self, figures, run, batch_size) -> float:
+        return figures[run, batch_size]["step_ms"]
 
     track_step_ms.unit = "ms"
 
-    def track_efficiency(self, figures, backend, preset, mode, batch_size, device) -> float:
-        return figures[backend, preset, mode, batch_size]["efficiency"]
+    def track_efficiency(self, figures, run, batch_size) -> float:
+        return figures[run, batch_size]["efficiency"]
 
     track_efficiency.unit = "ideal/measured"
 
-    def track_itl_p99_ms(self, figures, backend, preset, mode, batch_size, device) -> float:
+    def track_itl_p99_ms(self, figures, run, batch_size) -> float:
         """Inter-token latency a request sees, p99: where the loop's hiccups show."""
-        return figures[backend, preset, mode, batch_size]["itl_p99_ms"]
+        return figures[run, batch_size]["itl_p99_ms"]
 
     track_itl_p99_ms.unit = "ms"
 
@@ -119,26 +135,26 @@ class Overhead:
 class Steps:
     """Wall time of one whole fixed workload (the same requests every time)."""
 
-    params = [BACKENDS, MODES[:2], [1, 16], DEVICES]
-    param_names = ["backend", "mode", "batch_size", "device"]
+    params = [BACKENDS, MODES[:2], [1, 16]]
+    param_names = ["backend", "mode", "batch_size"]
     number = 1
     repeat = (1, 5, 20.0)
     warmup_time = 0.0
     sweep: Sweep | None = None
 
-    def setup(self, backend: str, mode: str, batch_size: int, device: str) -> None:
-        if not available(backend):
-            raise NotImplementedError(f"backend {backend!r} is not available here")
+    def setup(self, backend: str, mode: str, batch_size: int) -> None:
+        if why := unmeasured_reason(backend):
+            raise NotImplementedError(why)
         from schedbench.sweep import Sweep
 
         self.sweep = Sweep(sweep_config(backend, PRESETS[backend][0], [batch_size], steps=40))
         self.sweep.run_one(mode, batch_size)  # warm-up: compile, allocate, fill caches
 
-    def teardown(self, backend: str, mode: str, batch_size: int, device: str) -> None:
+    def teardown(self, backend: str, mode: str, batch_size: int) -> None:
         if self.sweep is not None:  # asv tears down skipped benchmarks too
             self.sweep.close()
 
-    def time_workload(self, backend: str, mode: str, batch_size: int, device: str) -> None:
+    def time_workload(self, backend: str, mode: str, batch_size: int) -> None:
         assert self.sweep is not None
         self.sweep.run_one(mode, batch_size)
 
@@ -149,7 +165,8 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--backend", default="cpu", choices=BACKENDS, help="(default %(default)s)")
-    p.add_argument("--preset", default=None, help="default: the backend's first preset")
+    p.add_argument("--preset", default=None,
+                   help="default: the backend's first preset (micro in Numba's simulator)")
     p.add_argument("--batch-sizes", type=int_list, default=tuple(BATCH_SIZES),
                    metavar="B,B,...", help=f"(default {int_list_text(BATCH_SIZES)})")
     p.add_argument("--steps", type=int, default=STEPS,
@@ -160,7 +177,8 @@ def main() -> None:
     p.add_argument("--processes", type=int, default=1,
                    help="sweeps, each in a fresh process, pooled (default %(default)s)")
     args = p.parse_args()
-    preset = args.preset or PRESETS[args.backend][0]
+    simulated = args.backend == "numba" and simulator_enabled()
+    preset = args.preset or ("micro" if simulated else PRESETS[args.backend][0])
     with reported(p):
         sweep = make_sweep(sweep_config(args.backend, preset, list(args.batch_sizes),
                                         args.steps, args.repeats, args.processes))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from kernels.registry import available, describe, describe_available
+from kernels.registry import available, describe
 from schedbench.arguments import reported
 from schedbench.report import format_table
 from schedbench.sweep import Sweep, SweepConfig
@@ -34,8 +34,8 @@ def measure(backend: str, phases: str, steps: int = 60, repeats: int = 1) -> dic
 
 
 class SeedExperiment:
-    params = [BACKENDS, PHASES, MODES, [describe_available()]]
-    param_names = ["backend", "s_c_p_ms", "mode", "device"]
+    params = [BACKENDS, PHASES, MODES]
+    param_names = ["backend", "s_c_p_ms", "mode"]
     timeout = 600
 
     def setup_cache(self) -> dict:
@@ -47,21 +47,21 @@ class SeedExperiment:
                         out[backend, phases, mode] = fig
         return out
 
-    def setup(self, res, backend, s_c_p_ms, mode, device) -> None:
+    def setup(self, res, backend, s_c_p_ms, mode) -> None:
         if (backend, s_c_p_ms, mode) not in res:
             raise NotImplementedError(f"backend {backend!r} is not available here")
 
-    def track_step_ms(self, res, backend, s_c_p_ms, mode, device) -> float:
+    def track_step_ms(self, res, backend, s_c_p_ms, mode) -> float:
         return res[backend, s_c_p_ms, mode]["step_ms"]
 
     track_step_ms.unit = "ms"
 
-    def track_ideal_over_measured(self, res, backend, s_c_p_ms, mode, device) -> float:
+    def track_ideal_over_measured(self, res, backend, s_c_p_ms, mode) -> float:
         return res[backend, s_c_p_ms, mode]["efficiency"]
 
     track_ideal_over_measured.unit = "ratio"
 
-    def track_overhead_pct(self, res, backend, s_c_p_ms, mode, device) -> float:
+    def track_overhead_pct(self, res, backend, s_c_p_ms, mode) -> float:
         return res[backend, s_c_p_ms, mode]["overhead_pct"]
 
     track_overhead_pct.unit = "%"

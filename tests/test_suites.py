@@ -54,9 +54,10 @@ def test_the_cpu_suites_run_directly():
 
 def test_the_overhead_suite_pools_processes_run_directly():
     run = suite("bench_overhead", "--batch-sizes", "1,3", "--steps", "5", "--repeats", "1",
-                "--processes", "2")
+                "--processes", "2", "--preset", "micro")
     assert run.returncode == 0, run.stderr
-    assert "median of 2 processes' medians of 1 repeat(s) each" in run.stdout
+    # micro's 64-token context: the request lengths shrink to fit it, as the CLI's do
+    assert "preset micro, median of 2 processes' medians of 1 repeat(s) each" in run.stdout
     bad = suite("bench_overhead", "--processes", "0")
     assert bad.returncode == 2 and "--processes 0: must be at least 1" in bad.stderr
 
@@ -74,14 +75,36 @@ def test_asv_records_the_median_of_the_processes_it_is_asked_for(monkeypatch):
     pool = processes.pooled
     monkeypatch.setattr(processes, "pooled", lambda runs: pool(each.extend(runs) or runs))
     figures = bench_overhead.Overhead().setup_cache()
-    assert sorted(figures) == sorted(("cpu", "tiny", m, b) for m in ("sequential", "overlapped")
-                                     for b in (1, 2))
-    for (_, _, mode, b), f in figures.items():
+    assert sorted(figures) == [(f"cpu tiny {m}", b) for m in ("overlapped", "sequential")
+                               for b in (1, 2)]
+    for (run, b), f in figures.items():
+        mode = run.split()[2]
         mine = [r.figures["step_ms"].median for r in each if (r.mode, r.batch_size) == (mode, b)]
         assert len(mine) == 3 and f["step_ms"] == statistics.median(mine)
     monkeypatch.setenv("SCHEDBENCH_ASV_PROCESSES", "two")
     with pytest.raises(ConfigError, match="SCHEDBENCH_ASV_PROCESSES='two': must be a whole"):
         bench_overhead.asv_processes()
+
+
+def test_the_overhead_grid_holds_only_points_that_its_backends_run(monkeypatch):
+    """One point per (backend, preset, mode) that a sweep of the backend measures: no graphs
+    on the CPU or Numba, no tiny on a GPU; a backend not measured here is skipped, saying why
+    (the simulator's Numba too: its timings are not a GPU's)."""
+    monkeypatch.syspath_prepend(str(ROOT / "suites"))
+    import bench_overhead as bo
+
+    swept = {f"{b} {p} {m}" for b in bo.BACKENDS for p in bo.PRESETS[b]
+             for m in bo.sweep_config(b, p, [1]).modes}
+    assert sorted(swept) == sorted(bo.RUNS) and len(set(bo.RUNS)) == len(bo.RUNS)
+    assert {"cupy llama-1b graphs", "numba llama-1b overlapped"} <= swept
+    assert not {"cpu tiny graphs", "numba llama-1b graphs", "cupy tiny sequential"} & swept
+    monkeypatch.setenv("NUMBA_ENABLE_CUDASIM", "1")
+    with pytest.raises(NotImplementedError, match="simulator runs here"):
+        bo.Overhead().setup({}, "numba llama-1b sequential", 1)
+    monkeypatch.setattr(bo, "unavailable_reason", lambda b: None if b == "cpu" else "no GPU")
+    with pytest.raises(NotImplementedError, match="'cupy' is not available here: no GPU"):
+        bo.Steps().setup("cupy", "overlapped", 1)
+    bo.Overhead().setup({}, "cpu tiny sequential", 1)
 
 
 def _variant_default(n: int, batch: int) -> str:

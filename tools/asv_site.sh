@@ -14,7 +14,7 @@ $py tools/asv_scratch.py "$work"  # results and html under $work only
 asv() { $py -m asv --config "$work/asv.conf.json" "$@"; }
 
 for machine in team-a team-b; do
-  asv machine --yes --machine "$machine" >/dev/null
+  $py tools/asv_machine.py "$machine" >/dev/null
   for sha in $(git rev-list -n "${COMMITS:-3}" HEAD | tac); do
     # --python=same measures this environment and files the result under that commit.
     asv run --python=same --quick --machine "$machine" --set-commit-hash "$sha" \

@@ -224,7 +224,7 @@ if want asv; then
     $py tools/asv_scratch.py "$out/asv" "$repo"
     # asv drops PYTHONPATH from the benchmarks' processes unless it comes as ASV_PYTHONPATH
     asv=(env ASV_PYTHONPATH="$PYTHONPATH" $py -m asv --config "$out/asv/asv.conf.json")
-    "${asv[@]}" machine --yes --machine "$machine" >/dev/null
+    $py tools/asv_machine.py "$machine" >/dev/null  # asv's fields and the GPU's
     timeout $(lim 560) "${asv[@]}" run --python=same --machine "$machine" \
       --set-commit-hash "$commit" --bench "$bench" ${ASV_ARGS:-} > "$out/asv.log" 2>&1
     echo "exit $? (log: DIR/asv.log; the summary counts the points)"

@@ -140,6 +140,7 @@ class Steps:
     number = 1
     repeat = (1, 5, 20.0)
     warmup_time = 0.0
+    timeout = 300  # asv's 60 s holds setup, where a Numba process JIT-compiles every kernel
     sweep: Sweep | None = None
 
     def setup(self, backend: str, mode: str, batch_size: int) -> None:

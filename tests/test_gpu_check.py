@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from kernels.registry import machine_device
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -54,6 +56,7 @@ def test_the_asv_stage_files_results_under_head_from_a_copy_without_git(tmp_path
                          text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     assert re.search(rf"^asv \S+ @ {head[:8]}: 1 benchmarks, points measured \d+, skipped \d+, "
-                     r"failed 0$", run.stdout, re.M), run.stdout
+                     rf"failed 0; device {re.escape(machine_device())}$", run.stdout, re.M), \
+        run.stdout
     dirty = git("diff", "--quiet", "HEAD").returncode != 0
     assert ("warning: this tree differs from" in run.stdout) == dirty, run.stdout

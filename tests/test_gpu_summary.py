@@ -157,10 +157,12 @@ def test_asv_results_are_counted_point_by_point(tmp_path):
     (machine / "machine.json").write_text(json.dumps({"machine": "nvidia-h200", "version": 1}))
     write(machine, "b7c30428-existing-py_opt_python3.json", {
         "commit_hash": "b7c30428bbc6791bd71f88e87a7a8e234e27892c",
+        "params": {"machine": "nvidia-h200", "device": "NVIDIA H200 / driver 13000"},
         "result_columns": ["result", "params", "version", "started_at", "duration"],
         "results": {"bench_kernels.Attention.track_gbps": [[3100.5, float("nan"), None], [[]]],
                     "bench_kernels.Kernels.track_ms": [None, [[]]],
                     "bench_launch.track_bare_us": [[5.1], []]}})
     assert ("asv nvidia-h200 @ b7c30428: 3 benchmarks, points measured 2, skipped 1, failed 2 "
-            "(bench_kernels.Attention.track_gbps, bench_kernels.Kernels.track_ms)\ntargets:"
+            "(bench_kernels.Attention.track_gbps, bench_kernels.Kernels.track_ms); "
+            "device NVIDIA H200 / driver 13000\ntargets:"
             ) in gpu_summary.summary(tmp_path)

@@ -160,7 +160,8 @@ def default_sweep_target(s: dict, secs: int) -> str:
 
 def asv_lines(out: Path) -> list[str]:
     """What the asv stage filed: for each result file, its points measured, skipped (NaN:
-    setup raised NotImplementedError there) and failed (null), the failed benchmarks named."""
+    setup raised NotImplementedError there) and failed (null), the failed benchmarks named,
+    and the device its machine description names."""
     lines = []
     for f in sorted((out / "asv" / "results").glob("*/*.json")):
         if f.name == "machine.json":
@@ -173,9 +174,11 @@ def asv_lines(out: Path) -> list[str]:
         nulls = points.count(None)
         skipped = sum(math.isnan(v) for v in points if v is not None)
         failed = [name for name, vs in values.items() if None in vs]
+        device = doc.get("params", {}).get("device")  # tools/asv_machine.py's field
         lines.append(f"asv {f.parent.name} @ {doc['commit_hash'][:8]}: {len(values)} "
                      f"benchmarks, points measured {len(points) - nulls - skipped}, skipped "
-                     f"{skipped}, failed {nulls}" + (f" ({', '.join(failed)})" if failed else ""))
+                     f"{skipped}, failed {nulls}" + (f" ({', '.join(failed)})" if failed else "")
+                     + (f"; device {device}" if device else ""))
     return lines
 
 

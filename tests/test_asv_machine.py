@@ -27,6 +27,24 @@ def machines(home: Path) -> dict:
     return json.loads((home / ".asv-machine.json").read_text())
 
 
+def test_asv_parameters_are_the_same_whatever_the_machine_has():
+    """What differs between machines (here: whether Numba's simulator runs) must not reach a
+    parameter: asv publish would draw only the values of the machine that ran last."""
+    code = ("import inspect, json, importlib\n"
+            "grids = {}\n"
+            "for suite in ('bench_kernels', 'bench_launch', 'bench_overhead', 'bench_synthetic'):\n"
+            "    module = importlib.import_module('suites.' + suite)\n"
+            "    grids.update({f'{suite}.{k}': v.params for k, v in vars(module).items()\n"
+            "                  if inspect.isclass(v) and getattr(v, 'params', None)})\n"
+            "print(json.dumps(grids))")
+    grids = [json.loads(subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "NUMBA_ENABLE_CUDASIM": sim}).stdout)
+        for sim in ("0", "1")]
+    assert grids[0] == grids[1]
+    assert {"bench_overhead.Overhead", "bench_kernels.Kernels"} <= grids[0].keys()
+
+
 def test_registering_fills_asv_fields_once_and_refreshes_the_device(tmp_path):
     run(tmp_path, "tools/asv_machine.py", "team-a")
     first = machines(tmp_path)["team-a"]

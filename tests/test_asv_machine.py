@@ -28,8 +28,9 @@ def machines(home: Path) -> dict:
 
 
 def test_asv_parameters_are_the_same_whatever_the_machine_has():
-    """What differs between machines (here: whether Numba's simulator runs) must not reach a
-    parameter: asv publish would draw only the values of the machine that ran last."""
+    """What differs between machines (here: whether Numba's simulator runs, and the
+    variables a suite reads) must not reach a parameter: asv publish would draw only the
+    values of the machine that ran last."""
     code = ("import inspect, json, importlib\n"
             "grids = {}\n"
             "for suite in ('bench_kernels', 'bench_launch', 'bench_overhead', 'bench_synthetic'):\n"
@@ -37,10 +38,14 @@ def test_asv_parameters_are_the_same_whatever_the_machine_has():
             "    grids.update({f'{suite}.{k}': v.params for k, v in vars(module).items()\n"
             "                  if inspect.isclass(v) and getattr(v, 'params', None)})\n"
             "print(json.dumps(grids))")
+    # this machine as it is, and as one with the simulator on and every knob turned
+    knobs = {"NUMBA_ENABLE_CUDASIM": "1", "SCHEDBENCH_ASV_PROCESSES": "3",
+             "SCHEDBENCH_NUMBA_KERNELS": "fma", "SCHEDBENCH_WIDE_GEMM": "1",
+             "SCHEDBENCH_PDL": "1", "SCHEDBENCH_GRAPH_LAUNCH": "device"}
     grids = [json.loads(subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "NUMBA_ENABLE_CUDASIM": sim}).stdout)
-        for sim in ("0", "1")]
+        env={**os.environ, "PYTHONPATH": str(ROOT), "NUMBA_ENABLE_CUDASIM": "0", **extra}).stdout)
+        for extra in ({}, knobs)]
     assert grids[0] == grids[1]
     assert {"bench_overhead.Overhead", "bench_kernels.Kernels"} <= grids[0].keys()
 

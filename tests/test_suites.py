@@ -93,8 +93,8 @@ def test_the_overhead_grid_holds_only_points_that_its_backends_run(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "suites"))
     import bench_overhead as bo
 
-    swept = {f"{b} {p} {m}" for b in bo.BACKENDS for p in bo.PRESETS[b]
-             for m in bo.sweep_config(b, p, [1]).modes}
+    swept = {f"{b} {bo.PRESETS[b]} {m}" for b in bo.BACKENDS
+             for m in bo.sweep_config(b, bo.PRESETS[b], [1]).modes}
     assert sorted(swept) == sorted(bo.RUNS) and len(set(bo.RUNS)) == len(bo.RUNS)
     assert {"cupy llama-1b graphs", "numba llama-1b overlapped"} <= swept
     assert not {"cpu tiny graphs", "numba llama-1b graphs", "cupy tiny sequential"} & swept

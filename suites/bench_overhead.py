@@ -79,11 +79,14 @@ class Overhead:
     timeout = 1200
 
     def setup_cache(self) -> dict:
+        """{"figures": {(run, batch size): figures}, "skipped": {backend: why}}: the reasons
+        are found once here, not by each point's process, where they would import CuPy."""
         from schedbench.processes import make_sweep, pooled
 
-        figures = {}
+        figures, skipped = {}, {}
         for backend in BACKENDS:
-            if unmeasured_reason(backend):
+            if why := unmeasured_reason(backend):
+                skipped[backend] = why
                 continue
             preset = PRESETS[backend]
             sweep = make_sweep(sweep_config(backend, preset, BATCH_SIZES,
@@ -94,40 +97,40 @@ class Overhead:
                         k: s.median for k, s in r.figures.items()}
             finally:
                 sweep.close()
-        return figures
+        return {"figures": figures, "skipped": skipped}
 
-    def setup(self, figures, run, batch_size) -> None:
-        if why := unmeasured_reason(run.split()[0]):
+    def setup(self, cache, run, batch_size) -> None:
+        if why := cache["skipped"].get(run.split()[0]):
             raise NotImplementedError(why)
 
-    def track_overhead_pct(self, figures, run, batch_size) -> float:
-        return figures[run, batch_size]["overhead_pct"]
+    def track_overhead_pct(self, cache, run, batch_size) -> float:
+        return cache["figures"][run, batch_size]["overhead_pct"]
 
     track_overhead_pct.unit = "%"
 
-    def track_bubble_us(self, figures, run, batch_size) -> float:
-        return figures[run, batch_size]["bubble_us"]
+    def track_bubble_us(self, cache, run, batch_size) -> float:
+        return cache["figures"][run, batch_size]["bubble_us"]
 
     track_bubble_us.unit = "us"
 
-    def track_tokens_per_s(self, figures, run, batch_size) -> float:
-        return figures[run, batch_size]["tokens_per_s"]
+    def track_tokens_per_s(self, cache, run, batch_size) -> float:
+        return cache["figures"][run, batch_size]["tokens_per_s"]
 
     track_tokens_per_s.unit = "tokens/s"
 
-    def track_step_ms(self, figures, run, batch_size) -> float:
-        return figures[run, batch_size]["step_ms"]
+    def track_step_ms(self, cache, run, batch_size) -> float:
+        return cache["figures"][run, batch_size]["step_ms"]
 
     track_step_ms.unit = "ms"
 
-    def track_efficiency(self, figures, run, batch_size) -> float:
-        return figures[run, batch_size]["efficiency"]
+    def track_efficiency(self, cache, run, batch_size) -> float:
+        return cache["figures"][run, batch_size]["efficiency"]
 
     track_efficiency.unit = "ideal/measured"
 
-    def track_itl_p99_ms(self, figures, run, batch_size) -> float:
+    def track_itl_p99_ms(self, cache, run, batch_size) -> float:
         """Inter-token latency a request sees, p99: where the loop's hiccups show."""
-        return figures[run, batch_size]["itl_p99_ms"]
+        return cache["figures"][run, batch_size]["itl_p99_ms"]
 
     track_itl_p99_ms.unit = "ms"
 

@@ -74,7 +74,7 @@ def test_asv_records_the_median_of_the_processes_it_is_asked_for(monkeypatch):
     each: list = []
     pool = processes.pooled
     monkeypatch.setattr(processes, "pooled", lambda runs: pool(each.extend(runs) or runs))
-    figures = bench_overhead.Overhead().setup_cache()
+    figures = bench_overhead.Overhead().setup_cache()["figures"]
     assert sorted(figures) == [(f"cpu tiny {m}", b) for m in ("overlapped", "sequential")
                                for b in (1, 2)]
     for (run, b), f in figures.items():
@@ -99,12 +99,14 @@ def test_the_overhead_grid_holds_only_points_that_its_backends_run(monkeypatch):
     assert {"cupy llama-1b graphs", "numba llama-1b overlapped"} <= swept
     assert not {"cpu tiny graphs", "numba llama-1b graphs", "cupy tiny sequential"} & swept
     monkeypatch.setenv("NUMBA_ENABLE_CUDASIM", "1")
+    monkeypatch.setattr(bo, "BACKENDS", ["numba"])  # the reasons only: no sweep
+    cache = bo.Overhead().setup_cache()
     with pytest.raises(NotImplementedError, match="simulator runs here"):
-        bo.Overhead().setup({}, "numba llama-1b sequential", 1)
+        bo.Overhead().setup(cache, "numba llama-1b sequential", 1)
     monkeypatch.setattr(bo, "unavailable_reason", lambda b: None if b == "cpu" else "no GPU")
     with pytest.raises(NotImplementedError, match="'cupy' is not available here: no GPU"):
         bo.Steps().setup("cupy", "overlapped", 1)
-    bo.Overhead().setup({}, "cpu tiny sequential", 1)
+    bo.Overhead().setup({"figures": {}, "skipped": {}}, "cpu tiny sequential", 1)
 
 
 def _variant_default(n: int, batch: int) -> str:

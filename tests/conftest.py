@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,6 +67,23 @@ def sweep_until(argv: list[str], run: int, **popen) -> subprocess.Popen:
         if line.split("]")[-1].strip().startswith(f"{run}/"):
             return proc
     raise AssertionError(f"the sweep ended before run {run}: exit code {proc.wait()}")
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def git(*args: str) -> subprocess.CompletedProcess:
+    """``git ARGS`` in this checkout."""
+    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="session")
+def checkout_head() -> str:
+    """The commit this tree is checked out at; the test is skipped where there is none (an
+    sdist, a copy without .git), since asv files results under a commit."""
+    if shutil.which("git") is None or git("rev-parse", "HEAD").returncode:
+        pytest.skip("needs a git checkout: asv files results under a commit")
+    return git("rev-parse", "HEAD").stdout.strip()
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from kernels.registry import machine_device
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 H200 = "NVIDIA H200 / driver 13000 / CUDA runtime 13000 / cupy 14.2.0 / numpy 2.5.2"
 
 
@@ -66,20 +65,15 @@ def test_registering_fills_asv_fields_once_and_refreshes_the_device(tmp_path):
 
 
 @pytest.mark.slow
-def test_results_of_two_devices_publish_side_by_side(tmp_path):
+def test_results_of_two_devices_publish_side_by_side(tmp_path, checkout_head):
     """One machine's results recorded here, a second's copied in as a GPU machine's would be
     (its device other than this one's), one publish: both machines' lines hold data."""
-    if shutil.which("git") is None or subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True).returncode:
-        pytest.skip("needs a git checkout: asv files results under a commit")
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
-                          text=True).stdout.strip()
     run(tmp_path, "tools/asv_scratch.py", str(tmp_path / "asv"))
     asv = ["-m", "asv", "--config", str(tmp_path / "asv" / "asv.conf.json")]
     run(tmp_path, "tools/asv_machine.py", "here")
     bench = "bench_synthetic.SeedExperiment.track_step_ms"
     run(tmp_path, *asv, "run", "--python=same", "--quick", "--machine", "here",
-        "--set-commit-hash", head, "--bench", bench)
+        "--set-commit-hash", checkout_head, "--bench", bench)
     results = tmp_path / "asv" / "results"
     (results / "gpu").mkdir()
     for f in (results / "here").glob("*.json"):

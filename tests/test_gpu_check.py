@@ -14,21 +14,13 @@ from pathlib import Path
 import pytest
 
 from kernels.registry import machine_device
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def git(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+from tests.conftest import ROOT, git
 
 
 @pytest.mark.slow
-def test_the_asv_stage_files_results_under_head_from_a_copy_without_git(tmp_path):
-    if shutil.which("git") is None or git("rev-parse", "HEAD").returncode:
-        pytest.skip("needs a git checkout: the stage files results under its HEAD")
+def test_the_asv_stage_files_results_under_head_from_a_copy_without_git(tmp_path, checkout_head):
     if git("rev-parse", "--is-shallow-repository").stdout.strip() == "true":
         pytest.skip("a shallow clone: tools/device_carry.sh needs the whole history")
-    head = git("rev-parse", "HEAD").stdout.strip()
     tree = tmp_path / "tree"
     files = git("ls-files", "-co", "--exclude-standard", "-z").stdout.split("\0")
     for f in files:  # what a device call copies: tracked files and untracked ones git keeps
@@ -55,8 +47,8 @@ def test_the_asv_stage_files_results_under_head_from_a_copy_without_git(tmp_path
     run = subprocess.run(["bash", "tools/gpu_check.sh"], cwd=tree, capture_output=True,
                          text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert re.search(rf"^asv \S+ @ {head[:8]}: 1 benchmarks, points measured \d+, skipped \d+, "
-                     rf"failed 0; device {re.escape(machine_device())}$", run.stdout, re.M), \
-        run.stdout
+    line = (rf"^asv \S+ @ {checkout_head[:8]}: 1 benchmarks, points measured \d+, skipped \d+, "
+            rf"failed 0; device {re.escape(machine_device())}$")
+    assert re.search(line, run.stdout, re.M), run.stdout
     dirty = git("diff", "--quiet", "HEAD").returncode != 0
     assert ("warning: this tree differs from" in run.stdout) == dirty, run.stdout

@@ -8,7 +8,8 @@ import json
 from functools import partial
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT
+
 spec = importlib.util.spec_from_file_location("gpu_summary", ROOT / "tools" / "gpu_summary.py")
 gpu_summary = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(gpu_summary)

@@ -7,13 +7,11 @@ import os
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from schedbench.errors import ConfigError
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT
 
 
 def suite(name: str, *args: str) -> subprocess.CompletedProcess:

@@ -68,7 +68,11 @@ def asv_processes() -> int:
 # Backend, preset and mode as one parameter, "cupy llama-1b graphs": as three, their product
 # would hold points that no backend runs (graphs on the CPU, tiny on a GPU), each a process
 # asv starts only to skip and a blank cell in every table of the published site.
-RUNS = [f"{b} {PRESETS[b]} {m}" for b in BACKENDS for m in modes_for(b)]
+def run_name(backend: str, mode: str) -> str:
+    return f"{backend} {PRESETS[backend]} {mode}"
+
+
+RUNS = [run_name(b, m) for b in BACKENDS for m in modes_for(b)]
 
 
 class Overhead:
@@ -88,12 +92,11 @@ class Overhead:
             if why := unmeasured_reason(backend):
                 skipped[backend] = why
                 continue
-            preset = PRESETS[backend]
-            sweep = make_sweep(sweep_config(backend, preset, BATCH_SIZES,
+            sweep = make_sweep(sweep_config(backend, PRESETS[backend], BATCH_SIZES,
                                             processes=asv_processes()))
             try:
                 for r in pooled(list(sweep.results())):
-                    figures[f"{backend} {preset} {r.mode}", r.batch_size] = {
+                    figures[run_name(backend, r.mode), r.batch_size] = {
                         k: s.median for k, s in r.figures.items()}
             finally:
                 sweep.close()

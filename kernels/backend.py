@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from kernels.layout import StepLayout
-from schedbench.model import ModelConfig
+from schedbench.kernels.layout import StepLayout
+from schedbench.kernels.model import ModelConfig
 
 
 class Stream(ABC):

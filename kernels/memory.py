@@ -4,10 +4,10 @@ killer) halfway through the weights."""
 
 from __future__ import annotations
 
-from kernels.kernel_calls import AttentionScratch
-from kernels.layout import StepLayout
-from schedbench.errors import ConfigError
-from schedbench.model import ModelConfig
+from schedbench.kernels.cuda.calls import AttentionScratch
+from schedbench.kernels.errors import ConfigError
+from schedbench.kernels.layout import StepLayout
+from schedbench.kernels.model import ModelConfig
 
 
 def kv_cache_bytes(cfg: ModelConfig, num_blocks: int, itemsize: int) -> int:

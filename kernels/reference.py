@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from schedbench.model import ModelConfig, Weights
+from schedbench.kernels.model import ModelConfig, Weights
 
 
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:

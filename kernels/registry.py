@@ -3,57 +3,25 @@
 from __future__ import annotations
 
 import os
-import platform
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import version
 
-from kernels.backend import Backend
-from schedbench.errors import ConfigError
+from schedbench.kernels.backend import Backend
+from schedbench.kernels.devices import cpu_model, gpu_line, gpu_model, gpu_unavailable_reason
+from schedbench.kernels.errors import ConfigError
 
 BACKENDS = ("auto", "cpu", "cupy", "numba")
-
-
-def gpu_unavailable_reason() -> str | None:
-    """Why no CUDA GPU can be used here, or None when one can."""
-    try:
-        import cupy
-    except ImportError as exc:
-        return f"cupy is not installed ({exc}); install the cuda12 or cuda13 extra"
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:
-        return f"CUDA reports no usable device ({exc})"
-    return None if count > 0 else "CUDA reports 0 devices"
-
 
 # The CuPy kernels' tensor-core GEMM and attention (mma.sync m16n8k16 on fp16) and their
 # cp.async staging need sm_80; CUDA 13 itself compiles for sm_75 (Turing, the T4) and up.
 CUPY_MIN_CC = 80
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def gpu_model(device: int = 0) -> tuple[str, int]:
-    """A device's name and compute capability (90 for 9.0)."""
-    import cupy
-
-    name = cupy.cuda.runtime.getDeviceProperties(device)["name"]
-    name = name.decode() if isinstance(name, bytes) else str(name)
-    return name, int(cupy.cuda.Device(device).compute_capability)
-
-
 def unavailable_reason(backend: str) -> str | None:
     """Why ``backend`` cannot run here, or None when it can."""
     if backend == "cpu" or (backend == "numba" and simulator_enabled()):
         return None
+    if backend == "numba" and (why := numba_gpu_reason()):
+        return why
     if why := gpu_unavailable_reason():
         return why
     if backend == "cupy":
@@ -62,6 +30,18 @@ def unavailable_reason(backend: str) -> str | None:
             return (f"the {name} is compute capability {cc // 10}.{cc % 10}, and the CuPy "
                     f"kernels need {CUPY_MIN_CC // 10}.0 or later (tensor-core mma.sync, "
                     f"cp.async); --backend numba has no such need")
+    return None
+
+
+def numba_gpu_reason() -> str | None:
+    """Why Numba itself cannot run kernels on a GPU here, or None when it can."""
+    try:
+        from numba import cuda
+    except ImportError as exc:
+        return f"numba-cuda is not installed ({exc}); install the cuda12 or cuda13 extra"
+    if not cuda.is_available():
+        return ("Numba finds no CUDA GPU (numba.cuda.is_available() is False: no NVIDIA "
+                "driver or no device)")
     return None
 
 
@@ -87,29 +67,6 @@ def describe(backend: str) -> str:
     return f"{gpu_line()} / numba {numba}"
 
 
-def gpu_line() -> str:
-    import cupy
-
-    rt = cupy.cuda.runtime
-    name, _ = gpu_model()
-    return (f"{name} / driver {rt.driverGetVersion()} / CUDA runtime {rt.runtimeGetVersion()} "
-            f"/ cupy {cupy.__version__}")
-
-
-def machine_device() -> str:
-    """The GPU (or none), its driver and CUDA, and the versions of the packages the numbers
-    depend on, in one line: the ``device`` field of asv's machine description
-    (tools/asv_machine.py), which every result carries, so that results of two GPUs,
-    drivers or library versions are told apart in asv's graphs. asv describes the CPU."""
-    packages = []
-    for name in ("numpy", "numba", "numba-cuda"):
-        try:
-            packages.append(f"{name} {version(name)}")
-        except PackageNotFoundError:
-            pass
-    return " / ".join(["no GPU" if gpu_unavailable_reason() else gpu_line(), *packages])
-
-
 def resolve(name: str) -> str:
     if name not in BACKENDS:
         raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
@@ -126,13 +83,13 @@ def resolve(name: str) -> str:
 def make_backend(name: str) -> Backend:
     name = resolve(name)
     if name == "cpu":
-        from kernels.cpu_backend import CpuBackend
+        from schedbench.kernels.cpu.backend import CpuBackend
 
         return CpuBackend()
     if name == "cupy":
-        from kernels.cupy_backend import CupyBackend
+        from schedbench.kernels.cupy.backend import CupyBackend
 
         return CupyBackend()
-    from kernels.numba_backend import NumbaBackend
+    from schedbench.kernels.numba.backend import NumbaBackend
 
     return NumbaBackend()

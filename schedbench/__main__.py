@@ -12,11 +12,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from kernels import registry
 from schedbench.arguments import int_list, int_list_text, int_range, reported
 from schedbench.engine import MODES
-from schedbench.errors import ConfigError
-from schedbench.model import PRESETS
+from schedbench.kernels import registry
+from schedbench.kernels.errors import ConfigError
+from schedbench.kernels.model import PRESETS
 from schedbench.processes import ProcessSweep, make_sweep, pooled
 from schedbench.report import (
     beyond_model_line,
@@ -61,7 +61,8 @@ def parser() -> argparse.ArgumentParser:
                    help="model shape (default %(default)s)")
     p.add_argument("--batch-sizes", type=int_list, default=None, metavar="B,B,...",
                    help=f"default {int_list_text(GPU_BATCH_SIZES)} on a GPU backend, "
-                        f"{int_list_text(CPU_BATCH_SIZES)} on the cpu one")
+                        f"{int_list_text(CPU_BATCH_SIZES)} on the cpu one, 1 in synthetic "
+                        f"mode")
     p.add_argument("--modes", default=None, metavar="M,M,...",
                    help=f"from {', '.join(MODES)}; default all the backend supports")
     p.add_argument("--steps", type=int, default=None,
@@ -147,7 +148,9 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
         synthetic = Synthetic(args.scheduling_ms or 0.0, args.compute_ms or 0.0,
                               args.postprocess_ms or 0.0)
     cpu = backend == "cpu"
-    batch_sizes = args.batch_sizes or (CPU_BATCH_SIZES if cpu else GPU_BATCH_SIZES)
+    # Synthetic phases do not depend on the batch: one batch size says it all.
+    batch_sizes = args.batch_sizes or ((1,) if synthetic else
+                                       CPU_BATCH_SIZES if cpu else GPU_BATCH_SIZES)
     steps = args.steps if args.steps is not None else CPU_STEPS if cpu else GPU_STEPS
     return SweepConfig(backend=backend, preset=args.preset, batch_sizes=batch_sizes,
                        modes=modes, steps=steps, warmup=args.warmup, repeats=args.repeats,
@@ -189,9 +192,11 @@ def print_report(cfg: SweepConfig, sweep: Sweep | ProcessSweep, results: list[Ru
               "tokens, and that every mode gives the same ones.")
     for mode in cfg.modes:
         print(f"\n{TITLES[mode]}\n{mode_table(results, mode)}")
-    print("\nOverhead % = device idle time / wall time in steady state. Speedup = the sequential "
-          "step / this loop's, repeat by repeat.\nIdeal speedup = (S + max(L, C) + P) / "
-          "max(C, S+L+P) on the sequential run's phases; efficiency = ideal step / measured step.")
+    print("\nCompute = each step's device span, first to last event (idle between its kernels "
+          "included).\nOverhead % = device idle between steps / wall time in steady state. "
+          "Speedup = the sequential step / this loop's, repeat by repeat.\nIdeal speedup = "
+          "(S + max(L, C) + P) / max(C, S+L+P) on the sequential run's phases; efficiency = "
+          "ideal step / measured step.")
     if beyond := beyond_model_line(results):
         print(beyond)
     if spread := spread_line(results, cfg.repeats):
@@ -211,6 +216,10 @@ def caption_for(cfg: SweepConfig, sweep: Sweep | ProcessSweep) -> str:
     what = "synthetic" if cfg.synthetic else f"preset {cfg.preset}"
     return (f"schedbench {sweep.backend_name} backend on {sweep.device_name}, {what}, "
             f"commit {git_commit()[:12]}, {statistic(cfg.repeats, cfg.processes)}")
+
+
+def wrote(what: str, path: Path) -> None:
+    print(f"schedbench: wrote {what}: {path}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,12 +257,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.json is not None:
             write_json(args.json, document(cfg, sweep.backend_name, sweep.device_name,
                                            sweep.versions(), results, complete))
+            wrote("JSON, every figure", args.json)
         if args.trace is not None and results:
             write_json(args.trace, chrome_trace(results, caption))
+            wrote("Chrome trace (ui.perfetto.dev)", args.trace)
         if args.plot is not None and results:
             from schedbench.plots import write_plots
 
-            write_plots(results, caption, args.plot)
+            for path in write_plots(results, caption, args.plot):
+                wrote("plot", path)
         sweep.close()
     return 0
 

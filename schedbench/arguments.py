@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from schedbench.errors import ConfigError
+from schedbench.kernels.errors import ConfigError
 
 
 def int_list(text: str) -> tuple[int, ...]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from schedbench.errors import ConfigError
+from schedbench.kernels.errors import ConfigError
 
 
 class BlockAllocator:

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from schedbench.arguments import reported
-from schedbench.errors import ConfigError
+from schedbench.kernels.errors import ConfigError
 from schedbench.report import SPREAD, format_table, statistic
 from schedbench.timing import Stat
 

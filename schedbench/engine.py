@@ -15,11 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels.backend import Backend, DecodeStep, Event, Graph
-from kernels.layout import StepLayout
+from schedbench.kernels.backend import Backend, DecodeStep, Event, Graph
+from schedbench.kernels.busy import busy_until
+from schedbench.kernels.layout import StepLayout
 from schedbench.nvtx import Nvtx
 from schedbench.scheduler import Batch, Scheduler
-from schedbench.synthetic import Synthetic, busy_until
+from schedbench.synthetic import Synthetic
 from schedbench.timing import StepRecord
 
 MODES = ("sequential", "overlapped", "graphs")

@@ -36,6 +36,9 @@ def _against_batch(results: list[RunResult], figure: str):
         ax.plot([r.batch_size for r in runs], [r.figures[figure].median for r in runs],
                 marker=MARKERS.get(mode, "o"), label=f"{mode} (measured)")
     ax.set_xscale("log", base=2)
+    sizes = sorted({r.batch_size for r in results})
+    ax.set_xticks(sizes, [str(b) for b in sizes])  # the measured sizes, not powers 2^k
+    ax.xaxis.set_minor_locator(plt.NullLocator())
     ax.set_xlabel("batch size")
     ax.grid(alpha=0.3, which="both")
     return fig, ax

@@ -26,8 +26,8 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from kernels.registry import resolve
-from schedbench.errors import ConfigError
+from schedbench.kernels.errors import ConfigError
+from schedbench.kernels.registry import resolve
 from schedbench.sweep import RunResult, Sweep, SweepConfig
 from schedbench.timing import Stat
 

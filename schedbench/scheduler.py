@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kernels.layout import FROM_DEVICE
 from schedbench.block_allocator import BlockAllocator
-from schedbench.errors import ConfigError
-from schedbench.synthetic import busy_until
+from schedbench.kernels.busy import busy_until
+from schedbench.kernels.errors import ConfigError
+from schedbench.kernels.layout import FROM_DEVICE
 from schedbench.workload import Request
 
 

@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kernels.backend import Backend, DecodeStep
-from kernels.layout import StepLayout
-from kernels.registry import make_backend, resolve
 from schedbench.engine import MODES, Engine
-from schedbench.errors import ConfigError
-from schedbench.model import ModelConfig, get_preset
+from schedbench.kernels.backend import Backend, DecodeStep
+from schedbench.kernels.errors import ConfigError
+from schedbench.kernels.layout import StepLayout
+from schedbench.kernels.model import ModelConfig, get_preset
+from schedbench.kernels.registry import make_backend, resolve
 from schedbench.scheduler import Scheduler, SchedulerConfig
 from schedbench.synthetic import Synthetic
 from schedbench.timing import (

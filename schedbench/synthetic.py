@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
-from kernels.cpu_kernels import spin
-from schedbench.errors import ConfigError
-
-_CHUNK = 2000  # spin iterations between clock reads (about 2 us)
+from schedbench.kernels.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -25,8 +21,3 @@ class Synthetic:
             if not 0.0 <= v <= 10_000.0:
                 raise ConfigError(f"{flag} {v}: must be in [0, 10000] ms")
 
-
-def busy_until(deadline: float) -> None:
-    """Burn CPU until ``perf_counter()`` reaches ``deadline``; the spin releases the GIL."""
-    while time.perf_counter() < deadline:
-        spin(_CHUNK)

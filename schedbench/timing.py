@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from schedbench.errors import ConfigError
+from schedbench.kernels.errors import ConfigError
 
 
 @dataclass(slots=True)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from schedbench.errors import ConfigError
+from schedbench.kernels.errors import ConfigError
 
 
 @dataclass(eq=False)

@@ -6,7 +6,7 @@ shapes (up to batch 16 also with tc_gemm's other variants, as ``gemm_o@plain`` o
 programmatic dependent launch when ``SCHEDBENCH_PDL=1``; at large batches also
 ``wide_gemm``, per projection as ``gemm_o@wide`` and a step's with each of its stage
 counts), paged attention (the tiling the host picks for the grid, then every other of
-``kernels.cuda_sources.ATTENTION_TILINGS`` as ``attention_ctx2048@split/max_splits/stage x
+``kernels.cuda.sources.ATTENTION_TILINGS`` as ``attention_ctx2048@split/max_splits/stage x
 stages``), and the Numba kernels on the same shapes. Each figure is per layer, timed over
 a graph of every layer's launches, each layer with its own weights or KV cache as in a
 step, so nothing is served from L2.
@@ -27,7 +27,14 @@ from types import ModuleType
 
 import numpy as np
 
-from kernels.cuda_sources import (
+from schedbench.arguments import int_list, int_list_text, reported
+from schedbench.kernels.cuda.calls import (
+    AttentionScratch,
+    gemm_variants,
+    picked_attention_tiling,
+    rope_table,
+)
+from schedbench.kernels.cuda.sources import (
     ATTENTION_TILINGS,
     GEMM_VARIANTS,
     WIDE_GEMM_COLS,
@@ -36,12 +43,10 @@ from kernels.cuda_sources import (
     WideTiling,
     attention_tiling,
 )
-from kernels.kernel_calls import gemm_variants, picked_attention_tiling, rope_table
-from kernels.numba_family import KERNEL_FAMILIES
-from kernels.registry import unavailable_reason
-from schedbench.arguments import int_list, int_list_text, reported
-from schedbench.errors import ConfigError
-from schedbench.model import ModelConfig, get_preset
+from schedbench.kernels.errors import ConfigError
+from schedbench.kernels.model import ModelConfig, get_preset
+from schedbench.kernels.numba.family import KERNEL_FAMILIES
+from schedbench.kernels.registry import unavailable_reason
 
 # NOTE: schedbench.report and schedbench.sweep are imported where they are used: they bring in
 # the engine and Numba's CPU kernels (0.2 s), and asv imports this module once for each of
@@ -118,8 +123,13 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
     targets in a shorter run."""
     import cupy as cp
 
-    from kernels import cupy_backend as cb
-    from kernels.cupy_measure import copy_bandwidth_gbs, guarded, time_launches_ms, time_ms
+    from schedbench.kernels.cupy import selection as sel
+    from schedbench.kernels.cupy.measure import (
+        copy_bandwidth_gbs,
+        guarded,
+        time_launches_ms,
+        time_ms,
+    )
 
     cfg = get_preset(preset)
     fig = Figures(copy_bandwidth_gbs(), sink)
@@ -141,7 +151,7 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
         """A step's projections with each variant: gemm_launch's settings for a projection
         (by default its default kernel's), then cuBLAS's."""
         for suffix, how in variants.items():
-            every = [cb.gemm_launch(xs[p], weights[p][layer], b, EPILOGUES[p], outs[p],
+            every = [sel.gemm_launch(xs[p], weights[p][layer], b, EPILOGUES[p], outs[p],
                                     **{"pdl": False, "wide": False, **how(p)})
                      for layer in range(n_layers) for p in PROJECTIONS]
             fig.record(f"all_{4 * n_layers}_projections{suffix}", b, time_launches_ms(every),
@@ -156,7 +166,7 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
 
     def projection_row(name: str, b: int, xs: dict, outs: dict, p: str, **how) -> None:
         """One projection of every layer, with gemm_launch's settings ``how``."""
-        launches = [cb.gemm_launch(xs[p], w, b, EPILOGUES[p], outs[p], **{"pdl": False, **how})
+        launches = [sel.gemm_launch(xs[p], w, b, EPILOGUES[p], outs[p], **{"pdl": False, **how})
                     for w in weights[p]]
         fig.record(name, b, time_launches_ms(launches) / n_layers, math.prod(shapes[p]) * 2)
 
@@ -167,17 +177,17 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
         # (gemm.cu, PIPE; up to batch 16) and PDL (opt-in, SCHEDBENCH_PDL=1).
         others = candidates and len(gemm_variants(b)) > 1
         for p in PROJECTIONS:
-            default = cb.gemm_variant_default(shapes[p][0], b)
+            default = sel.gemm_variant_default(shapes[p][0], b)
             for variant in gemm_variants(b) if candidates else (default,):
                 projection_row(row_name(f"gemm_{p}", variant, default), b, xs, outs, p,
                                variant=variant, wide=False)
         variants: dict[str, Callable[[str], dict]] = {"": lambda p: {}}
-        plain = {p for p in PROJECTIONS if cb.gemm_variant_default(shapes[p][0], b) == "plain"}
+        plain = {p for p in PROJECTIONS if sel.gemm_variant_default(shapes[p][0], b) == "plain"}
         if others:
             variants["_plain"] = lambda p: {"variant": "plain"}
         if others and plain:  # pipe1 where the default is plain (below batch 9: qkv, gate/up)
             variants["_pipe1"] = lambda p, plain=plain: {"variant": "pipe1"} if p in plain else {}
-        if candidates and cb.pdl_default():
+        if candidates and sel.pdl_default():
             variants["_pdl"] = lambda p: {"pdl": True}
         step_rows(b, xs, outs, variants)
     combos = [(c, b) for c in contexts for b in batch_sizes]
@@ -187,13 +197,13 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
         rope = rope_table(cfg, positions, cp)
         # the tiling the host picks for this grid, then every other on the same inputs
         # (attention_ctx2048@...)
-        scratch = cb.AttentionScratch.create(cfg, b, ctx, cp, attention_tiling())
-        chosen = picked_attention_tiling(cfg, b, scratch, cb.device_facts())
+        scratch = AttentionScratch.create(cfg, b, ctx, cp, attention_tiling())
+        chosen = picked_attention_tiling(cfg, b, scratch, sel.device_facts())
         rest = [t for t in ATTENTION_TILINGS if t != chosen] if candidates else []
         for tiling in (None, *rest):
             if tiling is not None:
-                scratch = cb.AttentionScratch.create(cfg, b, ctx, cp, tiling)
-            launches = [cb.attention_launch(cfg, qkv, positions, tables, rope, kc[layer],
+                scratch = AttentionScratch.create(cfg, b, ctx, cp, tiling)
+            launches = [sel.attention_launch(cfg, qkv, positions, tables, rope, kc[layer],
                                             vc[layer], b, scratch, out, tiling)
                         for layer in range(n_layers)]
             fig.record(row_name(f"attention_ctx{ctx}", tiling, None), b,
@@ -208,7 +218,7 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
         (``_wide``: the default's, then ``_wide4``, ``_wide5``), and cuBLAS."""
         wide = {wide_suffix(s): lambda p, s=s: {"wide": True, "wide_stages": s}
                 for s in WIDE_GEMM_STAGES if candidates
-                and cb.wide_gemm_fits(WideTiling(max(WIDE_GEMM_ROWS), max(WIDE_GEMM_COLS), s))}
+                and sel.wide_gemm_fits(WideTiling(max(WIDE_GEMM_ROWS), max(WIDE_GEMM_COLS), s))}
         for b in wide_batch_sizes:
             xs, outs = projection_inputs(b)
             for p in PROJECTIONS:
@@ -253,8 +263,8 @@ def numba_timed_ms(launches: list[tuple]) -> float:
     captured into a graph exactly like the CuPy kernels, so both are timed alike."""
     import cupy as cp
 
-    from kernels.cupy_measure import replay_ms
-    from kernels.numba_kernels import cuda
+    from schedbench.kernels.cupy.measure import replay_ms
+    from schedbench.kernels.numba.kernels import cuda
 
     cp.cuda.Device().synchronize()  # NOTE: inputs were made on the legacy stream
     stream = cp.cuda.Stream(non_blocking=True)
@@ -273,9 +283,9 @@ def numba_gemms(fig: Figures, shapes: dict, weights: dict, inputs: dict) -> None
     """The Numba GEMM on the CuPy rows' arrays (wrapped zero-copy), every layer's weights:
     ``numba_gemm_p`` the kernels this GPU runs by default, ``numba_gemm_p@family`` the
     other family where the GPU has both (numba_family.KERNEL_FAMILIES)."""
-    from kernels import numba_tc_gemm as tg
-    from kernels.numba_family import kernel_families
-    from kernels.numba_kernels import cuda
+    from schedbench.kernels.numba import tc_gemm as tg
+    from schedbench.kernels.numba.family import kernel_families
+    from schedbench.kernels.numba.kernels import cuda
 
     epilogues = {"store_half": "store", "add_residual": "add", "silu_mul": "silu_mul"}
     families = kernel_families(cuda.get_current_device().compute_capability)
@@ -296,9 +306,9 @@ def numba_attention_launches(cfg: ModelConfig, ctx: int, b: int) -> tuple[dict, 
     this GPU runs (its default first): ``{family: launches}``, and a layer's K/V bytes."""
     import cupy as cp
 
-    from kernels import numba_kernels as nk
-    from kernels.numba_family import kernel_families
-    from kernels.numba_tc_attention import attention_launch
+    from schedbench.kernels.numba import kernels as nk
+    from schedbench.kernels.numba.family import kernel_families
+    from schedbench.kernels.numba.tc_attention import attention_launch
 
     wrap = nk.cuda.as_cuda_array
     qkv, positions, tables, kc, vc = attention_inputs(cfg, ctx, b)

@@ -1,10 +1,10 @@
 """Host cost of launching work: a bare RawKernel launch, the same kernel packed once and
-enqueued through the driver (``kernels.cupy_launch``), an event record, the enqueue of one
+enqueued through the driver (``kernels.cupy.launch``), an event record, the enqueue of one
 decode step (and per kernel), and one CUDA graph replay of the same step (on an idle
 stream, and queued behind running steps as the overlapped loop replays it), beside graphs
 of one and of as many empty kernels; the same for Numba (its own launch and a prepared
-one, ``kernels.numba_launch``); last, the step's graph launched from the device
-(``kernels.device_graph``, the candidate for a replay cost that does not grow with the
+one, ``schedbench.kernels.numba.launch``); last, the step's graph launched from the device
+(``kernels.cupy.device_graph``, the candidate for a replay cost that does not grow with the
 step).
 
 asv: ``asv run --python=same --bench bench_launch`` (skipped without a GPU).
@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kernels.registry import unavailable_reason
 from schedbench.arguments import reported
-from schedbench.model import get_preset
+from schedbench.kernels.model import get_preset
+from schedbench.kernels.registry import unavailable_reason
 from schedbench.report import format_table, write_json
 from schedbench.sweep import check_batch_size
 
@@ -30,8 +30,8 @@ def cupy_step(cfg, batch: int):
     engine's first step is), with its metadata and output buffers."""
     import cupy as cp
 
-    from kernels import cupy_backend as cb
-    from kernels.layout import StepLayout
+    from schedbench.kernels.cupy import backend as cb
+    from schedbench.kernels.layout import StepLayout
 
     backend = cb.CupyBackend()
     stream = backend.stream()
@@ -44,9 +44,9 @@ def cupy_step(cfg, batch: int):
 
 def measure(preset: str, batch: int = 1) -> dict[str, float]:
     """Host microseconds of each operation, medians of many, the device never the limit."""
-    from kernels import cupy_backend as cb
-    from kernels.cupy_launch import Launch
-    from kernels.cupy_measure import graph_of, guarded, host_us
+    from schedbench.kernels.cupy import backend as cb
+    from schedbench.kernels.cupy.launch import Launch
+    from schedbench.kernels.cupy.measure import graph_of, guarded, host_us
 
     cfg = get_preset(preset)
     backend, stream, step, meta, out = cupy_step(cfg, batch)
@@ -93,9 +93,9 @@ def measure(preset: str, batch: int = 1) -> dict[str, float]:
 
 def measure_device_graph(cfg, batch: int) -> dict[str, float]:
     """The candidate for #3's 20 us: the same step's graph launched from the device
-    (kernels/device_graph.py), idle and queued behind running steps."""
-    from kernels.cupy_measure import host_us
-    from kernels.device_graph import DeviceLaunchedGraph
+    (kernels/cupy/device_graph.py), idle and queued behind running steps."""
+    from schedbench.kernels.cupy.device_graph import DeviceLaunchedGraph
+    from schedbench.kernels.cupy.measure import host_us
 
     backend, stream, step, meta, out = cupy_step(cfg, batch)
     graph = DeviceLaunchedGraph(lambda _: step.launch(meta, out, batch, stream), stream.raw)
@@ -112,11 +112,11 @@ def measure_numba(cfg, batch: int) -> dict[str, float]:
     """The same figures for the Numba CUDA backend (its own streams and device arrays)."""
     import numpy as np
 
-    from kernels import numba_backend as nb
-    from kernels import numba_kernels as nk
-    from kernels.cupy_measure import host_us
-    from kernels.layout import StepLayout
-    from kernels.numba_launch import prepare
+    from schedbench.kernels.cupy.measure import host_us
+    from schedbench.kernels.layout import StepLayout
+    from schedbench.kernels.numba import backend as nb
+    from schedbench.kernels.numba import kernels as nk
+    from schedbench.kernels.numba.launch import prepare
 
     backend = nb.NumbaBackend()
     stream = backend.stream()

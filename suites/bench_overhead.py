@@ -15,9 +15,9 @@ import argparse
 import os
 from typing import TYPE_CHECKING
 
-from kernels.registry import describe, simulator_enabled, unavailable_reason
 from schedbench.arguments import int_list, int_list_text, reported
-from schedbench.errors import ConfigError
+from schedbench.kernels.errors import ConfigError
+from schedbench.kernels.registry import describe, simulator_enabled, unavailable_reason
 
 # NOTE: the engine's modules are imported where they are used: asv imports this module once
 # for each of its hundreds of points, most of which only read setup_cache's figures, and
@@ -47,7 +47,7 @@ def unmeasured_reason(backend: str) -> str | None:
 
 def sweep_config(backend: str, preset: str, batch_sizes: list[int], steps: int = STEPS,
                  repeats: int = 1, processes: int = 1) -> SweepConfig:
-    from schedbench.model import get_preset
+    from schedbench.kernels.model import get_preset
     from schedbench.sweep import SweepConfig
     from schedbench.workload import WorkloadConfig
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from kernels.registry import available, describe
 from schedbench.arguments import reported
+from schedbench.kernels.registry import available, describe
 from schedbench.report import format_table
 from schedbench.sweep import Sweep, SweepConfig
 from schedbench.synthetic import Synthetic

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kernels import reference as ref
-from kernels.registry import gpu_unavailable_reason
+from schedbench.kernels import reference as ref
+from schedbench.kernels.devices import gpu_unavailable_reason
 
 # Without a GPU the Numba CUDA kernels run in Numba's simulator; numba reads this once, when
 # it is first imported, so it is set before any test module can import numba.
@@ -77,6 +77,16 @@ def git(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
 
 
+def copy_of_tree(dest: Path) -> Path:
+    """The working tree as a device call copies it (tracked files, and untracked ones git
+    does not ignore), without .git, in ``dest``."""
+    for f in git("ls-files", "-co", "--exclude-standard", "-z").stdout.split("\0"):
+        if f and (ROOT / f).is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, dest / f)
+    return dest
+
+
 @pytest.fixture(scope="session")
 def checkout_head() -> str:
     """The commit this tree is checked out at; the test is skipped where there is none (an
@@ -88,7 +98,7 @@ def checkout_head() -> str:
 
 @pytest.fixture(scope="session")
 def cpu_backend():
-    from kernels.cpu_backend import CpuBackend
+    from schedbench.kernels.cpu.backend import CpuBackend
 
     backend = CpuBackend()
     yield backend
@@ -97,8 +107,8 @@ def cpu_backend():
 
 @pytest.fixture
 def dev(request: pytest.FixtureRequest):
-    """Where a CUDA C kernel test runs its calls (tests/kernel_devices.py)."""
-    from tests.kernel_devices import make_device
+    """Where a CUDA C kernel test runs its calls (tests/support/kernel_devices.py)."""
+    from tests.support.kernel_devices import make_device
 
     return make_device(request.param)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kernels.registry import machine_device
+from schedbench.kernels.devices import machine_device
 from tests.conftest import ROOT
 
 H200 = "NVIDIA H200 / driver 13000 / CUDA runtime 13000 / cupy 14.2.0 / numpy 2.5.2"

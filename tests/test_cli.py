@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
-from kernels import cpu_backend, registry
-from kernels.registry import gpu_unavailable_reason
 from schedbench.__main__ import main
-from schedbench.errors import ConfigError
+from schedbench.kernels import registry
+from schedbench.kernels.cpu import backend as cpu_backend
+from schedbench.kernels.devices import gpu_unavailable_reason
+from schedbench.kernels.errors import ConfigError
 from schedbench.timing import StepRecord, steady_window
 from schedbench.workload import WorkloadConfig
 from tests.conftest import fast_sweep
@@ -74,12 +78,23 @@ def test_gpu_backend_without_gpu_exits_2(capsys, backend):
     assert f"backend {backend!r} needs a CUDA GPU" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(gpu_unavailable_reason() is None, reason="a GPU is present")
+def test_numba_without_gpu_names_what_numba_lacks():
+    run = subprocess.run([sys.executable, "-m", "schedbench", "--backend", "numba"],
+                         env={**os.environ, "NUMBA_ENABLE_CUDASIM": "0"},
+                         capture_output=True, text=True)
+    assert run.returncode == 2
+    assert ("backend 'numba' needs a CUDA GPU (or NUMBA_ENABLE_CUDASIM=1 for the simulator), "
+            "but Numba finds no CUDA GPU") in run.stderr, run.stderr
+
+
 @pytest.fixture
 def old_gpu(monkeypatch):
     """A machine whose one GPU is a Tesla T4 (sm_75): too old for the CuPy kernels."""
     monkeypatch.setattr(registry, "gpu_unavailable_reason", lambda: None)
     monkeypatch.setattr(registry, "gpu_model", lambda: ("Tesla T4", 75))
     monkeypatch.setattr(registry, "simulator_enabled", lambda: False)
+    monkeypatch.setattr(registry, "numba_gpu_reason", lambda: None)
 
 
 def test_a_gpu_too_old_for_the_cupy_kernels_is_named(old_gpu, capsys):
@@ -108,12 +123,14 @@ def test_auto_picks_cupy_on_a_gpu_that_runs_it(old_gpu, monkeypatch):
 def test_report_and_json(tmp_path, capsys):
     out = tmp_path / "r" / "sweep.json"
     assert main([*FAST, "--batch-sizes", "1,3", "--json", str(out)]) == 0
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
     assert "Batch Size | Schedule (ms) | Launch (ms) | Compute (ms) | Postprocess (ms) | " \
            "Overhead %" in text
     assert "Ideal speedup" in text and "Timeline, overlapped" in text
     assert "Inter-token latency as the host sees it" in text
     assert "Token streams: identical" in text
+    assert f"schedbench: wrote JSON, every figure: {out}" in captured.err
     doc = json.loads(out.read_text())
     assert doc["backend"] == "cpu" and doc["preset"] == "tiny" and doc["complete"]
     assert {"commit", "device", "versions"} <= doc.keys() and "numba" in doc["versions"]
@@ -195,6 +212,13 @@ def test_synthetic_flags_run_the_spin_step(capsys):
     assert main([*FAST, "--batch-sizes", "2", "--compute-ms", "1", "--scheduling-ms",
                  "0.5"]) == 0
     assert "synthetic schedule_ms=0.5, compute_ms=1" in capsys.readouterr().out
+
+
+def test_synthetic_mode_sweeps_one_batch_size_by_default(tmp_path):
+    """Its phases are fixed lengths: every batch size would give the same row."""
+    out = tmp_path / "s.json"
+    assert main([*FAST, "--compute-ms", "0.2", "--json", str(out)]) == 0
+    assert {r["batch_size"] for r in json.loads(out.read_text())["runs"]} == {1}
 
 
 def test_a_speedup_above_the_ideal_is_explained_by_the_sequential_gap():

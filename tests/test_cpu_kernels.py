@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kernels import cpu_kernels as k
-from kernels import reference as ref
-from kernels.cpu_backend import CACHE_LINE, CpuDecodeStep, aligned_zeros
-from kernels.layout import StepLayout
-from schedbench.model import get_preset, make_weights
+from schedbench.kernels import reference as ref
+from schedbench.kernels.cpu import kernels as k
+from schedbench.kernels.cpu.backend import CACHE_LINE, CpuDecodeStep, aligned_zeros
+from schedbench.kernels.layout import StepLayout
+from schedbench.kernels.model import get_preset, make_weights
 from tests.conftest import assert_greedy_where_clear, reference_step, rel_err
 
 TOL = 1e-5  # float32 arithmetic

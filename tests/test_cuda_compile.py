@@ -13,10 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from kernels.cuda_sources import MODULES, attention_names, name_expressions, source
-from kernels.nvrtc import CompileError, compile_ptx, cudadevrt_path, device_runtime_cubin
-from kernels.registry import CUPY_MIN_CC
-from schedbench.model import PRESETS
+from schedbench.kernels.cuda.nvrtc import (
+    CompileError,
+    compile_ptx,
+    cudadevrt_path,
+    device_runtime_cubin,
+)
+from schedbench.kernels.cuda.sources import MODULES, attention_names, name_expressions, source
+from schedbench.kernels.model import PRESETS
+from schedbench.kernels.registry import CUPY_MIN_CC
 
 
 def _include() -> Path:
@@ -58,6 +63,7 @@ def spills(log: str) -> list[str]:
     return [name for name, stores in names if int(stores)]
 
 
+@pytest.mark.slow  # NVRTC and ptxas: seconds a module
 @pytest.mark.parametrize("module", MODULES)
 def test_module_compiles_for_sm90_without_spills(module):
     log = compile_for(module, name_expressions(module))
@@ -66,6 +72,7 @@ def test_module_compiles_for_sm90_without_spills(module):
     assert not spills(log), log
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cc", [CUPY_MIN_CC, 86, 89, 100, 120])
 @pytest.mark.parametrize("module", MODULES)
 def test_module_compiles_for_every_architecture_the_backend_admits(module, cc):
@@ -112,7 +119,7 @@ def test_a_broken_kernel_fails_to_compile(monkeypatch):
 
 
 def test_the_device_graph_launcher_links_with_the_device_runtime():
-    """kernels/device_graph.py builds its launcher at run time: relocatable, linked with
+    """kernels/cupy/device_graph.py builds its launcher at run time: relocatable, linked with
     cudadevrt. Here it is built for sm_90 without a GPU."""
     _include()  # skips without NVRTC
     try:

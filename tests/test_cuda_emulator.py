@@ -1,4 +1,4 @@
-"""The CPU emulator of the CUDA C kernels (kernels/cuda_emulator.py) finds what it claims to
+"""The CPU emulator of the CUDA C kernels (tests/support/cuda_emulator.py) finds what it claims to
 find: a warp operation some lanes never reach, a cp.async read before its wait, a cp.async
 copy whose source or destination another thread writes before the wait, a result that
 depends on the order threads run in, a trap. Each on a kernel that has the fault."""
@@ -8,10 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kernels import cuda_emulator as ce
+from tests.support import cuda_emulator as ce
 
-pytestmark = pytest.mark.skipif(ce.compiler() is None,
-                                reason="no C++ compiler for the CUDA emulator")
+pytestmark = [pytest.mark.slow,  # a host compiler's build of each module
+              pytest.mark.skipif(ce.compiler() is None,
+                                 reason="no C++ compiler for the CUDA emulator")]
 
 FAULTS = r'''
 #include "common.cuh"

@@ -1,6 +1,6 @@
 """The CUDA C kernels (kernels/cuda) against the float64 reference on fresh random inputs:
-on the CPU emulator (kernels/cuda_emulator.py) on every machine, at small shapes, and on a
-GPU (marked gpu) at real ones. Both run the same kernel calls (kernels/kernel_calls.py)."""
+on the CPU emulator (tests/support/cuda_emulator.py) on every machine, at small shapes, and on a
+GPU (marked gpu) at real ones. Both run the same kernel calls (kernels/cuda/calls.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import math
 import numpy as np
 import pytest
 
-from kernels import kernel_calls as kc
-from kernels import reference as ref
-from kernels.cuda_sources import (
+from schedbench.kernels import reference as ref
+from schedbench.kernels.cuda import calls as kc
+from schedbench.kernels.cuda.sources import (
     ATTENTION_SMALL_GRID,
     ATTENTION_TILING,
     ATTENTION_TILINGS,
@@ -22,8 +22,8 @@ from kernels.cuda_sources import (
     WideTiling,
     attention_tiling_for,
 )
-from kernels.layout import StepLayout
-from schedbench.model import get_preset, interleave_gate_up, make_weights
+from schedbench.kernels.layout import StepLayout
+from schedbench.kernels.model import get_preset, interleave_gate_up, make_weights
 from tests.conftest import (
     FP16_TOL,
     AppendCase,
@@ -33,7 +33,7 @@ from tests.conftest import (
     reference_step,
     rel_err,
 )
-from tests.kernel_devices import BOTH, on_devices
+from tests.support.kernel_devices import BOTH, on_devices
 
 EPILOGUES = ["store_half", "add_residual", "store_float", "silu_mul"]
 LLAMA8B = get_preset("llama3-8b")
@@ -264,7 +264,7 @@ def test_argmax_first_maximum_and_slot_write(dev, rng):
 
 @on_devices("cfg", emulator=[get_preset("tiny"), SMALL_1B], gpu=[get_preset("tiny"), SMALL_1B])
 def test_whole_step_matches_reference(dev, rng, cfg):
-    """The step's calls in stream order (kernels.kernel_calls.step_calls, what the CuPy
+    """The step's calls in stream order (schedbench.kernels.cuda.calls.step_calls, what the CuPy
     backend launches; on a GPU with the projection kernels and PDL its settings pick), over
     scattered caches, prompt tokens and tokens from the device."""
     b, seed = 6, int(rng.integers(1 << 30))

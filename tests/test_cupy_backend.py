@@ -12,16 +12,18 @@ import sys
 import numpy as np
 import pytest
 
-from kernels import kernel_calls as kc
-from kernels import reference as ref
-from kernels.registry import gpu_model, gpu_unavailable_reason, unavailable_reason
+from schedbench.kernels import reference as ref
+from schedbench.kernels.cuda import calls as kc
+from schedbench.kernels.devices import gpu_model, gpu_unavailable_reason
+from schedbench.kernels.registry import unavailable_reason
 from tests.conftest import FP16_TOL, half, rel_err
-from tests.kernel_devices import Gpu
+from tests.support.kernel_devices import Gpu
 
 pytestmark = pytest.mark.gpu
 
 cp = pytest.importorskip("cupy")
-cb = pytest.importorskip("kernels.cupy_backend")
+cb = pytest.importorskip("schedbench.kernels.cupy.backend")
+selection = pytest.importorskip("schedbench.kernels.cupy.selection")
 if (why := unavailable_reason("cupy")) and gpu_unavailable_reason() is None:
     pytest.skip(why, allow_module_level=True)
 
@@ -68,11 +70,11 @@ def set_wide_gemm(monkeypatch):
 
     def set_to(value: str) -> None:
         monkeypatch.setenv("SCHEDBENCH_WIDE_GEMM", value)
-        cb.wide_gemm_from.cache_clear()
+        selection.wide_gemm_from.cache_clear()
 
     yield set_to
     monkeypatch.delenv("SCHEDBENCH_WIDE_GEMM", raising=False)
-    cb.wide_gemm_from.cache_clear()
+    selection.wide_gemm_from.cache_clear()
 
 
 def test_the_wide_gemm_changes_no_token(monkeypatch, set_wide_gemm):
@@ -100,7 +102,7 @@ def test_the_wide_gemm_changes_no_token(monkeypatch, set_wide_gemm):
 
 @pytest.mark.parametrize("value", ["abc", "-1"])
 def test_a_bad_wide_gemm_setting_is_named(set_wide_gemm, value):
-    from schedbench.errors import ConfigError
+    from schedbench.kernels.errors import ConfigError
 
     set_wide_gemm(value)
     with pytest.raises(ConfigError, match=f"SCHEDBENCH_WIDE_GEMM='{value}'"):
@@ -109,7 +111,7 @@ def test_a_bad_wide_gemm_setting_is_named(set_wide_gemm, value):
 
 def test_graphs_launched_from_the_device_give_identical_tokens(tmp_path):
     """SCHEDBENCH_GRAPH_LAUNCH=device: each replay a one-kernel host graph whose kernel
-    tail-launches the step's graph (kernels/device_graph.py). A launch that never ran the
+    tail-launches the step's graph (kernels/cupy/device_graph.py). A launch that never ran the
     step, or let the next step's copies overtake it, would change the tokens. In a process
     of its own: a launcher that traps ends its CUDA context, and every GPU test after it in
     this process would fail too."""
@@ -159,9 +161,9 @@ def test_synthetic_spin_lasts_its_length():
 
 
 def test_a_kv_budget_larger_than_the_device_is_named():
-    from kernels.layout import StepLayout
-    from schedbench.errors import ConfigError
-    from schedbench.model import get_preset
+    from schedbench.kernels.errors import ConfigError
+    from schedbench.kernels.layout import StepLayout
+    from schedbench.kernels.model import get_preset
 
     cfg, backend = get_preset("tiny"), cb.CupyBackend()
     try:

@@ -1,5 +1,5 @@
 """The three loops on the CUDA C kernels without a GPU: the CuPy backend's step on the CPU
-emulator, behind the backend protocol (tests/emulated_backend.py)."""
+emulator, behind the backend protocol (tests/support/emulated_backend.py)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,23 @@ from functools import partial
 
 import pytest
 
-from kernels import cuda_emulator
-from kernels import kernel_calls as kc
-from kernels.cuda_sources import ATTENTION_TILINGS, DeviceFacts, WideTiling, attention_tiling
 from schedbench import sweep as sweep_module
-from schedbench.errors import ConfigError
+from schedbench.kernels.cuda import calls as kc
+from schedbench.kernels.cuda.sources import (
+    ATTENTION_TILINGS,
+    DeviceFacts,
+    WideTiling,
+    attention_tiling,
+)
+from schedbench.kernels.errors import ConfigError
 from schedbench.sweep import Sweep, SweepConfig
 from schedbench.workload import WorkloadConfig
-from tests.emulated_backend import EmulatedCudaBackend
+from tests.support import cuda_emulator
+from tests.support.emulated_backend import EmulatedCudaBackend
 
-pytestmark = pytest.mark.skipif(cuda_emulator.compiler() is None,
-                                reason="no C++ compiler for the CUDA emulator")
+pytestmark = [pytest.mark.slow,  # the CUDA C kernels emulated on the CPU: minutes
+              pytest.mark.skipif(cuda_emulator.compiler() is None,
+                                 reason="no C++ compiler for the CUDA emulator")]
 
 
 def wide_from_2(x, w, batch: int, epilogue: str, out) -> kc.KernelCall:

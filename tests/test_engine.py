@@ -7,10 +7,10 @@ import threading
 import numpy as np
 import pytest
 
-from kernels.cpu_backend import CpuDecodeStep
-from kernels.layout import StepLayout
 from schedbench.engine import Engine, StagingRing
-from schedbench.model import get_preset
+from schedbench.kernels.cpu.backend import CpuDecodeStep
+from schedbench.kernels.layout import StepLayout
+from schedbench.kernels.model import get_preset
 from schedbench.scheduler import Scheduler, SchedulerConfig
 from schedbench.sweep import Sweep, SweepConfig
 from schedbench.synthetic import Synthetic

@@ -6,27 +6,21 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from kernels.registry import machine_device
-from tests.conftest import ROOT, git
+from schedbench.kernels.devices import machine_device
+from tests.conftest import ROOT, copy_of_tree, git
 
 
 @pytest.mark.slow
 def test_the_asv_stage_files_results_under_head_from_a_copy_without_git(tmp_path, checkout_head):
     if git("rev-parse", "--is-shallow-repository").stdout.strip() == "true":
         pytest.skip("a shallow clone: tools/device_carry.sh needs the whole history")
-    tree = tmp_path / "tree"
-    files = git("ls-files", "-co", "--exclude-standard", "-z").stdout.split("\0")
-    for f in files:  # what a device call copies: tracked files and untracked ones git keeps
-        if f and (ROOT / f).is_file():
-            (tree / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, tree / f)
+    tree = copy_of_tree(tmp_path / "tree")
     env = dict(os.environ, WHEELS="0")
     subprocess.run(["bash", str(ROOT / "tools" / "device_carry.sh"), str(tree / ".carry")],
                    check=True, capture_output=True, env=env)
@@ -39,7 +33,7 @@ def test_the_asv_stage_files_results_under_head_from_a_copy_without_git(tmp_path
                           capture_output=True, text=True, check=True).stdout.strip()
     Path(site, "deps.pth").write_text(
         "".join(f"{p}\n" for p in sys.path if p.endswith("site-packages")))
-    assert subprocess.run([python, "-c", "import kernels"], cwd=tmp_path,
+    assert subprocess.run([python, "-c", "import schedbench"], cwd=tmp_path,
                           capture_output=True).returncode, \
         "the project is importable without the tree on the path: the test would prove nothing"
     env.update(HOME=str(tmp_path), STAGES="asv", ASV_BENCH="bench_launch", PYTHON=str(python),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ctypes
 
-from kernels.launch_ex import (
+from schedbench.kernels.cupy.launch_ex import (
     PROGRAMMATIC_STREAM_SERIALIZATION,
     LaunchAttribute,
     LaunchConfig,

@@ -6,9 +6,9 @@ import resource
 
 import pytest
 
-from kernels.layout import StepLayout
 from schedbench.engine import Engine
-from schedbench.model import get_preset
+from schedbench.kernels.layout import StepLayout
+from schedbench.kernels.model import get_preset
 from schedbench.scheduler import Scheduler, SchedulerConfig
 from schedbench.workload import WorkloadConfig, make_requests, requests_for_steps
 

@@ -11,12 +11,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from kernels import numba_shim
-from kernels import reference as ref
-from kernels.kernel_calls import rope_table
-from kernels.layout import StepLayout
-from kernels.registry import available
-from schedbench.model import get_preset, interleave_gate_up, make_weights
+from schedbench.kernels import reference as ref
+from schedbench.kernels.cuda.calls import rope_table
+from schedbench.kernels.layout import StepLayout
+from schedbench.kernels.model import get_preset, interleave_gate_up, make_weights
+from schedbench.kernels.numba import shim as numba_shim
+from schedbench.kernels.registry import available
 from tests.conftest import (
     FP16_TOL,
     AppendCase,
@@ -30,17 +30,19 @@ from tests.conftest import (
 if not available("numba"):
     pytest.skip("no GPU and NUMBA_ENABLE_CUDASIM is not set", allow_module_level=True)
 
-from kernels import numba_backend as nbk
-from kernels import numba_gemm as ng
-from kernels import numba_kernels as nk
-from kernels import numba_tc_gemm as tg
-from kernels.numba_family import KERNEL_FAMILIES, kernel_families, kernel_family
-from kernels.numba_tc_attention import attention_kernel, attention_launch
-from kernels.numba_warp import ldcg4, ldg16, mma_m16n8k16
+from schedbench.kernels.numba import backend as nbk
+from schedbench.kernels.numba import gemm as ng
+from schedbench.kernels.numba import kernels as nk
+from schedbench.kernels.numba import tc_gemm as tg
+from schedbench.kernels.numba.family import KERNEL_FAMILIES, kernel_families, kernel_family
+from schedbench.kernels.numba.tc_attention import attention_kernel, attention_launch
+from schedbench.kernels.numba.warp import ldcg4, ldg16, mma_m16n8k16
 
 cuda = nk.cuda
 MICRO = get_preset("micro")
-pytestmark = pytest.mark.usefixtures("simulator_switch_interval")
+# In the simulator a block's threads are Python threads: minutes for the module, so slow there.
+pytestmark = [pytest.mark.usefixtures("simulator_switch_interval"),
+              *([pytest.mark.slow] if nbk.SIMULATOR else [])]
 
 
 def test_row_stack_shim_is_in_place_before_numba_compiles():
@@ -173,7 +175,7 @@ def test_mma_gemm_falls_back_where_k_is_not_whole_chunks():
 def _mma_operands(rng) -> tuple:
     """A [16, 16], B [16, 8] (fp16) and C [16, 8] (fp32) of one m16n8k16 MMA, and each lane's
     registers as the PTX ISA's figures draw them, written here independently of
-    kernels/numba_warp.py: regs [lane, 6] (a0..a3, b0, b1), acc [lane, 4] (c0..c3), and
+    kernels/numba/warp.py: regs [lane, 6] (a0..a3, b0, b1), acc [lane, 4] (c0..c3), and
     where [lane] the (row, col) of C and D that each accumulator register holds."""
     a, b = half(rng, 16, 16), half(rng, 16, 8)
     c = rng.standard_normal((16, 8)).astype(np.float32)
@@ -206,7 +208,7 @@ def _assert_mma_product(d, a, b, c, where):
 
 
 def test_the_simulated_mma_follows_the_ptx_fragment_layouts(rng):
-    from kernels.numba_warp import mma_fragments
+    from schedbench.kernels.numba.warp import mma_fragments
 
     a, b, c, regs, acc, where = _mma_operands(rng)
     _assert_mma_product(mma_fragments(regs, acc), a, b, c, where)
@@ -249,7 +251,7 @@ def test_ldg16_reads_16_bytes_and_zeros_where_it_is_off():
 
 
 def test_the_kernel_family_follows_the_gpu_and_the_setting(monkeypatch):
-    from schedbench.errors import ConfigError
+    from schedbench.kernels.errors import ConfigError
 
     monkeypatch.delenv("SCHEDBENCH_NUMBA_KERNELS", raising=False)
     assert kernel_family((9, 0)) == "mma" and kernel_family((8, 0)) == "mma"
@@ -267,7 +269,7 @@ def test_the_kernel_family_follows_the_gpu_and_the_setting(monkeypatch):
 
 
 def test_warp_shuffles_take_each_lanes_own_source():
-    from kernels.numba_warp import shfl_idx, shfl_xor
+    from schedbench.kernels.numba.warp import shfl_idx, shfl_xor
 
     @cuda.jit
     def shuffle(out):
@@ -283,7 +285,7 @@ def test_warp_shuffles_take_each_lanes_own_source():
 def test_warp_reductions_are_the_xor_butterfly_bit_for_bit(rng):
     """Every lane gets the warp's max and its sum, the sum in the butterfly's order (lane l
     adds lane l ^ 16's, then l ^ 8's, ...): on a GPU, what the simulator's twin computes."""
-    from kernels.numba_warp import warp_max, warp_sum
+    from schedbench.kernels.numba.warp import warp_max, warp_sum
 
     @cuda.jit
     def reduce(v, out):
@@ -308,7 +310,7 @@ def test_warp_reductions_are_the_xor_butterfly_bit_for_bit(rng):
 def test_flat_load_reads_an_element_by_its_flat_offset():
     from numba.core.errors import TypingError
 
-    from kernels.numba_warp import flat_load
+    from schedbench.kernels.numba.warp import flat_load
 
     @cuda.jit
     def load(a, i, out):
@@ -377,7 +379,7 @@ def test_attention_with_rope_and_kv_append(rng, head_dim, contexts):
 @pytest.mark.parametrize(("head_dim", "group", "contexts"), [(32, 3, [1, 17, 70, 130]),
                                                             (64, 4, [17, 70])])
 def test_tensor_core_attention_with_rope_and_kv_append(rng, head_dim, group, contexts):
-    from kernels.numba_tc_attention import tc_attention_kernel
+    from schedbench.kernels.numba.tc_attention import tc_attention_kernel
 
     cfg = replace(MICRO, num_heads=2 * group, num_kv_heads=2, head_dim=head_dim)
     assert attention_kernel("mma", head_dim, group) is tc_attention_kernel(head_dim, group)
@@ -503,7 +505,7 @@ def test_sequential_and_overlapped_tokens_are_identical():
     ({"intermediate_size": 130}, "130 is not a multiple of 4"),
 ])
 def test_shapes_the_attention_cannot_take_are_refused(change, what):
-    from schedbench.errors import ConfigError
+    from schedbench.kernels.errors import ConfigError
 
     cfg = replace(MICRO, **change)
     with pytest.raises(ConfigError, match=what):
@@ -512,7 +514,7 @@ def test_shapes_the_attention_cannot_take_are_refused(change, what):
 
 @pytest.mark.gpu
 def test_a_kv_budget_larger_than_the_device_is_named():
-    from schedbench.errors import ConfigError
+    from schedbench.kernels.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"preset 'micro' needs .* of device memory on the .*"
                                           r"\(10000000000 blocks\).*lower --kv-blocks"):

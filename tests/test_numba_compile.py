@@ -1,7 +1,7 @@
 """Without a GPU: every Numba kernel compiles for sm_90, and for sm_75 (the T4, which the CuPy
 kernels cannot serve: kernels/registry.py names the Numba backend there), and fits a launch of
 its block size, and the GEMMs (both kernel families on sm_90) keep their loads in flight together,
-and no kernel's fp32 arithmetic goes through fp64 (tests/numba_ptx.py, in a process without
+and no kernel's fp32 arithmetic goes through fp64 (tests/support/numba_ptx.py, in a process without
 the simulator)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.numba_ptx import FP64_OPS, problems
+from tests.support.numba_ptx import FP64_OPS, problems
 
 KERNELS = {"embed_rmsnorm", "rmsnorm", "gemm_store", "gemm_add", "gemm_silu_mul",
            "paged_attention", "argmax_tokens"}
@@ -36,13 +36,14 @@ def _missing_tools() -> str | None:
     return None
 
 
+@pytest.mark.slow  # NVVM, nvJitLink and nvdisasm on every kernel: most of a minute an arch
 @pytest.mark.parametrize("arch", ["sm_90", "sm_75"])
 def test_every_numba_kernel_compiles_and_fits_its_launch(arch):
     if why := _missing_tools():
         pytest.skip(f"NVVM, nvJitLink or nvdisasm is missing ({why}): pip install the test "
                     f"extra (nvidia-nvvm, nvidia-nvjitlink, nvidia-cuda-nvdisasm)")
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    r = subprocess.run([sys.executable, "-m", "tests.numba_ptx", arch], env=env, text=True,
+    r = subprocess.run([sys.executable, "-m", "tests.support.numba_ptx", arch], env=env, text=True,
                        capture_output=True, timeout=600, cwd=Path(__file__).parent.parent)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(line) for line in r.stdout.splitlines()]

@@ -60,7 +60,8 @@ def test_the_report_pools_fresh_processes(tmp_path, capsys):
         assert len(each) == 2 and r["spread"]["step_ms"] == {"min": min(each), "max": max(each)}
     labels = [line.split("] ")[-1] for line in captured.err.splitlines()]
     assert labels[0] == "1/20 process 1/2 warm-up sequential"
-    assert labels[-1] == "20/20 process 2/2 batch 2 repeat 2/2 overlapped"
+    assert labels[-2:] == ["20/20 process 2/2 batch 2 repeat 2/2 overlapped",
+                           f"schedbench: wrote JSON, every figure: {out}"]
     widths = {(r["mode"], r["batch_size"]):
               100 * (r["spread"]["step_ms"]["max"] - r["spread"]["step_ms"]["min"]) / r["step_ms"]
               for r in doc["runs"]}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kernels.layout import FROM_DEVICE, StepLayout
 from schedbench.block_allocator import BlockAllocator
-from schedbench.errors import ConfigError
+from schedbench.kernels.errors import ConfigError
+from schedbench.kernels.layout import FROM_DEVICE, StepLayout
 from schedbench.scheduler import Scheduler, SchedulerConfig
 from schedbench.workload import Request, WorkloadConfig, make_requests
 

@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels.layout import StepLayout
+from schedbench.kernels.layout import StepLayout
 from schedbench.scheduler import Scheduler, SchedulerConfig
 from schedbench.workload import Request
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from schedbench.errors import ConfigError
+from schedbench.kernels.errors import ConfigError
 from tests.conftest import ROOT
 
 
@@ -118,30 +118,29 @@ def _fake_gpu(monkeypatch, launched: list) -> None:
 
     import numpy as np
 
-    import kernels
-    from kernels import kernel_calls
-    from kernels.cuda_sources import DeviceFacts
+    from schedbench.kernels import cupy as cupy_backends
+    from schedbench.kernels.cuda.sources import DeviceFacts
 
     cupy = types.ModuleType("cupy")
     cupy.__dict__.update({k: v for k, v in np.__dict__.items() if not k.startswith("__")})
     cupy.get_default_memory_pool = lambda: types.SimpleNamespace(free_all_blocks=lambda: None)
-    backend = types.ModuleType("kernels.cupy_backend")
-    backend.__dict__.update(
-        AttentionScratch=kernel_calls.AttentionScratch, pdl_default=lambda: True,
+    selection = types.ModuleType("schedbench.kernels.cupy.selection")
+    selection.__dict__.update(
+        pdl_default=lambda: True,
         gemm_variant_default=_variant_default,
         device_facts=lambda: DeviceFacts(132, 228 * 1024, 227 * 1024),
         wide_gemm_fits=lambda tiling: True,
         gemm_launch=lambda x, w, *a, **how: launched.append(("gemm", (w.shape[0], how))),
         attention_launch=lambda *a: launched.append(("attention", a[-1])))
-    measure = types.ModuleType("kernels.cupy_measure")
+    measure = types.ModuleType("schedbench.kernels.cupy.measure")
     measure.__dict__.update(copy_bandwidth_gbs=lambda: 4000.0,
                             guarded=lambda what, fn, *a: fn(*a),
                             time_launches_ms=lambda launches: 1.0, time_ms=lambda fn: 1.0)
-    for name, module in (("cupy", cupy), ("kernels.cupy_backend", backend),
-                         ("kernels.cupy_measure", measure)):
+    for name, module in (("cupy", cupy), ("schedbench.kernels.cupy.selection", selection),
+                         ("schedbench.kernels.cupy.measure", measure)):
         monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.setattr(kernels, "cupy_backend", backend, raising=False)
-    monkeypatch.setattr(kernels, "cupy_measure", measure, raising=False)
+    monkeypatch.setattr(cupy_backends, "selection", selection, raising=False)
+    monkeypatch.setattr(cupy_backends, "measure", measure, raising=False)
 
 
 def test_bench_kernels_without_candidates_measures_the_host_picks_of_the_full_run(monkeypatch):
@@ -173,7 +172,7 @@ def test_bench_kernels_without_candidates_measures_the_host_picks_of_the_full_ru
 def test_asv_tracks_every_row_bench_kernels_measures_where_it_measures_it(monkeypatch):
     """asv's grids name their points ahead of any measurement: a row measured under another
     name would never be tracked, and a point never measured costs asv a process."""
-    from schedbench.model import get_preset
+    from schedbench.kernels.model import get_preset
     from suites.bench_kernels import (
         BATCH_SIZES,
         CONTEXTS,

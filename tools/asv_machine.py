@@ -5,7 +5,7 @@ Usage: python tools/asv_machine.py NAME     (before each ``asv run --machine NAM
 asv files every result with its machine's description (``~/.asv-machine.json``) and draws a
 line per distinct description. This adds one field to asv's own (os, arch, cpu, ram, left
 as asv guesses them the first time, or as you edited them): ``device``, the GPU, driver,
-CUDA runtime and package versions (``kernels.registry.machine_device``). A driver or CuPy
+CUDA runtime and package versions (``schedbench.kernels.devices.machine_device``). A driver or CuPy
 update then starts a new line instead of passing for a change in the code, and two
 machines' results publish side by side. A benchmark parameter cannot do this: ``asv
 publish`` draws only the parameter values that the last ``asv run`` here discovered, so a
@@ -20,7 +20,7 @@ import sys
 from asv import util
 from asv.machine import Machine, MachineCollection
 
-from kernels.registry import machine_device
+from schedbench.kernels.devices import machine_device
 
 
 def register(name: str) -> dict:

@@ -40,7 +40,7 @@ step "device"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
 $py -c "import cupy, numba, numpy, sys; print('python', sys.version.split()[0], 'cupy',
 cupy.__version__, 'numba', numba.__version__, 'numpy', numpy.__version__)"
-# what the device-graph launcher links with (kernels/nvrtc.py): cudadevrt, found by pathfinder
+# what the device-graph launcher links with (kernels/cuda/nvrtc.py): cudadevrt, found by pathfinder
 $py -m pip list 2>/dev/null | grep -iE '^(cuda-bindings|cuda-pathfinder|nvidia-nvjitlink|nvidia-cuda-nvrtc|numba-cuda) '
 
 if want tests; then
@@ -181,12 +181,12 @@ if want pdl; then
     --json "$out/kernels-pdl.json" 2>&1 | grep -E "projections|preset"
   SCHEDBENCH_PDL=1 $py -c "
 import cupy as cp, numpy as np
-from kernels import cupy_backend as cb
+from schedbench.kernels.cupy import selection
 x, w = cp.ones((4, 4096), cp.float16), cp.ones((4096, 4096), cp.float16)
 out = cp.zeros((4, 4096), cp.float32)
 cp.cuda.Device().synchronize()
 s = cp.cuda.Stream(non_blocking=True)
-cb.gemm_launch(x, w, 4, 'store_float', out, pdl=True)(s.ptr)
+selection.gemm_launch(x, w, 4, 'store_float', out, pdl=True)(s.ptr)
 s.synchronize()
 import numpy.testing, cuda.bindings.driver
 print('imports after a PDL launch: ok')" 2>&1 | tail -n 2

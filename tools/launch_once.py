@@ -17,10 +17,10 @@ import dataclasses
 
 import cupy as cp
 
-from kernels import cupy_backend as cb
-from kernels.cuda_sources import WIDE_GEMM_STAGES
-from kernels.kernel_calls import gemm_variants, rope_table
-from schedbench.model import get_preset
+from schedbench.kernels.cuda.calls import AttentionScratch, gemm_variants, rope_table
+from schedbench.kernels.cuda.sources import WIDE_GEMM_STAGES, attention_tiling
+from schedbench.kernels.cupy import selection as sel
+from schedbench.kernels.model import get_preset
 from suites.bench_kernels import (
     EPILOGUES,
     attention_inputs,
@@ -34,16 +34,16 @@ CFG = dataclasses.replace(get_preset("llama3-8b"), num_layers=1)  # one layer's 
 
 def attention(batch: int, context: int) -> list:
     qkv, positions, tables, kc, vc = attention_inputs(CFG, context, batch)
-    scratch = cb.AttentionScratch.create(CFG, batch, context, cp, cb.attention_tiling())
+    scratch = AttentionScratch.create(CFG, batch, context, cp, attention_tiling())
     out = cp.zeros((batch, CFG.q_size), cp.float16)
-    return [cb.attention_launch(CFG, qkv, positions, tables, rope_table(CFG, positions, cp),
+    return [sel.attention_launch(CFG, qkv, positions, tables, rope_table(CFG, positions, cp),
                                 kc[0], vc[0], batch, scratch, out)]
 
 
 def numba_attention(batch: int, context: int) -> list:
     """The Numba attention of each kernel family, the GPU's default first, as launches on a
     stream pointer like the CuPy ones."""
-    from kernels.numba_kernels import cuda
+    from schedbench.kernels.numba.kernels import cuda
 
     by_family, _ = numba_attention_launches(CFG, context, batch)
     return [lambda ptr, k=kernel, g=grid, t=threads, a=args: k[g, t, cuda.external_stream(ptr)](*a)
@@ -57,12 +57,12 @@ def gemm(batch: int, projection: str, every: bool, wide: bool) -> list:
     w = (rng.standard_normal((n, k), cp.float32) * 0.02).astype(cp.float16)
     out = projection_output(CFG, projection, batch, cp)
     if wide:  # every stage count whose shared memory this GPU gives a block
-        return [cb.gemm_launch(x, w, batch, EPILOGUES[projection], out, wide=True,
+        return [sel.gemm_launch(x, w, batch, EPILOGUES[projection], out, wide=True,
                                wide_stages=s) for s in WIDE_GEMM_STAGES
-                if cb.wide_gemm_fits(cb.wide_tiling(n, batch, s))]
-    default = cb.gemm_variant_default(n, batch)
+                if sel.wide_gemm_fits(sel.wide_tiling(n, batch, s))]
+    default = sel.gemm_variant_default(n, batch)
     others = [v for v in gemm_variants(batch) if v != default] if every else []
-    return [cb.gemm_launch(x, w, batch, EPILOGUES[projection], out, variant=v, wide=False)
+    return [sel.gemm_launch(x, w, batch, EPILOGUES[projection], out, variant=v, wide=False)
             for v in [default, *others]]
 
 

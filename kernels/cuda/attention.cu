@@ -31,7 +31,7 @@
 // then reads every split's output, 16 splits' loads in flight at a time.
 //
 // SPLIT, MAX_SPLITS, STAGE and STAGES are template parameters: the host's AttentionTiling
-// (kernels/cuda_sources.py) names the default and the candidates measured beside it. On an
+// (kernels/cuda/sources.py) names the default and the candidates measured beside it. On an
 // H200 (llama3-8b, 2k-8k tokens, batch 1-16) the default, 256/32/64x1, ran 1.44x as fast as
 // the CUDA-core kernel it replaced (geometric mean over those 9 shapes), at 72 % of the copy
 // bandwidth at 8k tokens and batch 16. ncu at batch 16 and 4k tokens: DRAM at 61 % of its
@@ -43,7 +43,7 @@
 // 0.86x; two 48-token stages (four blocks) 0.97-1.08x (1.02x). Where the grid fills the SMs
 // it is blocks an SM that the kernel lacks, and five need 96 registers, which spills. So the
 // host runs the two-stage twin on grids of at most two blocks an SM, where an SM's shared
-// memory holds two (attention_tiling_for in kernels/cuda_sources.py; not on sm_86 and sm_89
+// memory holds two (attention_tiling_for in kernels/cuda/sources.py; not on sm_86 and sm_89
 // at HEAD_DIM 128): STAGES decides how many stages fly, never which warp sums which
 // tokens, so the twin's sums are the default's, bit for bit, and a graph bucket's padding
 // rows, which may tip its grid over the line, change no token.
@@ -55,7 +55,7 @@
 // each wait on four stages in turn, about 18 us a layer for 2 us of bytes; with splits of one
 // 64-token stage (256 blocks at 2k, 512 from 4k, two stages a split past 4k) a block's path
 // is its position, its block table, one stage, the partials and the merge. The Numba kernel
-// splits so (kernels/numba_kernels.py, ATTN_SPLIT).
+// splits so (kernels/numba/kernels.py, ATTN_SPLIT).
 #include "common.cuh"
 
 constexpr int ATTN_WARPS = 4;

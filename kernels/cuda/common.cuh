@@ -1,6 +1,6 @@
 // Shared helpers for the decode-step kernels. fp16 storage, fp32 arithmetic.
 #pragma once
-#ifdef SB_EMULATE  // the host build of kernels/cuda_emulator.py
+#ifdef SB_EMULATE  // the host build of tests/support/cuda_emulator.py
 #include "emulate.cuh"
 #else
 #include <cuda_fp16.h>

@@ -1,4 +1,4 @@
-// The CUDA the decode-step kernels use, for a host C++ compiler: kernels/cuda_emulator.py
+// The CUDA the decode-step kernels use, for a host C++ compiler: tests/support/cuda_emulator.py
 // builds a kernel module with -DSB_EMULATE, and common.cuh includes this instead of
 // <cuda_fp16.h>.
 //

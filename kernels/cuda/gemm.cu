@@ -262,7 +262,7 @@ SB_DEVICE void load_row16(Half16& dst, const __half* tile, int r, int t) {
 // once per 32 batch rows, about 4x a projection's weight bytes, where this reads them once
 // and the activations once per BM rows; BN 128 there is half padding, and lost).
 // Warps: BM / 32 over the weight rows (32 each, two m16 tiles, as in tc_gemm) by the rest over
-// the batch rows. Dynamic shared memory: WideTiling.smem_bytes in kernels/cuda_sources.py
+// the batch rows. Dynamic shared memory: WideTiling.smem_bytes in kernels/cuda/sources.py
 // (96 KB at BM 128 and BN 128 with three stages, 72 KB at BM 64). Where BM or BN is 64 two
 // blocks share an SM (at most 128 registers, no spills), so one block's MMAs cover the
 // other's wait for its next chunk.

@@ -1,4 +1,4 @@
-// The launcher of a device graph (kernels/device_graph.py). The host replays a graph of this
+// The launcher of a device graph (kernels/cupy/device_graph.py). The host replays a graph of this
 // one kernel; it tail-launches the decode step's graph, instantiated for device launch and
 // uploaded once. The tail launch starts when the launcher's graph completes, and the host
 // launch only completes when the tail launch has (it runs in the same stream environment),

@@ -11,20 +11,21 @@ packed values point at is kept referenced for as long as the launch lives.
 A launch may ask for programmatic dependent launch (PDL, sm_90+): its blocks may start
 before the previous kernel on the stream finishes, and must wait for it in the kernel
 (``pdl_wait`` in common.cuh). That needs ``cuLaunchKernelEx``, which CuPy does not wrap
-(``kernels.launch_ex``). PDL launches are meant for the engine's non-blocking streams.
+(``launch_ex.py``). PDL launches are meant for the engine's non-blocking streams.
 """
 
 from __future__ import annotations
 
 import ctypes
 from collections.abc import Callable
-from functools import partial
+from functools import cache, partial
 
 import cupy as cp
 from cupy.cuda import driver
 
-from kernels.kernel_calls import c_arg, dim3
-from kernels.launch_ex import PdlEnqueue
+from schedbench.kernels.cuda.calls import KernelCall, c_arg, dim3
+from schedbench.kernels.cuda.sources import source
+from schedbench.kernels.cupy.launch_ex import PdlEnqueue
 
 
 def _pack(arg: object) -> ctypes._SimpleCData:
@@ -89,3 +90,16 @@ class LaunchSequence:
     def __call__(self, stream_ptr: int) -> None:
         for enqueue, params in self._calls:
             enqueue(stream_ptr, params, 0)
+
+
+@cache
+def module(name: str, names: tuple[str, ...] = ()) -> cp.RawModule:
+    return cp.RawModule(code=source(name), options=("-std=c++17",), name_expressions=names)
+
+
+def launch_of(call: KernelCall) -> Launch:
+    """A kernel call (``schedbench.kernels.cuda.calls``), packed for the driver."""
+    fn = module(call.module, call.names).get_function(call.name)
+    if call.shared_mem:  # above 48 KB the kernel's limit must allow it
+        fn.max_dynamic_shared_size_bytes = call.shared_mem
+    return Launch(fn, call.grid, call.block, call.args, pdl=call.pdl, shared_mem=call.shared_mem)

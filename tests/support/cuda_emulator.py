@@ -1,12 +1,12 @@
 """The CUDA C kernels of ``kernels/cuda`` on the CPU, for tests on machines without a GPU.
 
-A module's source (``kernels.cuda_sources``, the text CuPy compiles) is built by the host's
+A module's source (``kernels.cuda.sources``, the text CuPy compiles) is built by the host's
 C++ compiler with ``-DSB_EMULATE`` against ``kernels/cuda/emulate.cuh``, which gives the
 CUDA the kernels use: thread and block indices, ``__syncthreads``, warp shuffles, mma.sync,
 cp.async, fp16. Each block's threads run as fibers, cooperatively scheduled, so a launch is
 deterministic; emulate.cuh says what that catches and what it cannot.
 
-The same kernel calls (``kernels.kernel_calls``) run here as on a GPU, on NumPy arrays. A
+The same kernel calls (``schedbench.kernels.cuda.calls``) run here as on a GPU, on NumPy arrays. A
 launch is slow (every thread a fiber, every warp operation a rendezvous of 32): small shapes
 only. Builds are cached by the hash of what was compiled.
 """
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kernels.cuda_sources import CUDA_DIR, source
-from kernels.kernel_calls import KernelCall, c_arg, dim3
+from schedbench.kernels.cuda.calls import KernelCall, c_arg, dim3
+from schedbench.kernels.cuda.sources import CUDA_DIR, source
 
 FLAGS = ("-std=c++17", "-O2", "-fPIC", "-shared", "-fno-strict-aliasing", "-DSB_EMULATE")
 _KERNEL = re.compile(r'extern "C" __global__ void\s+(\w+)\s*\(')

@@ -6,7 +6,7 @@ H200 (2026-11; #3's target is 20 us whatever the layer count). Here the step's g
 instantiated for device launch and uploaded once, and each replay launches, from the host,
 a graph of one kernel that tail-launches it (kernels/cuda/graph_launch.cu; stream order is
 kept, see there). The launcher calls the device runtime, so it is compiled relocatable by
-NVRTC and linked with cudadevrt by nvJitLink (kernels/nvrtc.py); CuPy loads the cubin.
+NVRTC and linked with cudadevrt by nvJitLink (kernels/cuda/nvrtc.py); CuPy loads the cubin.
 
 Opt-in, ``SCHEDBENCH_GRAPH_LAUNCH=device``, until it has run on a GPU: bench_launch times
 it beside the host launch, and tests/test_cupy_backend.py checks its tokens.
@@ -21,10 +21,10 @@ from functools import cache
 
 import cupy as cp
 
-from kernels.cuda_sources import source
-from kernels.cupy_launch import Launch
-from kernels.cupy_measure import graph_of
-from kernels.nvrtc import device_runtime_cubin
+from schedbench.kernels.cuda.nvrtc import device_runtime_cubin
+from schedbench.kernels.cuda.sources import source
+from schedbench.kernels.cupy.launch import Launch
+from schedbench.kernels.cupy.measure import graph_of
 
 
 def device_launch_default() -> bool:

@@ -1,5 +1,5 @@
 """The CuPy backend's decode step on the CPU emulator, behind the backend protocol: the CUDA C
-kernels, called as the CuPy backend calls them (``kernels.kernel_calls.step_calls``), run by
+kernels, called as the CuPy backend calls them (``kernels.cuda.calls.step_calls``), run by
 the CPU backend's stream workers, with its events and copies. A graph is the step's calls for
 one bucket, recorded once over fixed buffers and run again at each launch, as a CUDA graph
 replays its kernels. So the loops' invariants on the CUDA C kernels (the same tokens in every
@@ -13,13 +13,13 @@ from functools import partial
 
 import numpy as np
 
-from kernels import cuda_emulator
-from kernels import kernel_calls as kc
-from kernels.backend import DecodeStep, Graph, Stream
-from kernels.cpu_backend import CpuBackend, CpuStream
-from kernels.kernel_calls import KernelCall
-from kernels.layout import StepLayout
-from schedbench.model import ModelConfig, interleave_gate_up, make_weights
+from schedbench.kernels.backend import DecodeStep, Graph, Stream
+from schedbench.kernels.cpu.backend import CpuBackend, CpuStream
+from schedbench.kernels.cuda import calls as kc
+from schedbench.kernels.cuda.calls import KernelCall
+from schedbench.kernels.layout import StepLayout
+from schedbench.kernels.model import ModelConfig, interleave_gate_up, make_weights
+from tests.support import cuda_emulator
 
 
 class EmulatedStep(DecodeStep):
@@ -52,7 +52,7 @@ class EmulatedGraph(Graph):
 
 
 class EmulatedCudaBackend(CpuBackend):
-    """``gemm`` picks each projection's kernel, as ``kernels.cupy_backend.gemm_choice`` does
+    """``gemm`` picks each projection's kernel, as ``cupy.selection.gemm_choice`` does
     on a GPU, and ``attention`` the attention's tiling."""
 
     name = "cuda-emulator"

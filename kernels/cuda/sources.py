@@ -1,4 +1,4 @@
-"""The CUDA C sources of the CuPy kernels, read from ``kernels/cuda`` next to this file.
+"""The CUDA C sources of the CuPy kernels, read from this folder.
 
 Headers are inlined here rather than found through ``-I``: CuPy's kernel cache keys on
 the source text, so an edited header must change the text it sees.
@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from schedbench.errors import ConfigError
+from schedbench.kernels.errors import ConfigError
 
-CUDA_DIR = Path(__file__).resolve().parent / "cuda"
-MODULES = ("norm", "gemm", "attention", "sample")  # RawModules; graph_launch.cu: kernels/nvrtc.py
+CUDA_DIR = Path(__file__).resolve().parent
+MODULES = ("norm", "gemm", "attention", "sample")  # RawModules; graph_launch.cu: nvrtc.py
 GEMM_EPILOGUES = {"store_half": 0, "add_residual": 1, "store_float": 2, "silu_mul": 3}
 GEMM_TILES = (1, 2, 4)  # batch tiles of 8 rows per block
 # tc_gemm's variants (gemm.cu, PIPE): plain, pipelined (pipe: rounds of two chunks, one block

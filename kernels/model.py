@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from schedbench.errors import ConfigError
+from schedbench.kernels.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """How the CUDA C kernels of ``kernels/cuda`` are called: names, grids, blocks, dynamic
 shared memory and argument lists, down to a whole decode step's launches in stream order.
 
-Two executors take these calls: the CuPy backend (``kernels.cupy_backend``) packs each into a
-driver launch, and the CPU emulator (``kernels.cuda_emulator``) runs each on NumPy arrays.
+Two executors take these calls: the CuPy backend (``kernels.cupy.backend``) packs each into a
+driver launch, and the CPU emulator (``tests.support.cuda_emulator``) runs each on NumPy arrays.
 So the emulator tests what a GPU runs, argument wiring included. Arrays may be CuPy's or
 NumPy's (``xp``); nothing here imports CuPy.
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from kernels.cuda_sources import (
+from schedbench.kernels.cuda.sources import (
     ATTENTION_TILING,
     GEMM_K_CHUNK,
     GEMM_VARIANTS,
@@ -38,8 +38,8 @@ from kernels.cuda_sources import (
     gemm_names,
     wide_gemm_name,
 )
-from kernels.layout import StepLayout
-from schedbench.model import ModelConfig
+from schedbench.kernels.layout import StepLayout
+from schedbench.kernels.model import ModelConfig
 
 GEMM_WARPS, GEMM_ROWS = 8, 32  # match gemm.cu
 ATTN_THREADS = 128  # matches attention.cu (ATTN_WARPS * 32)
@@ -271,8 +271,8 @@ def step_calls(cfg: ModelConfig, w, bufs: StepBuffers, layout: StepLayout, meta,
                batch: int, gemm: GemmCall = gemm_call,
                attention: AttentionCall = attention_call) -> list[KernelCall]:
     """Every kernel of one decode step, in stream order. ``w``: fp16 weights (attributes as
-    ``schedbench.model.Weights``, gate/up rows interleaved); ``meta``: the packed metadata
-    (``kernels.layout``); ``gemm`` picks each projection's kernel, ``attention`` the
+    ``schedbench.kernels.model.Weights``, gate/up rows interleaved); ``meta``: the packed metadata
+    (``schedbench.kernels.layout``); ``gemm`` picks each projection's kernel, ``attention`` the
     attention's tiling."""
     ids, slots, positions, tables = layout.views(meta)
     eps, hid = f32(cfg.rms_eps), i32(cfg.hidden_size)

@@ -1,4 +1,4 @@
-"""Numba CUDA backend: the same decode step as kernels/numba_kernels.py and numba_gemm.py (on
+"""Numba CUDA backend: the same decode step as kernels/numba/kernels.py and numba_gemm.py (on
 CUDA cores), or with their tensor-core twins numba_tc_gemm.py and numba_tc_attention.py, on
 Numba's own streams, events, device arrays and pinned host buffers, so one code path runs on
 a GPU and in the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) that CI uses.
@@ -19,17 +19,17 @@ from typing import TYPE_CHECKING
 import numba
 import numpy as np
 
-from kernels import numba_kernels as nk
-from kernels import numba_tc_gemm as tg
-from kernels.backend import Backend, DecodeStep, Event, Stream
-from kernels.layout import StepLayout
-from kernels.numba_family import kernel_family
-from kernels.numba_tc_attention import attention_launch
-from schedbench.errors import ConfigError
-from schedbench.model import ModelConfig, Weights, interleave_gate_up, make_weights
+from schedbench.kernels.backend import Backend, DecodeStep, Event, Stream
+from schedbench.kernels.errors import ConfigError
+from schedbench.kernels.layout import StepLayout
+from schedbench.kernels.model import ModelConfig, Weights, interleave_gate_up, make_weights
+from schedbench.kernels.numba import kernels as nk
+from schedbench.kernels.numba import tc_gemm as tg
+from schedbench.kernels.numba.family import kernel_family
+from schedbench.kernels.numba.tc_attention import attention_launch
 
 if TYPE_CHECKING:
-    from kernels.cupy_launch import LaunchSequence
+    from schedbench.kernels.cupy.launch import LaunchSequence
 
 cuda = nk.cuda
 SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
@@ -87,7 +87,7 @@ def device_weights(cfg: ModelConfig, seed: int) -> dict:
         return upload_weights(make_weights(cfg, seed))
     import cupy as cp
 
-    from kernels.cupy_backend import random_weights
+    from schedbench.kernels.cupy.backend import random_weights
 
     arrays = dict(random_weights(cfg, seed).__dict__)
     cp.cuda.Device().synchronize()  # NOTE: they were made on CuPy's legacy default stream
@@ -193,8 +193,8 @@ class NumbaDecodeStep(DecodeStep):
         if (plan := self._plans.get(key)) is None:
             plan = self._plans[key] = self.plan(meta, out_tokens, batch_size)
             if not SIMULATOR:
-                from kernels.cupy_launch import LaunchSequence
-                from kernels.numba_launch import prepare
+                from schedbench.kernels.cupy.launch import LaunchSequence
+                from schedbench.kernels.numba.launch import prepare
 
                 plan = self._plans[key] = LaunchSequence([prepare(*launch) for launch in plan])
         if SIMULATOR:
@@ -240,7 +240,7 @@ class NumbaBackend(Backend):
     def decode_step(self, cfg: ModelConfig, seed: int, num_blocks: int, layout: StepLayout,
                     num_slots: int) -> NumbaDecodeStep:
         if not SIMULATOR:  # NOTE: weights and buffers come from CuPy's pool (device_zeros)
-            from kernels.cupy_backend import check_fits_on_device
+            from schedbench.kernels.cupy.backend import check_fits_on_device
 
             check_fits_on_device(cfg, num_blocks, layout, self.device_name)
         return NumbaDecodeStep(cfg, device_weights(cfg, seed), num_blocks, layout, num_slots,

@@ -5,7 +5,7 @@ overload and marshals every array into its (meminfo, parent, size, itemsize, dat
 strides) fields on every call: about 30 us of host time on an H200, before the driver
 sees anything. A decode step repeats the same launches every step, so each is prepared
 once: compiled for its argument types (``Dispatcher.specialize``), marshalled by Numba's
-own ``_prepare_args``, and packed for ``cuLaunchKernel`` (``kernels.cupy_launch``). The
+own ``_prepare_args``, and packed for ``cuLaunchKernel`` (``schedbench.kernels.cupy.launch``). The
 simulator has no driver to launch with; there the step uses the dispatcher.
 
 NOTE: ``_prepare_args`` and ``_codelibrary`` are numba-cuda internals (checked against
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ctypes
 
-from kernels.cupy_launch import Launch
+from schedbench.kernels.cupy.launch import Launch
 
 
 def prepare(dispatcher, grid: int | tuple[int, ...], block: int, args: tuple) -> Launch:
@@ -30,7 +30,7 @@ def prepare(dispatcher, grid: int | tuple[int, ...], block: int, args: tuple) ->
             kernel._prepare_args(ty, val, 0, [], fields)
         handle = int(kernel._codelibrary.get_cufunc().handle)
     except (AttributeError, TypeError) as e:
-        raise RuntimeError(f"numba-cuda internals changed ({e}); kernels/numba_launch.py "
+        raise RuntimeError(f"numba-cuda internals changed ({e}); kernels/numba/launch.py "
                            f"supports numba-cuda 0.30") from e
     # NOTE: bare ints are the intptr-sized array fields (Numba passes them the same way)
     values = [ctypes.c_ssize_t(v) if isinstance(v, int) else v for v in fields]

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 import cupy as cp
 
-from kernels.cupy_launch import Launch, LaunchSequence
+from schedbench.kernels.cupy.launch import Launch, LaunchSequence
 
 
 def copy_bandwidth_gbs(nbytes: int = 2 << 30, reps: int = 10) -> float:

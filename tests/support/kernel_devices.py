@@ -1,4 +1,4 @@
-"""Where the CUDA C kernel tests run a kernel call (``kernels.kernel_calls``): the CPU
+"""Where the CUDA C kernel tests run a kernel call (``schedbench.kernels.cuda.calls``): the CPU
 emulator (any machine with a C++ compiler) or a GPU through the CuPy backend."""
 
 from __future__ import annotations
@@ -8,9 +8,10 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from kernels import cuda_emulator, kernel_calls
-from kernels.kernel_calls import KernelCall
-from kernels.registry import unavailable_reason
+from schedbench.kernels.cuda import calls as kernel_calls
+from schedbench.kernels.cuda.calls import KernelCall
+from schedbench.kernels.registry import unavailable_reason
+from tests.support import cuda_emulator
 
 
 class Emulator:
@@ -36,10 +37,11 @@ class Emulator:
 class Gpu:
     def __init__(self) -> None:
         self.xp = pytest.importorskip("cupy")
-        self.cb = pytest.importorskip("kernels.cupy_backend")
+        self.launch = pytest.importorskip("schedbench.kernels.cupy.launch")
+        self.selection = pytest.importorskip("schedbench.kernels.cupy.selection")
         if why := unavailable_reason("cupy"):
             pytest.skip(why)
-        self.gemm = self.cb.gemm_choice  # a projection's kernel as the backend picks it
+        self.gemm = self.selection.gemm_choice  # a projection's kernel as the backend picks it
 
     def array(self, a: np.ndarray):
         return self.xp.asarray(a)
@@ -51,16 +53,17 @@ class Gpu:
         """On a non-blocking stream, as the engine launches, after every upload has landed
         (a pageable upload on the legacy stream may still be in flight when it returns).
         ``reverse`` has no meaning on a GPU, whose schedule is its own."""
-        from kernels.cupy_launch import LaunchSequence
-
         self.xp.cuda.Device().synchronize()
         stream = self.xp.cuda.Stream(non_blocking=True)
-        LaunchSequence([self.cb.launch_of(c) for c in calls])(stream.ptr)
+        self.launch.LaunchSequence([self.launch.launch_of(c) for c in calls])(stream.ptr)
         stream.synchronize()
 
 
+# The emulator runs a launch's threads as fibers on one core: seconds a case, so slow.
+EMULATOR = pytest.mark.slow
 BOTH = pytest.mark.parametrize(
-    "dev", ["emulator", pytest.param("gpu", marks=pytest.mark.gpu)], indirect=True)
+    "dev", [pytest.param("emulator", marks=EMULATOR), pytest.param("gpu", marks=pytest.mark.gpu)],
+    indirect=True)
 
 
 def on_devices(argnames: str, emulator: list, gpu: list) -> pytest.MarkDecorator:
@@ -71,7 +74,7 @@ def on_devices(argnames: str, emulator: list, gpu: list) -> pytest.MarkDecorator
     def values(case: object) -> tuple:
         return (case,) if len(names) == 2 else tuple(case)  # type: ignore[arg-type]
 
-    params = [pytest.param("emulator", *values(c)) for c in emulator] + [
+    params = [pytest.param("emulator", *values(c), marks=EMULATOR) for c in emulator] + [
         pytest.param("gpu", *values(c), marks=pytest.mark.gpu) for c in gpu]
     return pytest.mark.parametrize(names, params, indirect=["dev"])
 

@@ -1,6 +1,6 @@
 """The decode step as Numba CUDA kernels: the stages and data layouts of kernels/cuda/*.cu
 (fp16 storage, fp32 arithmetic, packed metadata, paged KV cache, [N, K] weights with
-interleaved gate/up rows) but the projections (kernels/numba_gemm.py): a block per row or
+interleaved gate/up rows) but the projections (kernels/numba/gemm.py): a block per row or
 per (row, kv head, context split). They run on a GPU and, with ``NUMBA_ENABLE_CUDASIM=1``,
 in Numba's CUDA simulator on small shapes.
 
@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from kernels import numba_shim
+from schedbench.kernels.numba import shim as numba_shim
 
 numba_shim.apply()  # NOTE: before numba.cuda compiles anything
 
 from numba import config, cuda, float32, int32, int64, uint32, uint64  # noqa: E402
 
-from kernels.numba_warp import flat_load, ldcg4, warp_max, warp_sum  # noqa: E402
+from schedbench.kernels.numba.warp import flat_load, ldcg4, warp_max, warp_sum  # noqa: E402
 
 # Every kernel below is launched with this many threads per block (a power of two). The
 # simulator runs each thread as a Python thread, so it gets one warp's worth.

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from kernels import numba_shim
+from schedbench.kernels.numba import shim as numba_shim
 
 numba_shim.apply()  # NOTE: before numba.cuda compiles anything
 
@@ -40,7 +40,7 @@ from numba import config, cuda, float32, int64  # noqa: E402
 # FMAs that consume them, a row's word at a time (seen in the SASS: 5 loads in flight per
 # thread where 40 were written). The words per round, gemm_unroll(tile), shrink as the tile
 # grows: a round's arithmetic (rows x tile x words x 4 FMAs) must stay small enough for
-# NVVM to unroll it completely, or the register arrays go to the stack (tests/numba_ptx.py
+# NVVM to unroll it completely, or the register arrays go to the stack (tests/support/numba_ptx.py
 # fails a kernel with a stack frame); a tile of 16 fitted only with one word per round,
 # 1 KB in flight per warp, so 16 is two tiles of 8 (2 KB per warp, the same arithmetic).
 #

@@ -18,13 +18,13 @@ from functools import partial
 import numba
 import numpy as np
 
-from kernels import cpu_kernels
-from kernels.backend import Backend, DecodeStep, Event, Stream
-from kernels.layout import StepLayout, empty_meta
-from kernels.memory import available_host_bytes, check_fits
-from kernels.registry import cpu_model
-from schedbench.model import ModelConfig, make_weights
-from schedbench.synthetic import busy_until
+from schedbench.kernels.backend import Backend, DecodeStep, Event, Stream
+from schedbench.kernels.busy import busy_until
+from schedbench.kernels.cpu import kernels as cpu_kernels
+from schedbench.kernels.devices import cpu_model
+from schedbench.kernels.layout import StepLayout, empty_meta
+from schedbench.kernels.memory import available_host_bytes, check_fits
+from schedbench.kernels.model import ModelConfig, make_weights
 
 # NOTE: the worker needs the GIL for a few microseconds between kernels. With CPython's
 # default 5 ms switch interval a busy scheduler thread would keep it that long and open
@@ -245,7 +245,7 @@ class CpuBackend(Backend):
 
 def _warm_up() -> None:
     """Compile (or load from the cache) every kernel now, never inside a timed step."""
-    from schedbench.model import get_preset
+    from schedbench.kernels.model import get_preset
 
     cfg = get_preset("tiny")
     layout = StepLayout(max_batch=1, max_blocks=cfg.max_blocks_per_seq)

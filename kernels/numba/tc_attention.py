@@ -1,7 +1,7 @@
 """The decode step's paged attention with its products on tensor cores, as a Numba kernel:
 numba_kernels.paged_attention's blocks, staging, RoPE, KV append and split merge, with the
 scores and the weighted V of kernels/cuda/attention.cu's WarpAttention (m16n8k16 MMAs from
-kernels/numba_warp.py) in place of a thread per (head, token) and per (head, 4 dims).
+kernels/numba/warp.py) in place of a thread per (head, token) and per (head, 4 dims).
 
 Why: the CUDA-core kernel spends about 200 instructions a token and kv head (4 query heads x
 128 dims of fp16 -> fp32 conversions and FMAs, twice), and ran 2.5-5.5x behind the CUDA C
@@ -33,15 +33,15 @@ import math
 
 import numpy as np
 
-from kernels import numba_shim
+from schedbench.kernels.numba import shim as numba_shim
 
 numba_shim.apply()  # NOTE: before numba.cuda compiles anything
 
 from numba import cuda, float32, int64, uint32, uint64  # noqa: E402
 
-from kernels import numba_kernels as nk  # noqa: E402
-from kernels.numba_warp import mma_m16n8k16, shfl_idx, shfl_xor  # noqa: E402
-from schedbench.model import ModelConfig  # noqa: E402
+from schedbench.kernels.model import ModelConfig  # noqa: E402
+from schedbench.kernels.numba import kernels as nk  # noqa: E402
+from schedbench.kernels.numba.warp import mma_m16n8k16, shfl_idx, shfl_xor  # noqa: E402
 
 TC_WARPS = nk.THREADS // 32
 TC_MAX_GROUP = 4

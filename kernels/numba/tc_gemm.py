@@ -1,6 +1,6 @@
 """The decode step's projections on tensor cores as Numba kernels: kernels/cuda/gemm.cu's
 tc_gemm (its plain variant) written in Numba, with the PTX it needs from
-kernels/numba_warp.py. Same layouts and epilogues as numba_gemm.py's CUDA-core kernels, which
+kernels/numba/warp.py. Same layouts and epilogues as numba_gemm.py's CUDA-core kernels, which
 stay for GPUs before sm_80 and for K that is not whole 64-wide chunks; ``gemm_launch`` picks.
 
 How it works (tc_gemm's comment has the measurements behind each choice): the weight rows
@@ -24,14 +24,14 @@ import functools
 
 import numpy as np
 
-from kernels import numba_shim
+from schedbench.kernels.numba import shim as numba_shim
 
 numba_shim.apply()  # NOTE: before numba.cuda compiles anything
 
 from numba import config, cuda, float32, uint32  # noqa: E402
 
-from kernels import numba_gemm as ng  # noqa: E402
-from kernels.numba_warp import ldg16, mma_m16n8k16  # noqa: E402
+from schedbench.kernels.numba import gemm as ng  # noqa: E402
+from schedbench.kernels.numba.warp import ldg16, mma_m16n8k16  # noqa: E402
 
 TC_WARPS = 2 if config.ENABLE_CUDASIM else 8
 TC_THREADS = 32 * TC_WARPS

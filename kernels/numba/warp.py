@@ -47,7 +47,7 @@ import weakref
 
 import numpy as np
 
-from kernels import numba_shim
+from schedbench.kernels.numba import shim as numba_shim
 
 numba_shim.apply()  # NOTE: before numba.cuda compiles anything
 

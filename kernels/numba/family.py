@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from schedbench.errors import ConfigError
+from schedbench.kernels.errors import ConfigError
 
 MMA_MIN_CC = (8, 0)  # mma.sync.m16n8k16 with fp16 operands: sm_80 and later
 KERNEL_FAMILIES = ("mma", "fma")

@@ -1,6 +1,6 @@
 """NVRTC and nvJitLink through cuda.bindings: CUDA C to PTX with the compiler's log, for
 the compile checks (tests/test_cuda_compile.py), and to a cubin linked with the device
-runtime, for the device-graph launcher (kernels/device_graph.py): CuPy's RawModule would
+runtime, for the device-graph launcher (kernels/cupy/device_graph.py): CuPy's RawModule would
 look for cudadevrt in a CUDA toolkit, which the pip wheels do not make.
 """
 

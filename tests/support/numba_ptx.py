@@ -1,7 +1,7 @@
 """Compile every Numba kernel of the decode step for sm_90 (or the architecture given)
 without a GPU, and report what ptxas allots it.
 
-Run as ``python -m tests.numba_ptx [sm_XY]`` in a process without the CUDA simulator (the
+Run as ``python -m tests.support.numba_ptx [sm_XY]`` in a process without the CUDA simulator (the
 test in test_numba_compile.py does, for sm_90 and sm_75): the simulator never compiles, so
 a kernel that fails to type or lower for a real GPU, or asks for more registers or shared
 memory than a launch of its block size can get, or keeps a register array in local memory,
@@ -28,12 +28,12 @@ import numba
 import numba.cuda.dispatcher as dispatcher
 import numpy as np
 
-from kernels import numba_backend as nbk
-from kernels import numba_gemm as ng
-from kernels import numba_tc_gemm as tg
-from kernels.layout import StepLayout
-from kernels.numba_family import kernel_families
-from schedbench.model import get_preset, make_weights
+from schedbench.kernels.layout import StepLayout
+from schedbench.kernels.model import get_preset, make_weights
+from schedbench.kernels.numba import backend as nbk
+from schedbench.kernels.numba import gemm as ng
+from schedbench.kernels.numba import tc_gemm as tg
+from schedbench.kernels.numba.family import kernel_families
 
 ARCH = "sm_90"  # what the kernels are tuned for; sm_75 is checked too (kernels/registry.py)
 BATCHES = (1, 2, 3, 8, 16)

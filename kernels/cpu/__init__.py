@@ -1,0 +1,1 @@
+"""The CPU backend: a worker thread running Numba ``nogil`` kernels."""

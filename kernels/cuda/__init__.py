@@ -1,0 +1,1 @@
+"""The CUDA C kernels (``*.cu``), their loader and their launch calls."""

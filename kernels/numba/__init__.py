@@ -1,0 +1,1 @@
+"""The Numba CUDA backend: the decode step as Numba CUDA kernels (GPU or simulator)."""

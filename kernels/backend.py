@@ -25,6 +25,12 @@ class Stream(ABC):
     def synchronize(self) -> None:
         """Block the host until everything enqueued so far has run."""
 
+    def take_kernels(self, start: Event, end: Event) -> np.ndarray | None:
+        """The (start, end) of each kernel this stream ran between two of its completed
+        events, in seconds since ``start``, each kernel handed out once; None where the
+        backend cannot know them (the figures then take the events' span as busy)."""
+        return None
+
 
 class Event(ABC):
     @abstractmethod
@@ -51,6 +57,9 @@ class DecodeStep(ABC):
 
     layout: StepLayout
     kernels_per_step: int
+    # Host busy work after each kernel launch (the synthetic --launch-us), in seconds: any
+    # backend made launch-bound on purpose. A graph's replay is one launch.
+    launch_gap_s: float = 0.0
     # One slot of the token buffer and one KV block beyond the scheduler's: the padding
     # rows of a graph bucket read and write only there.
     pad_slot: int
@@ -69,6 +78,10 @@ class Graph(ABC):
 class Backend(ABC):
     name: str
     supports_graphs = False
+    # Where device busy time comes from: "worker" (the CPU device stamps every kernel),
+    # "cupti" (NVIDIA's activity records) or "span" (events only: idle between a step's
+    # kernels is counted as busy).
+    busy_source = "span"
 
     @property
     @abstractmethod

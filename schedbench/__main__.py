@@ -26,6 +26,7 @@ from schedbench.report import (
     git_commit,
     identical_line,
     latency_table,
+    legend,
     mode_table,
     spread_line,
     statistic,
@@ -101,6 +102,10 @@ def parser() -> argparse.ArgumentParser:
     syn.add_argument("--postprocess-ms", type=float, default=None,
                      help="as --scheduling-ms, for postprocess; any of the three turns "
                           "synthetic mode on, and the others then default to 0")
+    syn.add_argument("--launch-us", type=float, default=0.0, metavar="US",
+                     help="host busy work after every kernel launch (a graph's replay is one), "
+                          "with the real model or the spin step: any backend made "
+                          "launch-bound on purpose (default 0)")
     p.add_argument("--json", type=Path, default=None, metavar="PATH",
                    help="write every figure as JSON")
     p.add_argument("--trace", type=Path, default=None, metavar="PATH",
@@ -140,6 +145,7 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
     if args.backend == "auto" and backend == "cpu" and registry.gpu_unavailable_reason() is None:
         print(f"--backend auto chose cpu: {registry.unavailable_reason('cupy')}", file=sys.stderr)
     if args.modes is None:
+        # graphs on the CPU device is opt-in: its graph replays a recorded command list
         modes = ("sequential", "overlapped") + (("graphs",) if backend == "cupy" else ())
     else:
         modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
@@ -155,7 +161,7 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
     return SweepConfig(backend=backend, preset=args.preset, batch_sizes=batch_sizes,
                        modes=modes, steps=steps, warmup=args.warmup, repeats=args.repeats,
                        processes=args.processes, seed=args.seed, synthetic=synthetic,
-                       kv_blocks=args.kv_blocks, drain=args.drain,
+                       kv_blocks=args.kv_blocks, drain=args.drain, launch_us=args.launch_us,
                        workload=WorkloadConfig.fitted(PRESETS[args.preset].max_context,
                                                       args.prompt_len, args.output_len,
                                                       args.seed))
@@ -184,6 +190,8 @@ def print_report(cfg: SweepConfig, sweep: Sweep | ProcessSweep, results: list[Ru
                  timeline_steps: int) -> None:
     what = ("synthetic " + ", ".join(f"{k}={v:g}" for k, v in cfg.synthetic.__dict__.items())
             if cfg.synthetic else f"preset {cfg.preset}")
+    if cfg.launch_us:
+        what += f", {cfg.launch_us:g} us of host work after each launch"
     print(f"\nschedbench: backend {sweep.backend_name} on {sweep.device_name}, {what}, "
           f"{statistic(cfg.repeats, cfg.processes)}, {cfg.steps} steady-state steps each")
     if sweep.backend_name == "numba" and registry.simulator_enabled():
@@ -192,11 +200,7 @@ def print_report(cfg: SweepConfig, sweep: Sweep | ProcessSweep, results: list[Ru
               "tokens, and that every mode gives the same ones.")
     for mode in cfg.modes:
         print(f"\n{TITLES[mode]}\n{mode_table(results, mode)}")
-    print("\nCompute = each step's device span, first to last event (idle between its kernels "
-          "included).\nOverhead % = device idle between steps / wall time in steady state. "
-          "Speedup = the sequential step / this loop's, repeat by repeat.\nIdeal speedup = "
-          "(S + max(L, C) + P) / max(C, S+L+P) on the sequential run's phases; efficiency = "
-          "ideal step / measured step.")
+    print("\n" + legend(sweep.busy_source))
     if beyond := beyond_model_line(results):
         print(beyond)
     if spread := spread_line(results, cfg.repeats):
@@ -256,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
             results = pooled(measured)
         if args.json is not None:
             write_json(args.json, document(cfg, sweep.backend_name, sweep.device_name,
-                                           sweep.versions(), results, complete))
+                                           sweep.versions(), sweep.busy_source, results,
+                                           complete))
             wrote("JSON, every figure", args.json)
         if args.trace is not None and results:
             write_json(args.trace, chrome_trace(results, caption))

@@ -24,6 +24,9 @@ from schedbench.synthetic import Synthetic
 from schedbench.timing import StepRecord
 
 MODES = ("sequential", "overlapped", "graphs")
+# Kernel intervals are fetched from the device once per this many steps, not on every step,
+# so that fetching them adds nothing measurable to a step's host phases.
+KERNELS_EVERY = 256
 
 
 @dataclass(eq=False)
@@ -95,6 +98,8 @@ class Engine:
         self._nvtx = Nvtx()  # after the backend exists: a GPU backend brings its bindings
         self._graphs: dict[tuple[int, int], Graph] = {}  # (bucket, ring slot) -> graph
         self._buckets: list[int] = []
+        self._no_kernels: list[StepRecord] = []  # postprocessed, kernels not yet fetched
+        self._last_end: Event = self._anchor  # the last postprocessed step's end event
 
     def run(self, mode: str, scheduler: Scheduler) -> list[StepRecord]:
         if mode not in MODES:
@@ -110,9 +115,13 @@ class Engine:
         self._anchor.record(self.compute)
         self._anchor.synchronize()
         self._anchor_host = time.perf_counter()
+        self.compute.take_kernels(self._anchor, self._anchor)  # drop earlier runs' kernels
+        self._no_kernels = []
         (self._sequential if mode == "sequential" else self._overlapped)()
         self.compute.synchronize()
         self.copy.synchronize()
+        if self._no_kernels:
+            self._fetch_kernels(self._last_end)
         return self.records
 
     def _sequential(self) -> None:
@@ -164,6 +173,8 @@ class Engine:
         self.backend.copy_to_device(self.meta_dev, slot.meta_host, self.compute)
         if graph is not None:
             graph.launch(self.compute)
+            if self.step.launch_gap_s:
+                busy_until(time.perf_counter() + self.step.launch_gap_s)
         else:
             self.step.launch(self.meta_dev, slot.tokens_dev, n, self.compute)
         slot.end.record(self.compute)
@@ -198,6 +209,26 @@ class Engine:
         rec.useful_tokens, rec.token_gaps = f.batch.useful_tokens, f.batch.token_gaps
         rec.post_end = time.perf_counter()
         self._nvtx.end(f.step_range)
+        self._no_kernels.append(rec)
+        self._last_end = slot.end
+        if len(self._no_kernels) == KERNELS_EVERY:
+            self._fetch_kernels(slot.end)
+
+    def _fetch_kernels(self, until: Event) -> None:
+        """Hand each postprocessed step the kernels that ran up to ``until`` (the last one's
+        end, which nothing has recorded again yet), by where each kernel started.
+
+        NOTE: kernels come in stream order, as do the steps' spans; a kernel outside its
+        step's span is left for the step's own check to report, never moved or dropped."""
+        steps, self._no_kernels = self._no_kernels, []
+        rows = self.compute.take_kernels(self._anchor, until)
+        if rows is None:
+            return
+        times = self._anchor_host + rows
+        owner = np.searchsorted([r.device_start for r in steps], times[:, 0], "right") - 1
+        owner[owner < 0] = 0
+        for i, rec in enumerate(steps):
+            rec.kernels = times[owner == i]
 
     def _device_time(self, event: Event) -> float:
         return self._anchor_host + self._anchor.elapsed_ms(event) / 1e3

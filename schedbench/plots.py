@@ -9,7 +9,8 @@ from schedbench.sweep import RunResult
 from schedbench.timing import ideal_step_ms
 
 COLORS = {"schedule": "#4c72b0", "launch": "#dd8452", "wait": "#c8c8c8",
-          "postprocess": "#55a868", "device": "#8172b3", "copy": "#937860"}
+          "postprocess": "#55a868", "kernel": "#8172b3", "idle in step": "#ddd5ee",
+          "device span": "#8172b3", "copy": "#937860"}
 MARKERS = {"sequential": "o", "overlapped": "s", "graphs": "^"}
 
 
@@ -126,21 +127,28 @@ def timeline_plot(results: list[RunResult], caption: str, path: Path, steps: int
     b = min(r.batch_size for r in results)
     runs = [r for r in results if r.batch_size == b]
     fig, axes = plt.subplots(len(runs), 1, figsize=(10, 1.6 * len(runs) + 0.8), squeeze=False)
+    used: set[str] = set()
     for ax, run in zip(axes[:, 0], runs):
         mid = len(run.records) // 2
         recs = run.records[mid:mid + steps]
         t0 = recs[0].schedule_start
         lanes = {"CPU": 2, "compute stream": 1, "copy stream": 0}
         for r in run.records:
+            # the step's span, then each kernel over it where the backend knows them
+            kernels = [] if r.kernels is None else [
+                ("compute stream", a, z, "kernel") for a, z in r.kernels]
             spans = [("CPU", r.schedule_start, r.schedule_end, "schedule"),
                      ("CPU", r.schedule_end, r.launch_end, "launch"),
                      ("CPU", r.post_start, r.wait_end, "wait"),
                      ("CPU", r.wait_end, r.post_end, "postprocess"),
-                     ("compute stream", r.device_start, r.device_end, "device"),
+                     ("compute stream", r.device_start, r.device_end,
+                      "device span" if r.kernels is None else "idle in step"),
+                     *kernels,
                      ("copy stream", r.device_end, r.copy_end, "copy")]
             for lane, a, z, kind in spans:
                 ax.broken_barh([((a - t0) * 1e3, (z - a) * 1e3)], (lanes[lane] - 0.4, 0.8),
                                color=COLORS[kind])
+                used.add(kind)
             if recs[0].index <= r.index <= recs[-1].index:
                 ax.text((r.device_start - t0) * 1e3, 1, f" {r.index}", va="center", fontsize=7,
                         color="white")
@@ -150,8 +158,9 @@ def timeline_plot(results: list[RunResult], caption: str, path: Path, steps: int
         ax.set_title(f"{run.mode}, batch {b}: overhead {run.figures['overhead_pct'].median:.1f}%",
                      fontsize=9)
     axes[-1, 0].set_xlabel("ms (measured; one clock for host and device)")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COLORS.values()]
-    fig.legend(handles, list(COLORS), loc="upper right", fontsize=7, ncol=len(COLORS))
+    kinds = [k for k in COLORS if k in used]
+    handles = [plt.Rectangle((0, 0), 1, 1, color=COLORS[k]) for k in kinds]
+    fig.legend(handles, kinds, loc="upper right", fontsize=7, ncol=len(kinds))
     _save(fig, caption, path, top=0.94)
 
 

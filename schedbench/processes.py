@@ -92,7 +92,7 @@ def sweep_in_child() -> None:
         except KeyboardInterrupt:
             return
         try:
-            send("device", (sweep.device_name, sweep.versions()))
+            send("device", (sweep.device_name, sweep.versions(), sweep.busy_source))
             for result in sweep.results(lambda label: send("progress", label)):
                 send("result", result)
             send("done", None)
@@ -172,7 +172,7 @@ class ProcessSweep:
         """Process ``i``, once it has started its backend and said what device it runs on."""
         child = _Child(self.cfg, f"process {i + 1}/{self.cfg.processes}")
         try:
-            _, (self.device_name, self._versions) = child.receive()
+            _, (self.device_name, self._versions, self.busy_source) = child.receive()
         except BaseException:
             child.stop()
             raise

@@ -18,7 +18,7 @@ from schedbench.sweep import RunResult, SweepConfig
 from schedbench.timing import Stat, StepRecord, ideal_step_ms
 
 SEQ_COLUMNS = ("Batch Size", "Schedule (ms)", "Launch (ms)", "Compute (ms)",
-               "Postprocess (ms)", "Overhead %")
+               "Postprocess (ms)", "Idle in step (ms)", "Idle between (ms)", "Overhead %")
 STEP_COLUMNS = (*SEQ_COLUMNS, "Step (ms)", "Efficiency")
 OVL_COLUMNS = (*STEP_COLUMNS, "Speedup", "Ideal speedup")
 
@@ -35,7 +35,30 @@ def _phase_cells(r: RunResult) -> list[str]:
     f = r.figures
     return [str(r.batch_size), f"{f['schedule_ms'].median:.3f}", f"{f['launch_ms'].median:.3f}",
             f"{f['compute_ms'].median:.3f}", f"{f['postprocess_ms'].median:.3f}",
+            _ms(f["idle_in_step_ms"].median), _ms(f["idle_between_ms"].median),
             f"{f['overhead_pct'].median:.1f}"]
+
+
+def _ms(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.3f}"
+
+
+BUSY_SOURCES = {
+    "worker": "the union of its kernels, each stamped by the CPU device's worker",
+    "cupti": "the union of its kernels, from CUPTI's activity records",
+    "span": ("its span, first to last event: this backend reports no kernel intervals, so "
+             "idle between its kernels counts as busy and idle in step is unknown (-)"),
+}
+
+
+def legend(busy_source: str) -> str:
+    """What Compute and Overhead % are, for the tables above."""
+    return (f"Compute = a step's device busy time: {BUSY_SOURCES[busy_source]}.\n"
+            "Idle in step = its span (first to last event) less busy; idle between = its end "
+            "to the next step's start.\nOverhead % = all device idle / the device's time in "
+            "steady state. Speedup = the sequential step / this loop's, repeat by repeat.\n"
+            "Ideal speedup = (S + max(L, C) + P) / max(C, S+L+P) on the sequential run's "
+            "phases; efficiency = ideal step / measured step.")
 
 
 def ideal_speedup(seq: RunResult) -> float:
@@ -183,7 +206,9 @@ def budget_table(rows: list[dict]) -> str:
 def timeline(records: list[StepRecord], steps: int = 4, width: int = 96) -> str:
     """A CPU row and a device row over a few steady-state steps, drawn from the records.
 
-    CPU: S schedule, L launch, w wait, P postprocess. Device: the step number's last digit.
+    CPU: S schedule, L launch, w wait, P postprocess. Device, by what fills most of each
+    column: the step number's last digit where its kernels run (its whole span where kernels
+    are unknown), - where the device waits inside a step's span, . between steps.
     """
     mid = len(records) // 2
     chosen = records[mid:mid + steps]
@@ -199,11 +224,28 @@ def timeline(records: list[StepRecord], steps: int = 4, width: int = 96) -> str:
         for i in range(max(lo, 0), min(hi, width)):
             row[i] = ch
 
+    edges = t0 + np.arange(width + 1) / scale
+    busy, span, most = np.zeros(width), np.zeros(width), np.zeros(width)
+
+    def cover(a: float, b: float) -> np.ndarray:
+        """How much of each column [a, b) covers."""
+        return np.clip(np.minimum(edges[1:], b) - np.maximum(edges[:-1], a), 0.0, None)
+
     for r in records:
         for a, b, ch in ((r.schedule_start, r.schedule_end, "S"), (r.schedule_end, r.launch_end,
                          "L"), (r.post_start, r.wait_end, "w"), (r.wait_end, r.post_end, "P")):
             paint(cpu, a, b, ch)
-        paint(dev, r.device_start, r.device_end, str(r.index % 10))
+        if r.device_end < t0 or r.device_start > t1:
+            continue
+        in_span = cover(r.device_start, r.device_end)
+        ran = in_span if r.kernels is None else sum((cover(a, b) for a, b in r.kernels),
+                                                    np.zeros(width))
+        busy, span = busy + ran, span + in_span
+        for i in np.flatnonzero(ran > most):
+            dev[i], most[i] = str(r.index % 10), ran[i]
+    waits = span - busy
+    dev = [ch if busy[i] >= max(waits[i], 1 / scale - span[i]) and busy[i] > 0
+           else "-" if waits[i] >= 1 / scale - span[i] else "." for i, ch in enumerate(dev)]
     span_ms = (t1 - t0) * 1e3
     return (f"  CPU    |{''.join(cpu)}|\n  device |{''.join(dev)}|\n"
             f"  {span_ms:.3f} ms across, steps {chosen[0].index}-{chosen[-1].index}")
@@ -263,7 +305,7 @@ def _json_number(v: float) -> float | None:
 
 
 def document(cfg: SweepConfig, backend: str, device: str, versions: dict[str, str],
-             results: list[RunResult], complete: bool) -> dict:
+             busy_source: str, results: list[RunResult], complete: bool) -> dict:
     runs = []
     for r in results:
         run = {"mode": r.mode, "batch_size": r.batch_size,
@@ -286,6 +328,7 @@ def document(cfg: SweepConfig, backend: str, device: str, versions: dict[str, st
         "preset": cfg.preset,
         "commit": git_commit(),
         "versions": {"python": platform.python_version(), **versions},
+        "busy_source": busy_source,
         "config": {"batch_sizes": list(cfg.batch_sizes), "modes": list(cfg.modes),
                    "steps": cfg.steps, "warmup": cfg.warmup, "repeats": cfg.repeats,
                    "seed": cfg.seed, "kv_blocks": cfg.num_blocks(),
@@ -293,6 +336,7 @@ def document(cfg: SweepConfig, backend: str, device: str, versions: dict[str, st
                    "output_len": list(cfg.workload.output_len),
                    "synthetic": None if syn is None else syn.__dict__,
                    "extra_us_per_request": cfg.extra_us_per_request, "drain": cfg.drain,
+                   "launch_us": cfg.launch_us,
                    "processes": cfg.processes},
         "statistic": f"{statistic(cfg.repeats, cfg.processes)}; {SPREAD}",
         "complete": complete,

@@ -55,6 +55,8 @@ class SweepConfig:
     drain: bool = False
     # Sweeps, each in a fresh process, pooled (see schedbench.processes).
     processes: int = 1
+    # Host busy work after every kernel launch (--launch-us): a launch-bound host on purpose.
+    launch_us: float = 0.0
     # The regression knob; SCHEDBENCH_EXTRA_US_PER_REQUEST sets it for asv runs.
     extra_us_per_request: float = field(
         default_factory=lambda: float(os.environ.get("SCHEDBENCH_EXTRA_US_PER_REQUEST", "0")))
@@ -77,6 +79,8 @@ class SweepConfig:
             raise ConfigError(f"--warmup {self.warmup}: must be >= 0")
         if self.seed < 0:
             raise ConfigError(f"--seed {self.seed}: must be >= 0")
+        if not 0.0 <= self.launch_us <= 100_000.0:
+            raise ConfigError(f"--launch-us {self.launch_us}: must be in [0, 100000] us")
         if self.repeats < 1:
             raise ConfigError(f"--repeats {self.repeats}: must be at least 1")
         if self.processes < 1:
@@ -141,6 +145,7 @@ class Sweep:
                 raise ConfigError(f"backend {self.backend_name!r} cannot capture CUDA graphs; "
                                   f"drop 'graphs' from --modes")
             self.step = self._make_step()
+            self.step.launch_gap_s = cfg.launch_us * 1e-6
             self.engine = Engine(self.backend, self.step, cfg.ring_depth, cfg.synthetic)
         except BaseException:
             self.backend.close()
@@ -182,6 +187,10 @@ class Sweep:
     @property
     def device_name(self) -> str:
         return self.backend.device_name
+
+    @property
+    def busy_source(self) -> str:
+        return self.backend.busy_source
 
     def versions(self) -> dict[str, str]:
         return self.backend.versions()

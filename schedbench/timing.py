@@ -1,7 +1,14 @@
 """Step records, the per-run figures derived from them, and statistics over repeats.
 
 Every figure comes from clocks: host phases from ``time.perf_counter``, device spans from
-events recorded on the compute stream, placed on the host clock through an anchor event.
+events recorded on the compute stream, placed on the host clock through an anchor event,
+and, where the backend knows them, each kernel's start and end on the same clock.
+
+The device's time over a window splits exactly into three parts, step by step:
+busy (the union of the step's kernels), idle inside the step (its span, first to last
+event, less busy: the device waiting for launches, or for the metadata upload) and idle
+between steps (this step's end to the next one's start). Overhead % is the idle of both
+kinds over the window.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ class StepRecord:
     copy_end: float = 0.0  # the step's tokens are in pinned host memory (copy stream)
     useful_tokens: int = 0
     token_gaps: np.ndarray = field(default_factory=lambda: np.zeros(0))  # see Batch.token_gaps
+    # (start, end) of each kernel, host clock; None where the backend cannot know them
+    kernels: np.ndarray | None = None
 
     @property
     def schedule_s(self) -> float:
@@ -52,8 +61,38 @@ class StepRecord:
         return self.post_end - self.wait_end
 
     @property
-    def compute_s(self) -> float:
+    def span_s(self) -> float:
         return self.device_end - self.device_start
+
+    @property
+    def compute_s(self) -> float:
+        """Device busy: the union of the step's kernels; its span where they are unknown."""
+        return self.span_s if self.kernels is None else union_s(self.kernels)
+
+    def check(self) -> None:
+        """Every kernel inside the step's span, else TimingError naming the step."""
+        if self.kernels is None or not len(self.kernels):
+            return
+        first, last = self.kernels[:, 0].min(), self.kernels[:, 1].max()
+        if first < self.device_start or last > self.device_end or \
+                (self.kernels[:, 1] < self.kernels[:, 0]).any():
+            raise TimingError(
+                f"step {self.index}: its kernels ran from {first:.6f} to {last:.6f} s, "
+                f"outside its span {self.device_start:.6f}-{self.device_end:.6f} s")
+
+
+class TimingError(RuntimeError):
+    """Clocks that contradict each other: a bug in the timing, never clamped away."""
+
+
+def union_s(intervals: np.ndarray) -> float:
+    """The time covered by at least one of the (start, end) rows."""
+    if not len(intervals):
+        return 0.0
+    rows = intervals[np.argsort(intervals[:, 0], kind="stable")]
+    ends = np.maximum.accumulate(rows[:, 1])
+    gaps = np.maximum(rows[1:, 0] - ends[:-1], 0.0)
+    return float(ends[-1] - rows[0, 0] - gaps.sum())
 
 
 @dataclass(frozen=True)
@@ -72,8 +111,11 @@ class RunFigures:
     compute_ms: float
     postprocess_ms: float
     wait_ms: float
-    overhead_pct: float
-    bubble_us: float
+    span_ms: float  # first to last event of a step; compute_ms is its busy part
+    idle_in_step_ms: float  # span - busy; NaN where kernel intervals are unknown
+    idle_between_ms: float  # a step's last event to the next step's first
+    overhead_pct: float  # all device idle / the window's device time
+    bubble_us: float  # idle_between_ms in us
     tokens_per_s: float
     ideal_step_ms: float
     efficiency: float
@@ -117,8 +159,18 @@ def summarize(records: list[StepRecord], warmup: int, batch_size: int,
         return statistics.fmean(xs) * 1e3
 
     wall = w[-1].schedule_start - w[0].schedule_start
-    device_span = w[-1].device_start - w[0].device_start
-    busy = sum(r.compute_s for r in spans)
+    for r in spans:
+        r.check()
+    between = [b.device_start - a.device_end for a, b in itertools.pairwise(w)]
+    worst = int(np.argmin(between))
+    if between[worst] < 0:
+        a, b = w[worst], w[worst + 1]
+        raise TimingError(f"step {b.index} started {-between[worst] * 1e6:.1f} us before "
+                          f"step {a.index} ended")
+    known = all(r.kernels is not None for r in spans)
+    idle_in = [r.span_s - r.compute_s for r in spans] if known else [math.nan]
+    device_window = w[-1].device_start - w[0].device_start
+    idle = sum(between) + (sum(idle_in) if known else 0.0)
     s, lau, c, p = (mean_ms([getattr(r, a) for r in spans])
                     for a in ("schedule_s", "launch_s", "compute_s", "postprocess_s"))
     step_ms = wall / len(spans) * 1e3
@@ -134,9 +186,11 @@ def summarize(records: list[StepRecord], warmup: int, batch_size: int,
         compute_ms=c,
         postprocess_ms=p,
         wait_ms=mean_ms([r.wait_s for r in spans]),
-        overhead_pct=100.0 * max(0.0, 1.0 - busy / device_span),
-        bubble_us=1e6 * statistics.fmean(b.device_start - a.device_end
-                                         for a, b in itertools.pairwise(w)),
+        span_ms=mean_ms([r.span_s for r in spans]),
+        idle_in_step_ms=mean_ms(idle_in),
+        idle_between_ms=mean_ms(between),
+        overhead_pct=100.0 * idle / device_window,
+        bubble_us=1e6 * statistics.fmean(between),
         tokens_per_s=sum(r.useful_tokens for r in spans) / wall,
         ideal_step_ms=ideal,
         efficiency=ideal / step_ms,

@@ -1,17 +1,18 @@
 """Chrome trace-event JSON (Perfetto, chrome://tracing) of every run's recorded steps.
 
-One process per (mode, batch size) run; in each, a CPU track with every phase of every step
-and one track per device stream. All spans sit on one clock: the host's ``perf_counter``,
-with device events placed on it through the engine's anchor event.
+One process per (mode, batch size) run; in each, a CPU track with every phase of every step,
+one track per device stream (each step's span, first to last event, and its token copy) and,
+where the backend reports them, a track with every kernel. All spans sit on one clock: the
+host's ``perf_counter``, with device events placed on it through the engine's anchor event.
 """
 
 from __future__ import annotations
 
 from schedbench.sweep import RunResult
 
-CPU, COMPUTE, COPY = 1, 2, 3
+CPU, COMPUTE, COPY, KERNELS = 1, 2, 3, 4
 THREADS = {CPU: "CPU: host thread", COMPUTE: "device: compute stream",
-           COPY: "device: copy stream"}
+           COPY: "device: copy stream", KERNELS: "device: kernels"}
 
 
 def _span(name: str, start: float, end: float, pid: int, tid: int, t0: float,
@@ -43,4 +44,7 @@ def chrome_trace(results: list[RunResult], title: str) -> dict:
                 _span(f"tokens {rec.index} to host", rec.device_end, rec.copy_end, pid, COPY,
                       t0, **ids),
             ]
+            if rec.kernels is not None:
+                events += [_span(f"kernel {k}", start, end, pid, KERNELS, t0, kernel=k, **ids)
+                           for k, (start, end) in enumerate(rec.kernels)]
     return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"title": title}}

@@ -111,6 +111,13 @@ class Overhead:
 
     track_overhead_pct.unit = "%"
 
+    def track_idle_in_step_ms(self, cache, run, batch_size) -> float:
+        """The device waiting inside a step (for launches): NaN where a backend reports no
+        kernel intervals, which asv leaves blank."""
+        return cache["figures"][run, batch_size]["idle_in_step_ms"]
+
+    track_idle_in_step_ms.unit = "ms"
+
     def track_bubble_us(self, cache, run, batch_size) -> float:
         return cache["figures"][run, batch_size]["bubble_us"]
 

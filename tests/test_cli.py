@@ -34,7 +34,8 @@ FAST = fast_sweep()
      "KV budget of 1 blocks x 16 tokens is too small for the longest request"),
     (["--modes", "sequential,fast"], "unknown mode 'fast'"),
     (["--steps", "1"], "--steps 1"),
-    (["--modes", "graphs"], "backend 'cpu' cannot capture CUDA graphs"),
+    (["--backend", "numba", "--preset", "micro", "--modes", "graphs"],
+     "backend 'numba' cannot capture CUDA graphs"),
     (["--compute-ms", "-3"], "--compute-ms -3"),
     (["--scheduling-ms", "nan"], "--scheduling-ms nan"),
     (["--json", "/proc/schedbench.json"], "--json /proc/schedbench.json: cannot write in /proc"),
@@ -126,7 +127,7 @@ def test_report_and_json(tmp_path, capsys):
     captured = capsys.readouterr()
     text = captured.out
     assert "Batch Size | Schedule (ms) | Launch (ms) | Compute (ms) | Postprocess (ms) | " \
-           "Overhead %" in text
+           "Idle in step (ms) | Idle between (ms) | Overhead %" in text
     assert "Ideal speedup" in text and "Timeline, overlapped" in text
     assert "Inter-token latency as the host sees it" in text
     assert "Token streams: identical" in text
@@ -138,8 +139,10 @@ def test_report_and_json(tmp_path, capsys):
     assert [(r["mode"], r["batch_size"]) for r in doc["runs"]] == [
         ("sequential", 1), ("overlapped", 1), ("sequential", 3), ("overlapped", 3)]
     keys = {"mode", "batch_size", "step_ms", "schedule_ms", "launch_ms", "compute_ms",
-            "postprocess_ms", "overhead_pct", "bubble_us", "tokens_per_s", "ideal_step_ms",
-            "efficiency", "itl_p50_ms", "itl_p99_ms", "tokens_sha256", "spread"}
+            "postprocess_ms", "span_ms", "idle_in_step_ms", "idle_between_ms", "overhead_pct",
+            "bubble_us", "tokens_per_s", "ideal_step_ms", "efficiency", "itl_p50_ms",
+            "itl_p99_ms", "tokens_sha256", "spread"}
+    assert doc["busy_source"] == "worker"
     for run in doc["runs"]:
         assert keys <= run.keys()
         assert run["compute_ms"] > 0 and run["tokens_per_s"] > 0

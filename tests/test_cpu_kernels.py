@@ -111,7 +111,8 @@ def test_embed_reads_host_or_device_tokens(rng):
 
 
 @pytest.mark.parametrize("b", [1, 7])
-def test_whole_step_matches_reference(rng, b):
+def test_whole_step_matches_reference(cpu_backend, rng, b):
+    """The step's kernels, launched one by one on the CPU device, against the reference."""
     layout = StepLayout(max_batch=8, max_blocks=CFG.max_blocks_per_seq)
     positions, tables, kc, vc = paged_inputs(rng, b, 200)
     seed = int(rng.integers(1 << 30))
@@ -127,13 +128,15 @@ def test_whole_step_matches_reference(rng, b):
     step.token_buf[slots[:b]] = tokens
     pos[:b], tab[:b] = positions, tables
     out = np.full(8, -7, np.int32)
-    for s in step._scratch:
+    for s in step.scratch:
         s[:] = np.nan
-    step.kernel(meta, out, b)
+    stream = cpu_backend.stream()
+    step.launch(meta, out, b, stream)
+    stream.synchronize()
 
     logits, k_ref = reference_step(CFG, make_weights(CFG, seed), tokens, positions, tables,
                                    kc, vc)
-    assert rel_err(step._scratch[-1][:b], logits) < 1e-4
+    assert rel_err(step.scratch[-1][:b], logits) < 1e-4
     assert_greedy_where_clear(out[:b], logits, 1e-3)
     np.testing.assert_array_equal(out[b:], -7)  # rows past the batch are never written
     assert rel_err(step.k_cache[:, :len(kc)], k_ref) < TOL
@@ -155,7 +158,8 @@ def test_step_arrays_start_on_cache_lines():
     step = CpuDecodeStep(CFG, seed=0, num_blocks=64,
                          layout=StepLayout(max_batch=8, max_blocks=CFG.max_blocks_per_seq),
                          num_slots=16)
-    arrays = [*step._weights, step.k_cache, step.v_cache, *step._scratch, step._scores]
+    arrays = [*step.w.__dict__.values(), step.k_cache, step.v_cache, *step.scratch,
+              step.scores]
     assert [a.ctypes.data % CACHE_LINE for a in arrays] == [0] * len(arrays)
 
 

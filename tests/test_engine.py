@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from schedbench.engine import Engine, StagingRing
-from schedbench.kernels.cpu.backend import CpuDecodeStep
+from schedbench.kernels.cpu import device as d
+from schedbench.kernels.cpu.backend import CpuBackend, CpuDecodeStep, command
+from schedbench.kernels.cpu.device import DeviceError
 from schedbench.kernels.layout import StepLayout
 from schedbench.kernels.model import get_preset
 from schedbench.scheduler import Scheduler, SchedulerConfig
@@ -128,28 +130,37 @@ def test_every_request_finishes_once_and_every_block_returns(cpu_backend):
 
 
 class RecordingStep(CpuDecodeStep):
-    """Records the metadata the device really reads."""
+    """Records the metadata the device really reads: the device copies it aside, in stream
+    order, just before the step's first kernel."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.seen: list[np.ndarray] = []
 
-    def kernel(self, meta, out_tokens, batch_size):
-        self.seen.append(meta.copy())
-        super().kernel(meta, out_tokens, batch_size)
+    def launch(self, meta, out_tokens, batch_size, stream):
+        self.seen.append(seen := np.empty_like(meta))
+        stream.enqueue(command(d.COPY, seen, meta, meta.nbytes))
+        super().launch(meta, out_tokens, batch_size, stream)
 
 
 def _run_recorded(backend, monkeypatch, ring_depth: int):
     """An overlapped run in which the device uploads step N's metadata only once the host
     has scheduled step N+1 (or 20 ms have passed): the worst case for the staging ring,
-    made certain rather than left to thread timing."""
-    scheduled = [threading.Event() for _ in range(1000)]
-    uploads = iter(range(1000))
+    made certain rather than left to thread timing. The upload waits on a gate event that
+    the host records, from a stream of its own, when it has scheduled N+1, and a timer
+    thread from another."""
+    gates = [backend.event() for _ in range(200)]
+    by_host, by_timer = backend.stream(), backend.stream()
+    uploads = iter(range(len(gates) - 1))
     upload = backend.copy_to_device
 
+    def open_gate(gate, stream) -> None:
+        backend.device.enqueue_event(stream.index, d.RECORD, gate.index, 1)
+
     def late_upload(dst, src, stream):
-        nxt = scheduled[next(uploads) + 1]
-        stream.enqueue(lambda: nxt.wait(0.02))
+        gate = gates[next(uploads) + 1]
+        backend.device.enqueue_event(stream.index, d.WAIT, gate.index, 1)
+        threading.Timer(0.02, open_gate, (gate, by_timer)).start()
         upload(dst, src, stream)
 
     monkeypatch.setattr(backend, "copy_to_device", late_upload)
@@ -165,7 +176,7 @@ def _run_recorded(backend, monkeypatch, ring_depth: int):
         batch = schedule(index, meta)
         if batch is not None:
             intended.append(np.concatenate([m.ravel() for m in meta]))
-        scheduled[index].set()
+        open_gate(gates[index], by_host)
         return batch
 
     scheduler.schedule = schedule_and_keep
@@ -222,8 +233,12 @@ def test_full_kv_cache_makes_requests_wait_and_tokens_still_match():
         assert waited and max(r.batch_size for r in waited) <= 4  # 3 live + 1 overlap row
 
 
-def test_a_failing_kernel_is_reported_at_the_next_sync(cpu_backend):
-    stream = cpu_backend.stream()
-    stream.enqueue(lambda: 1 / 0)
-    with pytest.raises(RuntimeError, match="ZeroDivisionError"):
-        stream.synchronize()
+def test_a_failing_kernel_is_reported_at_the_next_sync():
+    backend = CpuBackend()  # its device stops at the failure: not the session's
+    try:
+        stream = backend.stream()
+        stream.enqueue(command(99))
+        with pytest.raises(DeviceError, match="unknown command"):
+            stream.synchronize()
+    finally:
+        backend.close()

@@ -76,7 +76,8 @@ def test_the_report_pools_fresh_processes(tmp_path, capsys):
     # refused by the backend's process, as it starts, before any run
     (["--processes", "2", "--kv-blocks", "1", "--output-len", "40:50"],
      "KV budget of 1 blocks x 16 tokens is too small for the longest request"),
-    (["--processes", "2", "--modes", "graphs"], "backend 'cpu' cannot capture CUDA graphs"),
+    (["--processes", "2", "--backend", "numba", "--preset", "micro", "--modes", "graphs"],
+     "backend 'numba' cannot capture CUDA graphs"),
 ])
 def test_bad_input_exits_2_naming_the_value(tmp_path, capsys, argv, message):
     out = tmp_path / "never.json"

@@ -1,35 +1,29 @@
-"""The embedded default backend: NumPy buffers and Numba kernels on a "device thread".
+"""The embedded default backend: NumPy buffers and Numba kernels on the CPU "device"
+(``device.py``): one worker thread, outside the GIL, running what the host enqueues.
 
-Each stream is a worker thread that runs its queue in order; enqueueing returns at once.
-An event is the ``time.perf_counter()`` reading taken when the worker reaches it, so CPU
-host clocks and device events share one clock. The kernels release the GIL, so the overlap
-the engine shows is real.
+A step is a kernel per stage, as on a GPU: each launch appends one command, the worker runs
+the commands in stream order and stamps every kernel's start and end on the host's clock, so
+the figures see launch-bound starvation inside a step as a GPU's would. Events are the
+worker's clock readings when it reaches them; a graph is a recorded command list that one
+command replays.
 """
 
 from __future__ import annotations
 
-import queue
-import sys
-import threading
 import time
-from collections.abc import Callable
-from functools import partial
+from collections.abc import Iterable
 
 import numba
 import numpy as np
 
-from schedbench.kernels.backend import Backend, DecodeStep, Event, Stream
+from schedbench.kernels.backend import Backend, DecodeStep, Event, Graph, Stream
 from schedbench.kernels.busy import busy_until
-from schedbench.kernels.cpu import kernels as cpu_kernels
+from schedbench.kernels.cpu import device as d
 from schedbench.kernels.devices import cpu_model
 from schedbench.kernels.layout import StepLayout, empty_meta
 from schedbench.kernels.memory import available_host_bytes, check_fits
 from schedbench.kernels.model import ModelConfig, make_weights
 
-# NOTE: the worker needs the GIL for a few microseconds between kernels. With CPython's
-# default 5 ms switch interval a busy scheduler thread would keep it that long and open
-# fake device bubbles; 50 us bounds that wait. Restored by ``CpuBackend.close``.
-SWITCH_INTERVAL_S = 5e-5
 CACHE_LINE = 64
 
 
@@ -50,180 +44,211 @@ def aligned_zeros(shape: int | tuple[int, ...], dtype: np.dtype | type = np.floa
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
-class DeviceError(RuntimeError):
-    """A kernel or copy failed on a device thread."""
+def command(op: int, *args: int | float | np.ndarray) -> np.ndarray:
+    """One command: ints as they are, floats as their bits, arrays as their address."""
+    row = np.zeros(d.WORDS, np.int64)
+    row[0] = op
+    for i, a in enumerate(args, 1):
+        if isinstance(a, np.ndarray):
+            assert a.flags.c_contiguous, "a command's arrays are contiguous"
+            row[i] = a.ctypes.data
+        elif isinstance(a, float):
+            row[i] = np.float64(a).view(np.int64)
+        else:
+            row[i] = a
+    return row
 
 
 class CpuStream(Stream):
-    def __init__(self, name: str) -> None:
-        self._queue: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+    def __init__(self, device: d.CpuDevice) -> None:
+        self.device, self.index = device, device.new_stream(self)
+        self._done = CpuEvent(device)
+        self._taken = int(device.kcount[self.index])  # kernel stamps handed out so far
 
-    def enqueue(self, op: Callable[[], object]) -> None:
-        self._queue.put(op)
-
-    def _run(self) -> None:
-        while (op := self._queue.get()) is not None:
-            try:
-                op()
-            except BaseException as exc:
-                self._error = self._error or exc
-
-    def check(self) -> None:
-        if self._error is not None:
-            raise DeviceError(f"work on {self._thread.name} failed: {self._error!r}") \
-                from self._error
+    def enqueue(self, cmd: np.ndarray) -> None:
+        self.device.enqueue(self.index, cmd)
 
     def wait(self, event: Event) -> None:
         assert isinstance(event, CpuEvent)
-        mark = event.mark
-        self.enqueue(mark.done.wait)
+        self.device.enqueue_event(self.index, d.WAIT, event.index, event.seq)
 
     def synchronize(self) -> None:
-        done = threading.Event()
-        self.enqueue(done.set)
-        done.wait()
-        self.check()
+        self._done.record(self)
+        self._done.synchronize()
 
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-
-
-class _Mark:
-    """One ``record`` of an event: set, with its time, when the worker reaches it."""
-
-    __slots__ = ("done", "time_s")
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.time_s = 0.0
-
-    def fire(self) -> None:
-        self.time_s = time.perf_counter()
-        self.done.set()
+    def take_kernels(self, start: Event, end: Event) -> np.ndarray:
+        assert isinstance(start, CpuEvent) and isinstance(end, CpuEvent)
+        times = self.device.ev_time
+        rows, self._taken = self.device.take_kernels(self.index, self._taken,
+                                                     times[end.index])
+        return rows - times[start.index]
 
 
 class CpuEvent(Event):
-    def __init__(self) -> None:
-        self.mark = _Mark()
-        self.mark.done.set()
-        self._stream: CpuStream | None = None
+    def __init__(self, device: d.CpuDevice) -> None:
+        self.device = device
+        self.index = device.new_event(self)
+        self.seq = 0  # records enqueued; the device counts those it reached
 
     def record(self, stream: Stream) -> None:
         assert isinstance(stream, CpuStream)
-        self.mark, self._stream = _Mark(), stream
-        stream.enqueue(self.mark.fire)
+        self.seq += 1
+        self.device.enqueue_event(stream.index, d.RECORD, self.index, self.seq)
 
     def synchronize(self) -> None:
-        self.mark.done.wait()
-        if self._stream is not None:
-            self._stream.check()
+        self.device.wait_for(self.index, self.seq)
 
     def query(self) -> bool:
-        return self.mark.done.is_set()
+        return bool(self.device.ev_seq[self.index] >= self.seq)
 
     def elapsed_ms(self, later: Event) -> float:
         assert isinstance(later, CpuEvent)
         if not (self.query() and later.query()):
             raise RuntimeError("elapsed_ms on an event that has not completed")
-        return (later.mark.time_s - self.mark.time_s) * 1e3
+        return float(self.device.ev_time[later.index] - self.device.ev_time[self.index]) * 1e3
 
 
-class CpuDecodeStep(DecodeStep):
+class CpuGraph(Graph):
+    def __init__(self, first: int, rows: int) -> None:
+        self._launch = command(d.GRAPH, first, rows)
+
+    def launch(self, stream: Stream) -> None:
+        assert isinstance(stream, CpuStream)
+        stream.enqueue(self._launch)
+
+
+class CpuStep(DecodeStep):
+    """A step's commands, built once per (batch size, metadata, output) and enqueued one
+    kernel launch at a time, with the synthetic launch gap after each."""
+
+    def __init__(self) -> None:
+        # NOTE: a plan keeps the arrays it was built for, so that no other array can take
+        # their ids (its commands hold their addresses).
+        self._plans: dict[tuple[int, int, int], tuple[list[np.ndarray], object, object]] = {}
+
+    def plan(self, meta: np.ndarray, out_tokens: np.ndarray, b: int) -> Iterable[np.ndarray]:
+        raise NotImplementedError
+
+    def launch(self, meta: np.ndarray, out_tokens: np.ndarray, batch_size: int,
+               stream: Stream) -> None:
+        assert isinstance(stream, CpuStream)
+        key = (batch_size, id(meta), id(out_tokens))
+        if (entry := self._plans.get(key)) is None:
+            entry = self._plans[key] = (list(self.plan(meta, out_tokens, batch_size)), meta,
+                                        out_tokens)
+        for cmd in entry[0]:
+            stream.enqueue(cmd)
+            if self.launch_gap_s:
+                busy_until(time.perf_counter() + self.launch_gap_s)
+
+
+class CpuDecodeStep(CpuStep):
     def __init__(self, cfg: ModelConfig, seed: int, num_blocks: int, layout: StepLayout,
                  num_slots: int) -> None:
+        super().__init__()
         self.cfg, self.layout = cfg, layout
-        self.kernels_per_step = 1  # the whole step is one nogil call
+        self.kernels_per_step = 4 + 9 * cfg.num_layers
         self.pad_slot, self.pad_block = num_slots, num_blocks
         b = layout.max_batch
         widths = (cfg.hidden_size, cfg.hidden_size, cfg.qkv_size, cfg.q_size,
                   2 * cfg.intermediate_size, cfg.intermediate_size, cfg.vocab_size)
         check_fits(cfg, num_blocks, 4, 4 * (b * sum(widths) + cfg.max_context),
                    available_host_bytes(), "host memory (the cpu backend's float32)")
-        w = make_weights(cfg, seed, np.float32, aligned_zeros)
-        self._weights = (w.embed, w.attn_norm, w.wqkv, w.wo, w.mlp_norm, w.w_gate_up, w.w_down,
-                         w.final_norm, w.lm_head)
+        self.w = make_weights(cfg, seed, np.float32, aligned_zeros)
         cache_shape = (cfg.num_layers, num_blocks + 1, cfg.block_size, cfg.num_kv_heads,
                        cfg.head_dim)
         self.k_cache = aligned_zeros(cache_shape)
         self.v_cache = aligned_zeros(cache_shape)
         self.token_buf = np.zeros(num_slots + 1, np.int32)
-        self._scratch = tuple(aligned_zeros((b, n)) for n in widths)
-        self._scores = aligned_zeros(cfg.max_context)
-        self._consts = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, np.float32(cfg.rms_eps),
-                        float(cfg.rope_theta))
+        # x, h, qkv, attn, gate_up, act, logits: a row per batch row
+        self.scratch = tuple(aligned_zeros((b, n)) for n in widths)
+        self.scores = aligned_zeros(cfg.max_context)
 
-    def kernel(self, meta: np.ndarray, out_tokens: np.ndarray, batch_size: int) -> None:
-        """Run the step synchronously on the calling thread (the stream's worker)."""
-        ids, slots, pos, tables = (v[:batch_size] for v in self.layout.views(meta))
-        cpu_kernels.decode_step(ids, slots, pos, tables, self.token_buf, out_tokens[:batch_size],
-                                *self._weights, self.k_cache, self.v_cache,
-                                *(s[:batch_size] for s in self._scratch), self._scores,
-                                *self._consts)
+    def plan(self, meta: np.ndarray, out_tokens: np.ndarray, b: int) -> Iterable[np.ndarray]:
+        """Every kernel of one step, in stream order (kernels.decode_step's stages)."""
+        cfg, w = self.cfg, self.w
+        ids, slots, pos, tables = (v[:b] for v in self.layout.views(meta))
+        x, h, qkv, attn, gate_up, act, logits = (a[:b] for a in self.scratch)
+        hidden, inter, eps = cfg.hidden_size, cfg.intermediate_size, float(cfg.rms_eps)
+        heads = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
 
-    def launch(self, meta: np.ndarray, out_tokens: np.ndarray, batch_size: int,
-               stream: Stream) -> None:
-        assert isinstance(stream, CpuStream)
-        stream.enqueue(partial(self.kernel, meta, out_tokens, batch_size))
+        def linear(x_, w_, out, accumulate: bool) -> np.ndarray:
+            return command(d.LINEAR, b, w_.shape[1], w_.shape[0], x_, w_, out, int(accumulate))
+
+        def paged(op: int, layer: int, *tail) -> np.ndarray:
+            kc, vc = self.k_cache[layer], self.v_cache[layer]
+            return command(op, b, qkv, cfg.qkv_size, pos, tables, self.layout.max_blocks, kc,
+                           vc, kc.shape[0], cfg.block_size, *heads, *tail)
+
+        yield command(d.EMBED, b, ids, slots, self.token_buf, len(self.token_buf), w.embed,
+                      cfg.vocab_size, hidden, x)
+        for layer in range(cfg.num_layers):
+            yield command(d.RMSNORM, b, hidden, x, w.attn_norm[layer], h, eps)
+            yield linear(h, w.wqkv[layer], qkv, False)
+            yield paged(d.ROPE_APPEND, layer, float(cfg.rope_theta))
+            yield paged(d.ATTENTION, layer, self.scores, len(self.scores), attn)
+            yield linear(attn, w.wo[layer], x, True)
+            yield command(d.RMSNORM, b, hidden, x, w.mlp_norm[layer], h, eps)
+            yield linear(h, w.w_gate_up[layer], gate_up, False)
+            yield command(d.SILU_MUL, b, inter, gate_up, act)
+            yield linear(act, w.w_down[layer], x, True)
+        yield command(d.RMSNORM, b, hidden, x, w.final_norm, h, eps)
+        yield linear(h, w.lm_head, logits, False)
+        yield command(d.ARGMAX, b, cfg.vocab_size, logits, slots, self.token_buf,
+                      len(self.token_buf), out_tokens[:b])
 
 
-class CpuSpinStep(DecodeStep):
+class CpuSpinStep(CpuStep):
     def __init__(self, vocab_size: int, compute_ms: float, layout: StepLayout,
                  num_slots: int) -> None:
-        self.layout, self.kernels_per_step = layout, 1
+        super().__init__()
+        self.layout, self.kernels_per_step = layout, 2
         self.pad_slot, self.pad_block = num_slots, 0
         self._vocab, self._seconds = vocab_size, compute_ms / 1e3
         self.token_buf = np.zeros(num_slots + 1, np.int32)
 
-    def kernel(self, meta: np.ndarray, out_tokens: np.ndarray, batch_size: int) -> None:
-        busy_until(time.perf_counter() + self._seconds)
-        ids, slots, pos, _ = (v[:batch_size] for v in self.layout.views(meta))
-        cpu_kernels.synthetic_tokens(ids, slots, pos, self.token_buf, out_tokens[:batch_size],
-                                     self._vocab)
-
-    def launch(self, meta: np.ndarray, out_tokens: np.ndarray, batch_size: int,
-               stream: Stream) -> None:
-        assert isinstance(stream, CpuStream)
-        stream.enqueue(partial(self.kernel, meta, out_tokens, batch_size))
+    def plan(self, meta: np.ndarray, out_tokens: np.ndarray, b: int) -> Iterable[np.ndarray]:
+        ids, slots, pos, _ = (v[:b] for v in self.layout.views(meta))
+        yield command(d.SPIN, 0, self._seconds)
+        yield command(d.SYNTH_TOKENS, b, ids, slots, pos, self.token_buf, len(self.token_buf),
+                      out_tokens[:b], self._vocab)
 
 
 class CpuBackend(Backend):
     name = "cpu"
+    supports_graphs = True
+    busy_source = "worker"
 
     def __init__(self) -> None:
-        self._streams: list[CpuStream] = []
-        self._switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
-        _warm_up()
+        self.device = d.CpuDevice()
+        _warm_up(self)
 
     @property
     def device_name(self) -> str:
         return cpu_model()
 
     def stream(self) -> CpuStream:
-        s = CpuStream(f"schedbench-device-{len(self._streams)}")
-        self._streams.append(s)
-        return s
+        return CpuStream(self.device)
 
     def event(self) -> CpuEvent:
-        return CpuEvent()
+        return CpuEvent(self.device)
 
     def empty(self, size: int, dtype: np.dtype | type) -> np.ndarray:
-        return np.zeros(size, dtype)
+        return aligned_zeros(size, dtype)
 
     def pinned(self, size: int, dtype: np.dtype | type) -> np.ndarray:
-        return np.zeros(size, dtype)
+        return aligned_zeros(size, dtype)
 
     def copy_to_device(self, dst: np.ndarray, src: np.ndarray, stream: Stream) -> None:
-        assert isinstance(stream, CpuStream)
-        stream.enqueue(partial(np.copyto, dst, src))
+        self._copy(dst, src, stream)
 
     def copy_to_host(self, dst: np.ndarray, src: np.ndarray, stream: Stream) -> None:
-        assert isinstance(stream, CpuStream)
-        stream.enqueue(partial(np.copyto, dst, src))
+        self._copy(dst, src, stream)
+
+    def _copy(self, dst: np.ndarray, src: np.ndarray, stream: Stream) -> None:
+        assert isinstance(stream, CpuStream) and src.nbytes == dst.nbytes
+        assert src.flags.c_contiguous and dst.flags.c_contiguous
+        self.device.enqueue_copy(stream.index, dst, src)
 
     def decode_step(self, cfg: ModelConfig, seed: int, num_blocks: int, layout: StepLayout,
                     num_slots: int) -> CpuDecodeStep:
@@ -233,24 +258,28 @@ class CpuBackend(Backend):
                   num_slots: int) -> CpuSpinStep:
         return CpuSpinStep(vocab_size, compute_ms, layout, num_slots)
 
+    def capture(self, step: DecodeStep, meta: np.ndarray, out_tokens: np.ndarray,
+                batch_size: int, stream: Stream) -> CpuGraph:
+        with self.device.capture() as rows:
+            step.launch(meta, out_tokens, batch_size, stream)
+        return CpuGraph(*self.device.store_graph(rows))
+
     def versions(self) -> dict[str, str]:
         return {"numpy": np.__version__, "numba": numba.__version__}
 
     def close(self) -> None:
-        for s in self._streams:
-            s.close()
-        self._streams.clear()
-        sys.setswitchinterval(self._switch_interval)
+        self.device.close()
 
 
-def _warm_up() -> None:
-    """Compile (or load from the cache) every kernel now, never inside a timed step."""
+def _warm_up(backend: CpuBackend) -> None:
+    """Compile (or load from the cache) the worker and every kernel now, and run one step
+    of each kind through the device, never inside a timed step."""
     from schedbench.kernels.model import get_preset
 
     cfg = get_preset("tiny")
     layout = StepLayout(max_batch=1, max_blocks=cfg.max_blocks_per_seq)
-    step = CpuDecodeStep(cfg, 0, 1, layout, 1)
-    step.kernel(empty_meta(layout), np.zeros(1, np.int32), 1)
-    CpuSpinStep(cfg.vocab_size, 0.0, layout, 1).kernel(empty_meta(layout),
-                                                       np.zeros(1, np.int32), 1)
-
+    stream = backend.stream()
+    meta, out = empty_meta(layout), np.zeros(1, np.int32)
+    for step in (CpuDecodeStep(cfg, 0, 1, layout, 1), CpuSpinStep(cfg.vocab_size, 0.0, layout, 1)):
+        step.launch(meta, out, 1, stream)
+        stream.synchronize()

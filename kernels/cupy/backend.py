@@ -9,6 +9,7 @@ nothing but one driver call per kernel.
 
 from __future__ import annotations
 
+import time
 from functools import partial
 
 import cupy as cp
@@ -16,6 +17,7 @@ import numpy as np
 from cupy.cuda import runtime
 
 from schedbench.kernels.backend import Backend, DecodeStep, Event, Graph, Stream
+from schedbench.kernels.busy import busy_until
 from schedbench.kernels.cuda.calls import (
     StepBuffers,
     attention_call_picked,
@@ -102,7 +104,7 @@ class CupyDecodeStep(DecodeStep):
         key = (batch_size, meta.data.ptr, out_tokens.data.ptr)
         if (plan := self._plans.get(key)) is None:
             plan = self._plans[key] = self.plan(meta, out_tokens, batch_size)
-        plan(stream.raw.ptr)
+        plan(stream.raw.ptr, self.launch_gap_s)
 
 
 class CupySpinStep(DecodeStep):
@@ -122,6 +124,8 @@ class CupySpinStep(DecodeStep):
         with stream.raw:
             self._spin((1,), (1,), (self._ns, ids, slots, positions, i32(batch_size),
                                     self._vocab, self.token_buf, out_tokens))
+        if self.launch_gap_s:
+            busy_until(time.perf_counter() + self.launch_gap_s)
 
 
 class CupyBackend(Backend):

@@ -17,12 +17,14 @@ before the previous kernel on the stream finishes, and must wait for it in the k
 from __future__ import annotations
 
 import ctypes
+import time
 from collections.abc import Callable
 from functools import cache, partial
 
 import cupy as cp
 from cupy.cuda import driver
 
+from schedbench.kernels.busy import busy_until
 from schedbench.kernels.cuda.calls import KernelCall, c_arg, dim3
 from schedbench.kernels.cuda.sources import source
 from schedbench.kernels.cupy.launch_ex import PdlEnqueue
@@ -87,9 +89,15 @@ class LaunchSequence:
     def __len__(self) -> int:
         return len(self.launches)
 
-    def __call__(self, stream_ptr: int) -> None:
+    def __call__(self, stream_ptr: int, gap_s: float = 0.0) -> None:
+        """Enqueue every launch; ``gap_s`` of host busy work after each (--launch-us)."""
+        if not gap_s:
+            for enqueue, params in self._calls:
+                enqueue(stream_ptr, params, 0)
+            return
         for enqueue, params in self._calls:
             enqueue(stream_ptr, params, 0)
+            busy_until(time.perf_counter() + gap_s)
 
 
 @cache

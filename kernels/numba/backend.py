@@ -20,6 +20,7 @@ import numba
 import numpy as np
 
 from schedbench.kernels.backend import Backend, DecodeStep, Event, Stream
+from schedbench.kernels.busy import busy_until
 from schedbench.kernels.errors import ConfigError
 from schedbench.kernels.layout import StepLayout
 from schedbench.kernels.model import ModelConfig, Weights, interleave_gate_up, make_weights
@@ -201,8 +202,10 @@ class NumbaDecodeStep(DecodeStep):
             raw = stream.raw
             for kernel, grid, block, args in plan:
                 kernel[grid, block, raw](*args)
+                if self.launch_gap_s:
+                    busy_until(time.perf_counter() + self.launch_gap_s)
         else:
-            plan(int(stream.raw.handle))
+            plan(int(stream.raw.handle), self.launch_gap_s)
 
 
 class NumbaBackend(Backend):

@@ -1,6 +1,7 @@
 """The CuPy backend's decode step on the CPU emulator, behind the backend protocol: the CUDA C
-kernels, called as the CuPy backend calls them (``kernels.cuda.calls.step_calls``), run by
-the CPU backend's stream workers, with its events and copies. A graph is the step's calls for
+kernels, called as the CuPy backend calls them (``kernels.cuda.calls.step_calls``), run on
+the host in stream order (the stream first finishes what it holds), with the CPU device's
+events and copies. A graph is the step's calls for
 one bucket, recorded once over fixed buffers and run again at each launch, as a CUDA graph
 replays its kernels. So the loops' invariants on the CUDA C kernels (the same tokens in every
 mode; graph buckets whose padding rows touch only the spare slot and block) are tested on a
@@ -9,7 +10,6 @@ machine without a GPU."""
 from __future__ import annotations
 
 import dataclasses
-from functools import partial
 
 import numpy as np
 
@@ -38,8 +38,7 @@ class EmulatedStep(DecodeStep):
 
     def launch(self, meta: np.ndarray, out_tokens: np.ndarray, batch_size: int,
                stream: Stream) -> None:
-        assert isinstance(stream, CpuStream)
-        stream.enqueue(partial(cuda_emulator.run, *self.calls(meta, out_tokens, batch_size)))
+        run_in_order(stream, self.calls(meta, out_tokens, batch_size))
 
 
 class EmulatedGraph(Graph):
@@ -47,8 +46,18 @@ class EmulatedGraph(Graph):
         self.calls = calls
 
     def launch(self, stream: Stream) -> None:
-        assert isinstance(stream, CpuStream)
-        stream.enqueue(partial(cuda_emulator.run, *self.calls))
+        run_in_order(stream, self.calls)
+
+
+def run_in_order(stream: Stream, calls: list[KernelCall]) -> None:
+    assert isinstance(stream, CpuStream)
+    stream.synchronize()  # what the stream holds (the metadata upload) lands first
+    cuda_emulator.run(*calls)
+
+
+class EmulatedStream(CpuStream):
+    def take_kernels(self, start, end) -> None:
+        return None  # the kernels ran on the host, not the device: span only
 
 
 class EmulatedCudaBackend(CpuBackend):
@@ -57,11 +66,15 @@ class EmulatedCudaBackend(CpuBackend):
 
     name = "cuda-emulator"
     supports_graphs = True
+    busy_source = "span"
 
     def __init__(self, gemm: kc.GemmCall = kc.gemm_call,
                  attention: kc.AttentionCall = kc.attention_call) -> None:
         super().__init__()
         self.gemm, self.attention = gemm, attention
+
+    def stream(self) -> EmulatedStream:
+        return EmulatedStream(self.device)
 
     def decode_step(self, cfg: ModelConfig, seed: int, num_blocks: int, layout: StepLayout,
                     num_slots: int) -> EmulatedStep:

@@ -15,6 +15,8 @@ import numpy as np
 from schedbench.kernels.layout import StepLayout
 from schedbench.kernels.model import ModelConfig
 
+KERNELS_KEPT = 1 << 16
+
 
 class Stream(ABC):
     @abstractmethod
@@ -28,7 +30,8 @@ class Stream(ABC):
     def take_kernels(self, start: Event, end: Event) -> np.ndarray | None:
         """The (start, end) of each kernel this stream ran between two of its completed
         events, in seconds since ``start``, each kernel handed out once; None where the
-        backend cannot know them (the figures then take the events' span as busy)."""
+        backend cannot know them (the figures then take the events' span as busy). A stream
+        keeps at least ``KERNELS_KEPT`` until they are taken."""
         return None
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from schedbench.kernels.backend import Backend, DecodeStep, Event, Graph
+from schedbench.kernels.backend import KERNELS_KEPT, Backend, DecodeStep, Event, Graph
 from schedbench.kernels.busy import busy_until
 from schedbench.kernels.layout import StepLayout
 from schedbench.nvtx import Nvtx
@@ -24,9 +24,6 @@ from schedbench.synthetic import Synthetic
 from schedbench.timing import StepRecord
 
 MODES = ("sequential", "overlapped", "graphs")
-# Kernel intervals are fetched from the device once per this many steps, not on every step,
-# so that fetching them adds nothing measurable to a step's host phases.
-KERNELS_EVERY = 256
 
 
 @dataclass(eq=False)
@@ -99,6 +96,10 @@ class Engine:
         self._graphs: dict[tuple[int, int], Graph] = {}  # (bucket, ring slot) -> graph
         self._buckets: list[int] = []
         self._no_kernels: list[StepRecord] = []  # postprocessed, kernels not yet fetched
+        # Kernel intervals are fetched once per this many steps, not on every step, so that
+        # fetching them adds nothing measurable to a step's host phases; half what a stream
+        # keeps, so that none is lost.
+        self._kernels_every = max(1, KERNELS_KEPT // (2 * step.kernels_per_step))
         self._last_end: Event = self._anchor  # the last postprocessed step's end event
 
     def run(self, mode: str, scheduler: Scheduler) -> list[StepRecord]:
@@ -211,7 +212,7 @@ class Engine:
         self._nvtx.end(f.step_range)
         self._no_kernels.append(rec)
         self._last_end = slot.end
-        if len(self._no_kernels) == KERNELS_EVERY:
+        if len(self._no_kernels) == self._kernels_every:
             self._fetch_kernels(slot.end)
 
     def _fetch_kernels(self, until: Event) -> None:

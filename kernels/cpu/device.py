@@ -31,12 +31,13 @@ from numba import carray, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from schedbench.kernels.backend import KERNELS_KEPT
 from schedbench.kernels.cpu import kernels as k
 from schedbench.kernels.errors import ConfigError
 
 WORDS = 24  # int64 words a command
 RING = 1 << 12  # commands a stream holds before the host must wait for the worker
-KERNEL_LOG = 1 << 16  # kernel intervals a stream keeps until the host takes them
+KERNEL_LOG = KERNELS_KEPT  # kernel intervals a stream keeps until the host takes them
 MAX_STREAMS = 32
 MAX_EVENTS = 1 << 12
 GRAPH_ROWS = 1 << 15  # the commands of every captured graph, together

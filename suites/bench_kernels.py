@@ -1,15 +1,17 @@
 """Each decode kernel's device time, achieved GB/s and % of the copy bandwidth measured in
-the same run: the CuPy projection kernel beside cuBLAS (``cupy.matmul``) on the same
-shapes (up to batch 16 also with tc_gemm's other variants, as ``gemm_o@plain`` or
-``gemm_qkv@pipe1``, and a step's projections as ``all_128_projections_plain`` and
-``all_128_projections_pipe1``, pipe1 where the default is plain; and with
-programmatic dependent launch when ``SCHEDBENCH_PDL=1``; at large batches also
-``wide_gemm``, per projection as ``gemm_o@wide`` and a step's with each of its stage
-counts), paged attention (the tiling the host picks for the grid, then every other of
-``kernels.cuda.sources.ATTENTION_TILINGS`` as ``attention_ctx2048@split/max_splits/stage x
-stages``), and the Numba kernels on the same shapes. Each figure is per layer, timed over
-a graph of every layer's launches, each layer with its own weights or KV cache as in a
-step, so nothing is served from L2.
+the same run: the CuPy projection kernel beside cuBLAS (``cupy.matmul`` into preallocated
+outputs) on the same shapes, both replayed from a graph (``all_128_projections``,
+``cublas_128_projections``) and both launched one at a time (``..._eager``); up to batch
+16 also with tc_gemm's other variants, as ``gemm_o@plain`` or ``gemm_qkv@pipe1``, and a
+step's projections as ``all_128_projections_plain`` and ``all_128_projections_pipe1``,
+pipe1 where the default is plain; and with programmatic dependent launch when
+``SCHEDBENCH_PDL=1``; at large batches also ``wide_gemm``, per projection as
+``gemm_o@wide`` and a step's with each of its stage counts), paged attention (the tiling
+the host picks for the grid, then every other of ``kernels.cuda.sources.ATTENTION_TILINGS``
+as ``attention_ctx2048@split/max_splits/stage x stages``), and the Numba kernels on the same
+shapes. Each figure is per layer, timed over a graph of every layer's launches (but the
+``_eager`` rows), each layer with its own weights or KV cache as in a step, so nothing is
+served from L2.
 
 asv: ``asv run --python=same --bench bench_kernels`` (skipped without a GPU).
 Directly: ``python suites/bench_kernels.py [--preset llama3-8b] [--batch-sizes 1,4,16]``
@@ -126,7 +128,9 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
     from schedbench.kernels.cupy import selection as sel
     from schedbench.kernels.cupy.measure import (
         copy_bandwidth_gbs,
+        eager_launches_ms,
         guarded,
+        replay_ms,
         time_launches_ms,
         time_ms,
     )
@@ -149,20 +153,29 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
     def step_rows(b: int, xs: dict, outs: dict, variants: dict[str, Callable[[str], dict]]
                   ) -> None:
         """A step's projections with each variant: gemm_launch's settings for a projection
-        (by default its default kernel's), then cuBLAS's."""
+        (by default its default kernel's), then cuBLAS's on equal footing: its products
+        into preallocated outputs, replayed from a graph as ours are; then both eager, a
+        launch at a time from the host, where launch cost shows on a row of its own."""
+        step = f"all_{4 * n_layers}_projections"
         for suffix, how in variants.items():
             every = [sel.gemm_launch(xs[p], weights[p][layer], b, EPILOGUES[p], outs[p],
                                     **{"pdl": False, "wide": False, **how(p)})
                      for layer in range(n_layers) for p in PROJECTIONS]
-            fig.record(f"all_{4 * n_layers}_projections{suffix}", b, time_launches_ms(every),
-                       step_bytes)
+            fig.record(step + suffix, b, time_launches_ms(every), step_bytes)
+            if not suffix:
+                fig.record(step + "_eager", b, eager_launches_ms(every), step_bytes)
+        products = {p: cp.empty((b, shapes[p][0]), cp.float16) for p in PROJECTIONS}
 
         def cublas(s: cp.cuda.Stream) -> None:
-            for layer in range(n_layers):
-                for p in PROJECTIONS:
-                    cp.matmul(xs[p], weights[p][layer].T)
+            with s:
+                for layer in range(n_layers):
+                    for p in PROJECTIONS:
+                        cp.matmul(xs[p], weights[p][layer].T, out=products[p])
 
-        fig.record(f"cublas_{4 * n_layers}_projections", b, time_ms(cublas), step_bytes)
+        # NOTE: eager first: it makes cuBLAS's handle and workspace, which a capture cannot
+        fig.record(f"cublas_{4 * n_layers}_projections_eager", b, time_ms(cublas), step_bytes)
+        guarded(f"cuBLAS replayed from a graph (batch {b})", lambda: fig.record(
+            f"cublas_{4 * n_layers}_projections", b, replay_ms(cublas), step_bytes))
 
     def projection_row(name: str, b: int, xs: dict, outs: dict, p: str, **how) -> None:
         """One projection of every layer, with gemm_launch's settings ``how``."""
@@ -396,7 +409,8 @@ def asv_grids(cfg: ModelConfig) -> dict[str, tuple[list[str], list[int]]]:
     families = (None, *KERNEL_FAMILIES)
     return {
         "Kernels": ([f"gemm_{p}" for p in PROJECTIONS]
-                    + [step, f"cublas_{4 * cfg.num_layers}_projections"],
+                    + [step, f"cublas_{4 * cfg.num_layers}_projections"]
+                    + [step + "_eager", f"cublas_{4 * cfg.num_layers}_projections_eager"],
                     BATCH_SIZES + WIDE_BATCH_SIZES),
         "GemmCandidates": ([f"gemm_{p}@{v}" for p in PROJECTIONS for v in GEMM_VARIANTS]
                            + [step + s for s in ("_plain", "_pipe1", "_pdl")], BATCH_SIZES),

@@ -135,7 +135,9 @@ def _fake_gpu(monkeypatch, launched: list) -> None:
     measure = types.ModuleType("schedbench.kernels.cupy.measure")
     measure.__dict__.update(copy_bandwidth_gbs=lambda: 4000.0,
                             guarded=lambda what, fn, *a: fn(*a),
-                            time_launches_ms=lambda launches: 1.0, time_ms=lambda fn: 1.0)
+                            time_launches_ms=lambda launches: 1.0, time_ms=lambda fn: 1.0,
+                            eager_launches_ms=lambda launches: 1.0,
+                            replay_ms=lambda fn, stream=None: 1.0)
     for name, module in (("cupy", cupy), ("schedbench.kernels.cupy.selection", selection),
                          ("schedbench.kernels.cupy.measure", measure)):
         monkeypatch.setitem(sys.modules, name, module)

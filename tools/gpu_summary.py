@@ -25,7 +25,12 @@ def load(out: Path, name: str) -> dict | None:
 
 def projection_targets(rows: dict, name: str, b: int, r: dict) -> list[str]:
     """A step's projections: #3's target at batch 1-16, cuBLAS beside; at large batches,
-    wide_gemm (each stage count) against tc_gemm."""
+    wide_gemm (each stage count) against tc_gemm; launched one at a time, against cuBLAS
+    launched so too."""
+    if m := re.fullmatch(r"all_(\d+_projections)_eager", name):
+        cub = rows.get((f"cublas_{m[1]}_eager", b))
+        vs = f", cuBLAS {cub['ms']:.2f} ms" if cub else ""
+        return [f"  eager b={b}: {r['ms']:.2f} ms a step{vs} (launch gaps included)"]
     cub = rows.get((re.sub(r"^all_(\d+_projections).*", r"cublas_\1", name), b))
     targets = []
     if b <= 16:

@@ -52,11 +52,12 @@ def graph_of(enqueue: Callable[[cp.cuda.Stream], None],
     return graph
 
 
-def replay_ms(enqueue: Callable[[cp.cuda.Stream], None], stream: cp.cuda.Stream,
-              reps: int = 20) -> float:
-    """Device time of what ``enqueue`` puts on a stream, replayed from a graph so that launch
-    gaps do not count: what the kernels themselves take."""
-    graph = graph_of(enqueue, stream)
+def replay_ms(enqueue: Callable[[cp.cuda.Stream], None],
+              stream: cp.cuda.Stream | None = None, reps: int = 20) -> float:
+    """Device time of what ``enqueue`` puts on a stream (by default a new non-blocking one),
+    replayed from a graph so that launch gaps do not count: what the kernels themselves
+    take."""
+    graph = graph_of(enqueue, stream or cp.cuda.Stream(non_blocking=True))
     return time_ms(lambda s: graph.launch(s), reps=reps)
 
 
@@ -69,6 +70,13 @@ def time_launches_ms(launches: Sequence[Launch], reps: int = 20) -> float:
         stream.synchronize()
     sequence = LaunchSequence(list(launches))
     return replay_ms(lambda s: sequence(s.ptr), stream, reps)
+
+
+def eager_launches_ms(launches: Sequence[Launch], reps: int = 20) -> float:
+    """``time_ms`` of a sequence of launches enqueued one at a time from the host, launch
+    gaps included: the same launches as ``time_launches_ms``, without the graph."""
+    sequence = LaunchSequence(list(launches))
+    return time_ms(lambda s: sequence(s.ptr), reps=reps)
 
 
 def host_us(call: Callable[[], None], n: int = 200, sync: Callable[[], None] | None = None,

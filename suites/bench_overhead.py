@@ -1,11 +1,12 @@
 """Scheduling overhead per backend x preset x mode x batch size, through the real engine.
 
-asv: ``asv run --python=same --quick --bench bench_overhead``; SCHEDBENCH_ASV_PROCESSES=N
-records the median of N processes' sweeps (see schedbench.processes) where one process's
-luck would otherwise be every commit's. The grid is the same on every machine, whatever it
-has and whatever is set: asv publish draws only the parameter values that the publishing
-machine's last run listed, so a grid that grew with the machine or a variable would hide
-one machine's points in another's site. Larger shapes run directly.
+asv: ``asv run --python=same --quick --bench bench_overhead``: each point is the median of
+three fresh processes' sweeps (see schedbench.processes), SCHEDBENCH_ASV_PROCESSES=N for N,
+so that one process's luck is not the commit's; ``track_step_spread_pct`` keeps their range.
+The grid is the same on every machine, whatever it has and whatever is set: asv publish
+draws only the parameter values that the publishing machine's last run listed, so a grid
+that grew with the machine or a variable would hide one machine's points in another's site.
+Larger shapes run directly.
 Directly: ``python suites/bench_overhead.py [--backend cpu|cupy|numba] [--batch-sizes 1,4,16,64]``.
 """
 
@@ -57,8 +58,11 @@ def sweep_config(backend: str, preset: str, batch_sizes: list[int], steps: int =
                        workload=WorkloadConfig.fitted(get_preset(preset).max_context))
 
 
+# NOTE: 3 by default. Six invocations of this sweep (CPU backend, 2-vCPU VM, 2026-12-06)
+# ranged 6-33 % in step time across invocations with one process each, and 1-11 % with the
+# median of three processes each (batch 1-64, both loops).
 def asv_processes() -> int:
-    raw = os.environ.get("SCHEDBENCH_ASV_PROCESSES", "1")
+    raw = os.environ.get("SCHEDBENCH_ASV_PROCESSES", "3")
     try:
         return int(raw)
     except ValueError:
@@ -96,8 +100,10 @@ class Overhead:
                                             processes=asv_processes()))
             try:
                 for r in pooled(list(sweep.results())):
+                    step = r.figures["step_ms"]
                     figures[run_name(backend, r.mode), r.batch_size] = {
-                        k: s.median for k, s in r.figures.items()}
+                        **{k: s.median for k, s in r.figures.items()},
+                        "step_spread_pct": 100 * (step.max - step.min) / step.median}
             finally:
                 sweep.close()
         return {"figures": figures, "skipped": skipped}
@@ -117,6 +123,13 @@ class Overhead:
         return cache["figures"][run, batch_size]["idle_in_step_ms"]
 
     track_idle_in_step_ms.unit = "ms"
+
+    def track_step_spread_pct(self, cache, run, batch_size) -> float:
+        """The step time's range over the processes (or one process's repeats), as % of its
+        median: a change smaller than this between two commits may be noise."""
+        return cache["figures"][run, batch_size]["step_spread_pct"]
+
+    track_step_spread_pct.unit = "%"
 
     def track_bubble_us(self, cache, run, batch_size) -> float:
         return cache["figures"][run, batch_size]["bubble_us"]

@@ -173,11 +173,12 @@ def latency_table(results: list[RunResult]) -> str:
     def cell(f: dict[str, Stat]) -> str | None:
         if not math.isfinite(f["itl_p50_ms"].median):
             return None
-        return f"{f['itl_p50_ms'].median:.3f} / {f['itl_p99_ms'].median:.3f}"
+        return (f"{f['itl_p50_ms'].median:.3f} / {f['itl_p99_ms'].median:.3f} "
+                f"(n={f['itl_samples'].median:.0f})")
 
     return per_mode_table(results, "Inter-token latency as the host sees it (ms, p50 / p99 over "
-                                   "every two consecutive tokens of a request, steady state)",
-                          cell)
+                                   "every two consecutive tokens of a request, steady state; n: "
+                                   "the gaps a run's p99 stands on)", cell)
 
 
 def throughput_table(results: list[RunResult]) -> str:

@@ -121,6 +121,7 @@ class RunFigures:
     efficiency: float
     itl_p50_ms: float  # inter-token latency: NaN where no request made two tokens in the window
     itl_p99_ms: float
+    itl_samples: float  # the inter-token gaps the percentiles stand on
 
     @classmethod
     def names(cls) -> list[str]:
@@ -196,6 +197,7 @@ def summarize(records: list[StepRecord], warmup: int, batch_size: int,
         efficiency=ideal / step_ms,
         itl_p50_ms=float(itl_p50),
         itl_p99_ms=float(itl_p99),
+        itl_samples=float(len(itl)),
     )
 
 

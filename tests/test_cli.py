@@ -148,7 +148,8 @@ def test_report_and_json(tmp_path, capsys):
         assert run["compute_ms"] > 0 and run["tokens_per_s"] > 0
         assert run["spread"]["step_ms"]["min"] <= run["step_ms"] <= run["spread"]["step_ms"]["max"]
         assert run["batch_size"] <= run["requests_served"]
-        assert 0 < run["itl_p50_ms"] <= run["itl_p99_ms"]
+        assert 0 < run["itl_p50_ms"] <= run["itl_p99_ms"] and run["itl_samples"] >= 1
+        assert f"(n={run['itl_samples']:.0f})" in text
         assert 0 < run["requests_finished"] <= run["requests_served"]
     # the throughput table prints the JSON's tokens/s and bubble, a column per mode
     table = text.split("Throughput, tokens/s (mean device bubble between steps, us)\n")[1]

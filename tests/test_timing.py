@@ -55,6 +55,7 @@ def test_a_step_splits_into_busy_idle_inside_and_idle_between():
         (0.1, 0.2, 0.1, 0.5))
     assert f.ideal_step_ms == pytest.approx(0.1 + max(0.2, 0.5) + 0.1)
     assert f.efficiency == pytest.approx(0.7)
+    assert f.itl_samples == 0 and math.isnan(f.itl_p99_ms)  # no request made two tokens
 
 
 def test_the_overlapped_ideal_is_the_larger_of_device_and_host():

@@ -97,9 +97,9 @@ class Engine:
         self._buckets: list[int] = []
         self._no_kernels: list[StepRecord] = []  # postprocessed, kernels not yet fetched
         # Kernel intervals are fetched once per this many steps, not on every step, so that
-        # fetching them adds nothing measurable to a step's host phases; half what a stream
-        # keeps, so that none is lost.
-        self._kernels_every = max(1, KERNELS_KEPT // (2 * step.kernels_per_step))
+        # fetching them adds nothing measurable to a step's host phases; at most 256 steps,
+        # which this list holds meanwhile, and at most half what a stream keeps.
+        self._kernels_every = max(1, min(256, KERNELS_KEPT // (2 * step.kernels_per_step)))
         self._last_end: Event = self._anchor  # the last postprocessed step's end event
 
     def run(self, mode: str, scheduler: Scheduler) -> list[StepRecord]:

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from schedbench.kernels.cpu import device as d
-from schedbench.kernels.cpu.backend import command
 from schedbench.kernels.model import get_preset
 from schedbench.sweep import Sweep, SweepConfig
 from schedbench.timing import summarize
@@ -64,7 +63,7 @@ def test_a_slow_launcher_starves_the_device_inside_the_step():
 def test_a_stream_waits_for_another_streams_event(cpu_backend):
     first, second = cpu_backend.stream(), cpu_backend.stream()
     gate, done = cpu_backend.event(), cpu_backend.event()
-    first.enqueue(command(d.SPIN, 0, 0.02))
+    first.enqueue(d.command(d.SPIN, 0, 0.02))
     gate.record(first)
     second.wait(gate)
     done.record(second)
@@ -90,6 +89,6 @@ def test_a_graph_holds_no_waits():
     device = d.CpuDevice()
     try:
         with pytest.raises(d.DeviceError, match="kernels, copies and event records only"):
-            device.store_graph([command(d.WAIT, 0, 1)])
+            device.store_graph([d.command(d.WAIT, 0, 1)])
     finally:
         device.close()

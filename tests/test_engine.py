@@ -9,7 +9,7 @@ import pytest
 
 from schedbench.engine import Engine, StagingRing
 from schedbench.kernels.cpu import device as d
-from schedbench.kernels.cpu.backend import CpuBackend, CpuDecodeStep, command
+from schedbench.kernels.cpu.backend import CpuBackend, CpuDecodeStep
 from schedbench.kernels.cpu.device import DeviceError
 from schedbench.kernels.layout import StepLayout
 from schedbench.kernels.model import get_preset
@@ -139,7 +139,7 @@ class RecordingStep(CpuDecodeStep):
 
     def launch(self, meta, out_tokens, batch_size, stream):
         self.seen.append(seen := np.empty_like(meta))
-        stream.enqueue(command(d.COPY, seen, meta, meta.nbytes))
+        stream.enqueue(d.command(d.COPY, seen, meta, meta.nbytes))
         super().launch(meta, out_tokens, batch_size, stream)
 
 
@@ -237,7 +237,7 @@ def test_a_failing_kernel_is_reported_at_the_next_sync():
     backend = CpuBackend()  # its device stops at the failure: not the session's
     try:
         stream = backend.stream()
-        stream.enqueue(command(99))
+        stream.enqueue(d.command(99))
         with pytest.raises(DeviceError, match="unknown command"):
             stream.synchronize()
     finally:

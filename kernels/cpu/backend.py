@@ -44,21 +44,6 @@ def aligned_zeros(shape: int | tuple[int, ...], dtype: np.dtype | type = np.floa
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
-def command(op: int, *args: int | float | np.ndarray) -> np.ndarray:
-    """One command: ints as they are, floats as their bits, arrays as their address."""
-    row = np.zeros(d.WORDS, np.int64)
-    row[0] = op
-    for i, a in enumerate(args, 1):
-        if isinstance(a, np.ndarray):
-            assert a.flags.c_contiguous, "a command's arrays are contiguous"
-            row[i] = a.ctypes.data
-        elif isinstance(a, float):
-            row[i] = np.float64(a).view(np.int64)
-        else:
-            row[i] = a
-    return row
-
-
 class CpuStream(Stream):
     def __init__(self, device: d.CpuDevice) -> None:
         self.device, self.index = device, device.new_stream(self)
@@ -110,7 +95,7 @@ class CpuEvent(Event):
 
 class CpuGraph(Graph):
     def __init__(self, first: int, rows: int) -> None:
-        self._launch = command(d.GRAPH, first, rows)
+        self._launch = d.command(d.GRAPH, first, rows)
 
     def launch(self, stream: Stream) -> None:
         assert isinstance(stream, CpuStream)
@@ -173,28 +158,28 @@ class CpuDecodeStep(CpuStep):
         heads = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
 
         def linear(x_, w_, out, accumulate: bool) -> np.ndarray:
-            return command(d.LINEAR, b, w_.shape[1], w_.shape[0], x_, w_, out, int(accumulate))
+            return d.command(d.LINEAR, b, w_.shape[1], w_.shape[0], x_, w_, out, int(accumulate))
 
         def paged(op: int, layer: int, *tail) -> np.ndarray:
             kc, vc = self.k_cache[layer], self.v_cache[layer]
-            return command(op, b, qkv, cfg.qkv_size, pos, tables, self.layout.max_blocks, kc,
+            return d.command(op, b, qkv, cfg.qkv_size, pos, tables, self.layout.max_blocks, kc,
                            vc, kc.shape[0], cfg.block_size, *heads, *tail)
 
-        yield command(d.EMBED, b, ids, slots, self.token_buf, len(self.token_buf), w.embed,
+        yield d.command(d.EMBED, b, ids, slots, self.token_buf, len(self.token_buf), w.embed,
                       cfg.vocab_size, hidden, x)
         for layer in range(cfg.num_layers):
-            yield command(d.RMSNORM, b, hidden, x, w.attn_norm[layer], h, eps)
+            yield d.command(d.RMSNORM, b, hidden, x, w.attn_norm[layer], h, eps)
             yield linear(h, w.wqkv[layer], qkv, False)
             yield paged(d.ROPE_APPEND, layer, float(cfg.rope_theta))
             yield paged(d.ATTENTION, layer, self.scores, len(self.scores), attn)
             yield linear(attn, w.wo[layer], x, True)
-            yield command(d.RMSNORM, b, hidden, x, w.mlp_norm[layer], h, eps)
+            yield d.command(d.RMSNORM, b, hidden, x, w.mlp_norm[layer], h, eps)
             yield linear(h, w.w_gate_up[layer], gate_up, False)
-            yield command(d.SILU_MUL, b, inter, gate_up, act)
+            yield d.command(d.SILU_MUL, b, inter, gate_up, act)
             yield linear(act, w.w_down[layer], x, True)
-        yield command(d.RMSNORM, b, hidden, x, w.final_norm, h, eps)
+        yield d.command(d.RMSNORM, b, hidden, x, w.final_norm, h, eps)
         yield linear(h, w.lm_head, logits, False)
-        yield command(d.ARGMAX, b, cfg.vocab_size, logits, slots, self.token_buf,
+        yield d.command(d.ARGMAX, b, cfg.vocab_size, logits, slots, self.token_buf,
                       len(self.token_buf), out_tokens[:b])
 
 
@@ -209,8 +194,8 @@ class CpuSpinStep(CpuStep):
 
     def plan(self, meta: np.ndarray, out_tokens: np.ndarray, b: int) -> Iterable[np.ndarray]:
         ids, slots, pos, _ = (v[:b] for v in self.layout.views(meta))
-        yield command(d.SPIN, 0, self._seconds)
-        yield command(d.SYNTH_TOKENS, b, ids, slots, pos, self.token_buf, len(self.token_buf),
+        yield d.command(d.SPIN, 0, self._seconds)
+        yield d.command(d.SYNTH_TOKENS, b, ids, slots, pos, self.token_buf, len(self.token_buf),
                       out_tokens[:b], self._vocab)
 
 

@@ -262,6 +262,21 @@ def work(cmds, heads, tails, nstreams, ev_time, ev_seq, klog, kcount, graphs,
             usleep(NAP_US)
 
 
+def command(op: int, *args: int | float | np.ndarray) -> np.ndarray:
+    """One command: ints as they are, floats as their bits, arrays as their address."""
+    row = np.zeros(WORDS, np.int64)
+    row[0] = op
+    for i, a in enumerate(args, 1):
+        if isinstance(a, np.ndarray):
+            assert a.flags.c_contiguous, "a command's arrays are contiguous"
+            row[i] = a.ctypes.data
+        elif isinstance(a, float):
+            row[i] = np.float64(a).view(np.int64)
+        else:
+            row[i] = a
+    return row
+
+
 class DeviceError(RuntimeError):
     """The device's worker stopped on an error."""
 
@@ -337,9 +352,7 @@ class CpuDevice:
     def enqueue_copy(self, stream: int, dst: np.ndarray, src: np.ndarray) -> None:
         """``enqueue`` of a copy of ``src`` over ``dst`` (contiguous, the same size)."""
         if self._capture is not None:
-            row = np.zeros(WORDS, np.int64)
-            row[:4] = COPY, dst.ctypes.data, src.ctypes.data, src.nbytes
-            self._capture.append(row)
+            self._capture.append(command(COPY, dst, src, src.nbytes))
             return
         while not push_copy(self.cmds, self.heads, self.tails, stream, dst, src):
             self.check()
@@ -347,7 +360,7 @@ class CpuDevice:
     def enqueue_event(self, stream: int, op: int, event: int, seq: int) -> None:
         """``enqueue`` of RECORD or WAIT of ``event``'s ``seq``-th record."""
         if self._capture is not None:
-            self._capture.append(np.array([op, event, seq, *[0] * (WORDS - 3)], np.int64))
+            self._capture.append(command(op, event, seq))
             return
         while not push_event(self.cmds, self.heads, self.tails, stream, op, event, seq):
             self.check()

@@ -168,12 +168,14 @@ def summarize(records: list[StepRecord], warmup: int, batch_size: int,
         a, b = w[worst], w[worst + 1]
         raise TimingError(f"step {b.index} started {-between[worst] * 1e6:.1f} us before "
                           f"step {a.index} ended")
+    busy = [r.compute_s for r in spans]
     known = all(r.kernels is not None for r in spans)
-    idle_in = [r.span_s - r.compute_s for r in spans] if known else [math.nan]
+    idle_in = [r.span_s - c for r, c in zip(spans, busy)] if known else [math.nan]
     device_window = w[-1].device_start - w[0].device_start
     idle = sum(between) + (sum(idle_in) if known else 0.0)
-    s, lau, c, p = (mean_ms([getattr(r, a) for r in spans])
-                    for a in ("schedule_s", "launch_s", "compute_s", "postprocess_s"))
+    s, lau, p = (mean_ms([getattr(r, a) for r in spans])
+                 for a in ("schedule_s", "launch_s", "postprocess_s"))
+    c = mean_ms(busy)
     step_ms = wall / len(spans) * 1e3
     ideal = ideal_step_ms(overlapped, s, lau, c, p)
     itl = np.concatenate([r.token_gaps for r in spans]) * 1e3

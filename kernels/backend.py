@@ -85,6 +85,9 @@ class Backend(ABC):
     # "cupti" (NVIDIA's activity records) or "span" (events only: idle between a step's
     # kernels is counted as busy).
     busy_source = "span"
+    # How far its kernel stamps and its events' times may disagree, in seconds: 0 where one
+    # clock stamps both (the CPU device); CUDA events resolve about 0.5 us (cupti.py).
+    kernel_clock_error_s = 0.0
 
     @property
     @abstractmethod

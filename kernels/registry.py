@@ -10,6 +10,9 @@ from schedbench.kernels.devices import cpu_model, gpu_line, gpu_model, gpu_unava
 from schedbench.kernels.errors import ConfigError
 
 BACKENDS = ("auto", "cpu", "cupy", "numba")
+# Where a step's device busy time comes from (Backend.busy_source): the CPU device's worker
+# stamps, CUPTI's activity records, or the events' span alone.
+KERNEL_TIMES = ("worker", "cupti", "span")
 
 # The CuPy kernels' tensor-core GEMM and attention (mma.sync m16n8k16 on fp16) and their
 # cp.async staging need sm_80; CUDA 13 itself compiles for sm_75 (Turing, the T4) and up.
@@ -80,16 +83,35 @@ def resolve(name: str) -> str:
     return name
 
 
-def make_backend(name: str) -> Backend:
+def kernel_times(backend: str, asked: str | None) -> str:
+    """The busy source a run of ``backend`` (resolved) uses when ``asked`` for one, or by
+    default: the worker's stamps on the CPU; on GPUs the span, until CUPTI's cost per step
+    is measured on one (gpu_check prints it)."""
+    gpu = backend != "cpu" and not (backend == "numba" and simulator_enabled())
+    if asked is None:
+        return "worker" if backend == "cpu" else "span"
+    if asked not in KERNEL_TIMES:
+        raise ConfigError(f"--kernel-times {asked!r}: choose one of {', '.join(KERNEL_TIMES)}")
+    if asked == "cupti" and not gpu:
+        raise ConfigError(f"--kernel-times cupti: CUPTI traces NVIDIA GPUs, and the {backend} "
+                          "backend runs on the CPU here")
+    if asked == "worker" and backend != "cpu":
+        raise ConfigError(f"--kernel-times worker: only the cpu backend's device stamps its "
+                          f"kernels; on {backend} choose cupti or span")
+    return asked
+
+
+def make_backend(name: str, times: str | None = None) -> Backend:
     name = resolve(name)
+    times = kernel_times(name, times)
     if name == "cpu":
         from schedbench.kernels.cpu.backend import CpuBackend
 
-        return CpuBackend()
+        return CpuBackend(times)
     if name == "cupy":
         from schedbench.kernels.cupy.backend import CupyBackend
 
-        return CupyBackend()
+        return CupyBackend(times)
     from schedbench.kernels.numba.backend import NumbaBackend
 
-    return NumbaBackend()
+    return NumbaBackend(times)

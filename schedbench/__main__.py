@@ -106,6 +106,11 @@ def parser() -> argparse.ArgumentParser:
                      help="host busy work after every kernel launch (a graph's replay is one), "
                           "with the real model or the spin step: any backend made "
                           "launch-bound on purpose (default 0)")
+    p.add_argument("--kernel-times", default=None, choices=registry.KERNEL_TIMES,
+                   help="where a step's device busy time comes from: worker (the cpu "
+                        "device's stamps; its default), cupti (NVIDIA's activity records, "
+                        "needs cupti-python) or span (the events alone: idle between kernels "
+                        "counts as busy; the GPU default)")
     p.add_argument("--json", type=Path, default=None, metavar="PATH",
                    help="write every figure as JSON")
     p.add_argument("--trace", type=Path, default=None, metavar="PATH",
@@ -162,6 +167,7 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
                        modes=modes, steps=steps, warmup=args.warmup, repeats=args.repeats,
                        processes=args.processes, seed=args.seed, synthetic=synthetic,
                        kv_blocks=args.kv_blocks, drain=args.drain, launch_us=args.launch_us,
+                       kernel_times=args.kernel_times,
                        workload=WorkloadConfig.fitted(PRESETS[args.preset].max_context,
                                                       args.prompt_len, args.output_len,
                                                       args.seed))

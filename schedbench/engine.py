@@ -230,6 +230,7 @@ class Engine:
         owner[owner < 0] = 0
         for i, rec in enumerate(steps):
             rec.kernels = times[owner == i]
+            rec.snap_kernels(self.backend.kernel_clock_error_s)
 
     def _device_time(self, event: Event) -> float:
         return self._anchor_host + self._anchor.elapsed_ms(event) / 1e3

@@ -13,7 +13,7 @@ from schedbench.kernels.backend import Backend, DecodeStep
 from schedbench.kernels.errors import ConfigError
 from schedbench.kernels.layout import StepLayout
 from schedbench.kernels.model import ModelConfig, get_preset
-from schedbench.kernels.registry import make_backend, resolve
+from schedbench.kernels.registry import kernel_times, make_backend, resolve
 from schedbench.scheduler import Scheduler, SchedulerConfig
 from schedbench.synthetic import Synthetic
 from schedbench.timing import (
@@ -57,6 +57,8 @@ class SweepConfig:
     processes: int = 1
     # Host busy work after every kernel launch (--launch-us): a launch-bound host on purpose.
     launch_us: float = 0.0
+    # Where device busy time comes from (--kernel-times); None: the backend's default.
+    kernel_times: str | None = None
     # The regression knob; SCHEDBENCH_EXTRA_US_PER_REQUEST sets it for asv runs.
     extra_us_per_request: float = field(
         default_factory=lambda: float(os.environ.get("SCHEDBENCH_EXTRA_US_PER_REQUEST", "0")))
@@ -88,6 +90,8 @@ class SweepConfig:
         if self.ring_depth < 1:
             raise ConfigError(f"ring depth {self.ring_depth}: must be at least 1")
         get_preset(self.preset)
+        if self.kernel_times is not None:
+            kernel_times(resolve(self.backend), self.kernel_times)
 
     @property
     def model(self) -> ModelConfig:
@@ -139,7 +143,7 @@ class Sweep:
                                               cfg.extra_us_per_request)
                            for b in cfg.batch_sizes}
         self._check_budget()
-        self.backend: Backend = make_backend(cfg.backend)
+        self.backend: Backend = make_backend(cfg.backend, cfg.kernel_times)
         try:
             if "graphs" in cfg.modes and not self.backend.supports_graphs:
                 raise ConfigError(f"backend {self.backend_name!r} cannot capture CUDA graphs; "

@@ -69,6 +69,16 @@ class StepRecord:
         """Device busy: the union of the step's kernels; its span where they are unknown."""
         return self.span_s if self.kernels is None else union_s(self.kernels)
 
+    def snap_kernels(self, tolerance_s: float) -> None:
+        """Move kernel stamps that lie outside the span by at most ``tolerance_s`` (how far
+        the kernels' clock and the events' may disagree) onto its ends; those further out
+        stay for ``check`` to report."""
+        if self.kernels is None or not tolerance_s:
+            return
+        k, lo, hi = self.kernels, self.device_start, self.device_end
+        near = ((k >= lo - tolerance_s) & (k < lo)) | ((k <= hi + tolerance_s) & (k > hi))
+        self.kernels = np.where(near, np.clip(k, lo, hi), k)
+
     def check(self) -> None:
         """Every kernel inside the step's span, else TimingError naming the step."""
         if self.kernels is None or not len(self.kernels):

@@ -46,12 +46,30 @@ FAST = fast_sweep()
     (["--seed", "-1"], "--seed -1"),
     (["--timeline-steps", "0"], "--timeline-steps 0"),
     (["--output-len", "600:600"], "the longest request needs 604 tokens of context"),
+    (["--kernel-times", "cupti"], "--kernel-times cupti: CUPTI traces NVIDIA GPUs"),
 ])
 def test_bad_input_exits_2_naming_the_value(capsys, argv, message):
     with pytest.raises(SystemExit) as exc:
         main([*FAST, *argv])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_span_times_count_idle_between_kernels_as_busy(tmp_path, capsys):
+    """The same loop timed both ways: the worker's stamps leave the --launch-us gaps out of
+    busy; the span alone counts them in, and says idle in step is unknown."""
+    docs = {}
+    for times in ("worker", "span"):
+        out = tmp_path / f"{times}.json"
+        assert main([*FAST, "--modes", "sequential", "--launch-us", "100", "--kernel-times",
+                     times, "--json", str(out)]) == 0
+        docs[times] = json.loads(out.read_text())
+    assert "busy time: its span, first to last event" in capsys.readouterr().out
+    worker, span = (docs[t]["runs"][0] for t in ("worker", "span"))
+    assert docs["span"]["busy_source"] == "span" and span["idle_in_step_ms"] is None
+    assert span["compute_ms"] == pytest.approx(span["span_ms"])
+    # tiny's 10 kernels each wait 100 us for the next launch: about 1 ms of idle in step
+    assert worker["idle_in_step_ms"] > 0.5 and span["compute_ms"] > worker["compute_ms"] + 0.5
 
 
 @pytest.mark.parametrize(("free_mib", "argv", "fix"), [

@@ -172,3 +172,29 @@ def test_a_kv_budget_larger_than_the_device_is_named():
             backend.decode_step(cfg, 0, 10**10, StepLayout(2, cfg.max_blocks_per_seq), 4)
     finally:
         backend.close()
+
+
+@pytest.mark.parametrize("mode", ["sequential", "overlapped", "graphs"])
+def test_cupti_times_every_kernel_of_every_step(mode):
+    """--kernel-times cupti: each step gets exactly its kernels, each inside its span, and
+    with --launch-us the host's gaps show as idle in step, not as busy."""
+    pytest.importorskip("cupti")
+    from schedbench.sweep import Sweep, SweepConfig
+    from schedbench.timing import summarize
+
+    cfg = SweepConfig(backend="cupy", batch_sizes=(4,), steps=30, warmup=3, repeats=1,
+                      modes=(mode,), kernel_times="cupti", launch_us=20.0)
+    sweep = Sweep(cfg)
+    try:
+        records = sweep.run_one(mode, 4)[2]
+        per_step = sweep.step.kernels_per_step
+    finally:
+        sweep.close()
+    assert sweep.busy_source == "cupti"
+    for rec in records:
+        assert rec.kernels is not None and len(rec.kernels) == per_step, rec.index
+        rec.check()
+    fig = summarize(records, 3, 4, overlapped=mode != "sequential")
+    assert fig.compute_ms < fig.span_ms
+    if mode != "graphs":  # a graph's replay is one launch: its kernels have no host gaps
+        assert fig.idle_in_step_ms > 0.5 * 20e-3 * (per_step - 1)

@@ -179,3 +179,20 @@ def test_eager_rows_stand_beside_eager_cublas_not_the_target(tmp_path):
     text = gpu_summary.summary(tmp_path)
     assert "  eager b=1: 4.60 ms a step, cuBLAS 5.20 ms (launch gaps included)" in text
     assert "#3 all_128_projections_eager" not in text
+
+
+def test_cupti_against_the_span_and_its_cost(tmp_path):
+    def run(mode: str, step: float, busy: float, idle: float | None) -> dict:
+        return {"mode": mode, "batch_size": 16, "step_ms": step, "span_ms": 1.0,
+                "compute_ms": busy, "idle_in_step_ms": idle, "idle_between_ms": 0.05}
+
+    write(tmp_path, "times-span.json", {"preset": "llama-1b", "busy_source": "span",
+                                        "runs": [run("sequential", 1.20, 1.0, None)]})
+    write(tmp_path, "times-cupti.json", {"preset": "llama-1b", "busy_source": "cupti",
+                                         "versions": {"cupti_clock_ratio": "1.000002"},
+                                         "runs": [run("sequential", 1.23, 0.8, 0.2)]})
+    text = gpu_summary.summary(tmp_path)
+    assert "CUPTI/CUDA clock ratio 1.000002, busy source cupti" in text
+    assert ("  sequential b=16  span   1.000 ms  busy   0.800  idle in step  0.200 (20% of "
+            "span)  between  0.050  step   1.230 vs   1.200 untraced (+2.5%)") in text
+    assert "#37 CUPTI's cost per step: at most +2.5% (< 2 % to be on by default): MISSED" in text

@@ -77,6 +77,19 @@ def test_a_kernel_outside_its_step_is_an_error_naming_the_step():
         summarize(records, 0, 1, overlapped=False)
 
 
+def test_stamps_within_the_clocks_disagreement_snap_onto_the_span_and_no_further():
+    """The device from 0.1 to 0.7 ms: a kernel 0.4 us early and one ending 0.5 us late
+    (CUPTI's stamps against CUDA's events) are moved onto the span; one 2 us late is not."""
+    rec = step(0, [(0.0996, 0.3), (0.3, 0.7005)])
+    rec.snap_kernels(1e-6)
+    np.testing.assert_allclose(rec.kernels, np.array([[0.1, 0.3], [0.3, 0.7]]) * MS)
+    rec.check()
+    late = step(0, [(0.2, 0.702)])
+    late.snap_kernels(1e-6)
+    with pytest.raises(TimingError, match="^step 0: its kernels ran from"):
+        late.check()
+
+
 def test_a_step_that_starts_before_the_last_one_ended_is_an_error_naming_both():
     records = [step(i, KERNELS) for i in range(4)]
     records[1].device_end = records[2].device_start + 0.05 * MS

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# What gpu_check.sh's asv stage needs on a lent GPU machine that it cannot fetch there (no
-# network): asv, and those of its needs the device image lacks, as wheels for that machine's
-# Python 3.12 on x86-64; and this repository's history as a git bundle, because the device
-# gets the working tree without .git and asv files a result only under a commit it can find.
+# What gpu_check.sh's asv and cupti stages need on a lent GPU machine that it cannot fetch
+# there (no network): asv, those of its needs the device image lacks, and cupti-python 13.0
+# (its CUPTI runs on any CUDA 13 driver), as wheels for that machine's Python 3.12 on x86-64;
+# and this repository's history as a git bundle, because the device gets the working tree
+# without .git and asv files a result only under a commit it can find.
 # Usage: bash tools/device_carry.sh [DIR]   (default .carry, which the asv stage reads), then
 # name .carry in the device call's carry list. WHEELS=0: the history only, for a machine with asv.
 set -euo pipefail
@@ -17,12 +18,15 @@ rm -rf "$dir"
 mkdir -p "$dir/wheels"
 # asv 0.6.6 needs asv-runner, build, importlib-metadata, json5, packaging, pympler, pyyaml,
 # tabulate and virtualenv; the image has build, packaging, pyyaml, tabulate, filelock and zipp.
+# cupti-python 13.0 needs cuda-bindings 13 (numba-cuda[cu13] brought it) and pyelftools.
 [[ ${WHEELS:-1} == 0 ]] || $py -m pip download -q --no-deps --only-binary=:all: \
   --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
-  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$dir/wheels" \
+  --platform manylinux_2_25_x86_64 --platform manylinux_2_17_x86_64 \
+  --platform manylinux2014_x86_64 -d "$dir/wheels" \
   asv==0.6.6 asv-runner==0.3.2 json5==0.17.3 pympler==1.1 importlib-metadata==10.2.0 \
   lazy-importer==0.1.0 virtualenv==21.15.11 distlib==0.4.4 platformdirs==4.14.8 \
-  python-discovery==1.9.6
+  python-discovery==1.9.6 \
+  cupti-python==13.0.1 nvidia-cuda-cupti==13.0.85 pyelftools==0.33
 git bundle create -q "$dir/repo.bundle" --all
 git rev-parse HEAD > "$dir/commit"
 if ! git diff --quiet HEAD; then

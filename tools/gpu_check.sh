@@ -2,8 +2,9 @@
 # One GPU check in one call: the GPU tests, a short run of each suite, the sweeps, the
 # sanitizers, then a compact table. Writes logs and JSON under $OUT (default /tmp/gpu_check).
 # Usage: bash tools/gpu_check.sh     (from the repository root, on a machine with a GPU)
-#   STAGES="tests kernels launch sweep numba sanitize default pdl ncu asv" picks stages
+#   STAGES="tests kernels launch sweep numba cupti sanitize default pdl ncu asv" picks stages
 #   (default: all but ncu, which profiles the attention and a projection at batch 16, and asv);
+#   "cupti" runs llama-1b with --kernel-times span and cupti (cupti-python from .carry);
 #   "default" times the full default sweeps (`python -m schedbench --backend cupy|numba`);
 #   "pdl" tries the opt-in programmatic dependent launch in processes of its own, last.
 #   Everything takes longer than one 10-minute device call: split it, the targets first, e.g.
@@ -25,7 +26,7 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 out=${OUT:-/tmp/gpu_check}
 mkdir -p "$out"
 py=${PYTHON:-python3}
-stages=" ${STAGES:-tests kernels launch sweep numba sanitize default pdl} "
+stages=" ${STAGES:-tests kernels launch sweep numba cupti sanitize default pdl} "
 step() { echo; echo "=== $1 (at ${SECONDS} s)"; }  # when each stage starts: for splitting
 want() { [[ $stages == *" $1 "* ]]; }
 # BUDGET=seconds caps the whole script below a device call's limit: each command's timeout is
@@ -80,6 +81,23 @@ if want numba; then
   step "sweep numba backend (llama-1b, short)"
   timeout $(lim 150) $py -m schedbench --backend numba --preset llama-1b --batch-sizes 1,4,16 \
     --repeats 1 --steps 30 --warmup 5 --json "$out/numba.json" 2>&1 | tail -n 14
+fi
+
+if want cupti; then
+  step "kernel intervals: llama-1b timed by events alone, then by CUPTI (cupti-python)"
+  if ! $py -c "import cupti" 2>/dev/null && ls .carry/wheels/cupti_python-*.whl >/dev/null 2>&1; then
+    $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target \
+      /tmp/schedbench_cupti .carry/wheels/{cupti_python,nvidia_cuda_cupti,pyelftools}-*.whl \
+      && export PYTHONPATH=$PYTHONPATH:/tmp/schedbench_cupti
+  fi
+  # the same sweep twice, each in a process of its own: the span run's steps against the
+  # CUPTI run's are what tracing costs; the CUPTI run's busy against its span, the idle in step
+  for times in span cupti; do
+    timeout $(lim 150) $py -m schedbench --backend cupy --preset llama-1b --batch-sizes 1,16,64 \
+      --repeats 3 --steps 60 --kernel-times $times --json "$out/times-$times.json" \
+      > "$out/times-$times.txt" 2>&1
+    echo "--kernel-times $times: exit $?"; tail -n 4 "$out/times-$times.txt"
+  done
 fi
 
 if want sanitize; then

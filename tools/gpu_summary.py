@@ -163,6 +163,30 @@ def default_sweep_target(s: dict, secs: int) -> str:
             f" (>= 0.95): {verdict(bool(hidden) and min(hidden) >= 0.95)}")
 
 
+def kernel_times_lines(span: dict, cupti: dict) -> tuple[list[str], list[str]]:
+    """The same llama-1b sweep timed by events alone and by CUPTI: per run, what tracing
+    cost a step, and CUPTI's busy against the events' span (the idle in step)."""
+    base = {(r["mode"], r["batch_size"]): r for r in span["runs"]}
+    ratio = cupti.get("versions", {}).get("cupti_clock_ratio", "?")
+    lines = [f"kernel times, {cupti['preset']}: CUPTI busy against the event span "
+             f"(CUPTI/CUDA clock ratio {ratio}, busy source {cupti.get('busy_source')})"]
+    costs = []
+    for r in cupti["runs"]:
+        b = base.get((r["mode"], r["batch_size"]))
+        cost = 100 * (r["step_ms"] / b["step_ms"] - 1) if b else float("nan")
+        costs.append(cost)
+        idle = r.get("idle_in_step_ms")
+        share = f" ({100 * idle / r['span_ms']:.0f}% of span)" if idle is not None else ""
+        lines.append(f"  {r['mode']:10s} b={r['batch_size']:<3d} span {r['span_ms']:7.3f} ms  "
+                     f"busy {r['compute_ms']:7.3f}  idle in step "
+                     f"{idle if idle is not None else float('nan'):6.3f}{share}  between "
+                     f"{r['idle_between_ms'] or float('nan'):6.3f}  step {r['step_ms']:7.3f} "
+                     f"vs {b['step_ms'] if b else float('nan'):7.3f} untraced ({cost:+.1f}%)")
+    worst = max(costs, default=float("nan"))
+    return lines, [f"  #37 CUPTI's cost per step: at most {worst:+.1f}% (< 2 % to be on by "
+                   f"default): {verdict(worst < 2)}"]
+
+
 def asv_lines(out: Path) -> list[str]:
     """What the asv stage filed: for each result file, its points measured, skipped (NaN:
     setup raised NotImplementedError there) and failed (null), the failed benchmarks named,
@@ -205,6 +229,9 @@ def summary(out: Path) -> str:
                  "default-numba.json"):
         if s := load(out, name):
             lines += sweep_lines(s)
+    if (span := load(out, "times-span.json")) and (cupti := load(out, "times-cupti.json")):
+        more, met = kernel_times_lines(span, cupti)
+        lines, targets = lines + more, targets + met
     for log in sorted(out.glob("sanitizer-*.txt")):
         found = re.findall(r"(?:ERROR|RACECHECK) SUMMARY: .*", log.read_text(errors="replace"))
         lines.append(f"{log.stem}: {found[-1] if found else 'no summary (cut off?)'}")

@@ -45,10 +45,11 @@ def aligned_zeros(shape: int | tuple[int, ...], dtype: np.dtype | type = np.floa
 
 
 class CpuStream(Stream):
-    def __init__(self, device: d.CpuDevice) -> None:
+    def __init__(self, device: d.CpuDevice, timed: bool = True) -> None:
         self.device, self.index = device, device.new_stream(self)
         self._done = CpuEvent(device)
         self._taken = int(device.kcount[self.index])  # kernel stamps handed out so far
+        self._timed = timed  # False: stamps are taken (the log must not wrap) but not given
 
     def enqueue(self, cmd: np.ndarray) -> None:
         self.device.enqueue(self.index, cmd)
@@ -61,12 +62,12 @@ class CpuStream(Stream):
         self._done.record(self)
         self._done.synchronize()
 
-    def take_kernels(self, start: Event, end: Event) -> np.ndarray:
+    def take_kernels(self, start: Event, end: Event) -> np.ndarray | None:
         assert isinstance(start, CpuEvent) and isinstance(end, CpuEvent)
         times = self.device.ev_time
         rows, self._taken = self.device.take_kernels(self.index, self._taken,
                                                      times[end.index])
-        return rows - times[start.index]
+        return rows - times[start.index] if self._timed else None
 
 
 class CpuEvent(Event):
@@ -202,9 +203,9 @@ class CpuSpinStep(CpuStep):
 class CpuBackend(Backend):
     name = "cpu"
     supports_graphs = True
-    busy_source = "worker"
 
-    def __init__(self) -> None:
+    def __init__(self, kernel_times: str = "worker") -> None:
+        self.busy_source = kernel_times  # "span": the worker's stamps are ignored
         self.device = d.CpuDevice()
         _warm_up(self)
 
@@ -213,7 +214,7 @@ class CpuBackend(Backend):
         return cpu_model()
 
     def stream(self) -> CpuStream:
-        return CpuStream(self.device)
+        return CpuStream(self.device, self.busy_source == "worker")
 
     def event(self) -> CpuEvent:
         return CpuEvent(self.device)

@@ -26,6 +26,12 @@ from schedbench.kernels.cuda.calls import (
     step_calls,
 )
 from schedbench.kernels.cuda.sources import attention_tiling, attention_tiling_label
+from schedbench.kernels.cupti import (
+    CLOCK_ERROR_S,
+    KernelTrace,
+    kernel_times_versions,
+    kernel_trace,
+)
 from schedbench.kernels.cupy.device_graph import DeviceLaunchedGraph, device_launch_default
 from schedbench.kernels.cupy.launch import LaunchSequence, launch_of, module
 from schedbench.kernels.cupy.measure import graph_of
@@ -37,8 +43,9 @@ from schedbench.kernels.model import ModelConfig
 
 
 class CupyStream(Stream):
-    def __init__(self) -> None:
+    def __init__(self, trace: KernelTrace | None) -> None:
         self.raw = cp.cuda.Stream(non_blocking=True)
+        self._trace = trace
 
     def wait(self, event: Event) -> None:
         assert isinstance(event, CupyEvent)
@@ -46,6 +53,12 @@ class CupyStream(Stream):
 
     def synchronize(self) -> None:
         self.raw.synchronize()
+
+    def take_kernels(self, start: Event, end: Event) -> np.ndarray | None:
+        if self._trace is None:
+            return None
+        assert isinstance(start, CupyEvent) and isinstance(end, CupyEvent)
+        return self._trace.take(start.raw.ptr, end.raw.ptr, start.elapsed_ms(end) / 1e3)
 
 
 class CupyEvent(Event):
@@ -132,22 +145,32 @@ class CupyBackend(Backend):
     name = "cupy"
     supports_graphs = True
 
-    def __init__(self, device: int = 0) -> None:
+    def __init__(self, kernel_times: str = "span", device: int = 0) -> None:
         wide_gemm_from()  # a bad SCHEDBENCH_WIDE_GEMM fails here, before any run
         attention_tiling()  # and a bad SCHEDBENCH_ATTENTION_TILING
         self._device = cp.cuda.Device(device)
         self._device.use()
         self._name, _ = gpu_model(device)
+        self._trace = kernel_trace() if kernel_times == "cupti" else None
+        self.busy_source = kernel_times
+        self.kernel_clock_error_s = CLOCK_ERROR_S if self._trace else 0.0
 
     @property
     def device_name(self) -> str:
         return self._name
 
     def stream(self) -> CupyStream:
-        return CupyStream()
+        return CupyStream(self._trace)
 
     def event(self) -> CupyEvent:
-        return CupyEvent()
+        event = CupyEvent()
+        if self._trace is not None:
+            def record() -> None:
+                event.raw.record(stream := cp.cuda.Stream(non_blocking=True))
+                stream.synchronize()
+
+            self._trace.register(event.raw.ptr, record)
+        return event
 
     def empty(self, size: int, dtype: np.dtype | type) -> cp.ndarray:
         buf = cp.zeros(size, dtype)
@@ -191,8 +214,10 @@ class CupyBackend(Backend):
                 "cuda_driver": str(runtime.driverGetVersion()), "numpy": np.__version__,
                 "gemm_pdl": str(pdl_default()), "wide_gemm_from": str(wide_gemm_from()),
                 "graph_launch": "device" if device_launch_default() else "host",
-                "attention_tiling": attention_tiling_label()}
+                "attention_tiling": attention_tiling_label(), **kernel_times_versions(self._trace)}
 
     def close(self) -> None:
         cp.cuda.Device().synchronize()
         cp.get_default_memory_pool().free_all_blocks()
+        if self._trace is not None:
+            self._trace.close()

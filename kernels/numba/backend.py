@@ -21,6 +21,12 @@ import numpy as np
 
 from schedbench.kernels.backend import Backend, DecodeStep, Event, Stream
 from schedbench.kernels.busy import busy_until
+from schedbench.kernels.cupti import (
+    CLOCK_ERROR_S,
+    KernelTrace,
+    kernel_times_versions,
+    kernel_trace,
+)
 from schedbench.kernels.errors import ConfigError
 from schedbench.kernels.layout import StepLayout
 from schedbench.kernels.model import ModelConfig, Weights, interleave_gate_up, make_weights
@@ -37,8 +43,9 @@ SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
 
 
 class NumbaStream(Stream):
-    def __init__(self) -> None:
+    def __init__(self, trace: KernelTrace | None) -> None:
         self.raw = cuda.stream()
+        self._trace = trace
 
     def wait(self, event: Event) -> None:
         assert isinstance(event, NumbaEvent)
@@ -47,6 +54,13 @@ class NumbaStream(Stream):
 
     def synchronize(self) -> None:
         self.raw.synchronize()
+
+    def take_kernels(self, start: Event, end: Event) -> np.ndarray | None:
+        if self._trace is None:
+            return None
+        assert isinstance(start, NumbaEvent) and isinstance(end, NumbaEvent)
+        return self._trace.take(int(start.raw.handle), int(end.raw.handle),
+                                start.elapsed_ms(end) / 1e3)
 
 
 class NumbaEvent(Event):
@@ -211,6 +225,11 @@ class NumbaDecodeStep(DecodeStep):
 class NumbaBackend(Backend):
     name = "numba"
 
+    def __init__(self, kernel_times: str = "span") -> None:
+        self._trace = kernel_trace() if kernel_times == "cupti" else None
+        self.busy_source = kernel_times
+        self.kernel_clock_error_s = CLOCK_ERROR_S if self._trace else 0.0
+
     @property
     def device_name(self) -> str:
         if SIMULATOR:
@@ -219,10 +238,17 @@ class NumbaBackend(Backend):
         return name.decode() if isinstance(name, bytes) else str(name)
 
     def stream(self) -> NumbaStream:
-        return NumbaStream()
+        return NumbaStream(self._trace)
 
     def event(self) -> NumbaEvent:
-        return NumbaEvent()
+        event = NumbaEvent()
+        if self._trace is not None:
+            def record() -> None:
+                event.raw.record(stream := cuda.stream())
+                stream.synchronize()
+
+            self._trace.register(int(event.raw.handle), record)
+        return event
 
     def empty(self, size: int, dtype: np.dtype | type):
         return device_zeros(size, dtype)
@@ -261,7 +287,8 @@ class NumbaBackend(Backend):
 
     def versions(self) -> dict[str, str]:
         return {"numba": numba.__version__, "numpy": np.__version__,
-                "simulator": str(SIMULATOR), "numba_kernels": self.kernel_family()}
+                "simulator": str(SIMULATOR), "numba_kernels": self.kernel_family(),
+                **kernel_times_versions(self._trace)}
 
     def close(self) -> None:
         cuda.synchronize()
@@ -269,3 +296,5 @@ class NumbaBackend(Backend):
             import cupy as cp
 
             cp.get_default_memory_pool().free_all_blocks()
+        if self._trace is not None:
+            self._trace.close()

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from schedbench.kernels.clocks import GpuClocks
 from schedbench.kernels.layout import StepLayout
 from schedbench.kernels.model import ModelConfig
 
@@ -128,6 +129,10 @@ class Backend(ABC):
 
     def versions(self) -> dict[str, str]:
         return {}
+
+    def clocks(self) -> tuple[GpuClocks | None, str]:
+        """NVML's sampler of this backend's GPU, or None and why not ("" on the CPU)."""
+        return None, ""
 
     @abstractmethod
     def close(self) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import platform
 from importlib.metadata import PackageNotFoundError, version
 
+from schedbench.kernels.clocks import gpu_clocks
+
 
 def gpu_unavailable_reason() -> str | None:
     """Why no CUDA GPU can be used here, or None when one can."""
@@ -60,4 +62,13 @@ def machine_device() -> str:
             packages.append(f"{name} {version(name)}")
         except PackageNotFoundError:
             pass
-    return " / ".join(["no GPU" if gpu_unavailable_reason() else gpu_line(), *packages])
+    return " / ".join(["no GPU" if gpu_unavailable_reason() else gpu_line() + gpu_clock_note(),
+                       *packages])
+
+
+def gpu_clock_note() -> str:
+    """The GPU's top clocks, as NVML says them: two cards of one name can differ there."""
+    import cupy
+
+    clocks, _ = gpu_clocks(cupy.cuda.Device().pci_bus_id)
+    return f" ({clocks.max_clocks()})" if clocks else ""

@@ -21,6 +21,7 @@ from schedbench.processes import ProcessSweep, make_sweep, pooled
 from schedbench.report import (
     beyond_model_line,
     budget_table,
+    clocks_line,
     cpu_budget,
     document,
     git_commit,
@@ -207,6 +208,8 @@ def print_report(cfg: SweepConfig, sweep: Sweep | ProcessSweep, results: list[Ru
     for mode in cfg.modes:
         print(f"\n{TITLES[mode]}\n{mode_table(results, mode)}")
     print("\n" + legend(sweep.busy_source))
+    if clocks := clocks_line(results):
+        print(clocks)
     if beyond := beyond_model_line(results):
         print(beyond)
     if spread := spread_line(results, cfg.repeats):

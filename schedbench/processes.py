@@ -26,6 +26,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from schedbench.kernels.clocks import RunClocks
 from schedbench.kernels.errors import ConfigError
 from schedbench.kernels.registry import resolve
 from schedbench.sweep import RunResult, Sweep, SweepConfig
@@ -53,7 +54,9 @@ def pooled(results: list[RunResult]) -> list[RunResult]:
         figures = {name: Stat.of(values) for name, values in medians.items()}
         middle = figures["step_ms"].median
         typical = min(runs, key=lambda r: abs(r.figures["step_ms"].median - middle))
-        out.append(RunResult(mode, b, figures, typical.tokens, typical.records, medians))
+        clocks = [r.clocks for r in runs if r.clocks is not None]
+        out.append(RunResult(mode, b, figures, typical.tokens, typical.records, medians,
+                             RunClocks.merge(clocks) if clocks else None))
     return out
 
 

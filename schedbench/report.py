@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 import schedbench
+from schedbench.kernels.clocks import RunClocks
 from schedbench.sweep import RunResult, SweepConfig
 from schedbench.timing import Stat, StepRecord, ideal_step_ms
 
@@ -33,8 +35,10 @@ def format_table(columns: Sequence[str], rows: list[list[str]]) -> str:
 
 def _phase_cells(r: RunResult) -> list[str]:
     f = r.figures
-    return [str(r.batch_size), f"{f['schedule_ms'].median:.3f}", f"{f['launch_ms'].median:.3f}",
-            f"{f['compute_ms'].median:.3f}", f"{f['postprocess_ms'].median:.3f}",
+    throttled = " !" if r.clocks is not None and r.clocks.throttle else ""
+    return [f"{r.batch_size}{throttled}", f"{f['schedule_ms'].median:.3f}",
+            f"{f['launch_ms'].median:.3f}", f"{f['compute_ms'].median:.3f}",
+            f"{f['postprocess_ms'].median:.3f}",
             _ms(f["idle_in_step_ms"].median), _ms(f["idle_between_ms"].median),
             f"{f['overhead_pct'].median:.1f}"]
 
@@ -59,6 +63,23 @@ def legend(busy_source: str) -> str:
             "steady state. Speedup = the sequential step / this loop's, repeat by repeat.\n"
             "Ideal speedup = (S + max(L, C) + P) / max(C, S+L+P) on the sequential run's "
             "phases; efficiency = ideal step / measured step.")
+
+
+def clocks_line(results: list[RunResult]) -> str | None:
+    """The GPU's clocks over every run, and the runs it throttled in (marked ! above)."""
+    sampled = [r for r in results if r.clocks is not None]
+    if not sampled:
+        return None
+    c = RunClocks.merge([r.clocks for r in sampled if r.clocks is not None])
+    line = (f"GPU clocks (NVML, before and after each run): SM {c.sm_mhz[0]}-{c.sm_mhz[1]} "
+            f"MHz, memory {c.mem_mhz[0]}-{c.mem_mhz[1]} MHz, up to {c.power_w:.0f} W and "
+            f"{c.temp_c} C; ")
+    throttled = [f"{r.mode} b={r.batch_size} ({', '.join(r.clocks.throttle)})"
+                 for r in sampled if r.clocks is not None and r.clocks.throttle]
+    if not throttled:
+        return line + "no run throttled."
+    return line + (f"! THROTTLED during {'; '.join(throttled)}: those figures do not compare "
+                   "with the others'.")
 
 
 def ideal_speedup(seq: RunResult) -> float:
@@ -305,6 +326,12 @@ def _json_number(v: float) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def _clocks_json(clocks: RunClocks | None) -> dict:
+    if clocks is None:
+        return {"throttled": None, "clocks": None}
+    return {"throttled": bool(clocks.throttle), "clocks": dataclasses.asdict(clocks)}
+
+
 def document(cfg: SweepConfig, backend: str, device: str, versions: dict[str, str],
              busy_source: str, results: list[RunResult], complete: bool) -> dict:
     runs = []
@@ -313,7 +340,7 @@ def document(cfg: SweepConfig, backend: str, device: str, versions: dict[str, st
                **{k: _json_number(s.median) for k, s in r.figures.items()},
                "tokens_sha256": r.tokens.sha256, "tokens": r.tokens.tokens,
                "requests_served": r.tokens.served, "requests_finished": r.tokens.finished,
-               "processes": r.processes,
+               "processes": r.processes, **_clocks_json(r.clocks),
                "spread": {k: {"min": _json_number(s.min), "max": _json_number(s.max)}
                           for k, s in r.figures.items()}}
         if r.process_medians:

@@ -10,6 +10,7 @@ import numpy as np
 
 from schedbench.engine import MODES, Engine
 from schedbench.kernels.backend import Backend, DecodeStep
+from schedbench.kernels.clocks import ClockSample, RunClocks
 from schedbench.kernels.errors import ConfigError
 from schedbench.kernels.layout import StepLayout
 from schedbench.kernels.model import ModelConfig, get_preset
@@ -125,6 +126,8 @@ class RunResult:
     # Each process's median of every figure, where ``figures`` pools several
     # (see schedbench.processes); empty for one process's repeats.
     process_medians: dict[str, list[float]] = field(default_factory=dict)
+    # The GPU's clocks over these runs (NVML); None where nothing sampled them.
+    clocks: RunClocks | None = None
 
     @property
     def processes(self) -> int:
@@ -145,6 +148,7 @@ class Sweep:
         self._check_budget()
         self.backend: Backend = make_backend(cfg.backend, cfg.kernel_times)
         try:
+            self._clocks, self.clocks_note = self.backend.clocks()
             if "graphs" in cfg.modes and not self.backend.supports_graphs:
                 raise ConfigError(f"backend {self.backend_name!r} cannot capture CUDA graphs; "
                                   f"drop 'graphs' from --modes")
@@ -197,7 +201,10 @@ class Sweep:
         return self.backend.busy_source
 
     def versions(self) -> dict[str, str]:
-        return self.backend.versions()
+        versions = self.backend.versions()
+        if self._clocks or self.clocks_note:  # a GPU: whether its clocks were watched
+            versions["clocks"] = "sampled by NVML" if self._clocks else self.clocks_note
+        return versions
 
     def results(self, progress: Callable[[str], None] | None = None) -> Iterator[RunResult]:
         cfg = self.cfg
@@ -213,6 +220,7 @@ class Sweep:
             runs: dict[str, list[RunFigures]] = {m: [] for m in cfg.modes}
             hashes: dict[str, set[str]] = {m: set() for m in cfg.modes}
             last: dict[str, tuple[TokenStreams, list[StepRecord]]] = {}
+            clocks: dict[str, list[tuple[ClockSample, ClockSample]]] = {m: [] for m in cfg.modes}
             # NOTE: the modes take turns within each repeat, so a drift of the machine over
             # the batch size's runs (clock, another process) falls on every mode alike
             # instead of on whichever ran last; the speedup compares them.
@@ -220,7 +228,10 @@ class Sweep:
                 for mode in cfg.modes:
                     if progress:
                         progress(f"batch {b} repeat {rep + 1}/{cfg.repeats} {mode}")
+                    before = self._clocks.sample() if self._clocks else None
                     figures, tokens, records = self.run_one(mode, b)
+                    if self._clocks and before:
+                        clocks[mode].append((before, self._clocks.sample()))
                     runs[mode].append(figures)
                     hashes[mode].add(tokens.sha256)
                     last[mode] = tokens, records
@@ -233,7 +244,8 @@ class Sweep:
                 stats = aggregate(runs[mode])
                 if mode != "sequential" and "sequential" in runs:
                     stats["speedup"] = paired_speedup(runs["sequential"], runs[mode])
-                yield RunResult(mode, b, stats, *last[mode])
+                yield RunResult(mode, b, stats, *last[mode],
+                                clocks=RunClocks.of(clocks[mode]) if clocks[mode] else None)
 
     def close(self) -> None:
         self.backend.close()

@@ -198,3 +198,19 @@ def test_cupti_times_every_kernel_of_every_step(mode):
     assert fig.compute_ms < fig.span_ms
     if mode != "graphs":  # a graph's replay is one launch: its kernels have no host gaps
         assert fig.idle_in_step_ms > 0.5 * 20e-3 * (per_step - 1)
+
+
+def test_nvml_samples_the_clocks_around_every_run():
+    pytest.importorskip("pynvml")
+    from schedbench.sweep import Sweep, SweepConfig
+
+    cfg = SweepConfig(backend="cupy", batch_sizes=(4,), steps=10, warmup=2, repeats=2,
+                      modes=("sequential",))
+    sweep = Sweep(cfg)
+    try:
+        (result,) = list(sweep.results())
+    finally:
+        sweep.close()
+    assert result.clocks is not None and sweep.versions()["clocks"] == "sampled by NVML"
+    assert 100 < result.clocks.sm_mhz[0] <= result.clocks.sm_mhz[1] < 4000
+    assert result.clocks.power_w > 0 and 0 < result.clocks.temp_c < 120

@@ -26,7 +26,7 @@ mkdir -p "$dir/wheels"
   asv==0.6.6 asv-runner==0.3.2 json5==0.17.3 pympler==1.1 importlib-metadata==10.2.0 \
   lazy-importer==0.1.0 virtualenv==21.15.11 distlib==0.4.4 platformdirs==4.14.8 \
   python-discovery==1.9.6 \
-  cupti-python==13.0.1 nvidia-cuda-cupti==13.0.85 pyelftools==0.33
+  cupti-python==13.0.1 nvidia-cuda-cupti==13.0.85 pyelftools==0.33 nvidia-ml-py==13.580.82
 git bundle create -q "$dir/repo.bundle" --all
 git rev-parse HEAD > "$dir/commit"
 if ! git diff --quiet HEAD; then

@@ -37,6 +37,14 @@ lim() {
   echo $(( $1 < left ? $1 : left ))
 }
 
+# NVML (clocks and throttling around every run) and CUPTI (--kernel-times cupti), from the
+# wheels tools/device_carry.sh put in .carry, where the image lacks them
+if ! $py -c "import cupti, pynvml" 2>/dev/null && ls .carry/wheels/cupti_python-*.whl >/dev/null 2>&1; then
+  $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target \
+    /tmp/schedbench_extra .carry/wheels/{cupti_python,nvidia_cuda_cupti,pyelftools,nvidia_ml_py}-*.whl \
+    && export PYTHONPATH=$PYTHONPATH:/tmp/schedbench_extra
+fi
+
 step "device"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
 $py -c "import cupy, numba, numpy, sys; print('python', sys.version.split()[0], 'cupy',
@@ -85,11 +93,6 @@ fi
 
 if want cupti; then
   step "kernel intervals: llama-1b timed by events alone, then by CUPTI (cupti-python)"
-  if ! $py -c "import cupti" 2>/dev/null && ls .carry/wheels/cupti_python-*.whl >/dev/null 2>&1; then
-    $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target \
-      /tmp/schedbench_cupti .carry/wheels/{cupti_python,nvidia_cuda_cupti,pyelftools}-*.whl \
-      && export PYTHONPATH=$PYTHONPATH:/tmp/schedbench_cupti
-  fi
   # the same sweep twice, each in a process of its own: the span run's steps against the
   # CUPTI run's are what tracing costs; the CUPTI run's busy against its span, the idle in step
   for times in span cupti; do

@@ -151,7 +151,9 @@ def sweep_lines(s: dict) -> list[str]:
         lines.append(f"  {r['mode']:10s} b={r['batch_size']:<3d} step {r['step_ms']:8.3f} ms  "
                      f"S+L+P {cpu:7.3f}  C {r['compute_ms']:8.3f}  "
                      f"overhead {r['overhead_pct']:5.1f}%  eff {r['efficiency']:.2f}"
-                     + (f"  itl p99 {p99:.3f}" if (p99 := r.get("itl_p99_ms")) else ""))
+                     + (f"  itl p99 {p99:.3f}" if (p99 := r.get("itl_p99_ms")) else "")
+                     + (f"  THROTTLED ({', '.join(r['clocks']['throttle'])})"
+                        if r.get("throttled") else ""))
     return lines
 
 

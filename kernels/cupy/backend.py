@@ -18,6 +18,7 @@ from cupy.cuda import runtime
 
 from schedbench.kernels.backend import Backend, DecodeStep, Event, Graph, Stream
 from schedbench.kernels.busy import busy_until
+from schedbench.kernels.clocks import GpuClocks, gpu_clocks
 from schedbench.kernels.cuda.calls import (
     StepBuffers,
     attention_call_picked,
@@ -207,6 +208,9 @@ class CupyBackend(Backend):
         graph = DeviceLaunchedGraph if device_launch_default() else graph_of
         return CupyGraph(graph(lambda _: step.launch(meta, out_tokens, batch_size, stream),
                                stream.raw))
+
+    def clocks(self) -> tuple[GpuClocks | None, str]:
+        return gpu_clocks(self._device.pci_bus_id)
 
     def versions(self) -> dict[str, str]:
         # the opt-in candidates too: a figure must say which kernels and launches made it

@@ -21,6 +21,7 @@ import numpy as np
 
 from schedbench.kernels.backend import Backend, DecodeStep, Event, Stream
 from schedbench.kernels.busy import busy_until
+from schedbench.kernels.clocks import GpuClocks, gpu_clocks
 from schedbench.kernels.cupti import (
     CLOCK_ERROR_S,
     KernelTrace,
@@ -284,6 +285,13 @@ class NumbaBackend(Backend):
                   num_slots: int) -> DecodeStep:
         raise ConfigError("synthetic mode runs on the cpu and cupy backends; numba has no "
                           "clock-based spin kernel")
+
+    def clocks(self) -> tuple[GpuClocks | None, str]:
+        if SIMULATOR:
+            return None, ""
+        import cupy as cp
+
+        return gpu_clocks(cp.cuda.Device().pci_bus_id)
 
     def versions(self) -> dict[str, str]:
         return {"numba": numba.__version__, "numpy": np.__version__,

@@ -49,6 +49,7 @@ from schedbench.kernels.errors import ConfigError
 from schedbench.kernels.model import ModelConfig, get_preset
 from schedbench.kernels.numba.family import KERNEL_FAMILIES
 from schedbench.kernels.registry import unavailable_reason
+from schedbench.resolution import significant
 
 # NOTE: schedbench.report and schedbench.sweep are imported where they are used: they bring in
 # the engine and Numba's CPU kernels (0.2 s), and asv imports this module once for each of
@@ -451,12 +452,12 @@ class _Grid(_Figures):
     """asv: device time (events) and % of copy bandwidth of a grid of kernels."""
 
     def track_time_us(self, res, kernel, batch_size) -> float:
-        return res[kernel, batch_size]["ms"] * 1e3
+        return significant(res[kernel, batch_size]["ms"] * 1e3)
 
     track_time_us.unit = "us"
 
     def track_pct_copy_bandwidth(self, res, kernel, batch_size) -> float:
-        return res[kernel, batch_size]["pct_copy"]
+        return significant(res[kernel, batch_size]["pct_copy"])
 
     track_pct_copy_bandwidth.unit = "%"
 
@@ -498,7 +499,7 @@ class CopyBandwidth(_Figures):
     params = list(ASV_GRIDS["CopyBandwidth"])
 
     def track_gbs(self, res, kernel, batch_size) -> float:
-        return res[kernel, batch_size]["gbs"]
+        return significant(res[kernel, batch_size]["gbs"])
 
     track_gbs.unit = "GB/s"
 

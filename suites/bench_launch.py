@@ -20,6 +20,7 @@ from schedbench.arguments import reported
 from schedbench.kernels.model import get_preset
 from schedbench.kernels.registry import unavailable_reason
 from schedbench.report import format_table, write_json
+from schedbench.resolution import significant
 from schedbench.sweep import check_batch_size
 
 PRESET = "llama3-8b"
@@ -178,7 +179,7 @@ class Launch:
             raise NotImplementedError(unavailable_reason("cupy") or f"{operation} was not measured")
 
     def track_host_us(self, res, operation) -> float:
-        return res[operation]
+        return significant(res[operation])
 
     track_host_us.unit = "us"
 

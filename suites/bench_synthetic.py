@@ -12,6 +12,7 @@ import argparse
 from schedbench.arguments import reported
 from schedbench.kernels.registry import available, describe
 from schedbench.report import format_table
+from schedbench.resolution import significant
 from schedbench.sweep import Sweep, SweepConfig
 from schedbench.synthetic import Synthetic
 
@@ -52,17 +53,17 @@ class SeedExperiment:
             raise NotImplementedError(f"backend {backend!r} is not available here")
 
     def track_step_ms(self, res, backend, s_c_p_ms, mode) -> float:
-        return res[backend, s_c_p_ms, mode]["step_ms"]
+        return significant(res[backend, s_c_p_ms, mode]["step_ms"])
 
     track_step_ms.unit = "ms"
 
     def track_ideal_over_measured(self, res, backend, s_c_p_ms, mode) -> float:
-        return res[backend, s_c_p_ms, mode]["efficiency"]
+        return significant(res[backend, s_c_p_ms, mode]["efficiency"])
 
     track_ideal_over_measured.unit = "ratio"
 
     def track_overhead_pct(self, res, backend, s_c_p_ms, mode) -> float:
-        return res[backend, s_c_p_ms, mode]["overhead_pct"]
+        return significant(res[backend, s_c_p_ms, mode]["overhead_pct"])
 
     track_overhead_pct.unit = "%"
 

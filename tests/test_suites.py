@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from schedbench.kernels.errors import ConfigError
+from schedbench.resolution import significant
 from tests.conftest import ROOT
 
 
@@ -78,7 +79,7 @@ def test_asv_records_the_median_of_the_processes_it_is_asked_for(monkeypatch):
     for (run, b), f in figures.items():
         mode = run.split()[2]
         mine = [r.figures["step_ms"].median for r in each if (r.mode, r.batch_size) == (mode, b)]
-        assert len(mine) == 3 and f["step_ms"] == statistics.median(mine)
+        assert len(mine) == 3 and f["step_ms"] == significant(statistics.median(mine))
     monkeypatch.setenv("SCHEDBENCH_ASV_PROCESSES", "two")
     with pytest.raises(ConfigError, match="SCHEDBENCH_ASV_PROCESSES='two': must be a whole"):
         bench_overhead.asv_processes()

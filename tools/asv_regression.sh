@@ -74,8 +74,9 @@ for try in $(seq "$tries"); do
     flagged=$([[ $(cell 64 2) == "+" ]] && echo flagged || echo not-flagged)
     outcome=$([[ $flagged == "$2" ]] && echo right || echo WRONG)
     [[ $outcome == right ]] || failures=$((failures + 1))
-    printf 'try %d  base -> %-6s  b=64 %5sx %-11s %-5s  (b=16 %sx, not judged)\n' "$try" \
-      "$1" "$(cell 64 5)" "$flagged" "$outcome" "$(cell 16 5)"
+    printf 'try %d  base -> %-6s  b=64 %s -> %s, %5sx %-11s %-5s  (b=16 %sx, not judged)\n' \
+      "$try" "$1" "$(cell 64 3)" "$(cell 64 4)" "$(cell 64 5)" "$flagged" "$outcome" \
+      "$(cell 16 5)"
   done
 done
 echo "$((2 * tries - failures)) of $((2 * tries)) outcomes right; factor $factor, $extra_us us" \

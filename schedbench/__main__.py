@@ -25,6 +25,7 @@ from schedbench.report import (
     cpu_budget,
     document,
     git_commit,
+    guard_line,
     identical_line,
     latency_table,
     legend,
@@ -35,6 +36,7 @@ from schedbench.report import (
     timeline,
     write_json,
 )
+from schedbench.scheduling import BUILT_IN
 from schedbench.sweep import RunResult, Sweep, SweepConfig
 from schedbench.synthetic import Synthetic
 from schedbench.trace import chrome_trace
@@ -107,6 +109,13 @@ def parser() -> argparse.ArgumentParser:
                      help="host busy work after every kernel launch (a graph's replay is one), "
                           "with the real model or the spin step: any backend made "
                           "launch-bound on purpose (default 0)")
+    p.add_argument("--scheduler", default=BUILT_IN, metavar="MODULE:CLASS",
+                   help="the scheduler to time: a class importable here or in a .py file "
+                        "(path/to/file.py:Class), following schedbench/scheduling.py's "
+                        "protocol (default %(default)s)")
+    p.add_argument("--scheduler-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="an argument of the scheduler's constructor (repeatable; VALUE as a "
+                        "Python literal where it parses as one)")
     p.add_argument("--kernel-times", default=None, choices=registry.KERNEL_TIMES,
                    help="where a step's device busy time comes from: worker (the cpu "
                         "device's stamps; its default), cupti (NVIDIA's activity records, "
@@ -168,7 +177,8 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
                        modes=modes, steps=steps, warmup=args.warmup, repeats=args.repeats,
                        processes=args.processes, seed=args.seed, synthetic=synthetic,
                        kv_blocks=args.kv_blocks, drain=args.drain, launch_us=args.launch_us,
-                       kernel_times=args.kernel_times,
+                       kernel_times=args.kernel_times, scheduler=args.scheduler,
+                       scheduler_args=tuple(args.scheduler_arg),
                        workload=WorkloadConfig.fitted(PRESETS[args.preset].max_context,
                                                       args.prompt_len, args.output_len,
                                                       args.seed))
@@ -199,6 +209,8 @@ def print_report(cfg: SweepConfig, sweep: Sweep | ProcessSweep, results: list[Ru
             if cfg.synthetic else f"preset {cfg.preset}")
     if cfg.launch_us:
         what += f", {cfg.launch_us:g} us of host work after each launch"
+    if cfg.scheduler != BUILT_IN:
+        what += f", scheduler {' '.join([cfg.scheduler, *cfg.scheduler_args])}"
     print(f"\nschedbench: backend {sweep.backend_name} on {sweep.device_name}, {what}, "
           f"{statistic(cfg.repeats, cfg.processes)}, {cfg.steps} steady-state steps each")
     if sweep.backend_name == "numba" and registry.simulator_enabled():
@@ -210,6 +222,7 @@ def print_report(cfg: SweepConfig, sweep: Sweep | ProcessSweep, results: list[Ru
     print("\n" + legend(sweep.busy_source))
     if clocks := clocks_line(results):
         print(clocks)
+    print(guard_line(results, cfg.scheduler))
     if beyond := beyond_model_line(results):
         print(beyond)
     if spread := spread_line(results, cfg.repeats):

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from schedbench.guard import Guarded
 from schedbench.kernels.backend import KERNELS_KEPT, Backend, DecodeStep, Event, Graph
 from schedbench.kernels.busy import busy_until
 from schedbench.kernels.layout import StepLayout
 from schedbench.nvtx import Nvtx
-from schedbench.scheduler import Batch, Scheduler
+from schedbench.scheduling import Batch
 from schedbench.synthetic import Synthetic
 from schedbench.timing import StepRecord
 
@@ -90,7 +91,7 @@ class Engine:
         self.meta_dev = backend.empty(step.layout.size, np.int32)
         self._anchor = backend.event()
         self._anchor_host = 0.0
-        self.scheduler: Scheduler | None = None
+        self.scheduler: Guarded | None = None
         self.records: list[StepRecord] = []
         self._nvtx = Nvtx()  # after the backend exists: a GPU backend brings its bindings
         self._graphs: dict[tuple[int, int], Graph] = {}  # (bucket, ring slot) -> graph
@@ -102,7 +103,7 @@ class Engine:
         self._kernels_every = max(1, min(256, KERNELS_KEPT // (2 * step.kernels_per_step)))
         self._last_end: Event = self._anchor  # the last postprocessed step's end event
 
-    def run(self, mode: str, scheduler: Scheduler) -> list[StepRecord]:
+    def run(self, mode: str, scheduler: Guarded) -> list[StepRecord]:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
         self._buckets = graph_buckets(scheduler.cfg.max_batch) if mode == "graphs" else []
@@ -207,7 +208,8 @@ class Engine:
             self.scheduler.release(index)
             if self.synthetic.postprocess_ms:
                 busy_until(t0 + self.synthetic.postprocess_ms / 1e3)
-        rec.useful_tokens, rec.token_gaps = f.batch.useful_tokens, f.batch.token_gaps
+        rec.useful_tokens, rec.token_gaps = f.batch.useful_tokens or 0, f.batch.token_gaps
+        rec.guard_s = f.batch.guard_s
         rec.post_end = time.perf_counter()
         self._nvtx.end(f.step_range)
         self._no_kernels.append(rec)

@@ -65,6 +65,17 @@ def legend(busy_source: str) -> str:
             "phases; efficiency = ideal step / measured step.")
 
 
+def guard_line(results: list[RunResult], scheduler: str) -> str:
+    """What checking the scheduler's writes cost a step (it is inside S and P)."""
+    by_batch: dict[int, float] = {}
+    for r in results:
+        by_batch[r.batch_size] = max(by_batch.get(r.batch_size, 0.0),
+                                     r.figures["guard_us"].median)
+    costs = ", ".join(f"{us:.1f} us at batch {b}" for b, us in by_batch.items())
+    return (f"Scheduler {scheduler}: the checks of what it writes cost {costs} a step "
+            "(inside Schedule and Postprocess; the slowest loop's).")
+
+
 def clocks_line(results: list[RunResult]) -> str | None:
     """The GPU's clocks over every run, and the runs it throttled in (marked ! above)."""
     sampled = [r for r in results if r.clocks is not None]
@@ -364,7 +375,8 @@ def document(cfg: SweepConfig, backend: str, device: str, versions: dict[str, st
                    "output_len": list(cfg.workload.output_len),
                    "synthetic": None if syn is None else syn.__dict__,
                    "extra_us_per_request": cfg.extra_us_per_request, "drain": cfg.drain,
-                   "launch_us": cfg.launch_us,
+                   "launch_us": cfg.launch_us, "scheduler": cfg.scheduler,
+                   "scheduler_args": list(cfg.scheduler_args),
                    "processes": cfg.processes},
         "statistic": f"{statistic(cfg.repeats, cfg.processes)}; {SPREAD}",
         "complete": complete,

@@ -1,4 +1,5 @@
-"""Continuous batching: FCFS admission under a KV-block budget, batch metadata, postprocess.
+"""The built-in scheduler (the protocol: schedbench/scheduling.py): continuous batching, FCFS
+admission under a KV-block budget, batch metadata, postprocess.
 
 Per-slot state lives in NumPy arrays so a step's metadata is a handful of vectorised
 gathers; Python loops run only over the requests that join, grow a block, or finish.
@@ -8,76 +9,14 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from schedbench.block_allocator import BlockAllocator
 from schedbench.kernels.busy import busy_until
-from schedbench.kernels.errors import ConfigError
 from schedbench.kernels.layout import FROM_DEVICE
+from schedbench.scheduling import Batch, MetaViews, SchedulerConfig
 from schedbench.workload import Request
-
-
-@dataclass(frozen=True)
-class SchedulerConfig:
-    max_batch: int
-    num_blocks: int
-    block_size: int
-    max_blocks_per_seq: int
-    eos_token_id: int
-    # The regression knob (off by default): busy work per running request per step, standing
-    # in for a scheduler change that costs that much. See README, "Regression detection".
-    extra_us_per_request: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.extra_us_per_request <= 1e6:
-            raise ConfigError(f"extra cost per request {self.extra_us_per_request} us: must be "
-                              f"in [0, 1e6]")
-        if self.max_batch <= 0:
-            raise ConfigError(f"batch size {self.max_batch}: must be at least 1")
-        if self.num_blocks <= 0:
-            raise ConfigError(f"KV budget of {self.num_blocks} blocks: need at least 1")
-
-    def blocks_for(self, r: Request) -> int:
-        return -(-r.max_len // self.block_size)
-
-    def check_fits(self, r: Request, what: str) -> None:
-        """ConfigError unless ``r`` fits the model's context and the KV budget on its own."""
-        max_context = self.max_blocks_per_seq * self.block_size
-        if r.max_len > max_context:
-            raise ConfigError(f"{what} needs {r.max_len} tokens of context ({len(r.prompt)} "
-                              f"prompt + {r.max_new_tokens} output); the model's maximum is "
-                              f"{max_context}")
-        if (need := self.blocks_for(r)) > self.num_blocks:
-            raise ConfigError(f"KV budget of {self.num_blocks} blocks x {self.block_size} "
-                              f"tokens is too small for {what}, which needs {need} blocks "
-                              f"({r.max_len} tokens)")
-
-    @property
-    def num_slots(self) -> int:
-        # NOTE: in the overlapped loop a finished request keeps its slot until the step it
-        # was still scheduled into has finished, while its replacement already runs.
-        return 2 * self.max_batch
-
-
-@dataclass(eq=False)
-class Batch:
-    """One scheduled step: its rows' requests, slots and positions, fixed at schedule time."""
-
-    index: int
-    requests: list[Request]
-    slots: np.ndarray
-    positions: np.ndarray
-    saturated: bool  # requests were left waiting: as many rows as the limits allow
-    useful_tokens: int = 0  # rows that advanced a live request, counted at postprocess
-    # Host-clock gaps (s) since each request's previous token, for the tokens this step gave
-    # requests that already had one: their inter-token latency, set at postprocess.
-    token_gaps: np.ndarray = field(default_factory=lambda: np.zeros(0))
-
-    @property
-    def size(self) -> int:
-        return len(self.requests)
 
 
 class Scheduler:
@@ -138,7 +77,7 @@ class Scheduler:
             self.running.append(r)
             self._row_slots = None
 
-    def schedule(self, index: int, meta: tuple[np.ndarray, ...]) -> Batch | None:
+    def schedule(self, index: int, meta: MetaViews) -> Batch | None:
         """Pick step ``index``'s rows and write their metadata into ``meta`` (pinned views)."""
         self._arrive(index)
         if self.stop_at is not None and index >= self.stop_at:

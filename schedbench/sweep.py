@@ -9,13 +9,20 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from schedbench.engine import MODES, Engine
+from schedbench.guard import Guarded
 from schedbench.kernels.backend import Backend, DecodeStep
 from schedbench.kernels.clocks import ClockSample, RunClocks
 from schedbench.kernels.errors import ConfigError
 from schedbench.kernels.layout import StepLayout
 from schedbench.kernels.model import ModelConfig, get_preset
 from schedbench.kernels.registry import kernel_times, make_backend, resolve
-from schedbench.scheduler import Scheduler, SchedulerConfig
+from schedbench.scheduling import (
+    BUILT_IN,
+    SchedulerConfig,
+    load_scheduler,
+    parse_args,
+    scheduler_failed,
+)
 from schedbench.synthetic import Synthetic
 from schedbench.timing import (
     RunFigures,
@@ -60,6 +67,9 @@ class SweepConfig:
     launch_us: float = 0.0
     # Where device busy time comes from (--kernel-times); None: the backend's default.
     kernel_times: str | None = None
+    # The scheduler, MODULE:CLASS (schedbench/scheduling.py), and its KEY=VALUE arguments.
+    scheduler: str = BUILT_IN
+    scheduler_args: tuple[str, ...] = ()
     # The regression knob; SCHEDBENCH_EXTRA_US_PER_REQUEST sets it for asv runs.
     extra_us_per_request: float = field(
         default_factory=lambda: float(os.environ.get("SCHEDBENCH_EXTRA_US_PER_REQUEST", "0")))
@@ -93,6 +103,8 @@ class SweepConfig:
         get_preset(self.preset)
         if self.kernel_times is not None:
             kernel_times(resolve(self.backend), self.kernel_times)
+        load_scheduler(self.scheduler)
+        parse_args(self.scheduler_args)
 
     @property
     def model(self) -> ModelConfig:
@@ -146,6 +158,8 @@ class Sweep:
                                               cfg.extra_us_per_request)
                            for b in cfg.batch_sizes}
         self._check_budget()
+        self._scheduler_class = load_scheduler(cfg.scheduler)
+        self._scheduler_args = parse_args(cfg.scheduler_args)
         self.backend: Backend = make_backend(cfg.backend, cfg.kernel_times)
         try:
             self._clocks, self.clocks_note = self.backend.clocks()
@@ -181,12 +195,25 @@ class Sweep:
         requests = make_requests(cfg.workload, n, cfg.model.vocab_size)
         # NOTE: +1: the window's last step only closes the interval of the one before it.
         stop_at = None if cfg.drain else cfg.warmup + cfg.steps + 1
-        scheduler = Scheduler(self.sched_cfgs[batch_size], requests, stop_at, cfg.drain)
+        scheduler = self.make_scheduler(batch_size, requests, stop_at)
         records = self.engine.run(mode, scheduler)
         scheduler.check_drained()
         figures = summarize(records, cfg.warmup, batch_size, overlapped=mode != "sequential",
                             steps=cfg.steps)
         return figures, TokenStreams.of(requests), records
+
+    def make_scheduler(self, batch_size: int, requests: list[Request],
+                       stop_at: int | None) -> Guarded:
+        """A fresh scheduler for one run, behind the guard."""
+        cfg, name = self.cfg, self.cfg.scheduler
+        try:
+            inner = self._scheduler_class(self.sched_cfgs[batch_size], requests, stop_at,
+                                          cfg.drain, **self._scheduler_args)
+        except ConfigError:
+            raise  # the workload does not fit (the built-in scheduler's own check)
+        except Exception as exc:
+            raise scheduler_failed(name, "__init__", None, exc) from None
+        return Guarded(inner, name, self.sched_cfgs[batch_size], cfg.model.vocab_size)
 
     @property
     def run_count(self) -> int:

@@ -41,6 +41,7 @@ class StepRecord:
     copy_end: float = 0.0  # the step's tokens are in pinned host memory (copy stream)
     useful_tokens: int = 0
     token_gaps: np.ndarray = field(default_factory=lambda: np.zeros(0))  # see Batch.token_gaps
+    guard_s: float = 0.0  # the harness's checks of what the scheduler wrote (in S and P)
     # (start, end) of each kernel, host clock; None where the backend cannot know them
     kernels: np.ndarray | None = None
 
@@ -132,6 +133,7 @@ class RunFigures:
     itl_p50_ms: float  # inter-token latency: NaN where no request made two tokens in the window
     itl_p99_ms: float
     itl_samples: float  # the inter-token gaps the percentiles stand on
+    guard_us: float  # the checks of what the scheduler wrote, per step (part of S and P)
 
     @classmethod
     def names(cls) -> list[str]:
@@ -210,6 +212,7 @@ def summarize(records: list[StepRecord], warmup: int, batch_size: int,
         itl_p50_ms=float(itl_p50),
         itl_p99_ms=float(itl_p99),
         itl_samples=float(len(itl)),
+        guard_us=1e6 * statistics.fmean(r.guard_s for r in spans),
     )
 
 

@@ -48,15 +48,20 @@ def unmeasured_reason(backend: str) -> str | None:
 
 
 def sweep_config(backend: str, preset: str, batch_sizes: list[int], steps: int = STEPS,
-                 repeats: int = 1, processes: int = 1) -> SweepConfig:
+                 repeats: int = 1, processes: int = 1,
+                 scheduler: str | None = None) -> SweepConfig:
+    """The suite's sweep; the scheduler given, or SCHEDBENCH_SCHEDULER's (asv passes no
+    arguments), or the built-in one."""
     from schedbench.kernels.model import get_preset
+    from schedbench.scheduling import BUILT_IN
     from schedbench.sweep import SweepConfig
     from schedbench.workload import WorkloadConfig
 
     return SweepConfig(backend=backend, preset=preset, batch_sizes=tuple(batch_sizes),
                        modes=tuple(modes_for(backend)), steps=steps, warmup=10,
                        repeats=repeats, processes=processes,
-                       workload=WorkloadConfig.fitted(get_preset(preset).max_context))
+                       workload=WorkloadConfig.fitted(get_preset(preset).max_context),
+                       scheduler=scheduler or os.environ.get("SCHEDBENCH_SCHEDULER", BUILT_IN))
 
 
 # NOTE: 5 by default. On a 2-vCPU VM (CPU backend, 2026-12-06) the sequential step at batch 64
@@ -208,12 +213,16 @@ def main() -> None:
                         "(default %(default)s)")
     p.add_argument("--processes", type=int, default=1,
                    help="sweeps, each in a fresh process, pooled (default %(default)s)")
+    p.add_argument("--scheduler", default=None, metavar="MODULE:CLASS",
+                   help="the scheduler to time (default: SCHEDBENCH_SCHEDULER, else the "
+                        "built-in one)")
     args = p.parse_args()
     simulated = args.backend == "numba" and simulator_enabled()
     preset = args.preset or ("micro" if simulated else PRESETS[args.backend])
     with reported(p):
         sweep = make_sweep(sweep_config(args.backend, preset, list(args.batch_sizes),
-                                        args.steps, args.repeats, args.processes))
+                                        args.steps, args.repeats, args.processes,
+                                        args.scheduler))
         try:
             results = pooled(list(sweep.results()))
         finally:

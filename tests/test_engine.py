@@ -13,7 +13,8 @@ from schedbench.kernels.cpu.backend import CpuBackend, CpuDecodeStep
 from schedbench.kernels.cpu.device import DeviceError
 from schedbench.kernels.layout import StepLayout
 from schedbench.kernels.model import get_preset
-from schedbench.scheduler import Scheduler, SchedulerConfig
+from schedbench.scheduler import Scheduler
+from schedbench.scheduling import SchedulerConfig
 from schedbench.sweep import Sweep, SweepConfig
 from schedbench.synthetic import Synthetic
 from schedbench.timing import Stat, summarize

@@ -9,7 +9,8 @@ import pytest
 from schedbench.engine import Engine
 from schedbench.kernels.layout import StepLayout
 from schedbench.kernels.model import get_preset
-from schedbench.scheduler import Scheduler, SchedulerConfig
+from schedbench.scheduler import Scheduler
+from schedbench.scheduling import SchedulerConfig
 from schedbench.workload import WorkloadConfig, make_requests, requests_for_steps
 
 STEPS = 100_000

@@ -8,7 +8,8 @@ import pytest
 from schedbench.block_allocator import BlockAllocator
 from schedbench.kernels.errors import ConfigError
 from schedbench.kernels.layout import FROM_DEVICE, StepLayout
-from schedbench.scheduler import Scheduler, SchedulerConfig
+from schedbench.scheduler import Scheduler
+from schedbench.scheduling import SchedulerConfig
 from schedbench.workload import Request, WorkloadConfig, make_requests
 
 BS = 4

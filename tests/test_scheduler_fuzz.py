@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schedbench.kernels.layout import StepLayout
-from schedbench.scheduler import Scheduler, SchedulerConfig
+from schedbench.scheduler import Scheduler
+from schedbench.scheduling import SchedulerConfig
 from schedbench.workload import Request
 
 BS, MAX_BLOCKS, EOS = 4, 8, 0

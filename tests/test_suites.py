@@ -49,6 +49,9 @@ def test_the_cpu_suites_run_directly():
     synthetic = suite("bench_synthetic", "--steps", "3", "--repeats", "1")
     assert synthetic.returncode == 0, synthetic.stderr
     assert synthetic.stdout.count(" | overlapped | ") == 3
+    guard = suite("bench_guard", "--scheduler", str(ROOT / "examples" / "fcfs.py") + ":FCFS")
+    assert guard.returncode == 0, guard.stderr
+    assert "Batch Size | Direct | Guarded | Added" in guard.stdout
 
 
 def test_the_overhead_suite_pools_processes_run_directly():

@@ -34,18 +34,22 @@ from schedbench.report import (
     statistic,
     throughput_table,
     timeline,
+    wasted_table,
+    winner_lines,
     write_json,
 )
 from schedbench.scheduling import BUILT_IN
 from schedbench.sweep import RunResult, Sweep, SweepConfig
 from schedbench.synthetic import Synthetic
 from schedbench.trace import chrome_trace
-from schedbench.workload import WorkloadConfig
+from schedbench.workload import WORKLOADS, WorkloadConfig
 
 TITLES = {"sequential": "Sequential: schedule -> launch -> wait -> postprocess",
           "overlapped": "Overlapped: CPU schedules N+1 and postprocesses N-1 while the device "
                         "runs N",
-          "graphs": "Overlapped + CUDA graphs: each step replayed from a captured graph"}
+          "graphs": "Overlapped + CUDA graphs: each step replayed from a captured graph",
+          "overlapped2": "Overlapped, two steps in flight: CPU schedules N+1 and postprocesses "
+                         "N-2 while the device runs N-1 and N"}
 
 
 # NOTE: the CPU backend's kernels are ~100x slower; 256 rows would dominate its sweep
@@ -90,6 +94,10 @@ def parser() -> argparse.ArgumentParser:
                    help="tokens generated per request unless EOS comes first, drawn uniformly "
                         "(default 16:128; a default range shrinks to fit a shorter context: "
                         "micro's 64 tokens get 4:12 and 16:51)")
+    p.add_argument("--workload", default="default", choices=list(WORKLOADS),
+                   help="prompt and output lengths by name: " + "; ".join(
+                       f"{k} {p[0]}:{p[1]} / {o[0]}:{o[1]}" for k, (p, o) in WORKLOADS.items())
+                   + " (prompt / output tokens; --prompt-len and --output-len override them)")
     p.add_argument("--drain", action="store_true",
                    help="run every request to its end; by default a run stops after "
                         "--warmup + --steps steps, cancelling what is left (the same steps "
@@ -180,8 +188,17 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
                        kernel_times=args.kernel_times, scheduler=args.scheduler,
                        scheduler_args=tuple(args.scheduler_arg),
                        workload=WorkloadConfig.fitted(PRESETS[args.preset].max_context,
-                                                      args.prompt_len, args.output_len,
+                                                      *workload_lengths(args),
                                                       args.seed))
+
+
+def workload_lengths(args: argparse.Namespace) -> tuple[tuple[int, int] | None, ...]:
+    """The prompt and output ranges given, else the named workload's; the default workload's
+    are left to WorkloadConfig.fitted, which shrinks them to a short context."""
+    if args.workload == "default":
+        return args.prompt_len, args.output_len
+    prompt, output = WORKLOADS[args.workload]
+    return args.prompt_len or prompt, args.output_len or output
 
 
 def progress_printer(total: int) -> Callable[[str], None]:
@@ -207,6 +224,9 @@ def print_report(cfg: SweepConfig, sweep: Sweep | ProcessSweep, results: list[Ru
                  timeline_steps: int) -> None:
     what = ("synthetic " + ", ".join(f"{k}={v:g}" for k, v in cfg.synthetic.__dict__.items())
             if cfg.synthetic else f"preset {cfg.preset}")
+    if not cfg.synthetic:
+        (p0, p1), (o0, o1) = cfg.workload.prompt_len, cfg.workload.output_len
+        what += f", prompts of {p0}-{p1} tokens, outputs of {o0}-{o1}"
     if cfg.launch_us:
         what += f", {cfg.launch_us:g} us of host work after each launch"
     if cfg.scheduler != BUILT_IN:
@@ -234,6 +254,9 @@ def print_report(cfg: SweepConfig, sweep: Sweep | ProcessSweep, results: list[Ru
     if budget := cpu_budget(results):
         print("\n" + budget_table(budget))
     print("\n" + throughput_table(results))
+    print("\n" + wasted_table(results))
+    if len(cfg.modes) > 1:
+        print("\n" + winner_lines(results))
     print("\n" + latency_table(results))
     print("\n" + identical_line(results))
 

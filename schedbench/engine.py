@@ -1,7 +1,17 @@
 """The loops: sequential and overlapped, built from the same four pieces.
 
-    sequential:  schedule N -> launch N -> postprocess N
-    overlapped:  schedule N -> launch N -> postprocess N-1   (the device runs N meanwhile)
+    sequential:   schedule N -> launch N -> postprocess N
+    overlapped:   schedule N -> launch N -> postprocess N-1   (the device runs N meanwhile)
+    overlapped2:  schedule N -> launch N -> postprocess N-2   (the device runs N-1 and N)
+
+Two steps in flight (overlapped2) keep the invariants of one, one step later: a request that
+ended at N-2 is scheduled into N-1 and N before the host knows, and both rows are dropped at
+postprocess; its blocks and slot are freed at release(N), once the device has run N (the
+scheduler's release, which the loop calls after each postprocess with the step it finished,
+frees only what no later step reads); the ring needs depth 3, one slot per step in flight and
+one being scheduled, and acquire() waits for a slot's copy anyway. A scheduler's slots hold:
+the requests that ended at N-2 and at N-1 were both running at N-2, so they and the running
+ones never exceed twice the batch size (SchedulerConfig.num_slots).
 
 Tokens never make a host round trip between steps: step N+1 reads its inputs from the
 device token buffer that step N writes. The host gets each step's tokens through an async
@@ -11,6 +21,7 @@ copy on a copy stream and waits on that copy's event only when it postprocesses.
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +35,9 @@ from schedbench.scheduling import Batch
 from schedbench.synthetic import Synthetic
 from schedbench.timing import StepRecord
 
-MODES = ("sequential", "overlapped", "graphs")
+MODES = ("sequential", "overlapped", "graphs", "overlapped2")
+# Steps a loop keeps in flight while it schedules the next
+DEPTH = {"overlapped": 1, "graphs": 1, "overlapped2": 2}
 
 
 @dataclass(eq=False)
@@ -119,7 +132,10 @@ class Engine:
         self._anchor_host = time.perf_counter()
         self.compute.take_kernels(self._anchor, self._anchor)  # drop earlier runs' kernels
         self._no_kernels = []
-        (self._sequential if mode == "sequential" else self._overlapped)()
+        if mode == "sequential":
+            self._sequential()
+        else:
+            self._overlapped(DEPTH[mode])
         self.compute.synchronize()
         self.copy.synchronize()
         if self._no_kernels:
@@ -133,18 +149,22 @@ class Engine:
             self._postprocess(f)
             index += 1
 
-    def _overlapped(self) -> None:
-        prev, index = None, 0
+    def _overlapped(self, depth: int) -> None:
+        """Schedule and launch N, then postprocess the oldest step once ``depth`` are in
+        flight beside it. A None from the scheduler ends the loop only once nothing is in
+        flight: after the postprocess it waited for, it is asked for step N again."""
+        inflight: deque[InFlight] = deque()
+        index = 0
         while True:
             f = self._schedule(index)
             if f is not None:
                 self._launch(f)
+                inflight.append(f)
                 index += 1
-            if prev is not None:
-                self._postprocess(prev)
-            if f is None and prev is None:
+            if len(inflight) > depth or (f is None and inflight):
+                self._postprocess(inflight.popleft())
+            elif f is None:
                 break
-            prev = f
 
     def _schedule(self, index: int) -> InFlight | None:
         assert self.scheduler is not None

@@ -216,8 +216,36 @@ def latency_table(results: list[RunResult]) -> str:
 def throughput_table(results: list[RunResult]) -> str:
     """Tokens/s, and the device bubble that overlap exists to close."""
     return per_mode_table(
-        results, "Throughput, tokens/s (mean device bubble between steps, us)",
+        results, "Throughput, useful tokens/s (mean device bubble between steps, us)",
         lambda f: f"{f['tokens_per_s'].median:.0f} ({f['bubble_us'].median:.1f})")
+
+
+def wasted_table(results: list[RunResult]) -> str:
+    """Rows the device computed for requests that had already ended: what overlap costs."""
+    return per_mode_table(
+        results, "Wasted rows, % of rows computed (requests that had ended, scheduled again "
+                 "before the host knew)", lambda f: f"{f['wasted_pct'].median:.1f}")
+
+
+def winner_lines(results: list[RunResult]) -> str:
+    """Per batch size, the loop with the most useful tokens/s, and by how much it beat the
+    next one: where overlap loses (short outputs), it says so."""
+    lines = []
+    for b in dict.fromkeys(r.batch_size for r in results):
+        runs = sorted((r for r in results if r.batch_size == b),
+                      key=lambda r: r.figures["tokens_per_s"].median, reverse=True)
+        best, *rest = runs
+        if not rest:
+            continue
+        tps = best.figures["tokens_per_s"].median
+        nxt = rest[0].figures["tokens_per_s"].median
+        seq = next((r for r in runs if r.mode == "sequential"), None)
+        vs_seq = (f", {100 * (tps / seq.figures['tokens_per_s'].median - 1):.1f} % above "
+                  "sequential" if seq is not None and seq is not best else "")
+        lines.append(f"  batch {b}: {best.mode} won, {tps:.0f} useful tokens/s, "
+                     f"{100 * (tps / nxt - 1):.1f} % above {rest[0].mode}{vs_seq}")
+    return "Fastest loop (useful tokens/s; within the spread above it may be noise):\n" + \
+        "\n".join(lines)
 
 
 def budget_table(rows: list[dict]) -> str:

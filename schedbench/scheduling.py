@@ -67,6 +67,9 @@ class SchedulerConfig:
     # The regression knob (off by default): busy work per running request per step, standing
     # in for a scheduler change that costs that much (docs/asv.md, "Regression detection").
     extra_us_per_request: float = 0.0
+    # Steps a loop may schedule a request into before the host learns it ended: 1 (the
+    # overlapped loops), 2 (overlapped2). Each such step feeds one more token.
+    in_flight: int = 1
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.extra_us_per_request <= 1e6:
@@ -77,20 +80,27 @@ class SchedulerConfig:
         if self.num_blocks <= 0:
             raise ConfigError(f"KV budget of {self.num_blocks} blocks: need at least 1")
 
+    def tokens_for(self, r: Request) -> int:
+        """Positions ``r`` may ever be fed: its prompt and outputs, and one more for each
+        step after its last that the loop schedules it into before it knows (less the
+        last output, which a sequential loop never feeds)."""
+        return r.max_len + self.in_flight - 1
+
     def blocks_for(self, r: Request) -> int:
-        return -(-r.max_len // self.block_size)
+        return -(-self.tokens_for(r) // self.block_size)
 
     def check_fits(self, r: Request, what: str) -> None:
         """ConfigError unless ``r`` fits the model's context and the KV budget on its own."""
         max_context = self.max_blocks_per_seq * self.block_size
-        if r.max_len > max_context:
-            raise ConfigError(f"{what} needs {r.max_len} tokens of context ({len(r.prompt)} "
-                              f"prompt + {r.max_new_tokens} output); the model's maximum is "
-                              f"{max_context}")
+        if (tokens := self.tokens_for(r)) > max_context:
+            extra = f" + {self.in_flight - 1} in flight" if self.in_flight > 1 else ""
+            raise ConfigError(f"{what} needs {tokens} tokens of context ({len(r.prompt)} "
+                              f"prompt + {r.max_new_tokens} output{extra}); the model's "
+                              f"maximum is {max_context}")
         if (need := self.blocks_for(r)) > self.num_blocks:
             raise ConfigError(f"KV budget of {self.num_blocks} blocks x {self.block_size} "
                               f"tokens is too small for {what}, which needs {need} blocks "
-                              f"({r.max_len} tokens)")
+                              f"({tokens} tokens)")
 
     @property
     def num_slots(self) -> int:

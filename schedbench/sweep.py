@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from schedbench.engine import MODES, Engine
+from schedbench.engine import DEPTH, MODES, Engine
 from schedbench.guard import Guarded
 from schedbench.kernels.backend import Backend, DecodeStep
 from schedbench.kernels.clocks import ClockSample, RunClocks
@@ -118,8 +118,13 @@ class SweepConfig:
         """The KV budget: given, or room for a full batch of the longest requests."""
         if self.kv_blocks is not None:
             return self.kv_blocks
-        longest = self.workload.prompt_len[1] + self.workload.output_len[1]
+        longest = self.workload.prompt_len[1] + self.workload.output_len[1] + self.in_flight - 1
         return self.max_batch * -(-longest // self.model.block_size)
+
+    @property
+    def in_flight(self) -> int:
+        """The most steps a loop of the sweep schedules a request into after its last."""
+        return max(DEPTH.get(m, 1) for m in self.modes)
 
     @property
     def runs_per_process(self) -> int:
@@ -153,9 +158,12 @@ class Sweep:
         self.cfg = cfg
         self.backend_name = resolve(cfg.backend)
         model = cfg.model
+        # NOTE: every loop of a sweep reserves room for the deepest one's extra rows, so that
+        # all of them admit alike and run the same schedule.
+        in_flight = cfg.in_flight
         self.sched_cfgs = {b: SchedulerConfig(b, cfg.num_blocks(), model.block_size,
                                               model.max_blocks_per_seq, model.eos_token_id,
-                                              cfg.extra_us_per_request)
+                                              cfg.extra_us_per_request, in_flight)
                            for b in cfg.batch_sizes}
         self._check_budget()
         self._scheduler_class = load_scheduler(cfg.scheduler)
@@ -191,6 +199,9 @@ class Sweep:
     def run_one(self, mode: str, batch_size: int) -> tuple[RunFigures, TokenStreams,
                                                            list[StepRecord]]:
         cfg = self.cfg
+        if DEPTH.get(mode, 1) > cfg.in_flight:  # its schedulers reserve for its modes' depth
+            raise ConfigError(f"mode {mode!r} keeps more steps in flight than this sweep's "
+                              f"modes {cfg.modes} reserved blocks for")
         n = requests_for_steps(cfg.workload, batch_size, cfg.steps + cfg.warmup)
         requests = make_requests(cfg.workload, n, cfg.model.vocab_size)
         # NOTE: +1: the window's last step only closes the interval of the one before it.

@@ -134,6 +134,7 @@ class RunFigures:
     itl_p99_ms: float
     itl_samples: float  # the inter-token gaps the percentiles stand on
     guard_us: float  # the checks of what the scheduler wrote, per step (part of S and P)
+    wasted_pct: float  # rows computed that no request kept (it had ended), % of all rows
 
     @classmethod
     def names(cls) -> list[str]:
@@ -213,6 +214,8 @@ def summarize(records: list[StepRecord], warmup: int, batch_size: int,
         itl_p99_ms=float(itl_p99),
         itl_samples=float(len(itl)),
         guard_us=1e6 * statistics.fmean(r.guard_s for r in spans),
+        wasted_pct=100 * (1 - sum(r.useful_tokens for r in spans)
+                          / sum(r.batch_size for r in spans)),
     )
 
 

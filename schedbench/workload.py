@@ -26,7 +26,8 @@ class Request:
 
     @property
     def max_len(self) -> int:
-        """Tokens that may ever be fed: prompt + outputs, +1 for the overlap's extra step."""
+        """Prompt and outputs: the positions an overlapped loop may feed (a sequential one
+        never feeds the last output; SchedulerConfig.tokens_for adds what deeper loops do)."""
         return len(self.prompt) + self.max_new_tokens
 
 
@@ -64,6 +65,16 @@ class WorkloadConfig:
     @property
     def mean_tokens(self) -> float:
         return (sum(self.prompt_len) + sum(self.output_len)) / 2
+
+
+# Named workloads (--workload): (prompt_len, output_len). Every request is queued at step 0
+# and admitted as soon as a row and its blocks are free, so each runs at a fixed concurrency.
+WORKLOADS = {
+    "default": ((4, 32), (16, 128)),
+    "short": ((4, 32), (1, 8)),  # where overlap's extra step per request shows
+    "steady": ((16, 16), (64, 64)),  # every request alike: the same batch, step after step
+    "long": ((4, 32), (256, 448)),  # hundreds of tokens: a request's start and end are rare
+}
 
 
 def make_requests(wl: WorkloadConfig, count: int, vocab_size: int) -> list[Request]:

@@ -55,6 +55,22 @@ def test_bad_input_exits_2_naming_the_value(capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("workload", "prompts", "outputs"), [
+    ("short", [4, 32], [1, 8]), ("steady", [16, 16], [64, 64]), ("long", [4, 32], [256, 448])])
+def test_named_workloads_and_the_loop_that_won(tmp_path, capsys, workload, prompts, outputs):
+    out = tmp_path / "w.json"
+    assert main([*FAST[:-4], "--batch-sizes", "2", "--workload", workload,
+                 "--json", str(out)]) == 0  # FAST less its own lengths
+    text = capsys.readouterr().out
+    assert f"prompts of {prompts[0]}-{prompts[1]} tokens, outputs of {outputs[0]}-{outputs[1]}" \
+        in text
+    config = json.loads(out.read_text())["config"]
+    assert (config["prompt_len"], config["output_len"]) == (prompts, outputs)
+    assert re.search(r"Fastest loop \(useful tokens/s.*\n  batch 2: (sequential|overlapped) "
+                     r"won, \d+ useful tokens/s, \d+\.\d % above (sequential|overlapped)", text)
+    assert "Wasted rows, % of rows computed" in text
+
+
 def test_span_times_count_idle_between_kernels_as_busy(tmp_path, capsys):
     """The same loop timed both ways: the worker's stamps leave the --launch-us gaps out of
     busy; the span alone counts them in, and says idle in step is unknown."""
@@ -170,7 +186,7 @@ def test_report_and_json(tmp_path, capsys):
         assert f"(n={run['itl_samples']:.0f})" in text
         assert 0 < run["requests_finished"] <= run["requests_served"]
     # the throughput table prints the JSON's tokens/s and bubble, a column per mode
-    table = text.split("Throughput, tokens/s (mean device bubble between steps, us)\n")[1]
+    table = text.split("Throughput, useful tokens/s (mean device bubble between steps, us)\n")[1]
     runs = {(r["mode"], r["batch_size"]): r for r in doc["runs"]}
     for line, b in zip(table.splitlines()[2:4], (1, 3), strict=True):
         cells = [c.strip() for c in line.split("|")]

@@ -25,22 +25,38 @@ SHORT = WorkloadConfig(prompt_len=(1, 6), output_len=(2, 14))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_sequential_and_overlapped_tokens_are_identical(seed):
-    """Drained runs: every request runs to its end, and the two loops agree bit for bit."""
+def test_every_loop_makes_the_same_tokens(seed):
+    """Drained runs: every request runs to its end, and the loops agree bit for bit."""
     cfg = SweepConfig(backend="cpu", batch_sizes=(1, 3, 8), steps=20, warmup=0, repeats=1,
-                      seed=seed, workload=WorkloadConfig((1, 6), (2, 14), seed), drain=True)
+                      seed=seed, workload=WorkloadConfig((1, 6), (2, 14), seed), drain=True,
+                      modes=("sequential", "overlapped", "overlapped2", "graphs"))
     sweep = Sweep(cfg)
     try:
         for b in cfg.batch_sizes:
-            runs = {m: sweep.run_one(m, b) for m in ("sequential", "overlapped")}
-            seq, ovl = runs["sequential"][1], runs["overlapped"][1]
+            runs = {m: sweep.run_one(m, b) for m in cfg.modes}
+            seq = runs["sequential"][1]
             assert len(seq.outputs) > b  # requests finish and others join mid-run
-            assert all(seq.complete) and all(ovl.complete)
-            assert seq.sha256 == ovl.sha256
-            # the overlapped loop really ran steps the sequential one did not need
-            assert len(runs["overlapped"][2]) >= len(runs["sequential"][2])
+            for mode, (_, tokens, _) in runs.items():
+                assert all(tokens.complete) and tokens.sha256 == seq.sha256, mode
+            # the overlapped loops really ran steps the sequential one did not need
+            steps = [len(runs[m][2]) for m in ("sequential", "overlapped", "overlapped2")]
+            assert steps == sorted(steps)
     finally:
         sweep.close()
+
+
+def test_rows_of_ended_requests_are_counted_as_wasted():
+    """Outputs of 2-14 tokens: the overlapped loop schedules an ended request once more, two
+    steps in flight twice more; the sequential loop never."""
+    cfg = SweepConfig(backend="cpu", batch_sizes=(8,), steps=40, warmup=2, repeats=1,
+                      workload=SHORT, modes=("sequential", "overlapped", "overlapped2"))
+    sweep = Sweep(cfg)
+    try:
+        wasted = {m: sweep.run_one(m, 8)[0].wasted_pct for m in cfg.modes}
+    finally:
+        sweep.close()
+    assert wasted["sequential"] == 0
+    assert 0 < wasted["overlapped"] < wasted["overlapped2"], wasted
 
 
 def test_a_run_stops_after_its_measured_steps():
@@ -112,10 +128,10 @@ def test_every_request_finishes_once_and_every_block_returns(cpu_backend):
     layout = StepLayout(4, CFG.max_blocks_per_seq)
     step = CpuDecodeStep(CFG, 0, 40, layout, 8)
     engine = Engine(cpu_backend, step)
-    for mode in ("sequential", "overlapped"):
+    for mode in ("sequential", "overlapped", "overlapped2"):
         requests = make_requests(SHORT, 30, CFG.vocab_size)
         scheduler = Scheduler(SchedulerConfig(4, 40, CFG.block_size, CFG.max_blocks_per_seq,
-                                              CFG.eos_token_id), requests)
+                                              CFG.eos_token_id, in_flight=2), requests)
         engine.run(mode, scheduler)
         scheduler.check_drained()  # blocks, slots, one finish per request
         assert sorted(r.rid for r in scheduler.finished) == list(range(30))
@@ -144,7 +160,7 @@ class RecordingStep(CpuDecodeStep):
         super().launch(meta, out_tokens, batch_size, stream)
 
 
-def _run_recorded(backend, monkeypatch, ring_depth: int):
+def _run_recorded(backend, monkeypatch, ring_depth: int, mode: str = "overlapped"):
     """An overlapped run in which the device uploads step N's metadata only once the host
     has scheduled step N+1 (or 20 ms have passed): the worst case for the staging ring,
     made certain rather than left to thread timing. The upload waits on a gate event that
@@ -169,7 +185,8 @@ def _run_recorded(backend, monkeypatch, ring_depth: int):
     step = RecordingStep(CFG, 0, 20, layout, 4)
     engine = Engine(backend, step, ring_depth=ring_depth)
     scheduler = Scheduler(SchedulerConfig(2, 20, CFG.block_size, CFG.max_blocks_per_seq,
-                                          CFG.eos_token_id), make_requests(SHORT, 6, 2048))
+                                          CFG.eos_token_id, in_flight=2),
+                          make_requests(SHORT, 6, 2048))
     intended: list[np.ndarray] = []
     schedule = scheduler.schedule
 
@@ -181,12 +198,14 @@ def _run_recorded(backend, monkeypatch, ring_depth: int):
         return batch
 
     scheduler.schedule = schedule_and_keep
-    engine.run("overlapped", scheduler)
+    engine.run(mode, scheduler)
     return intended, step.seen
 
 
-def test_staging_buffer_is_not_rewritten_while_its_copy_may_run(cpu_backend, monkeypatch):
-    intended, seen = _run_recorded(cpu_backend, monkeypatch, ring_depth=1)
+@pytest.mark.parametrize("mode", ["overlapped", "overlapped2"])
+def test_staging_buffer_is_not_rewritten_while_its_copy_may_run(cpu_backend, monkeypatch,
+                                                                 mode):
+    intended, seen = _run_recorded(cpu_backend, monkeypatch, ring_depth=1, mode=mode)
     assert len(seen) == len(intended) > 5
     for want, got in zip(intended, seen):
         np.testing.assert_array_equal(got, want)

@@ -241,7 +241,7 @@ def winner_lines(results: list[RunResult]) -> str:
         nxt = rest[0].figures["tokens_per_s"].median
         seq = next((r for r in runs if r.mode == "sequential"), None)
         vs_seq = (f", {100 * (tps / seq.figures['tokens_per_s'].median - 1):.1f} % above "
-                  "sequential" if seq is not None and seq is not best else "")
+                  "sequential" if seq is not None and seq not in (best, rest[0]) else "")
         lines.append(f"  batch {b}: {best.mode} won, {tps:.0f} useful tokens/s, "
                      f"{100 * (tps / nxt - 1):.1f} % above {rest[0].mode}{vs_seq}")
     return "Fastest loop (useful tokens/s; within the spread above it may be noise):\n" + \

@@ -47,7 +47,7 @@ ONE_SM_ATTENTION = partial(kc.attention_call_picked,
 def loop_hashes(monkeypatch, gemm, attention=kc.attention_call) -> dict[int, str]:
     """Each batch size's token hash, after checking that every mode gave the same tokens."""
     monkeypatch.setattr(sweep_module, "make_backend",
-                        lambda name: EmulatedCudaBackend(gemm, attention))
+                        lambda name, times=None: EmulatedCudaBackend(gemm, attention))
     sweep = Sweep(CFG)
     hashes = {}
     try:

@@ -24,8 +24,8 @@ class FCFS:
         self.free_blocks = list(range(cfg.num_blocks))
         self.free_slots = list(range(cfg.num_slots))
         self.fed: dict[int, int] = {}  # request id -> tokens fed: the next row's position
-        self.out: dict[int, list[int]] = {}  # request id -> tokens generated
-        self.ended: dict[int, list[Request]] = {}  # step -> ended at it, blocks not yet free
+        self.out: dict[int, list[int]] = {r.rid: [] for r in requests}  # tokens generated
+        self.ended: dict[int, list[tuple[list[int], int]]] = {}  # step -> its (blocks, slot)
 
     def schedule(self, index: int, meta: MetaViews) -> Batch | None:
         while self.arrivals and (self.arrivals[0].arrival_step <= index
@@ -33,25 +33,32 @@ class FCFS:
             self.waiting.append(self.arrivals.pop(0))
         if self.stop_at is not None and index >= self.stop_at:
             for r in self.waiting + self.arrivals:
-                self.out[r.rid] = []
                 self.end(r, cancelled=True)
             self.waiting, self.arrivals = [], []
         self.admit()
         if not (self.drain or self.waiting or self.arrivals):
             for r in list(self.running):
                 self.end(r, cancelled=True)
-        if not self.running:
+        rows = self.rows()
+        if not rows:
             return None
         ids, slots, positions, tables = meta
-        for i, r in enumerate(self.running):
+        for i, r in enumerate(rows):
             p = self.fed[r.rid]
-            ids[i] = r.prompt[p] if p < len(r.prompt) else FROM_DEVICE
+            ids[i] = self.input_id(r, p)
             slots[i], positions[i] = r.slot, p
             tables[i, :len(r.blocks)] = r.blocks
             self.fed[r.rid], r.last_step = p + 1, index
-        b = len(self.running)
-        return Batch(index, list(self.running), slots[:b].copy(), positions[:b].copy(),
+        return Batch(index, rows, slots[:len(rows)].copy(), positions[:len(rows)].copy(),
                      saturated=bool(self.waiting))
+
+    def rows(self) -> list[Request]:
+        """The requests this step runs: every running one."""
+        return list(self.running)
+
+    def input_id(self, r: Request, p: int) -> int:
+        """The token fed at position ``p``: the prompt's, then the one on the device."""
+        return r.prompt[p] if p < len(r.prompt) else FROM_DEVICE
 
     def admit(self) -> None:
         while self.waiting and len(self.running) < self.cfg.max_batch and self.free_slots:
@@ -62,13 +69,13 @@ class FCFS:
             self.waiting.pop(0)
             r.slot, r.blocks = self.free_slots.pop(0), self.free_blocks[:need]
             del self.free_blocks[:need]
-            self.fed[r.rid], self.out[r.rid] = 0, []
+            self.fed[r.rid] = 0
             self.running.append(r)
 
     def postprocess(self, batch: Batch, tokens: np.ndarray) -> None:
         useful = 0
         for r, p, token in zip(batch.requests, batch.positions, tokens.tolist()):
-            if r.finished:
+            if r.finished or not self.advances(r, p):
                 continue  # the overlapped loop scheduled it once more before it knew
             useful += 1
             if p < len(r.prompt) - 1:
@@ -79,18 +86,21 @@ class FCFS:
                 self.end(r, cancelled=False)
         batch.useful_tokens = useful
 
+    def advances(self, r: Request, p: int) -> bool:
+        """Whether the row at position ``p`` takes ``r`` further than it had been: always."""
+        return True
+
     def end(self, r: Request, cancelled: bool) -> None:
         r.output, r.finished, r.cancelled = np.array(self.out[r.rid], np.int32), True, cancelled
         if r in self.running:
             self.running.remove(r)
-            self.ended.setdefault(r.last_step, []).append(r)
+            self.ended.setdefault(r.last_step, []).append((r.blocks, r.slot))
 
     def release(self, step_done: int) -> None:
         for step in [s for s in self.ended if s <= step_done]:
-            for r in self.ended.pop(step):
-                self.free_blocks += r.blocks
-                self.free_slots.append(r.slot)
-                r.blocks = []
+            for blocks, slot in self.ended.pop(step):
+                self.free_blocks += blocks
+                self.free_slots.append(slot)
 
     def check_drained(self) -> None:
         self.release(max(self.ended, default=-1))

@@ -17,6 +17,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable
 from importlib import import_module
+from importlib.metadata import version
 from typing import Any
 
 import numpy as np
@@ -43,8 +44,6 @@ def kernel_times_versions(trace: KernelTrace | None) -> dict[str, str]:
     ran from CUDA's events' in the last hand-out."""
     if trace is None:
         return {}
-    from importlib.metadata import version
-
     return {"cupti_python": version("cupti-python"),
             "cupti_clock_ratio": f"{trace.clock_ratio:.6f}"}
 

@@ -27,15 +27,16 @@ from schedbench.scheduling import (
     scheduler_failed,
 )
 
-# What _check finds, by its code
+# What _check finds, by its code: the field, and what is wrong with the value v in it
 PROBLEMS = {
-    1: "slot {v} is outside the token buffer's {n} slots",
-    2: "slot {v} is given to two rows",
-    3: "position {v} is outside the model's context of {n} tokens",
-    4: "input id {v} is not a token of the vocabulary of {n}",
-    5: "input id -1 (the token on the device) at a slot whose previous token the device does "
-       "not hold (slot {v}: {n})",
-    6: "block {v} is outside the KV budget of {n} blocks",
+    1: ("slots", "slot {v} is outside the token buffer's {slots} slots"),
+    2: ("slots", "slot {v} is given to two rows"),
+    3: ("positions", "position {v} is outside the model's context of {context} tokens"),
+    4: ("input_ids", "input id {v} is not a token of the vocabulary of {vocab}"),
+    5: ("input_ids", "input id -1 (the token on the device) at a slot whose previous token the "
+                     "device does not hold (slot {v}: no earlier step wrote it, or this is "
+                     "position 0)"),
+    6: ("block_tables", "block {v} is outside the KV budget of {blocks} blocks"),
 }
 
 
@@ -74,10 +75,11 @@ class Guarded:
 
     def __init__(self, inner: SchedulerProtocol, name: str, cfg: SchedulerConfig,
                  vocab_size: int) -> None:
-        self.inner, self.name, self.cfg, self.vocab = inner, name, cfg, vocab_size
-        self._context = cfg.max_blocks_per_seq * cfg.block_size
-        self._limits = np.array([cfg.num_slots, self._context, vocab_size, cfg.block_size,
-                                 cfg.num_blocks], np.int64)
+        self.inner, self.name, self.cfg = inner, name, cfg
+        self._named = {"slots": cfg.num_slots, "context": cfg.max_blocks_per_seq * cfg.block_size,
+                       "vocab": vocab_size, "blocks": cfg.num_blocks}
+        self._limits = np.array([cfg.num_slots, self._named["context"], vocab_size,
+                                 cfg.block_size, cfg.num_blocks], np.int64)
         self._state = np.zeros(2 * cfg.num_slots, np.int64)
         self._state[cfg.num_slots:] = -1
 
@@ -98,12 +100,8 @@ class Guarded:
         problem, row, value = _check(ids, slots, positions, tables, b, index, self._limits,
                                      self._state)
         if problem:
-            n = {1: self.cfg.num_slots, 2: 0, 3: self._context, 4: self.vocab,
-                 5: "no earlier step wrote it, or this is position 0",
-                 6: self.cfg.num_blocks}[problem]
-            field = {1: "slots", 2: "slots", 3: "positions", 4: "input_ids", 5: "input_ids",
-                     6: "block_tables"}[problem]
-            self._broke(index, f"row {row}, {field}: {PROBLEMS[problem].format(v=value, n=n)}")
+            field, what = PROBLEMS[problem]
+            self._broke(index, f"row {row}, {field}: {what.format(v=value, **self._named)}")
         batch.guard_s = time.perf_counter() - t0
         return batch
 

@@ -50,8 +50,9 @@ def _ms(x: float) -> str:
 BUSY_SOURCES = {
     "worker": "the union of its kernels, each stamped by the CPU device's worker",
     "cupti": "the union of its kernels, from CUPTI's activity records",
-    "span": ("its span, first to last event: this backend reports no kernel intervals, so "
-             "idle between its kernels counts as busy and idle in step is unknown (-)"),
+    "span": ("its span, first to last event: no kernel is timed (--kernel-times span, or a "
+             "backend without kernel intervals), so idle between its kernels counts as busy "
+             "and idle in step is unknown (-)"),
 }
 
 

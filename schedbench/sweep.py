@@ -160,10 +160,9 @@ class Sweep:
         model = cfg.model
         # NOTE: every loop of a sweep reserves room for the deepest one's extra rows, so that
         # all of them admit alike and run the same schedule.
-        in_flight = cfg.in_flight
         self.sched_cfgs = {b: SchedulerConfig(b, cfg.num_blocks(), model.block_size,
                                               model.max_blocks_per_seq, model.eos_token_id,
-                                              cfg.extra_us_per_request, in_flight)
+                                              cfg.extra_us_per_request, cfg.in_flight)
                            for b in cfg.batch_sizes}
         self._check_budget()
         self._scheduler_class = load_scheduler(cfg.scheduler)

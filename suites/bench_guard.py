@@ -16,11 +16,11 @@ import numpy as np
 from schedbench.arguments import reported
 from schedbench.guard import Guarded
 from schedbench.kernels.layout import StepLayout
-from schedbench.kernels.model import get_preset
 from schedbench.report import format_table
 from schedbench.resolution import significant
 from schedbench.scheduling import BUILT_IN, SchedulerConfig, load_scheduler
-from schedbench.workload import WorkloadConfig, make_requests, requests_for_steps
+from schedbench.sweep import SweepConfig
+from schedbench.workload import make_requests, requests_for_steps
 
 BATCH_SIZES = [1, 64]
 STEPS = 300
@@ -28,11 +28,10 @@ STEPS = 300
 
 def step_us(spec: str, batch_size: int, guarded: bool, steps: int = STEPS) -> float:
     """Mean host time of schedule + postprocess + release per step over ``steps`` steps."""
-    model = get_preset("tiny")
-    wl = WorkloadConfig.fitted(model.max_context)
-    cfg = SchedulerConfig(batch_size, batch_size * -(-(wl.prompt_len[1] + wl.output_len[1])
-                                                     // model.block_size),
-                          model.block_size, model.max_blocks_per_seq, model.eos_token_id)
+    sweep = SweepConfig(backend="cpu", batch_sizes=(batch_size,))  # its workload and budget
+    model, wl = sweep.model, sweep.workload
+    cfg = SchedulerConfig(batch_size, sweep.num_blocks(), model.block_size,
+                          model.max_blocks_per_seq, model.eos_token_id)
     requests = make_requests(wl, requests_for_steps(wl, batch_size, steps), model.vocab_size)
     scheduler = load_scheduler(spec)(cfg, requests, steps, False)
     if guarded:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from schedbench.arguments import int_list, int_list_text, int_range, reported
-from schedbench.engine import MODES
+from schedbench.engine import MODES, MULTISTEP, context_room
 from schedbench.kernels import registry
 from schedbench.kernels.errors import ConfigError
 from schedbench.kernels.model import PRESETS
@@ -24,6 +24,7 @@ from schedbench.report import (
     clocks_line,
     cpu_budget,
     document,
+    first_token_table,
     git_commit,
     guard_line,
     identical_line,
@@ -49,7 +50,10 @@ TITLES = {"sequential": "Sequential: schedule -> launch -> wait -> postprocess",
                         "runs N",
           "graphs": "Overlapped + CUDA graphs: each step replayed from a captured graph",
           "overlapped2": "Overlapped, two steps in flight: CPU schedules N+1 and postprocesses "
-                         "N-2 while the device runs N-1 and N"}
+                         "N-2 while the device runs N-1 and N",
+          "multistep": "Multistep: CPU schedules {k} steps at once, the device runs them back "
+                       "to back, CPU postprocesses them together (S and P per step: the "
+                       "group's / {k})"}
 
 
 # NOTE: the CPU backend's kernels are ~100x slower; 256 rows would dominate its sweep
@@ -117,6 +121,8 @@ def parser() -> argparse.ArgumentParser:
                      help="host busy work after every kernel launch (a graph's replay is one), "
                           "with the real model or the spin step: any backend made "
                           "launch-bound on purpose (default 0)")
+    p.add_argument("--multistep", type=int, default=MULTISTEP, metavar="K",
+                   help="steps per schedule in mode multistep (default %(default)s)")
     p.add_argument("--scheduler", default=BUILT_IN, metavar="MODULE:CLASS",
                    help="the scheduler to time: a class importable here or in a .py file "
                         "(path/to/file.py:Class), following schedbench/scheduling.py's "
@@ -181,15 +187,15 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
     batch_sizes = args.batch_sizes or ((1,) if synthetic else
                                        CPU_BATCH_SIZES if cpu else GPU_BATCH_SIZES)
     steps = args.steps if args.steps is not None else CPU_STEPS if cpu else GPU_STEPS
+    room = context_room(PRESETS[args.preset].max_context, modes, args.multistep)
     return SweepConfig(backend=backend, preset=args.preset, batch_sizes=batch_sizes,
                        modes=modes, steps=steps, warmup=args.warmup, repeats=args.repeats,
                        processes=args.processes, seed=args.seed, synthetic=synthetic,
                        kv_blocks=args.kv_blocks, drain=args.drain, launch_us=args.launch_us,
                        kernel_times=args.kernel_times, scheduler=args.scheduler,
+                       multistep=args.multistep,
                        scheduler_args=tuple(args.scheduler_arg),
-                       workload=WorkloadConfig.fitted(PRESETS[args.preset].max_context,
-                                                      *workload_lengths(args),
-                                                      args.seed))
+                       workload=WorkloadConfig.fitted(room, *workload_lengths(args), args.seed))
 
 
 def workload_lengths(args: argparse.Namespace) -> tuple[tuple[int, int] | None, ...]:
@@ -238,7 +244,7 @@ def print_report(cfg: SweepConfig, sweep: Sweep | ProcessSweep, results: list[Ru
               "say nothing of a GPU's.\nWhat it checks is the kernels and the loops: the "
               "tokens, and that every mode gives the same ones.")
     for mode in cfg.modes:
-        print(f"\n{TITLES[mode]}\n{mode_table(results, mode)}")
+        print(f"\n{TITLES[mode].format(k=cfg.multistep)}\n{mode_table(results, mode)}")
     print("\n" + legend(sweep.busy_source))
     if clocks := clocks_line(results):
         print(clocks)
@@ -258,6 +264,7 @@ def print_report(cfg: SweepConfig, sweep: Sweep | ProcessSweep, results: list[Ru
     if len(cfg.modes) > 1:
         print("\n" + winner_lines(results))
     print("\n" + latency_table(results))
+    print("\n" + first_token_table(results))
     print("\n" + identical_line(results))
 
 

@@ -1,8 +1,17 @@
-"""The loops: sequential and overlapped, built from the same four pieces.
+"""The loops: sequential, overlapped and multistep, built from the same four pieces.
 
     sequential:   schedule N -> launch N -> postprocess N
     overlapped:   schedule N -> launch N -> postprocess N-1   (the device runs N meanwhile)
     overlapped2:  schedule N -> launch N -> postprocess N-2   (the device runs N-1 and N)
+    multistep:    schedule N..N+k-1 -> launch N, ..., N+k-1 -> postprocess N..N+k-1
+
+Multistep (vLLM's, before its V1 engine) schedules the same rows for k steps at once, each
+request's blocks allocated for all k; the device runs them back to back, each reading the
+tokens the one before it wrote; the host waits once and postprocesses the k steps together.
+A request that ends inside the group still runs to the group's end, and those rows are
+dropped: it may be fed k-1 positions past its last (SchedulerConfig.in_flight = k-1). Its
+blocks and slot are freed at release(N+k-1). The ring needs depth k, a slot per step of the
+group; the host waits for the last step's copy only, the copy stream being in order.
 
 Two steps in flight (overlapped2) keep the invariants of one, one step later: a request that
 ended at N-2 is scheduled into N-1 and N before the host knows, and both rows are dropped at
@@ -35,9 +44,21 @@ from schedbench.scheduling import Batch
 from schedbench.synthetic import Synthetic
 from schedbench.timing import StepRecord
 
-MODES = ("sequential", "overlapped", "graphs", "overlapped2")
-# Steps a loop keeps in flight while it schedules the next
+MODES = ("sequential", "overlapped", "graphs", "overlapped2", "multistep")
+# Steps a loop keeps in flight while it schedules the next: the loops that overlap the host
 DEPTH = {"overlapped": 1, "graphs": 1, "overlapped2": 2}
+MULTISTEP = 8  # steps per schedule in mode multistep, unless --multistep says otherwise
+
+
+def in_flight(mode: str, multistep: int) -> int:
+    """Steps after a request's last that ``mode`` may schedule it into (at least 1)."""
+    return max(1, multistep - 1) if mode == "multistep" else DEPTH.get(mode, 1)
+
+
+def context_room(max_context: int, modes: tuple[str, ...], multistep: int = MULTISTEP) -> int:
+    """The context a request's own tokens may fill when ``modes`` run: less the positions the
+    deepest of them may feed it after its last (SchedulerConfig.tokens_for)."""
+    return max_context - (max((in_flight(m, multistep) for m in modes), default=1) - 1)
 
 
 @dataclass(eq=False)
@@ -116,9 +137,12 @@ class Engine:
         self._kernels_every = max(1, min(256, KERNELS_KEPT // (2 * step.kernels_per_step)))
         self._last_end: Event = self._anchor  # the last postprocessed step's end event
 
-    def run(self, mode: str, scheduler: Guarded) -> list[StepRecord]:
+    def run(self, mode: str, scheduler: Guarded, multistep: int = MULTISTEP) -> list[StepRecord]:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
+        if mode == "multistep" and not 1 <= multistep <= len(self.ring.slots):
+            raise ValueError(f"multistep {multistep}: the ring holds {len(self.ring.slots)} "
+                             f"steps")
         self._buckets = graph_buckets(scheduler.cfg.max_batch) if mode == "graphs" else []
         for bucket in self._buckets:
             for slot in self.ring.slots:
@@ -134,6 +158,8 @@ class Engine:
         self._no_kernels = []
         if mode == "sequential":
             self._sequential()
+        elif mode == "multistep":
+            self._multistep(multistep)
         else:
             self._overlapped(DEPTH[mode])
         self.compute.synchronize()
@@ -146,8 +172,21 @@ class Engine:
         index = 0
         while (f := self._schedule(index)) is not None:
             self._launch(f)
-            self._postprocess(f)
+            self._postprocess([f])
             index += 1
+
+    def _multistep(self, steps: int) -> None:
+        """Schedule ``steps`` steps at once, launch them one after another, postprocess them
+        together. A step the host did not schedule on its own has a schedule phase of zero
+        length, at its launch: S is the group's one schedule, spread over its steps."""
+        index = 0
+        while group := self._schedule_steps(index, steps):
+            for f in group:
+                if not f.record.scheduled:
+                    f.record.schedule_start = f.record.schedule_end = time.perf_counter()
+                self._launch(f)
+            self._postprocess(group)
+            index += len(group)
 
     def _overlapped(self, depth: int) -> None:
         """Schedule and launch N, then postprocess the oldest step once ``depth`` are in
@@ -162,26 +201,38 @@ class Engine:
                 inflight.append(f)
                 index += 1
             if len(inflight) > depth or (f is None and inflight):
-                self._postprocess(inflight.popleft())
+                self._postprocess([inflight.popleft()])
             elif f is None:
                 break
 
     def _schedule(self, index: int) -> InFlight | None:
+        group = self._schedule_steps(index, 1)
+        return group[0] if group else None
+
+    def _schedule_steps(self, index: int, steps: int) -> list[InFlight]:
+        """Steps ``index..index+steps-1`` scheduled by one call (``schedule`` for one step),
+        a ring slot each; empty when the scheduler has no row to run."""
         assert self.scheduler is not None
-        slot = self.ring.acquire(index)
+        slots = [self.ring.acquire(i) for i in range(index, index + steps)]
+        metas = [self.ring.layout.views(slot.meta_host) for slot in slots]
         step_range = self._nvtx.start(f"step {index}")
         t0 = time.perf_counter()
         with self._nvtx.phase(f"schedule {index}"):
-            batch = self.scheduler.schedule(index, self.ring.layout.views(slot.meta_host))
+            batch = (self.scheduler.schedule(index, metas[0]) if steps == 1 else
+                     self.scheduler.schedule_steps(index, metas))
             if batch is not None and self.synthetic.schedule_ms:
                 busy_until(t0 + self.synthetic.schedule_ms / 1e3)
         if batch is None:
             self._nvtx.end(step_range)
-            return None
-        rec = StepRecord(index, batch.size, batch.saturated, schedule_start=t0,
-                         schedule_end=time.perf_counter())
-        self.records.append(rec)
-        return InFlight(batch, slot, rec, step_range)
+            return []
+        t1 = time.perf_counter()
+        group = [InFlight(batch, slot, StepRecord(index + j, batch.size, batch.saturated,
+                                                  scheduled=j == 0, schedule_start=t0,
+                                                  schedule_end=t1),
+                          step_range if j == 0 else None)
+                 for j, slot in enumerate(slots)]
+        self.records += [f.record for f in group]
+        return group
 
     def _launch(self, f: InFlight) -> None:
         with self._nvtx.phase(f"launch {f.batch.index}"):
@@ -213,28 +264,41 @@ class Engine:
         tables[n:bucket, 0] = self.step.pad_block
         return self._graphs[bucket, slot.index]
 
-    def _postprocess(self, f: InFlight) -> None:
+    def _postprocess(self, group: list[InFlight]) -> None:
+        """Wait for the group's last step (one step but in multistep) and postprocess its
+        batch. The steps before the last end their host phases as their launch ends; the
+        wait and the postprocess are the last step's."""
         assert self.scheduler is not None
-        rec, slot, index = f.record, f.slot, f.batch.index
+        batch, last = group[0].batch, group[-1]
+        rec, slot, index = last.record, last.slot, last.record.index
+        for f in group[:-1]:
+            f.record.post_start = f.record.wait_end = f.record.post_end = f.record.launch_end
         rec.post_start = time.perf_counter()
         with self._nvtx.phase(f"wait {index}"):
             slot.copied.synchronize()
-        rec.device_start = self._device_time(slot.start)
-        rec.device_end = self._device_time(slot.end)
-        rec.copy_end = self._device_time(slot.copied)
+        for f in group:
+            f.record.device_start = self._device_time(f.slot.start)
+            f.record.device_end = self._device_time(f.slot.end)
+            f.record.copy_end = self._device_time(f.slot.copied)
         rec.wait_end = t0 = time.perf_counter()
+        b = batch.size
+        tokens = (slot.tokens_host[:b] if len(group) == 1 else
+                  np.stack([f.slot.tokens_host[:b] for f in group]))
         with self._nvtx.phase(f"postprocess {index}"):
-            self.scheduler.postprocess(f.batch, slot.tokens_host[:f.batch.size])
+            self.scheduler.postprocess(batch, tokens)
             self.scheduler.release(index)
             if self.synthetic.postprocess_ms:
                 busy_until(t0 + self.synthetic.postprocess_ms / 1e3)
-        rec.useful_tokens, rec.token_gaps = f.batch.useful_tokens or 0, f.batch.token_gaps
-        rec.guard_s = f.batch.guard_s
+        for f, useful in zip(group, np.atleast_1d(batch.useful_tokens), strict=True):
+            f.record.useful_tokens = int(useful)
+        group[0].record.guard_s = batch.guard_s
+        rec.token_gaps, rec.first_token_s = batch.token_gaps, batch.first_token_s
+        rec.admitted_first_s = batch.admitted_first_s
         rec.post_end = time.perf_counter()
-        self._nvtx.end(f.step_range)
-        self._no_kernels.append(rec)
+        self._nvtx.end(group[0].step_range)
+        self._no_kernels += [f.record for f in group]
         self._last_end = slot.end
-        if len(self._no_kernels) == self._kernels_every:
+        if len(self._no_kernels) >= self._kernels_every:
             self._fetch_kernels(slot.end)
 
     def _fetch_kernels(self, until: Event) -> None:

@@ -88,6 +88,16 @@ class Guarded:
             batch = self.inner.schedule(index, meta)
         except Exception as exc:
             raise scheduler_failed(self.name, "schedule", index, exc) from None
+        return self._checked(index, [meta], batch)
+
+    def schedule_steps(self, index: int, metas: list[MetaViews]) -> Batch | None:
+        try:
+            batch = self.inner.schedule_steps(index, metas)
+        except Exception as exc:
+            raise scheduler_failed(self.name, "schedule_steps", index, exc) from None
+        return self._checked(index, metas, batch)
+
+    def _checked(self, index: int, metas: list[MetaViews], batch: object) -> Batch | None:
         if batch is None:
             return None
         t0 = time.perf_counter()
@@ -96,12 +106,15 @@ class Guarded:
         b = batch.size
         if not 1 <= b <= self.cfg.max_batch:
             self._broke(index, f"batch size {b}: must be 1..{self.cfg.max_batch}")
-        ids, slots, positions, tables = meta
-        problem, row, value = _check(ids, slots, positions, tables, b, index, self._limits,
-                                     self._state)
-        if problem:
-            field, what = PROBLEMS[problem]
-            self._broke(index, f"row {row}, {field}: {what.format(v=value, **self._named)}")
+        if batch.steps != len(metas):
+            self._broke(index, f"batch.steps {batch.steps}: {len(metas)} step(s) were "
+                               f"scheduled")
+        for step, (ids, slots, positions, tables) in enumerate(metas, index):
+            problem, row, value = _check(ids, slots, positions, tables, b, step, self._limits,
+                                         self._state)
+            if problem:
+                field, what = PROBLEMS[problem]
+                self._broke(step, f"row {row}, {field}: {what.format(v=value, **self._named)}")
         batch.guard_s = time.perf_counter() - t0
         return batch
 
@@ -112,10 +125,13 @@ class Guarded:
             raise scheduler_failed(self.name, "postprocess", batch.index, exc) from None
         t0 = time.perf_counter()
         useful = batch.useful_tokens
-        if useful is None or not 0 <= useful <= batch.size:
+        counts = np.asarray(-1 if useful is None else useful)
+        if counts.shape != (() if batch.steps == 1 else (batch.steps,)) or \
+                counts.dtype.kind not in "iu" or counts.min() < 0 or counts.max() > batch.size:
+            what = "a count" if batch.steps == 1 else f"{batch.steps} counts, one per step,"
             self._broke(batch.index, f"postprocess left batch.useful_tokens {useful!r}: it "
-                                     f"must count the rows that advanced a live request, "
-                                     f"0..{batch.size}")
+                                     f"must be {what} of the rows that advanced a live "
+                                     f"request, 0..{batch.size}")
         batch.guard_s += time.perf_counter() - t0
 
     def release(self, step_done: int) -> None:

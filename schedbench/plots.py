@@ -11,7 +11,8 @@ from schedbench.timing import ideal_step_ms
 COLORS = {"schedule": "#4c72b0", "launch": "#dd8452", "wait": "#c8c8c8",
           "postprocess": "#55a868", "kernel": "#8172b3", "idle in step": "#ddd5ee",
           "device span": "#8172b3", "copy": "#937860"}
-MARKERS = {"sequential": "o", "overlapped": "s", "graphs": "^", "overlapped2": "D"}
+MARKERS = {"sequential": "o", "overlapped": "s", "graphs": "^", "overlapped2": "D",
+           "multistep": "v"}
 
 
 def _pyplot():

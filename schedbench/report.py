@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 import schedbench
+from schedbench.engine import DEPTH
 from schedbench.kernels.clocks import RunClocks
 from schedbench.sweep import RunResult, SweepConfig
 from schedbench.timing import Stat, StepRecord, ideal_step_ms
@@ -63,7 +64,9 @@ def legend(busy_source: str) -> str:
             "to the next step's start.\nOverhead % = all device idle / the device's time in "
             "steady state. Speedup = the sequential step / this loop's, repeat by repeat.\n"
             "Ideal speedup = (S + max(L, C) + P) / max(C, S+L+P) on the sequential run's "
-            "phases; efficiency = ideal step / measured step.")
+            "phases; efficiency = ideal step / measured step,\nthe ideal being "
+            "S + max(L, C) + P for the sequential and multistep loops, max(C, S+L+P) for "
+            "the overlapped ones.")
 
 
 def guard_line(results: list[RunResult], scheduler: str) -> str:
@@ -108,7 +111,7 @@ def beyond_model_line(results: list[RunResult]) -> str | None:
     above = {}
     for r in results:
         base = seq.get(r.batch_size)
-        if r.mode == "sequential" or base is None:
+        if r.mode not in DEPTH or base is None:
             continue
         if r.figures["speedup"].median > ideal_speedup(base):
             above[r.batch_size] = (base.figures["step_ms"].median
@@ -130,8 +133,9 @@ def mode_table(results: list[RunResult], mode: str) -> str:
         cells = [*_phase_cells(r), f"{step:.3f}", f"{r.figures['efficiency'].median:.2f}"]
         if mode != "sequential":
             base = seq.get(r.batch_size)
+            # NOTE: the ideal speedup is overlap's; multistep's model is its own efficiency
             cells += [f"{r.figures['speedup'].median:.2f}x" if base else "-",
-                      f"{ideal_speedup(base):.2f}x" if base else "-"]
+                      f"{ideal_speedup(base):.2f}x" if base and mode in DEPTH else "-"]
         rows.append(cells)
     return format_table(STEP_COLUMNS if mode == "sequential" else OVL_COLUMNS, rows)
 
@@ -141,7 +145,7 @@ def cpu_budget(results: list[RunResult]) -> list[dict]:
     (C - L), what it takes now (S + P), and whether the CPU is the bottleneck."""
     rows = []
     for r in results:
-        if r.mode == "sequential":
+        if r.mode not in DEPTH:
             continue
         s, lau, c, p = (r.figures[k].median for k in ("schedule_ms", "launch_ms", "compute_ms",
                                                        "postprocess_ms"))
@@ -212,6 +216,19 @@ def latency_table(results: list[RunResult]) -> str:
     return per_mode_table(results, "Inter-token latency as the host sees it (ms, p50 / p99 over "
                                    "every two consecutive tokens of a request, steady state; n: "
                                    "the gaps a run's p99 stands on)", cell)
+
+
+def first_token_table(results: list[RunResult]) -> str:
+    """From admission to the first token, p50, and from arrival, p50 / p99 (ms)."""
+    def cell(f: dict[str, Stat]) -> str | None:
+        if not math.isfinite(f["ttft_p50_ms"].median):
+            return None
+        return (f"{f['admitted_ttft_p50_ms'].median:.2f}; {f['ttft_p50_ms'].median:.1f} / "
+                f"{f['ttft_p99_ms'].median:.1f} (n={f['ttft_samples'].median:.0f})")
+
+    return per_mode_table(
+        results, "First token as the host sees it (ms): from admission, p50; from arrival "
+                 "(queueing included), p50 / p99; n: the requests it stands on", cell)
 
 
 def throughput_table(results: list[RunResult]) -> str:
@@ -405,6 +422,7 @@ def document(cfg: SweepConfig, backend: str, device: str, versions: dict[str, st
                    "synthetic": None if syn is None else syn.__dict__,
                    "extra_us_per_request": cfg.extra_us_per_request, "drain": cfg.drain,
                    "launch_us": cfg.launch_us, "scheduler": cfg.scheduler,
+                   "multistep": cfg.multistep,
                    "scheduler_args": list(cfg.scheduler_args),
                    "processes": cfg.processes},
         "statistic": f"{statistic(cfg.repeats, cfg.processes)}; {SPREAD}",

@@ -50,17 +50,23 @@ class Scheduler:
         self._max_new = np.zeros(n, np.int32)
         self._outputs = np.zeros((n, max_new), np.int32)
         self._last_token_t = np.zeros(n, np.float64)  # host clock of each slot's last token
+        self._queued_t: dict[int, float] = {}  # rid -> host clock when it joined the queue
+        self._admitted_t = np.zeros(n, np.float64)
         self._done = np.zeros(n, bool)
         self._last_step = np.full(n, -1, np.int64)
         self._pending: dict[int, list[Request]] = {}  # step -> finished, blocks not yet free
         self._done_step = -1  # every step up to this one has finished on the device
         self._row_slots: np.ndarray | None = None
+        self._latencies: dict[str, list[np.ndarray]] = {}  # one postprocess's, step by step
 
     def _arrive(self, index: int) -> None:
         # An idle system jumps to the next arrival rather than spinning empty steps.
         idle = not (self.waiting or self.running)
+        now = time.perf_counter()
         while self._arrivals and (self._arrivals[-1].arrival_step <= index or idle):
-            self.waiting.append(self._arrivals.pop())
+            r = self._arrivals.pop()
+            self._queued_t[r.rid] = now
+            self.waiting.append(r)
             idle = False
 
     def _admit(self) -> None:
@@ -74,11 +80,17 @@ class Scheduler:
             self._prompt_len[s], self._max_new[s] = len(r.prompt), r.max_new_tokens
             self._prompts[s, :len(r.prompt)] = r.prompt
             self._done[s] = False
+            self._admitted_t[s] = time.perf_counter()
             self.running.append(r)
             self._row_slots = None
 
     def schedule(self, index: int, meta: MetaViews) -> Batch | None:
         """Pick step ``index``'s rows and write their metadata into ``meta`` (pinned views)."""
+        return self.schedule_steps(index, [meta])
+
+    def schedule_steps(self, index: int, metas: list[MetaViews]) -> Batch | None:
+        """The same rows for steps ``index, index+1, ...``, one per view in ``metas``: each
+        request's blocks are allocated for all of them at once."""
         self._arrive(index)
         if self.stop_at is not None and index >= self.stop_at:
             self._cancel_queued()
@@ -95,45 +107,62 @@ class Scheduler:
             self._row_slots = np.fromiter((r.slot for r in self.running), np.int32,
                                           len(self.running))
         slots = self._row_slots
-        b, bs = len(slots), self.cfg.block_size
+        b, bs, k = len(slots), self.cfg.block_size, len(metas)
         pos = self._seq_len[slots]
-        for i in np.flatnonzero(pos >= self._n_blocks[slots] * bs):
+        for i in np.flatnonzero(pos + k - 1 >= self._n_blocks[slots] * bs):
             r, s = self.running[i], slots[i]
-            block = self.allocator.allocate()
-            r.blocks.append(block)
-            r.reserved -= 1
-            self._tables[s, self._n_blocks[s]] = block
-            self._n_blocks[s] += 1
-        ids, meta_slots, meta_pos, tables = meta
-        prompt_pos = np.minimum(pos, self._prompts.shape[1] - 1)
-        ids[:b] = np.where(pos < self._prompt_len[slots], self._prompts[slots, prompt_pos],
-                           FROM_DEVICE)
-        meta_slots[:b] = slots
-        meta_pos[:b] = pos
-        tables[:b] = self._tables[slots]
-        self._seq_len[slots] = pos + 1
-        self._last_step[slots] = index
-        return Batch(index, list(self.running), slots, pos, saturated=bool(self.waiting))
+            while pos[i] + k - 1 >= self._n_blocks[s] * bs:
+                block = self.allocator.allocate()
+                r.blocks.append(block)
+                r.reserved -= 1
+                self._tables[s, self._n_blocks[s]] = block
+                self._n_blocks[s] += 1
+        for j, (ids, meta_slots, meta_pos, tables) in enumerate(metas):
+            p = pos + j
+            prompt_pos = np.minimum(p, self._prompts.shape[1] - 1)
+            ids[:b] = np.where(p < self._prompt_len[slots], self._prompts[slots, prompt_pos],
+                               FROM_DEVICE)
+            meta_slots[:b] = slots
+            meta_pos[:b] = p
+            tables[:b] = self._tables[slots]
+        self._seq_len[slots] = pos + k
+        self._last_step[slots] = index + k - 1
+        return Batch(index, list(self.running), slots, pos, saturated=bool(self.waiting),
+                     steps=k)
 
     def postprocess(self, batch: Batch, tokens: np.ndarray) -> None:
         """Append each row's sampled token; finish requests on EOS or their token limit.
 
         Rows of requests that finished at an earlier step (the overlapped loop schedules
-        them once more before it knows) are discarded.
+        them once more before it knows, multistep runs them to the group's end) are
+        discarded.
         """
-        slots, pos = batch.slots, batch.positions
+        tokens = tokens.reshape(batch.steps, batch.size)
+        useful = [self._advance(batch, batch.positions + j, tokens[j])
+                  for j in range(batch.steps)]
+        batch.useful_tokens = useful[0] if batch.steps == 1 else useful
+        for name in ("token_gaps", "first_token_s", "admitted_first_s"):
+            setattr(batch, name, np.concatenate(self._latencies.pop(name)))
+
+    def _advance(self, batch: Batch, pos: np.ndarray, tokens: np.ndarray) -> int:
+        """One step's tokens: appended to the requests still alive; returns how many were."""
+        slots = batch.slots
         alive = ~self._done[slots]
-        batch.useful_tokens = int(alive.sum())
         gen = alive & (pos >= self._prompt_len[slots] - 1)
         gs, toks = slots[gen], tokens[gen]
         n = self._generated[gs]
         self._outputs[gs, n] = toks
         now = time.perf_counter()  # per-request latency, as engines keep it
-        batch.token_gaps = now - self._last_token_t[gs[n > 0]]
+        first = gs[n == 0]
+        self._latencies.setdefault("token_gaps", []).append(now - self._last_token_t[gs[n > 0]])
+        self._latencies.setdefault("first_token_s", []).append(
+            now - np.array([self._queued_t.pop(self._slot_req[s].rid) for s in first]))
+        self._latencies.setdefault("admitted_first_s", []).append(now - self._admitted_t[first])
         self._last_token_t[gs] = now
         self._generated[gs] = n + 1
         for s in gs[(toks == self.cfg.eos_token_id) | (n + 1 >= self._max_new[gs])]:
             self._finish(int(s))
+        return int(alive.sum())
 
     def cancel(self, rid: int) -> bool:
         """Cancel a request that has not finished; False if there is none by that id."""

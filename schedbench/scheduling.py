@@ -27,11 +27,20 @@ loop (the overlapped loop schedules N+1 before it postprocesses N):
         or their token limit (set ``output``, ``finished``), and set ``batch.useful_tokens``,
         the rows that advanced a live request. In the overlapped loop this comes one step
         late: step N+1 was scheduled without step N's tokens, so a request that ended at N
-        was scheduled once more; its row's token is to be dropped.
+        was scheduled once more; its row's token is to be dropped. Optionally it also sets
+        ``token_gaps``, ``first_token_s`` and ``admitted_first_s`` (Batch), which the
+        latency figures are made of (NaN where a scheduler leaves them empty).
     release(N)
         The device has finished every step up to N: blocks and slots of requests that ended
         may be reused now, never earlier (a step in flight may still read them).
     check_drained()   (optional) after the run: raise if a block, slot or request leaked.
+    schedule_steps(N, metas) -> Batch | None   (optional; mode multistep needs it)
+        Schedule steps N..N+k-1 at once (k = len(metas)): the same rows in each, ``metas[j]``
+        holding step N+j's metadata (position + j; the next prompt token, else FROM_DEVICE),
+        blocks allocated for all k positions. Return a Batch with ``steps = k``; its
+        postprocess gets ``tokens`` of shape (k, b) and sets ``useful_tokens`` to k counts,
+        one per step: a row's tokens after its request's stop are discarded. Release comes
+        with N+k-1.
 
 Everything a scheduler writes is checked before the device reads it (schedbench/guard.py).
 """
@@ -68,7 +77,7 @@ class SchedulerConfig:
     # in for a scheduler change that costs that much (docs/asv.md, "Regression detection").
     extra_us_per_request: float = 0.0
     # Steps a loop may schedule a request into before the host learns it ended: 1 (the
-    # overlapped loops), 2 (overlapped2). Each such step feeds one more token.
+    # overlapped loops), 2 (overlapped2), N-1 (multistep N). Each feeds one more token.
     in_flight: int = 1
 
     def __post_init__(self) -> None:
@@ -118,10 +127,16 @@ class Batch:
     slots: np.ndarray
     positions: np.ndarray
     saturated: bool  # requests were left waiting: as many rows as the limits allow
-    useful_tokens: int | None = None  # rows that advanced a live request, set at postprocess
+    steps: int = 1  # the steps it covers (schedule_steps), each with the same rows
+    # Rows that advanced a live request, set at postprocess: an int, or one per step.
+    useful_tokens: int | list[int] | np.ndarray | None = None
     # Host-clock gaps (s) since each request's previous token, for the tokens this step gave
     # requests that already had one: their inter-token latency, set at postprocess.
     token_gaps: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # For each request whose first output came in this batch, host seconds from when the
+    # scheduler saw it arrive (time to first token) and from its admission to that token.
+    first_token_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    admitted_first_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
     guard_s: float = 0.0  # the harness's checks of this step, set by the guard
 
     @property

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from schedbench.engine import DEPTH, MODES, Engine
+from schedbench.engine import DEPTH, MODES, MULTISTEP, Engine, in_flight
 from schedbench.guard import Guarded
 from schedbench.kernels.backend import Backend, DecodeStep
 from schedbench.kernels.clocks import ClockSample, RunClocks
@@ -57,6 +57,8 @@ class SweepConfig:
     kv_blocks: int | None = None
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     ring_depth: int = 3
+    # Steps per schedule in mode multistep (--multistep).
+    multistep: int = MULTISTEP
     # Run every request to its end, where by default a run stops after warm-up + steps,
     # cancelling what is left. The window measured is the same; draining only makes the
     # token check cover whole streams.
@@ -100,10 +102,16 @@ class SweepConfig:
             raise ConfigError(f"--processes {self.processes}: must be at least 1")
         if self.ring_depth < 1:
             raise ConfigError(f"ring depth {self.ring_depth}: must be at least 1")
+        if not 1 <= self.multistep <= 64:
+            raise ConfigError(f"--multistep {self.multistep}: must be in [1, 64]")
         get_preset(self.preset)
         if self.kernel_times is not None:
             kernel_times(resolve(self.backend), self.kernel_times)
-        load_scheduler(self.scheduler)
+        scheduler = load_scheduler(self.scheduler)
+        if "multistep" in self.modes and not callable(getattr(scheduler, "schedule_steps", None)):
+            raise ConfigError(f"scheduler {self.scheduler} has no schedule_steps, which mode "
+                              f"multistep calls (schedbench/scheduling.py); drop it from "
+                              f"--modes")
         parse_args(self.scheduler_args)
 
     @property
@@ -124,7 +132,13 @@ class SweepConfig:
     @property
     def in_flight(self) -> int:
         """The most steps a loop of the sweep schedules a request into after its last."""
-        return max(DEPTH.get(m, 1) for m in self.modes)
+        return max(in_flight(m, self.multistep) for m in self.modes)
+
+    @property
+    def ring(self) -> int:
+        """Staging slots: a step each that the deepest loop holds between schedule and
+        postprocess (DEPTH + 1 for the overlapped loops, the group in multistep)."""
+        return max(self.ring_depth, self.multistep if "multistep" in self.modes else 0)
 
     @property
     def runs_per_process(self) -> int:
@@ -175,7 +189,7 @@ class Sweep:
                                   f"drop 'graphs' from --modes")
             self.step = self._make_step()
             self.step.launch_gap_s = cfg.launch_us * 1e-6
-            self.engine = Engine(self.backend, self.step, cfg.ring_depth, cfg.synthetic)
+            self.engine = Engine(self.backend, self.step, cfg.ring, cfg.synthetic)
         except BaseException:
             self.backend.close()
             raise
@@ -198,7 +212,7 @@ class Sweep:
     def run_one(self, mode: str, batch_size: int) -> tuple[RunFigures, TokenStreams,
                                                            list[StepRecord]]:
         cfg = self.cfg
-        if DEPTH.get(mode, 1) > cfg.in_flight:  # its schedulers reserve for its modes' depth
+        if in_flight(mode, cfg.multistep) > cfg.in_flight:  # reserved for its modes' depth
             raise ConfigError(f"mode {mode!r} keeps more steps in flight than this sweep's "
                               f"modes {cfg.modes} reserved blocks for")
         n = requests_for_steps(cfg.workload, batch_size, cfg.steps + cfg.warmup)
@@ -206,9 +220,9 @@ class Sweep:
         # NOTE: +1: the window's last step only closes the interval of the one before it.
         stop_at = None if cfg.drain else cfg.warmup + cfg.steps + 1
         scheduler = self.make_scheduler(batch_size, requests, stop_at)
-        records = self.engine.run(mode, scheduler)
+        records = self.engine.run(mode, scheduler, cfg.multistep)
         scheduler.check_drained()
-        figures = summarize(records, cfg.warmup, batch_size, overlapped=mode != "sequential",
+        figures = summarize(records, cfg.warmup, batch_size, overlapped=mode in DEPTH,
                             steps=cfg.steps)
         return figures, TokenStreams.of(requests), records
 

@@ -30,6 +30,9 @@ class StepRecord:
     index: int
     batch_size: int
     saturated: bool = True  # requests were left waiting: the batch was as large as allowed
+    # The host scheduled this step (multistep: only the first of each group; the others'
+    # schedule phase is empty, and the group's wait and postprocess are its last step's)
+    scheduled: bool = True
     schedule_start: float = 0.0
     schedule_end: float = 0.0
     launch_end: float = 0.0
@@ -41,6 +44,8 @@ class StepRecord:
     copy_end: float = 0.0  # the step's tokens are in pinned host memory (copy stream)
     useful_tokens: int = 0
     token_gaps: np.ndarray = field(default_factory=lambda: np.zeros(0))  # see Batch.token_gaps
+    first_token_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # see Batch
+    admitted_first_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
     guard_s: float = 0.0  # the harness's checks of what the scheduler wrote (in S and P)
     # (start, end) of each kernel, host clock; None where the backend cannot know them
     kernels: np.ndarray | None = None
@@ -133,6 +138,13 @@ class RunFigures:
     itl_p50_ms: float  # inter-token latency: NaN where no request made two tokens in the window
     itl_p99_ms: float
     itl_samples: float  # the inter-token gaps the percentiles stand on
+    # Time to first token, from when the scheduler saw the request arrive (its queueing
+    # included), and from its admission (its prompt's steps, and the loop's delay); over the
+    # requests whose first token came in the window; NaN where none did.
+    ttft_p50_ms: float
+    ttft_p99_ms: float
+    admitted_ttft_p50_ms: float
+    ttft_samples: float
     guard_us: float  # the checks of what the scheduler wrote, per step (part of S and P)
     wasted_pct: float  # rows computed that no request kept (it had ended), % of all rows
 
@@ -145,13 +157,19 @@ def steady_window(records: list[StepRecord], warmup: int, batch_size: int,
                   steps: int | None = None) -> list[StepRecord]:
     """Steps after warm-up, from the first to the last that left requests waiting: the
     system ran as full as the batch size (or the KV budget) allowed; the drain is excluded.
-    At most ``steps`` intervals (``steps + 1`` records) when given."""
+    At most ``steps`` intervals (``steps + 1`` records) when given. It begins and ends on a
+    step the host scheduled, so that it holds whole multistep groups."""
     end = len(records) if steps is None else warmup + steps + 1
     busy = [i for i, r in enumerate(records[:end]) if i >= warmup and r.saturated]
+    starts = [i for i in busy if records[i].scheduled]
     if len(busy) < 3:
         raise ConfigError(f"batch size {batch_size}: only {len(busy)} steps after {warmup} "
                           f"warm-up steps had requests waiting; raise --steps")
-    return records[busy[0]:busy[-1] + 1]
+    if len(starts) < 2:
+        raise ConfigError(f"batch size {batch_size}: the {len(busy)} steps after {warmup} "
+                          f"warm-up steps hold {len(starts)} start of a multistep group, and "
+                          f"whole groups need two; raise --steps")
+    return records[starts[0]:starts[-1] + 1]
 
 
 def ideal_step_ms(overlapped: bool, s: float, lau: float, c: float, p: float) -> float:
@@ -191,8 +209,9 @@ def summarize(records: list[StepRecord], warmup: int, batch_size: int,
     c = mean_ms(busy)
     step_ms = wall / len(spans) * 1e3
     ideal = ideal_step_ms(overlapped, s, lau, c, p)
-    itl = np.concatenate([r.token_gaps for r in spans]) * 1e3
-    itl_p50, itl_p99 = np.percentile(itl, [50, 99]) if len(itl) else (math.nan, math.nan)
+    itl_p50, itl_p99 = percentiles_ms([r.token_gaps for r in spans], 50, 99)
+    ttft_p50, ttft_p99 = percentiles_ms([r.first_token_s for r in spans], 50, 99)
+    admitted_p50, = percentiles_ms([r.admitted_first_s for r in spans], 50)
     return RunFigures(
         steps=len(spans),
         mean_batch=statistics.fmean(r.batch_size for r in spans),
@@ -210,13 +229,23 @@ def summarize(records: list[StepRecord], warmup: int, batch_size: int,
         tokens_per_s=sum(r.useful_tokens for r in spans) / wall,
         ideal_step_ms=ideal,
         efficiency=ideal / step_ms,
-        itl_p50_ms=float(itl_p50),
-        itl_p99_ms=float(itl_p99),
-        itl_samples=float(len(itl)),
+        itl_p50_ms=itl_p50,
+        itl_p99_ms=itl_p99,
+        itl_samples=float(sum(len(r.token_gaps) for r in spans)),
+        ttft_p50_ms=ttft_p50,
+        ttft_p99_ms=ttft_p99,
+        admitted_ttft_p50_ms=admitted_p50,
+        ttft_samples=float(sum(len(r.first_token_s) for r in spans)),
         guard_us=1e6 * statistics.fmean(r.guard_s for r in spans),
         wasted_pct=100 * (1 - sum(r.useful_tokens for r in spans)
                           / sum(r.batch_size for r in spans)),
     )
+
+
+def percentiles_ms(seconds: list[np.ndarray], *qs: float) -> list[float]:
+    """The percentiles of all the samples, in ms; NaN where there are none."""
+    xs = np.concatenate(seconds) * 1e3 if seconds else np.zeros(0)
+    return [float(v) for v in np.percentile(xs, qs)] if len(xs) else [math.nan] * len(qs)
 
 
 @dataclass(frozen=True)

@@ -29,13 +29,14 @@ if TYPE_CHECKING:
 
 BACKENDS = ["cpu", "cupy", "numba"]
 PRESETS = {"cpu": "tiny", "cupy": "llama-1b", "numba": "llama-1b"}
-MODES = ["sequential", "overlapped", "graphs"]
+MODES = ["sequential", "overlapped", "graphs", "overlapped2", "multistep"]
 BATCH_SIZES = [1, 4, 16, 64]
 STEPS = 100
 
 
 def modes_for(backend: str) -> list[str]:
-    return MODES if backend == "cupy" else MODES[:2]
+    """Every loop the backend runs: graphs only on CuPy (the CPU device's are opt-in)."""
+    return [m for m in MODES if m != "graphs" or backend == "cupy"]
 
 
 def unmeasured_reason(backend: str) -> str | None:
@@ -52,15 +53,18 @@ def sweep_config(backend: str, preset: str, batch_sizes: list[int], steps: int =
                  scheduler: str | None = None) -> SweepConfig:
     """The suite's sweep; the scheduler given, or SCHEDBENCH_SCHEDULER's (asv passes no
     arguments), or the built-in one."""
+    from schedbench.engine import context_room
     from schedbench.kernels.model import get_preset
     from schedbench.scheduling import BUILT_IN
     from schedbench.sweep import SweepConfig
     from schedbench.workload import WorkloadConfig
 
+    modes = tuple(modes_for(backend))
     return SweepConfig(backend=backend, preset=preset, batch_sizes=tuple(batch_sizes),
-                       modes=tuple(modes_for(backend)), steps=steps, warmup=10,
-                       repeats=repeats, processes=processes,
-                       workload=WorkloadConfig.fitted(get_preset(preset).max_context),
+                       modes=modes, steps=steps, warmup=10, repeats=repeats,
+                       processes=processes,
+                       workload=WorkloadConfig.fitted(context_room(get_preset(preset).max_context,
+                                                                   modes)),
                        scheduler=scheduler or os.environ.get("SCHEDBENCH_SCHEDULER", BUILT_IN))
 
 

@@ -52,7 +52,7 @@ def test_modes_give_identical_tokens(monkeypatch):
 
     monkeypatch.setenv("SCHEDBENCH_GRAPH_LAUNCH", "host")
     cfg = SweepConfig(backend="cupy", batch_sizes=(1, 5, 16), steps=30, warmup=2, repeats=1,
-                      modes=("sequential", "overlapped", "graphs"),
+                      modes=("sequential", "overlapped", "graphs", "overlapped2", "multistep"),
                       workload=WorkloadConfig((1, 8), (4, 24)), drain=True)
     sweep = Sweep(cfg)
     try:

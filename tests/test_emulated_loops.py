@@ -1,4 +1,4 @@
-"""The three loops on the CUDA C kernels without a GPU: the CuPy backend's step on the CPU
+"""The five loops on the CUDA C kernels without a GPU: the CuPy backend's step on the CPU
 emulator, behind the backend protocol (tests/support/emulated_backend.py)."""
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def wide_from_2(x, w, batch: int, epilogue: str, out) -> kc.KernelCall:
 
 
 CFG = SweepConfig(backend="cpu", preset="micro", batch_sizes=(1, 3), steps=6, warmup=0,
-                  repeats=1, modes=("sequential", "overlapped", "graphs"),
+                  repeats=1, modes=("sequential", "overlapped", "graphs", "overlapped2",
+                                    "multistep"), multistep=3,
                   workload=WorkloadConfig((1, 4), (2, 6), seed=3), drain=True)
 
 

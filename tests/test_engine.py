@@ -29,7 +29,8 @@ def test_every_loop_makes_the_same_tokens(seed):
     """Drained runs: every request runs to its end, and the loops agree bit for bit."""
     cfg = SweepConfig(backend="cpu", batch_sizes=(1, 3, 8), steps=20, warmup=0, repeats=1,
                       seed=seed, workload=WorkloadConfig((1, 6), (2, 14), seed), drain=True,
-                      modes=("sequential", "overlapped", "overlapped2", "graphs"))
+                      modes=("sequential", "overlapped", "overlapped2", "graphs", "multistep"),
+                      multistep=4)
     sweep = Sweep(cfg)
     try:
         for b in cfg.batch_sizes:
@@ -49,14 +50,15 @@ def test_rows_of_ended_requests_are_counted_as_wasted():
     """Outputs of 2-14 tokens: the overlapped loop schedules an ended request once more, two
     steps in flight twice more; the sequential loop never."""
     cfg = SweepConfig(backend="cpu", batch_sizes=(8,), steps=40, warmup=2, repeats=1,
-                      workload=SHORT, modes=("sequential", "overlapped", "overlapped2"))
+                      workload=SHORT,
+                      modes=("sequential", "overlapped", "overlapped2", "multistep"))
     sweep = Sweep(cfg)
     try:
         wasted = {m: sweep.run_one(m, 8)[0].wasted_pct for m in cfg.modes}
     finally:
         sweep.close()
     assert wasted["sequential"] == 0
-    assert 0 < wasted["overlapped"] < wasted["overlapped2"], wasted
+    assert 0 < wasted["overlapped"] < wasted["overlapped2"] < wasted["multistep"], wasted
 
 
 def test_a_run_stops_after_its_measured_steps():
@@ -127,18 +129,27 @@ def test_modes_take_turns_within_each_repeat():
 def test_every_request_finishes_once_and_every_block_returns(cpu_backend):
     layout = StepLayout(4, CFG.max_blocks_per_seq)
     step = CpuDecodeStep(CFG, 0, 40, layout, 8)
-    engine = Engine(cpu_backend, step)
-    for mode in ("sequential", "overlapped", "overlapped2"):
+    engine = Engine(cpu_backend, step, ring_depth=4)
+    for mode in ("sequential", "overlapped", "overlapped2", "multistep"):
         requests = make_requests(SHORT, 30, CFG.vocab_size)
         scheduler = Scheduler(SchedulerConfig(4, 40, CFG.block_size, CFG.max_blocks_per_seq,
-                                              CFG.eos_token_id, in_flight=2), requests)
-        engine.run(mode, scheduler)
+                                              CFG.eos_token_id, in_flight=3), requests)
+        engine.run(mode, scheduler, multistep=4)
         scheduler.check_drained()  # blocks, slots, one finish per request
         assert sorted(r.rid for r in scheduler.finished) == list(range(30))
         assert all(0 < len(r.output) <= r.max_new_tokens for r in requests)
         # a gap per token after a request's first: its latency as the host saw it
         gaps = np.concatenate([rec.token_gaps for rec in engine.records])
         assert len(gaps) == sum(len(r.output) - 1 for r in requests) and (gaps > 0).all()
+        # and one first token per request, after its admission, after its arrival
+        first = np.concatenate([rec.first_token_s for rec in engine.records])
+        admitted = np.concatenate([rec.admitted_first_s for rec in engine.records])
+        assert len(first) == len(admitted) == 30 and (0 < admitted).all()
+        assert (admitted <= first).all()
+        postprocessed = [rec for rec in engine.records if rec.post_end > rec.wait_end]
+        if mode == "multistep":  # one postprocess per group of 4 steps; gaps within a group
+            assert len(postprocessed) == -(-len(engine.records) // 4)
+            continue  # are that postprocess's own
         # a running request gets a token every step: each gap spans one step's postprocess
         # to the next one's (records are in step order)
         for prev, rec in zip(engine.records, engine.records[1:]):
@@ -262,3 +273,31 @@ def test_a_failing_kernel_is_reported_at_the_next_sync():
             stream.synchronize()
     finally:
         backend.close()
+
+
+def test_multistep_schedules_once_per_group_and_times_whole_groups():
+    """S=2, C=10, P=1 ms, groups of 4: one schedule and one postprocess per group, spread
+    over its steps, so the step is ~ S/4 + C + P/4 = 10.75 ms, against 13 sequential; the
+    window holds whole groups, and a group's phases add up to its time."""
+    cfg = SweepConfig(backend="cpu", batch_sizes=(4,), steps=40, warmup=5, repeats=1,
+                      synthetic=Synthetic(2.0, 10.0, 1.0), multistep=4,
+                      modes=("sequential", "multistep"),
+                      workload=WorkloadConfig((1, 4), (8, 16)))
+    sweep = Sweep(cfg)
+    try:
+        seq = summarize(sweep.run_one("sequential", 4)[2], 5, 4, overlapped=False)
+        multi, _, records = sweep.run_one("multistep", 4)
+    finally:
+        sweep.close()
+    assert [r.scheduled for r in records] == [True, False, False, False] * (len(records) // 4)
+    assert multi.steps % 4 == 0
+    for group in zip(*[iter(records)] * 4):
+        first, last = group[0], group[-1]
+        assert all(r.schedule_s == 0 for r in group[1:]) and first.schedule_s > 1.9e-3
+        phases = sum(r.schedule_s + r.launch_s + r.wait_s + r.postprocess_s for r in group)
+        assert phases == pytest.approx(last.post_end - first.schedule_start, abs=1e-4)
+        assert [r.device_start for r in group[1:]] == pytest.approx(
+            [r.device_end for r in group[:-1]], abs=1e-4)  # back to back on the device
+    assert 10.4 < multi.step_ms < 11.6 and 12.5 < seq.step_ms < 14.5
+    assert 0.45 < multi.schedule_ms < 0.6 and multi.efficiency > 0.95
+    assert multi.overhead_pct < seq.overhead_pct / 2

@@ -484,19 +484,21 @@ def test_whole_step_matches_reference(rng, family):
     assert got[3] == -7
 
 
-def test_sequential_and_overlapped_tokens_are_identical():
+def test_the_loops_make_identical_tokens():
     from schedbench.sweep import Sweep, SweepConfig
     from schedbench.workload import WorkloadConfig
 
     cfg = SweepConfig(backend="numba", preset="micro", batch_sizes=(2,), steps=8, warmup=0,
-                      repeats=1, workload=WorkloadConfig((1, 2), (2, 3), seed=4))
+                      repeats=1, workload=WorkloadConfig((1, 2), (2, 3), seed=4),
+                      modes=("sequential", "overlapped", "multistep"), multistep=2)
     sweep = Sweep(cfg)
     try:
-        tokens = {m: sweep.run_one(m, 2)[1] for m in ("sequential", "overlapped")}
+        tokens = {m: sweep.run_one(m, 2)[1] for m in cfg.modes}
     finally:
         sweep.close()
-    seq, ovl = tokens["sequential"], tokens["overlapped"]
-    assert seq.mismatches(ovl) == [] and seq.common_tokens(ovl) >= 8
+    seq = tokens.pop("sequential")
+    for mode, other in tokens.items():
+        assert seq.mismatches(other) == [] and seq.common_tokens(other) >= 8, mode
 
 
 @pytest.mark.parametrize(("change", "what"), [

@@ -214,3 +214,50 @@ def test_the_guard_lets_a_slot_the_device_wrote_read_its_token():
     meta = layout.views(np.zeros(layout.size, np.int32))
     assert guarded.schedule(0, meta).size == 1
     assert guarded.schedule(1, meta).guard_s > 0
+
+
+def built_in_subclass(tmp_path, body: str) -> str:
+    path = tmp_path / "bad_steps.py"
+    path.write_text("from schedbench.scheduler import Scheduler\n\n\n"
+                    f"class Bad(Scheduler):\n{textwrap.indent(textwrap.dedent(body), '    ')}")
+    return f"{path}:Bad"
+
+
+MULTISTEP_BROKEN = {
+    "bad_slot_in_a_later_step": ("""
+        def schedule_steps(self, index, metas):
+            batch = super().schedule_steps(index, metas)
+            if batch is not None and index == 4:
+                metas[2][1][0] = 999
+            return batch
+        """, r"step 6: row 0, slots: slot 999 is outside the token buffer"),
+    "one_count_for_the_group": ("""
+        def postprocess(self, batch, tokens):
+            super().postprocess(batch, tokens)
+            batch.useful_tokens = int(sum(batch.useful_tokens))
+        """, r"step 0: postprocess left batch.useful_tokens \d+: it must be 4 counts, one per "
+             r"step,"),
+    "fewer_steps_than_asked": ("""
+        def schedule_steps(self, index, metas):
+            return super().schedule_steps(index, metas[:2])
+        """, r"step 0: batch.steps 2: 4 step\(s\) were scheduled"),
+}
+
+
+@pytest.mark.parametrize("case", MULTISTEP_BROKEN)
+def test_a_multistep_scheduler_is_checked_step_by_step(tmp_path, capsys, case):
+    body, message = MULTISTEP_BROKEN[case]
+    spec = built_in_subclass(tmp_path, body)
+    assert main([*fast_sweep(), "--modes", "multistep", "--multistep", "4",
+                 "--scheduler", spec]) == 2
+    assert re.search(message, err := capsys.readouterr().err, re.S), err
+
+
+def test_multistep_needs_a_scheduler_that_schedules_steps(capsys):
+    """The FCFS example has no schedule_steps: multistep names what is missing, before any
+    run."""
+    with pytest.raises(SystemExit) as exc:
+        main([*fast_sweep(), "--modes", "sequential,multistep", "--scheduler", f"{FCFS}:FCFS"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"scheduler {FCFS}:FCFS has no schedule_steps, which mode multistep calls" in err

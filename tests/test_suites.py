@@ -42,7 +42,7 @@ def test_a_bad_value_is_named_with_exit_2(name, args, message):
 
 
 def test_the_cpu_suites_run_directly():
-    overhead = suite("bench_overhead", "--batch-sizes", "1,3", "--steps", "5", "--repeats", "1")
+    overhead = suite("bench_overhead", "--batch-sizes", "1,3", "--steps", "20", "--repeats", "1")
     assert overhead.returncode == 0, overhead.stderr
     assert "\nsequential\nBatch Size | Schedule (ms)" in overhead.stdout
     assert "\noverlapped\nBatch Size | Schedule (ms)" in overhead.stdout
@@ -55,7 +55,7 @@ def test_the_cpu_suites_run_directly():
 
 
 def test_the_overhead_suite_pools_processes_run_directly():
-    run = suite("bench_overhead", "--batch-sizes", "1,3", "--steps", "5", "--repeats", "1",
+    run = suite("bench_overhead", "--batch-sizes", "1,3", "--steps", "20", "--repeats", "1",
                 "--processes", "2", "--preset", "micro")
     assert run.returncode == 0, run.stderr
     # micro's 64-token context: the request lengths shrink to fit it, as the CLI's do
@@ -77,8 +77,9 @@ def test_asv_records_the_median_of_the_processes_it_is_asked_for(monkeypatch):
     pool = processes.pooled
     monkeypatch.setattr(processes, "pooled", lambda runs: pool(each.extend(runs) or runs))
     figures = bench_overhead.Overhead().setup_cache()["figures"]
-    assert sorted(figures) == [(f"cpu tiny {m}", b) for m in ("overlapped", "sequential")
+    assert sorted(figures) == [(f"cpu tiny {m}", b) for m in sorted(bench_overhead.modes_for("cpu"))
                                for b in (1, 2)]
+    assert {"cpu tiny overlapped2", "cpu tiny multistep"} <= {run for run, _ in figures}
     for (run, b), f in figures.items():
         mode = run.split()[2]
         mine = [r.figures["step_ms"].median for r in each if (r.mode, r.batch_size) == (mode, b)]

@@ -120,10 +120,12 @@ def write_partial(path: Path, preset: str, fig: Figures) -> None:
 
 def measure(preset: str, batch_sizes: list[int], contexts: list[int],
             wide_batch_sizes: list[int] = WIDE_BATCH_SIZES, numba: bool = True,
-            sink: Callable[[Figures], None] | None = None, candidates: bool = True) -> Figures:
+            sink: Callable[[Figures], None] | None = None, candidates: bool = True,
+            nvbench: bool = False) -> Figures:
     """Every figure the module docstring names; without ``candidates``, only what the host
     runs (each kernel's pick for its shape), cuBLAS and the Numba kernels: the issues'
-    targets in a shorter run."""
+    targets in a shorter run. With ``nvbench``, a step's projections at each batch size and
+    the attention at the first context are timed again by nvbench (``nvbench:`` rows)."""
     import cupy as cp
 
     from schedbench.kernels.cupy import selection as sel
@@ -145,6 +147,9 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
     weights = {p: [rng.standard_normal(s, cp.float32).astype(cp.float16) * 0.02
                    for _ in range(n_layers)] for p, s in shapes.items()}
     step_bytes = sum(math.prod(s) * 2 * n_layers for s in shapes.values())
+    # (row, batch) -> (launches, per, bytes, what they read): the rows nvbench times again,
+    # their inputs kept alive until it has
+    checks: dict[tuple[str, int], tuple[list, int, float, object]] = {}
 
     def projection_inputs(b: int) -> tuple[dict, dict]:
         xs = {p: rng.standard_normal((b, s[1]), cp.float32).astype(cp.float16)
@@ -165,6 +170,8 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
             fig.record(step + suffix, b, time_launches_ms(every), step_bytes)
             if not suffix:
                 fig.record(step + "_eager", b, eager_launches_ms(every), step_bytes)
+                if nvbench:
+                    checks[step, b] = every, 1, step_bytes, (xs, outs)
         products = {p: cp.empty((b, shapes[p][0]), cp.float16) for p in PROJECTIONS}
 
         def cublas(s: cp.cuda.Stream) -> None:
@@ -222,6 +229,10 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
                         for layer in range(n_layers)]
             fig.record(row_name(f"attention_ctx{ctx}", tiling, None), b,
                        time_launches_ms(launches) / n_layers, 2 * kc[0].nbytes)
+            if nvbench and tiling is None and ctx == contexts[0]:
+                checks[f"attention_ctx{ctx}", b] = (launches, n_layers, 2 * kc[0].nbytes,
+                                                    (qkv, positions, tables, rope, kc, vc,
+                                                     scratch, out))
         del kc, vc, launches
         cp.get_default_memory_pool().free_all_blocks()  # the next context's caches fit
 
@@ -241,6 +252,18 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
                     projection_row(f"gemm_{p}@wide", b, xs, outs, p, wide=True)
             step_rows(b, xs, outs, {"": lambda p: {}, **wide})
 
+    def nvbench_rows() -> None:
+        from schedbench.kernels.cupy.nvbench import nvbench_ms
+
+        cp.cuda.Device().synchronize()  # NOTE: see measure.time_ms
+        times = nvbench_ms({f"{name} b{b}": partial(enqueue_all, launches)
+                            for (name, b), (launches, *_) in checks.items()})
+        for (name, b), (_, per, nbytes, _) in checks.items():
+            fig.record(f"nvbench:{name}", b, times[f"{name} b{b}"].mean_ms / per, nbytes)
+        checks.clear()
+
+    if nvbench:
+        guarded("bench_kernels: the nvbench cross-check", nvbench_rows)
     # The kernels not yet run on a GPU come last, each section guarded: a kernel that faults
     # ends the process's CUDA context, and the figures before it must survive.
     guarded("bench_kernels: the large-batch projection", large_batch_rows)
@@ -249,6 +272,11 @@ def measure(preset: str, batch_sizes: list[int], contexts: list[int],
         for ctx, b in combos:
             guarded("bench_kernels: the Numba attention", numba_attention, fig, cfg, ctx, b)
     return fig
+
+
+def enqueue_all(launches: list, stream_ptr: int) -> None:
+    for launch in launches:
+        launch(stream_ptr)
 
 
 def attention_inputs(cfg: ModelConfig, ctx: int, b: int) -> tuple:
@@ -379,6 +407,10 @@ def main() -> None:
     p.add_argument("--no-candidates", action="store_true",
                    help="only what the host runs, cuBLAS and the Numba kernels: no other GEMM "
                         "variant, PDL, attention tiling or wide_gemm (the targets, sooner)")
+    p.add_argument("--nvbench", action="store_true",
+                   help="time a step's projections and the attention at the first context "
+                        "again with nvbench (cuda-bench: L2 flushed before each sample, "
+                        "samples until its noise criterion holds), and compare")
     p.add_argument("--json", type=Path, default=None,
                    help="also write the figures as JSON, rewritten after each one (\"complete\": "
                         "false until the last, so a run cut off keeps what it measured)")
@@ -391,14 +423,39 @@ def main() -> None:
             raise SystemExit(f"bench_kernels needs a GPU that runs the CuPy kernels: {why}")
         res = measure(args.preset, batch_sizes, contexts, wide, numba=not args.no_numba,
                       sink=partial(write_partial, args.json, args.preset) if args.json else None,
-                      candidates=not args.no_candidates)
+                      candidates=not args.no_candidates, nvbench=args.nvbench)
     rows = [[k, str(b or "-"), f"{v['ms'] * 1e3:.1f}" if v["ms"] else "-", f"{v['gbs']:.0f}",
              f"{v['pct_copy']:.1f}"] for (k, b), v in res.items()]
     print(f"preset {args.preset}; % copy = achieved GB/s over the device-to-device copy "
           f"measured in this run")
     print(format_table(["Kernel", "Batch", "Time (us)", "GB/s", "% copy"], rows))
+    if args.nvbench:
+        print("\n" + crosscheck_table(res))
     if args.json:
         write_json(args.json, kernels_doc(args.preset, res, True))
+
+
+AGREE_PCT = 5.0
+
+
+def crosscheck_table(fig: Figures) -> str:
+    """Each row nvbench timed again beside this suite's figure, and whether they agree."""
+    from schedbench.report import format_table
+
+    rows = []
+    for (name, b), theirs in fig.items():
+        if not name.startswith("nvbench:") or (ours := fig.get((name[8:], b))) is None:
+            continue
+        diff = 100 * (theirs["ms"] / ours["ms"] - 1)
+        rows.append([name[8:], str(b), f"{ours['ms'] * 1e3:.1f}", f"{theirs['ms'] * 1e3:.1f}",
+                     f"{diff:+.1f}", "agree" if abs(diff) <= AGREE_PCT else "DIFFER"])
+    if not rows:
+        return "nvbench cross-check: no row was timed by nvbench (see the errors above)"
+    return (f"nvbench cross-check (per layer; ours: the median of graph replays, each between "
+            f"two events; nvbench: its cold mean, L2 flushed before each sample; they agree "
+            f"within {AGREE_PCT:g} %):\n"
+            + format_table(["Kernel", "Batch", "Ours (us)", "nvbench (us)", "Diff %",
+                            "Verdict"], rows))
 
 
 def asv_grids(cfg: ModelConfig) -> dict[str, tuple[list[str], list[int]]]:

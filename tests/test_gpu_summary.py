@@ -196,3 +196,15 @@ def test_cupti_against_the_span_and_its_cost(tmp_path):
     assert ("  sequential b=16  span   1.000 ms  busy   0.800  idle in step  0.200 (20% of "
             "span)  between  0.050  step   1.230 vs   1.200 untraced (+2.5%)") in text
     assert "#37 CUPTI's cost per step: at most +2.5% (< 2 % to be on by default): MISSED" in text
+
+
+def test_nvbench_against_the_suites_own_times(tmp_path):
+    write(tmp_path, "nvbench.json", {"preset": "llama3-8b", "complete": True, "kernels": [
+        kernel("all_128_projections", 16, 1.000, 1, 1), kernel("nvbench:all_128_projections",
+                                                               16, 1.030, 1, 1),
+        kernel("attention_ctx2048", 1, 0.010, 1, 1), kernel("nvbench:attention_ctx2048", 1,
+                                                            0.0093, 1, 1)]})
+    text = gpu_summary.summary(tmp_path)
+    assert "  all_128_projections      b=16    1000.0 /   1030.0 (+3.0%)" in text
+    assert "  attention_ctx2048        b=1       10.0 /      9.3 (-7.0%)" in text
+    assert "#38 nvbench against bench_kernels: at most 7.0% apart (<= 5): MISSED" in text

@@ -129,6 +129,9 @@ def _fake_gpu(monkeypatch, launched: list) -> None:
     cupy = types.ModuleType("cupy")
     cupy.__dict__.update({k: v for k, v in np.__dict__.items() if not k.startswith("__")})
     cupy.get_default_memory_pool = lambda: types.SimpleNamespace(free_all_blocks=lambda: None)
+    cupy.random = np.random  # NOTE: NumPy loads it on first use, so it may not be in __dict__
+    cupy.cuda = types.SimpleNamespace(
+        Device=lambda: types.SimpleNamespace(synchronize=lambda: None))
     selection = types.ModuleType("schedbench.kernels.cupy.selection")
     selection.__dict__.update(
         pdl_default=lambda: True,

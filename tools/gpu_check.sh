@@ -2,9 +2,11 @@
 # One GPU check in one call: the GPU tests, a short run of each suite, the sweeps, the
 # sanitizers, then a compact table. Writes logs and JSON under $OUT (default /tmp/gpu_check).
 # Usage: bash tools/gpu_check.sh     (from the repository root, on a machine with a GPU)
-#   STAGES="tests kernels launch sweep numba cupti sanitize default pdl ncu asv" picks stages
-#   (default: all but ncu, which profiles the attention and a projection at batch 16, and asv);
-#   "cupti" runs llama-1b with --kernel-times span and cupti (cupti-python from .carry);
+#   STAGES="tests kernels nvbench launch sweep numba cupti sanitize default pdl ncu asv" picks
+#   stages (default: all but ncu, which profiles the attention and a projection at batch 16,
+#   and asv); "cupti" runs llama-1b with --kernel-times span and cupti (cupti-python from
+#   .carry); "nvbench" times llama3-8b's step projections and 2k attention at batch 1, 16 and
+#   64 by bench_kernels and again by nvbench (cuda-bench from .carry), and compares;
 #   "default" times the full default sweeps (`python -m schedbench --backend cupy|numba`);
 #   "pdl" tries the opt-in programmatic dependent launch in processes of its own, last.
 #   Everything takes longer than one 10-minute device call: split it, the targets first, e.g.
@@ -26,7 +28,7 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 out=${OUT:-/tmp/gpu_check}
 mkdir -p "$out"
 py=${PYTHON:-python3}
-stages=" ${STAGES:-tests kernels launch sweep numba cupti sanitize default pdl} "
+stages=" ${STAGES:-tests kernels nvbench launch sweep numba cupti sanitize default pdl} "
 step() { echo; echo "=== $1 (at ${SECONDS} s)"; }  # when each stage starts: for splitting
 want() { [[ $stages == *" $1 "* ]]; }
 # BUDGET=seconds caps the whole script below a device call's limit: each command's timeout is
@@ -37,11 +39,13 @@ lim() {
   echo $(( $1 < left ? $1 : left ))
 }
 
-# NVML (clocks and throttling around every run) and CUPTI (--kernel-times cupti), from the
-# wheels tools/device_carry.sh put in .carry, where the image lacks them
-if ! $py -c "import cupti, pynvml" 2>/dev/null && ls .carry/wheels/cupti_python-*.whl >/dev/null 2>&1; then
+# NVML (clocks and throttling around every run), CUPTI (--kernel-times cupti) and nvbench
+# (cuda-bench), from the wheels tools/device_carry.sh put in .carry, where the image lacks them
+if ! $py -c "import cupti, pynvml, cuda.bench" 2>/dev/null \
+    && ls .carry/wheels/cupti_python-*.whl >/dev/null 2>&1; then
   $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target \
-    /tmp/schedbench_extra .carry/wheels/{cupti_python,nvidia_cuda_cupti,pyelftools,nvidia_ml_py}-*.whl \
+    /tmp/schedbench_extra \
+    .carry/wheels/{cupti_python,nvidia_cuda_cupti,pyelftools,nvidia_ml_py,cuda_bench}-*.whl \
     && export PYTHONPATH=$PYTHONPATH:/tmp/schedbench_extra
 fi
 
@@ -69,6 +73,14 @@ if want kernels; then
   step "bench_kernels"
   timeout $(lim 240) $py suites/bench_kernels.py ${KERNEL_ARGS:-} --json "$out/kernels.json" 2>&1 \
     | tee "$out/kernels.txt"
+fi
+
+if want nvbench; then
+  step "nvbench cross-check: the step's projections and the 2k attention, timed twice"
+  timeout $(lim 200) $py suites/bench_kernels.py --no-candidates --no-numba --nvbench \
+    --batch-sizes 1,16,64 --contexts 2048 --wide-batch-sizes "" --json "$out/nvbench.json" \
+    > "$out/nvbench.txt" 2>&1
+  echo "exit $?"; sed -n '/^nvbench cross-check/,$p' "$out/nvbench.txt"
 fi
 
 if want launch; then

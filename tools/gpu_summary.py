@@ -189,6 +189,23 @@ def kernel_times_lines(span: dict, cupti: dict) -> tuple[list[str], list[str]]:
                    f"default): {verdict(worst < 2)}"]
 
 
+def nvbench_lines(k: dict) -> tuple[list[str], list[str]]:
+    """bench_kernels --nvbench: each row nvbench timed again against the suite's own."""
+    rows = {(r["kernel"], r["batch_size"]): r for r in k["kernels"]}
+    lines, worst = ["nvbench cross-check (per layer, us: ours / nvbench's cold mean)"], 0.0
+    for (name, b), theirs in rows.items():
+        if not name.startswith("nvbench:") or (ours := rows.get((name[8:], b))) is None:
+            continue
+        diff = 100 * (theirs["ms"] / ours["ms"] - 1)
+        worst = max(worst, abs(diff))
+        lines.append(f"  {name[8:]:24s} b={b:<3d} {ours['ms'] * 1e3:8.1f} / "
+                     f"{theirs['ms'] * 1e3:8.1f} ({diff:+.1f}%)")
+    if len(lines) == 1:
+        return [], ["  #38 nvbench cross-check: no row timed (see nvbench.txt): MISSED"]
+    return lines, [f"  #38 nvbench against bench_kernels: at most {worst:.1f}% apart (<= 5): "
+                   f"{verdict(worst <= 5)}"]
+
+
 def asv_lines(out: Path) -> list[str]:
     """What the asv stage filed: for each result file, its points measured, skipped (NaN:
     setup raised NotImplementedError there) and failed (null), the failed benchmarks named,
@@ -231,6 +248,9 @@ def summary(out: Path) -> str:
                  "default-numba.json"):
         if s := load(out, name):
             lines += sweep_lines(s)
+    if nvbench := load(out, "nvbench.json"):
+        more, met = nvbench_lines(nvbench)
+        lines, targets = lines + more, targets + met
     if (span := load(out, "times-span.json")) and (cupti := load(out, "times-cupti.json")):
         more, met = kernel_times_lines(span, cupti)
         lines, targets = lines + more, targets + met

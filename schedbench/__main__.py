@@ -52,8 +52,8 @@ TITLES = {"sequential": "Sequential: schedule -> launch -> wait -> postprocess",
           "overlapped2": "Overlapped, two steps in flight: CPU schedules N+1 and postprocesses "
                          "N-2 while the device runs N-1 and N",
           "multistep": "Multistep: CPU schedules {k} steps at once, the device runs them back "
-                       "to back, CPU postprocesses them together (S and P per step: the "
-                       "group's / {k})"}
+                       "to back{graphs}, CPU postprocesses them together (S and P per step: "
+                       "the group's / {k})"}
 
 
 # NOTE: the CPU backend's kernels are ~100x slower; 256 rows would dominate its sweep
@@ -123,6 +123,9 @@ def parser() -> argparse.ArgumentParser:
                           "launch-bound on purpose (default 0)")
     p.add_argument("--multistep", type=int, default=MULTISTEP, metavar="K",
                    help="steps per schedule in mode multistep (default %(default)s)")
+    p.add_argument("--multistep-graphs", action="store_true",
+                   help="mode multistep replays each step from a graph per batch-size bucket, "
+                        "as mode graphs does (CuPy; the CPU device too)")
     p.add_argument("--scheduler", default=BUILT_IN, metavar="MODULE:CLASS",
                    help="the scheduler to time: a class importable here or in a .py file "
                         "(path/to/file.py:Class), following schedbench/scheduling.py's "
@@ -193,7 +196,7 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
                        processes=args.processes, seed=args.seed, synthetic=synthetic,
                        kv_blocks=args.kv_blocks, drain=args.drain, launch_us=args.launch_us,
                        kernel_times=args.kernel_times, scheduler=args.scheduler,
-                       multistep=args.multistep,
+                       multistep=args.multistep, multistep_graphs=args.multistep_graphs,
                        scheduler_args=tuple(args.scheduler_arg),
                        workload=WorkloadConfig.fitted(room, *workload_lengths(args), args.seed))
 
@@ -244,7 +247,9 @@ def print_report(cfg: SweepConfig, sweep: Sweep | ProcessSweep, results: list[Ru
               "say nothing of a GPU's.\nWhat it checks is the kernels and the loops: the "
               "tokens, and that every mode gives the same ones.")
     for mode in cfg.modes:
-        print(f"\n{TITLES[mode].format(k=cfg.multistep)}\n{mode_table(results, mode)}")
+        title = TITLES[mode].format(k=cfg.multistep, graphs=" (each replayed from a graph)"
+                                    if cfg.multistep_graphs else "")
+        print(f"\n{title}\n{mode_table(results, mode)}")
     print("\n" + legend(sweep.busy_source))
     if clocks := clocks_line(results):
         print(clocks)

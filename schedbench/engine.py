@@ -137,13 +137,17 @@ class Engine:
         self._kernels_every = max(1, min(256, KERNELS_KEPT // (2 * step.kernels_per_step)))
         self._last_end: Event = self._anchor  # the last postprocessed step's end event
 
-    def run(self, mode: str, scheduler: Guarded, multistep: int = MULTISTEP) -> list[StepRecord]:
+    def run(self, mode: str, scheduler: Guarded, multistep: int = MULTISTEP,
+            multistep_graphs: bool = False) -> list[StepRecord]:
+        """``multistep_graphs``: multistep replays each step from a graph, as mode graphs
+        does."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
         if mode == "multistep" and not 1 <= multistep <= len(self.ring.slots):
             raise ValueError(f"multistep {multistep}: the ring holds {len(self.ring.slots)} "
                              f"steps")
-        self._buckets = graph_buckets(scheduler.cfg.max_batch) if mode == "graphs" else []
+        graphs = mode == "graphs" or (mode == "multistep" and multistep_graphs)
+        self._buckets = graph_buckets(scheduler.cfg.max_batch) if graphs else []
         for bucket in self._buckets:
             for slot in self.ring.slots:
                 if (bucket, slot.index) not in self._graphs:

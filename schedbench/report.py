@@ -422,7 +422,7 @@ def document(cfg: SweepConfig, backend: str, device: str, versions: dict[str, st
                    "synthetic": None if syn is None else syn.__dict__,
                    "extra_us_per_request": cfg.extra_us_per_request, "drain": cfg.drain,
                    "launch_us": cfg.launch_us, "scheduler": cfg.scheduler,
-                   "multistep": cfg.multistep,
+                   "multistep": cfg.multistep, "multistep_graphs": cfg.multistep_graphs,
                    "scheduler_args": list(cfg.scheduler_args),
                    "processes": cfg.processes},
         "statistic": f"{statistic(cfg.repeats, cfg.processes)}; {SPREAD}",

@@ -57,8 +57,10 @@ class SweepConfig:
     kv_blocks: int | None = None
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     ring_depth: int = 3
-    # Steps per schedule in mode multistep (--multistep).
+    # Steps per schedule in mode multistep (--multistep), each replayed from a graph
+    # (--multistep-graphs).
     multistep: int = MULTISTEP
+    multistep_graphs: bool = False
     # Run every request to its end, where by default a run stops after warm-up + steps,
     # cancelling what is left. The window measured is the same; draining only makes the
     # token check cover whole streams.
@@ -187,6 +189,9 @@ class Sweep:
             if "graphs" in cfg.modes and not self.backend.supports_graphs:
                 raise ConfigError(f"backend {self.backend_name!r} cannot capture CUDA graphs; "
                                   f"drop 'graphs' from --modes")
+            if cfg.multistep_graphs and not self.backend.supports_graphs:
+                raise ConfigError(f"backend {self.backend_name!r} cannot capture CUDA graphs; "
+                                  f"drop --multistep-graphs")
             self.step = self._make_step()
             self.step.launch_gap_s = cfg.launch_us * 1e-6
             self.engine = Engine(self.backend, self.step, cfg.ring, cfg.synthetic)
@@ -220,7 +225,7 @@ class Sweep:
         # NOTE: +1: the window's last step only closes the interval of the one before it.
         stop_at = None if cfg.drain else cfg.warmup + cfg.steps + 1
         scheduler = self.make_scheduler(batch_size, requests, stop_at)
-        records = self.engine.run(mode, scheduler, cfg.multistep)
+        records = self.engine.run(mode, scheduler, cfg.multistep, cfg.multistep_graphs)
         scheduler.check_drained()
         figures = summarize(records, cfg.warmup, batch_size, overlapped=mode in DEPTH,
                             steps=cfg.steps)

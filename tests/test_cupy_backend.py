@@ -46,14 +46,16 @@ def test_gemm_waits_for_the_kernel_before_it(rng, pdl):
     assert rel_err(got, expect) < FP16_TOL
 
 
-def test_modes_give_identical_tokens(monkeypatch):
+@pytest.mark.parametrize("multistep_graphs", [False, True])
+def test_modes_give_identical_tokens(monkeypatch, multistep_graphs):
     from schedbench.sweep import Sweep, SweepConfig
     from schedbench.workload import WorkloadConfig
 
     monkeypatch.setenv("SCHEDBENCH_GRAPH_LAUNCH", "host")
     cfg = SweepConfig(backend="cupy", batch_sizes=(1, 5, 16), steps=30, warmup=2, repeats=1,
                       modes=("sequential", "overlapped", "graphs", "overlapped2", "multistep"),
-                      workload=WorkloadConfig((1, 8), (4, 24)), drain=True)
+                      workload=WorkloadConfig((1, 8), (4, 24)), drain=True,
+                      multistep_graphs=multistep_graphs)
     sweep = Sweep(cfg)
     try:
         for b in cfg.batch_sizes:

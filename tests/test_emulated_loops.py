@@ -34,7 +34,7 @@ def wide_from_2(x, w, batch: int, epilogue: str, out) -> kc.KernelCall:
 
 CFG = SweepConfig(backend="cpu", preset="micro", batch_sizes=(1, 3), steps=6, warmup=0,
                   repeats=1, modes=("sequential", "overlapped", "graphs", "overlapped2",
-                                    "multistep"), multistep=3,
+                                    "multistep"), multistep=3, multistep_graphs=True,
                   workload=WorkloadConfig((1, 4), (2, 6), seed=3), drain=True)
 
 
@@ -66,8 +66,9 @@ def loop_hashes(monkeypatch, gemm, attention=kc.attention_call) -> dict[int, str
 
 def test_the_loops_give_identical_tokens_on_the_cuda_c_kernels(monkeypatch):
     """Drained runs of every mode over the same requests, on the micro model: sequential,
-    overlapped (next step's tokens read from the device token buffer) and graphs (buckets of
-    1, 2 and 3 rows, padding rows on the spare slot and block) agree on every token, and so
+    overlapped (next step's tokens read from the device token buffer), graphs (buckets of
+    1, 2 and 3 rows, padding rows on the spare slot and block), overlapped2 and multistep
+    (groups of 3 steps, each from a graph) agree on every token, and so
     do the same runs with wide_gemm for the projections of batches of 2 and more, and with
     the attention's stages in flight picked by grid size, as on a GPU."""
     hashes = loop_hashes(monkeypatch, kc.gemm_call)

@@ -275,6 +275,23 @@ def test_a_failing_kernel_is_reported_at_the_next_sync():
         backend.close()
 
 
+def test_multistep_from_graphs_makes_the_same_tokens():
+    """--multistep-graphs: each step of a group replayed from its bucket's graph; a group of
+    5 with the ring's 5 slots, every slot's graphs captured."""
+    cfg = SweepConfig(backend="cpu", batch_sizes=(1, 6), steps=20, warmup=0, repeats=1,
+                      workload=SHORT, drain=True, modes=("sequential", "multistep"),
+                      multistep=5, multistep_graphs=True)
+    sweep = Sweep(cfg)
+    try:
+        for b in cfg.batch_sizes:
+            seq, multi = (sweep.run_one(m, b)[1] for m in cfg.modes)
+            assert all(multi.complete) and multi.sha256 == seq.sha256
+        assert len(sweep.engine.ring.slots) == 5
+        assert {slot for _, slot in sweep.engine._graphs} == set(range(5))
+    finally:
+        sweep.close()
+
+
 def test_multistep_schedules_once_per_group_and_times_whole_groups():
     """S=2, C=10, P=1 ms, groups of 4: one schedule and one postprocess per group, spread
     over its steps, so the step is ~ S/4 + C + P/4 = 10.75 ms, against 13 sequential; the

@@ -6,7 +6,9 @@
 #   stages (default: all but ncu, which profiles the attention and a projection at batch 16,
 #   and asv); "cupti" runs llama-1b with --kernel-times span and cupti (cupti-python from
 #   .carry); "nvbench" times llama3-8b's step projections and 2k attention at batch 1, 16 and
-#   64 by bench_kernels and again by nvbench (cuda-bench from .carry), and compares;
+#   64 by bench_kernels and again by nvbench (cuda-bench from .carry), and compares; "loops"
+#   runs llama-1b through all five loops, multistep eager and from graphs, default and short
+#   workloads;
 #   "default" times the full default sweeps (`python -m schedbench --backend cupy|numba`);
 #   "pdl" tries the opt-in programmatic dependent launch in processes of its own, last.
 #   Everything takes longer than one 10-minute device call: split it, the targets first, e.g.
@@ -28,7 +30,7 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 out=${OUT:-/tmp/gpu_check}
 mkdir -p "$out"
 py=${PYTHON:-python3}
-stages=" ${STAGES:-tests kernels nvbench launch sweep numba cupti sanitize default pdl} "
+stages=" ${STAGES:-tests kernels nvbench launch sweep loops numba cupti sanitize default pdl} "
 step() { echo; echo "=== $1 (at ${SECONDS} s)"; }  # when each stage starts: for splitting
 want() { [[ $stages == *" $1 "* ]]; }
 # BUDGET=seconds caps the whole script below a device call's limit: each command's timeout is
@@ -95,6 +97,24 @@ if want sweep; then
   step "sweep llama3-8b, large batches on the wide_gemm candidate (SCHEDBENCH_WIDE_GEMM=32)"
   SCHEDBENCH_WIDE_GEMM=32 timeout $(lim 120) $py -m schedbench --backend cupy --preset llama3-8b \
     --batch-sizes 64,256 --repeats 1 --steps 60 --json "$out/sweep-wide.json" 2>&1 | tail -n 12
+fi
+
+if want loops; then
+  step "the five loops, llama-1b: which wins where, at what cost in wasted rows and latency"
+  every=sequential,overlapped,graphs,overlapped2,multistep
+  timeout $(lim 120) $py -m schedbench --backend cupy --preset llama-1b --batch-sizes 1,16,64 \
+    --modes $every --repeats 3 --steps 64 --json "$out/loops.json" > "$out/loops.txt" 2>&1
+  echo "exit $?"; sed -n '/^Fastest loop/,/^$/p' "$out/loops.txt"
+  timeout $(lim 90) $py -m schedbench --backend cupy --preset llama-1b --batch-sizes 1,16,64 \
+    --modes sequential,multistep --multistep-graphs --repeats 3 --steps 64 \
+    --json "$out/loops-multistep-graphs.json" > "$out/loops-multistep-graphs.txt" 2>&1
+  echo "multistep from graphs: exit $?"; sed -n '/^Fastest loop/,/^$/p' \
+    "$out/loops-multistep-graphs.txt"
+  timeout $(lim 90) $py -m schedbench --backend cupy --preset llama-1b --batch-sizes 16 \
+    --modes $every --workload short --repeats 3 --steps 64 --json "$out/loops-short.json" \
+    > "$out/loops-short.txt" 2>&1
+  echo "short outputs: exit $?"; sed -n '/^Wasted rows/,/^$/p;/^Fastest loop/,/^$/p' \
+    "$out/loops-short.txt"
 fi
 
 if want numba; then

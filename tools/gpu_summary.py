@@ -152,6 +152,8 @@ def sweep_lines(s: dict) -> list[str]:
                      f"S+L+P {cpu:7.3f}  C {r['compute_ms']:8.3f}  "
                      f"overhead {r['overhead_pct']:5.1f}%  eff {r['efficiency']:.2f}"
                      + (f"  itl p99 {p99:.3f}" if (p99 := r.get("itl_p99_ms")) else "")
+                     + (f"  {tps:.0f} useful tok/s, wasted {r.get('wasted_pct', 0):.1f}%"
+                        if (tps := r.get("tokens_per_s")) else "")
                      + (f"  THROTTLED ({', '.join(r['clocks']['throttle'])})"
                         if r.get("throttled") else ""))
     return lines
@@ -244,8 +246,8 @@ def summary(out: Path) -> str:
             except KeyError as e:  # a file from an older gpu_check
                 more, met = [f"{name}: no {e}"], []
             lines, targets = lines + more, targets + met
-    for name in ("sweep.json", "sweep-wide.json", "numba.json", "default-cupy.json",
-                 "default-numba.json"):
+    for name in ("sweep.json", "sweep-wide.json", "loops.json", "loops-multistep-graphs.json",
+                 "loops-short.json", "numba.json", "default-cupy.json", "default-numba.json"):
         if s := load(out, name):
             lines += sweep_lines(s)
     if nvbench := load(out, "nvbench.json"):

@@ -57,7 +57,6 @@ class Scheduler:
         self._pending: dict[int, list[Request]] = {}  # step -> finished, blocks not yet free
         self._done_step = -1  # every step up to this one has finished on the device
         self._row_slots: np.ndarray | None = None
-        self._latencies: dict[str, list[np.ndarray]] = {}  # one postprocess's, step by step
 
     def _arrive(self, index: int) -> None:
         # An idle system jumps to the next arrival rather than spinning empty steps.
@@ -138,14 +137,18 @@ class Scheduler:
         discarded.
         """
         tokens = tokens.reshape(batch.steps, batch.size)
-        useful = [self._advance(batch, batch.positions + j, tokens[j])
-                  for j in range(batch.steps)]
-        batch.useful_tokens = useful[0] if batch.steps == 1 else useful
-        for name in ("token_gaps", "first_token_s", "admitted_first_s"):
-            setattr(batch, name, np.concatenate(self._latencies.pop(name)))
+        steps = [self._advance(batch, batch.positions + j, tokens[j])
+                 for j in range(batch.steps)]
+        useful, gaps, first, admitted = zip(*steps)
+        batch.useful_tokens = useful[0] if batch.steps == 1 else list(useful)
+        batch.token_gaps, batch.first_token_s, batch.admitted_first_s = (
+            np.concatenate(x) for x in (gaps, first, admitted))
 
-    def _advance(self, batch: Batch, pos: np.ndarray, tokens: np.ndarray) -> int:
-        """One step's tokens: appended to the requests still alive; returns how many were."""
+    def _advance(self, batch: Batch, pos: np.ndarray, tokens: np.ndarray
+                 ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+        """One step's tokens, appended to the requests still alive: how many were, and the
+        host-clock latencies of the tokens (inter-token gaps, then each first token's time
+        since its request's arrival and since its admission)."""
         slots = batch.slots
         alive = ~self._done[slots]
         gen = alive & (pos >= self._prompt_len[slots] - 1)
@@ -154,15 +157,14 @@ class Scheduler:
         self._outputs[gs, n] = toks
         now = time.perf_counter()  # per-request latency, as engines keep it
         first = gs[n == 0]
-        self._latencies.setdefault("token_gaps", []).append(now - self._last_token_t[gs[n > 0]])
-        self._latencies.setdefault("first_token_s", []).append(
-            now - np.array([self._queued_t.pop(self._slot_req[s].rid) for s in first]))
-        self._latencies.setdefault("admitted_first_s", []).append(now - self._admitted_t[first])
+        gaps = now - self._last_token_t[gs[n > 0]]
+        queued = np.array([self._queued_t.pop(self._slot_req[s].rid) for s in first])
+        admitted = self._admitted_t[first]
         self._last_token_t[gs] = now
         self._generated[gs] = n + 1
         for s in gs[(toks == self.cfg.eos_token_id) | (n + 1 >= self._max_new[gs])]:
             self._finish(int(s))
-        return int(alive.sum())
+        return int(alive.sum()), gaps, now - queued, now - admitted
 
     def cancel(self, rid: int) -> bool:
         """Cancel a request that has not finished; False if there is none by that id."""

@@ -69,14 +69,21 @@ def test_preemption_by_recompute_keeps_every_token_and_runs_larger_batches():
     assert len(digests) == 1 and min(preempted) > 0, preempted
 
 
-def bad_scheduler(tmp_path, body: str) -> str:
-    """A subclass of the FCFS example with one method broken, in a file of its own."""
+# (what the file imports, the class Bad subclasses)
+FCFS_BASE = (f"import importlib.util\n"
+             f"spec = importlib.util.spec_from_file_location('fcfs_base', {FCFS!r})\n"
+             f"base = importlib.util.module_from_spec(spec)\n"
+             f"spec.loader.exec_module(base)\n", "base.FCFS")
+BUILT_IN_BASE = ("from schedbench.scheduler import Scheduler\n", "Scheduler")
+
+
+def bad_scheduler(tmp_path, body: str, base: tuple[str, str] = FCFS_BASE) -> str:
+    """A subclass of the FCFS example (or ``base``) with one method broken, in a file of
+    its own."""
     path = tmp_path / "bad.py"
-    path.write_text(f"import importlib.util\n"
-                    f"spec = importlib.util.spec_from_file_location('fcfs_base', {FCFS!r})\n"
-                    f"base = importlib.util.module_from_spec(spec)\n"
-                    f"spec.loader.exec_module(base)\n\n\n"
-                    f"class Bad(base.FCFS):\n{textwrap.indent(textwrap.dedent(body), '    ')}")
+    imports, parent = base
+    path.write_text(f"{imports}\n\nclass Bad({parent}):\n"
+                    f"{textwrap.indent(textwrap.dedent(body), '    ')}")
     return f"{path}:Bad"
 
 
@@ -216,13 +223,6 @@ def test_the_guard_lets_a_slot_the_device_wrote_read_its_token():
     assert guarded.schedule(1, meta).guard_s > 0
 
 
-def built_in_subclass(tmp_path, body: str) -> str:
-    path = tmp_path / "bad_steps.py"
-    path.write_text("from schedbench.scheduler import Scheduler\n\n\n"
-                    f"class Bad(Scheduler):\n{textwrap.indent(textwrap.dedent(body), '    ')}")
-    return f"{path}:Bad"
-
-
 MULTISTEP_BROKEN = {
     "bad_slot_in_a_later_step": ("""
         def schedule_steps(self, index, metas):
@@ -247,7 +247,7 @@ MULTISTEP_BROKEN = {
 @pytest.mark.parametrize("case", MULTISTEP_BROKEN)
 def test_a_multistep_scheduler_is_checked_step_by_step(tmp_path, capsys, case):
     body, message = MULTISTEP_BROKEN[case]
-    spec = built_in_subclass(tmp_path, body)
+    spec = bad_scheduler(tmp_path, body, BUILT_IN_BASE)
     assert main([*fast_sweep(), "--modes", "multistep", "--multistep", "4",
                  "--scheduler", spec]) == 2
     assert re.search(message, err := capsys.readouterr().err, re.S), err
